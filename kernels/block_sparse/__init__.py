@@ -1,0 +1,3 @@
+from .index import block_sparse_scores, build_block_sparse_worklist
+
+__all__ = ["block_sparse_scores", "build_block_sparse_worklist"]

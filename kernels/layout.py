@@ -1,0 +1,212 @@
+"""Where a batch's queries and keys live: the shared input description of every kernel.
+
+Every kernel in this package works on a *varlen* batch of sequences.  Sequence ``b`` has
+``q_len[b]`` new query tokens (rows ``q_start[b] ... q_start[b] + q_len[b] - 1`` of the
+``[tokens, heads, head_dim]`` query tensor) that sit at the *end* of its ``kv_len[b]`` keys,
+so its first query row has position ``kv_len[b] - q_len[b]`` (chunked prefill and prefix
+caching both look like this; a plain prefill has ``q_len == kv_len``).  Query rows are cut
+into 64-row blocks per sequence; ``blk_seq``/``blk_m`` map a flat block id to (sequence,
+block within the sequence), so one launch covers the whole batch.
+
+Keys and values are read either straight from vLLM's paged cache through the block table or
+from contiguous ``[tokens, kv_heads, head_dim]`` tensors (tests, benchmarks).  Both go through
+:func:`kv_row_offsets`, so every kernel supports both without a gather copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M = 64  # query rows per work-list block (MInference's granularity)
+BLOCK_N = 64  # keys per computed tile / diagonal chunk
+
+
+@dataclass(frozen=True)
+class SeqLayout:
+    """Per-sequence query/key geometry of a batch, on the device, plus host-side sizes.
+
+    Build it with :meth:`from_lengths` from host lists: the host sizes (number of blocks,
+    longest key sequence) fix every output shape, so no kernel needs a device->host sync.
+    """
+
+    q_start: torch.Tensor  # [B] int32, first query row of each sequence in the Q tensor
+    q_len: torch.Tensor  # [B] int32
+    kv_len: torch.Tensor  # [B] int32
+    blk_seq: torch.Tensor  # [NB] int32, sequence of each flat 64-row block
+    blk_m: torch.Tensor  # [NB] int32, block index inside its sequence
+    num_seqs: int
+    num_blocks: int
+    max_q_len: int
+    max_kv_len: int
+    q_lens_host: tuple[int, ...]
+    kv_lens_host: tuple[int, ...]
+    q_starts_host: tuple[int, ...]
+
+    @staticmethod
+    def from_lengths(
+        q_lens: Sequence[int],
+        kv_lens: Sequence[int],
+        device: torch.device | str,
+        q_starts: Sequence[int] | None = None,
+    ) -> "SeqLayout":
+        q_lens = tuple(int(x) for x in q_lens)
+        kv_lens = tuple(int(x) for x in kv_lens)
+        if len(q_lens) != len(kv_lens) or not q_lens:
+            raise ValueError("q_lens and kv_lens must be non-empty and of equal length")
+        for ql, kl in zip(q_lens, kv_lens):
+            if ql < 1 or ql > kl:
+                raise ValueError(f"need 1 <= q_len <= kv_len, got q_len={ql}, kv_len={kl}")
+        if q_starts is None:
+            starts, acc = [], 0
+            for ql in q_lens:
+                starts.append(acc)
+                acc += ql
+            q_starts = starts
+        q_starts = tuple(int(x) for x in q_starts)
+        blocks_per_seq = [triton.cdiv(ql, BLOCK_M) for ql in q_lens]
+        blk_seq = [b for b, n in enumerate(blocks_per_seq) for _ in range(n)]
+        blk_m = [m for n in blocks_per_seq for m in range(n)]
+        host = torch.tensor(
+            [q_starts, q_lens, kv_lens], dtype=torch.int32
+        ).reshape(3, -1)
+        blocks = torch.tensor([blk_seq, blk_m], dtype=torch.int32)
+        if torch.device(device).type == "cuda":
+            host, blocks = host.pin_memory(), blocks.pin_memory()
+        host = host.to(device, non_blocking=True)
+        blocks = blocks.to(device, non_blocking=True)
+        return SeqLayout(
+            q_start=host[0],
+            q_len=host[1],
+            kv_len=host[2],
+            blk_seq=blocks[0],
+            blk_m=blocks[1],
+            num_seqs=len(q_lens),
+            num_blocks=len(blk_seq),
+            max_q_len=max(q_lens),
+            max_kv_len=max(kv_lens),
+            q_lens_host=q_lens,
+            kv_lens_host=kv_lens,
+            q_starts_host=q_starts,
+        )
+
+    def block_first_pos(self) -> torch.Tensor:
+        """Key position of the first query row of every flat block, ``[NB]`` int64."""
+        ctx = (self.kv_len - self.q_len).long()
+        return ctx[self.blk_seq.long()] + self.blk_m.long() * BLOCK_M
+
+    def block_last_pos(self) -> torch.Tensor:
+        """Key position of the last *valid* query row of every flat block, ``[NB]`` int64."""
+        seq = self.blk_seq.long()
+        end = self.kv_len.long()[seq] - 1
+        return torch.minimum(self.block_first_pos() + BLOCK_M - 1, end)
+
+    def dense_tiles(self) -> torch.Tensor:
+        """64-wide key tiles dense causal attention computes for each block, ``[NB]``."""
+        return (self.block_last_pos() + BLOCK_N) // BLOCK_N
+
+
+@dataclass(frozen=True)
+class KVSource:
+    """Keys and values of a batch: vLLM's paged cache, or contiguous varlen tensors.
+
+    Paged: ``key``/``value`` are ``[num_pages, page_size, kv_heads, head_dim]`` views (vLLM's
+    ``kv_cache.unbind`` / ``split`` views, any strides) and ``block_table`` is
+    ``[B, max_pages]`` with the rows in the same order as the :class:`SeqLayout`.
+    Contiguous: ``key``/``value`` are ``[total_kv_tokens, kv_heads, head_dim]`` and
+    ``kv_start[b]`` is the first row of sequence ``b``.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    block_table: torch.Tensor | None = None
+    kv_start: torch.Tensor | None = None
+
+    @staticmethod
+    def paged(key_cache: torch.Tensor, value_cache: torch.Tensor,
+              block_table: torch.Tensor) -> "KVSource":
+        if key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
+            raise ValueError("paged key/value caches must both be [pages, page_size, kv_heads, D]")
+        if block_table.dtype != torch.int32:
+            block_table = block_table.to(torch.int32)
+        return KVSource(key_cache, value_cache, block_table=block_table)
+
+    @staticmethod
+    def contiguous(key: torch.Tensor, value: torch.Tensor,
+                   kv_lens: Sequence[int]) -> "KVSource":
+        if key.dim() != 3 or value.shape != key.shape:
+            raise ValueError("contiguous key/value must both be [tokens, kv_heads, D]")
+        starts, acc = [], 0
+        for kl in kv_lens:
+            starts.append(acc)
+            acc += int(kl)
+        if acc > key.shape[0]:
+            raise ValueError(f"kv_lens sum to {acc} tokens but key has {key.shape[0]}")
+        kv_start = torch.tensor(starts, dtype=torch.int32, device=key.device)
+        return KVSource(key, value, kv_start=kv_start)
+
+    @property
+    def is_paged(self) -> bool:
+        return self.block_table is not None
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.key.shape[-2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.key.shape[-1]
+
+    def kernel_args(self) -> dict:
+        """Strides and tables in the argument names of the Triton kernels."""
+        k, v = self.key, self.value
+        if self.is_paged:
+            return dict(
+                K=k, V=v, stride_kp=k.stride(0), stride_kt=k.stride(1), stride_kh=k.stride(2),
+                stride_vp=v.stride(0), stride_vt=v.stride(1), stride_vh=v.stride(2),
+                BT=self.block_table, stride_bt=self.block_table.stride(0),
+                KV_START=self.block_table,  # unused when PAGED
+                PAGE=k.shape[1], PAGED=True,
+            )
+        return dict(
+            K=k, V=v, stride_kp=0, stride_kt=k.stride(0), stride_kh=k.stride(1),
+            stride_vp=0, stride_vt=v.stride(0), stride_vh=v.stride(1),
+            BT=self.kv_start, stride_bt=0,  # unused when not PAGED
+            KV_START=self.kv_start, PAGE=1, PAGED=False,
+        )
+
+    def gather(self, b: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of sequence ``b`` as contiguous ``[kv_len, kv_heads, D]`` copies.
+
+        For references and tests only: the kernels never copy.
+        """
+        if self.is_paged:
+            page = self.key.shape[1]
+            n_pages = triton.cdiv(kv_len, page)
+            pages = self.block_table[b, :n_pages].long()
+            k = self.key[pages].flatten(0, 1)[:kv_len]
+            v = self.value[pages].flatten(0, 1)[:kv_len]
+            return k, v
+        start = int(self.kv_start[b])
+        return self.key[start:start + kv_len], self.value[start:start + kv_len]
+
+
+@triton.jit
+def kv_row_offsets(b, k_idx, valid, BT, stride_bt, KV_START, stride_p, stride_t,
+                   PAGE: tl.constexpr, PAGED: tl.constexpr):
+    """Element offsets (int64) of key/value rows ``k_idx`` of sequence ``b``.
+
+    Paged: the row's page comes from the block table, so a tile may span pages of any size.
+    Invalid rows point at row 0 of the sequence; callers mask their loads with ``valid``.
+    """
+    k_safe = tl.where(valid, k_idx, 0)
+    if PAGED:
+        page = tl.load(BT + b.to(tl.int64) * stride_bt + k_safe // PAGE, mask=valid, other=0)
+        return page.to(tl.int64) * stride_p + (k_safe % PAGE).to(tl.int64) * stride_t
+    else:
+        start = tl.load(KV_START + b)
+        return (start + k_safe).to(tl.int64) * stride_t

@@ -1,0 +1,100 @@
+"""Planning a layer: per-head patterns -> one work list for the whole layer.
+
+``LayerPatterns`` holds the static part (which query heads use which pattern, and their
+budgets), built once per layer from the profile.  :func:`plan_layer` runs the online part
+for one batch: the Vertical-Slash estimate and selection, the Block-Sparse pooled scores,
+the index builders, the merge into one list over all heads and the density guard.  Every
+step is a batched launch over heads and sequences with fixed shapes, so a plan costs a
+handful of kernel launches and never waits on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .a_shape.index import build_a_shape_worklist
+from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
+from .layout import KVSource, SeqLayout
+from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
+from .vertical_slash.index import build_vertical_slash_worklist
+from .worklist import WorkList, apply_density_guard, dense_worklist, merge_worklists
+
+VERTICAL_SLASH = "vertical_and_slash"
+BLOCK_SPARSE = "block_sparse"
+A_SHAPE = "stream_llm"
+DENSE = "dense"
+PATTERNS = (VERTICAL_SLASH, BLOCK_SPARSE, A_SHAPE, DENSE)
+
+MIN_VERTICAL, MIN_SLASH = 30, 50  # floors of the Vertical-Slash budgets
+KEEP_FIRST_KEYS, KEEP_NEAR_DIAGS = 30, 100
+
+
+@dataclass(frozen=True)
+class HeadPattern:
+    """One head's pattern: (vertical, slash) budgets, (top-k blocks, -), (sink, local) or dense."""
+
+    kind: str
+    a: int = 0
+    b: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PATTERNS:
+            raise ValueError(f"unknown pattern {self.kind!r}; expected one of {PATTERNS}")
+
+
+@dataclass
+class LayerPatterns:
+    """The heads of one layer grouped by pattern, with their budgets on the device."""
+
+    num_heads: int
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
+    budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
+    budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
+    max_a: dict[str, int] = field(default_factory=dict)
+    max_b: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def from_heads(patterns: list[HeadPattern], device: torch.device | str) -> "LayerPatterns":
+        lp = LayerPatterns(num_heads=len(patterns))
+        for kind in PATTERNS:
+            ids = [h for h, p in enumerate(patterns) if p.kind == kind]
+            if not ids:
+                continue
+            a = [patterns[h].a for h in ids]
+            b = [patterns[h].b for h in ids]
+            if kind == VERTICAL_SLASH:
+                a = [max(MIN_VERTICAL, x) for x in a]
+                b = [max(MIN_SLASH, x) for x in b]
+            lp.groups[kind] = torch.tensor(ids, dtype=torch.long, device=device)
+            lp.budget_a[kind] = torch.tensor(a, dtype=torch.long, device=device)
+            lp.budget_b[kind] = torch.tensor(b, dtype=torch.long, device=device)
+            lp.max_a[kind], lp.max_b[kind] = max(a), max(b)
+        return lp
+
+
+def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: LayerPatterns,
+               sm_scale: float | None = None, max_density: float | None = None) -> WorkList:
+    """Work list of every head of a layer for this batch (the "plan" half of the kernel)."""
+    parts: list[tuple[torch.Tensor, WorkList]] = []
+    for kind, heads in patterns.groups.items():
+        if kind == VERTICAL_SLASH:
+            vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale)
+            sel = select_vertical_slash(
+                vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
+                patterns.max_a[kind], patterns.max_b[kind], KEEP_FIRST_KEYS, KEEP_NEAR_DIAGS)
+            wl = build_vertical_slash_worklist(*sel, layout)
+        elif kind == BLOCK_SPARSE:
+            scores = block_sparse_scores(q, kv, layout, heads, sm_scale)
+            wl = build_block_sparse_worklist(scores, patterns.budget_a[kind],
+                                             patterns.max_a[kind])
+        elif kind == A_SHAPE:
+            wl = build_a_shape_worklist(layout, patterns.budget_a[kind], patterns.budget_b[kind])
+        else:
+            wl = dense_worklist(layout, heads.numel())
+        parts.append((heads, wl))
+    merged = merge_worklists(parts, patterns.num_heads, layout.num_blocks)
+    if max_density is not None:
+        merged = apply_density_guard(merged, layout, max_density)
+    return merged

@@ -1,0 +1,253 @@
+"""Vertical-Slash estimation: attention of the last 64 queries against every key (Triton).
+
+For each sequence and estimated head, the last ``LAST_Q`` query rows of the chunk attend
+(causally, fp32 softmax) to all ``kv_len`` keys, cached context included.  Two outputs:
+
+* ``vertical[b, h, k]``: the attention mass key ``k`` receives (column sum);
+* ``slash[b, h, d]``: the mass on diagonal ``d = query position - key position`` (sum
+  along the diagonal), ``d = 0`` being the main diagonal.
+
+Two passes over the keys, both split over key ranges so that a 1M-token sequence fills the
+GPU: pass 1 finds each row's softmax max and normaliser per split (combined in PyTorch, fixed
+shapes), pass 2 recomputes the scores, normalises them and sums columns and diagonals.
+Diagonal sums of a 64x64 tile are formed in registers (a skewed gather turns diagonals into
+columns) and added with one atomic per diagonal.  Then :func:`select_vertical_slash` keeps the
+top-k columns and diagonals per head, with the always-kept first keys and nearest diagonals,
+in fixed-shape outputs: no host synchronisation anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import KVSource, SeqLayout, kv_row_offsets
+
+LAST_Q = 64  # query rows the estimate uses
+KEY_TILE = 64
+KEYS_PER_SPLIT = 4096  # keys per program in both passes
+INVALID = -1  # padding of selected index lists
+FORCED = 1.0e6  # score floor of always-kept columns/diagonals
+
+
+@triton.jit
+def _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
+                          K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
+                          HEAD_DIM: tl.constexpr, KEY_TILE: tl.constexpr, PAGE: tl.constexpr,
+                          PAGED: tl.constexpr):
+    """Scaled (log2-domain) scores of the estimate rows against keys ``k0 + [0, KEY_TILE)``."""
+    k_idx = k0 + tl.arange(0, KEY_TILE)
+    k_ok = k_idx < kv_len
+    k_off = kv_row_offsets(b, k_idx, k_ok, BT, stride_bt, KV_START, stride_kp, stride_kt,
+                           PAGE, PAGED)
+    d = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + kvh * stride_kh + k_off[:, None] + d[None, :], mask=k_ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    keep = row_ok[:, None] & k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None])
+    return tl.where(keep, s, float("-inf")), k_idx, k_ok
+
+
+@triton.jit
+def _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
+                    LAST: tl.constexpr, HEAD_DIM: tl.constexpr):
+    i = tl.arange(0, LAST)
+    local = q_len - LAST + i  # row inside the chunk; negative when q_len < LAST
+    row_ok = local >= 0
+    d = tl.arange(0, HEAD_DIM)
+    rows = (q_start + tl.where(row_ok, local, 0)).to(tl.int64)
+    q = tl.load(Q + rows[:, None] * stride_qt + qh * stride_qh + d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q_pos = kv_len - LAST + i
+    return q, q_pos, row_ok
+
+
+@triton.jit
+def _estimate_stats_kernel(
+    Q, stride_qt, stride_qh, HEADS, qk_scale,
+    K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
+    Q_START, Q_LEN, KV_LEN, M_OUT, L_OUT,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
+    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+):
+    split = tl.program_id(0)
+    hs = tl.program_id(1)
+    b = tl.program_id(2)
+    n_split = tl.num_programs(0)
+    n_heads = tl.num_programs(1)
+    qh = tl.load(HEADS + hs)
+    kvh = qh // GROUP
+    q_start = tl.load(Q_START + b)
+    q_len = tl.load(Q_LEN + b)
+    kv_len = tl.load(KV_LEN + b)
+    q, q_pos, row_ok = _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
+                                       LAST, HEAD_DIM)
+    m_i = tl.full([LAST], float("-inf"), tl.float32)
+    l_i = tl.zeros([LAST], tl.float32)
+    k_begin = split * SPLIT
+    k_end = tl.minimum(k_begin + SPLIT, kv_len)
+    for k0 in range(k_begin, k_end, KEY_TILE):
+        s, _, _ = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
+                                        K, stride_kp, stride_kt, stride_kh, BT, stride_bt,
+                                        KV_START, HEAD_DIM, KEY_TILE, PAGE, PAGED)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), axis=1)
+        m_i = m_new
+    out = ((b * n_heads + hs) * n_split + split).to(tl.int64) * LAST + tl.arange(0, LAST)
+    tl.store(M_OUT + out, m_i)
+    tl.store(L_OUT + out, l_i)
+
+
+@triton.jit
+def _estimate_scores_kernel(
+    Q, stride_qt, stride_qh, HEADS, qk_scale,
+    K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
+    Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
+    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+):
+    split = tl.program_id(0)
+    hs = tl.program_id(1)
+    b = tl.program_id(2)
+    n_heads = tl.num_programs(1)
+    qh = tl.load(HEADS + hs)
+    kvh = qh // GROUP
+    q_start = tl.load(Q_START + b)
+    q_len = tl.load(Q_LEN + b)
+    kv_len = tl.load(KV_LEN + b)
+    q, q_pos, row_ok = _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
+                                       LAST, HEAD_DIM)
+    row = (b * n_heads + hs).to(tl.int64) * LAST + tl.arange(0, LAST)
+    m_row = tl.load(M_ROW + row)
+    l_row = tl.load(L_ROW + row)
+    m_row = tl.where(m_row == float("-inf"), 0.0, m_row)
+    inv_l = tl.where(l_row > 0.0, 1.0 / tl.where(l_row > 0.0, l_row, 1.0), 0.0)
+    out = b.to(tl.int64) * stride_vb + hs.to(tl.int64) * stride_vh
+    # diagonal sums via a skewed gather: column t of G holds diagonal i - c = t - (KEY_TILE-1)
+    i2 = tl.arange(0, LAST)[:, None]
+    t2 = tl.arange(0, 2 * KEY_TILE)[None, :]
+    c_of = i2 - t2 + (KEY_TILE - 1)
+    c_ok = (c_of >= 0) & (c_of < KEY_TILE)
+    c_idx = tl.where(c_ok, c_of, 0)
+    t = tl.arange(0, 2 * KEY_TILE)
+    k_begin = split * SPLIT
+    k_end = tl.minimum(k_begin + SPLIT, kv_len)
+    for k0 in range(k_begin, k_end, KEY_TILE):
+        s, k_idx, k_ok = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
+                                               K, stride_kp, stride_kt, stride_kh, BT,
+                                               stride_bt, KV_START, HEAD_DIM, KEY_TILE, PAGE,
+                                               PAGED)
+        p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
+        tl.store(VERT + out + k_idx, tl.sum(p, axis=0), mask=k_ok)
+        g = tl.where(c_ok, tl.gather(p, c_idx, axis=1), 0.0)
+        diag_sum = tl.sum(g, axis=0)
+        # q_pos[i] - (k0 + c) with i - c = t - (KEY_TILE - 1)
+        dist = kv_len - LAST - k0 + t - (KEY_TILE - 1)
+        d_ok = (t < 2 * KEY_TILE - 1) & (dist >= 0) & (dist < kv_len)
+        tl.atomic_add(SLASH + out + dist, diag_sum, mask=d_ok, sem="relaxed")
+
+
+def estimate_vertical_slash(
+    q: torch.Tensor,
+    kv: KVSource,
+    layout: SeqLayout,
+    heads: torch.Tensor,
+    sm_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and diagonal attention mass of the last 64 queries, for the query ``heads``.
+
+    Returns ``(vertical, slash)``, each ``[B, len(heads), max_kv_len]`` float32; entries past
+    a sequence's ``kv_len`` are 0.
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    n_est = heads.numel()
+    B, kv_max = layout.num_seqs, layout.max_kv_len
+    vertical = torch.zeros(B, n_est, kv_max, dtype=torch.float32, device=q.device)
+    slash = torch.zeros_like(vertical)
+    if n_est == 0:
+        return vertical, slash
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    heads = heads.to(device=q.device, dtype=torch.int32)
+    n_split = triton.cdiv(kv_max, KEYS_PER_SPLIT)
+    m_part = torch.empty(B, n_est, n_split, LAST_Q, dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    kv_args = kv.kernel_args()
+    kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
+                                       "stride_bt", "KV_START", "PAGE", "PAGED")}
+    common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
+                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, num_warps=4)
+    grid = (n_split, n_est, B)
+    qk_scale = sm_scale * 1.4426950408889634
+    _estimate_stats_kernel[grid](
+        q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
+        Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
+        M_OUT=m_part, L_OUT=l_part, **common)
+    m_row = m_part.amax(dim=2)
+    m_safe = torch.where(torch.isinf(m_row), torch.zeros_like(m_row), m_row)
+    l_row = (l_part * torch.exp2(m_part - m_safe[:, :, None])).sum(dim=2)
+    _estimate_scores_kernel[grid](
+        q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
+        Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
+        M_ROW=m_row.contiguous(), L_ROW=l_row.contiguous(), VERT=vertical, SLASH=slash,
+        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common)
+    return vertical, slash
+
+
+def _top_indices(score: torch.Tensor, budget: torch.Tensor, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``budget[h]`` best entries of each row (``-inf`` entries never kept).
+
+    Returns ``(idx, count)``: ``idx`` is ``[B, H, k_max]`` int32 sorted descending with
+    ``INVALID`` padding at the end, ``count`` is ``[B, H]`` int32.
+    """
+    k = min(k_max, score.shape[-1])
+    val, idx = torch.topk(score, k, dim=-1, sorted=True)
+    rank = torch.arange(k, device=score.device)
+    keep = (rank[None, None, :] < budget[None, :, None]) & (val > float("-inf"))
+    idx = torch.where(keep, idx, torch.full_like(idx, INVALID))
+    idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
+    if k < k_max:
+        pad = torch.full((*idx.shape[:2], k_max - k), INVALID, dtype=torch.int32, device=idx.device)
+        idx = torch.cat([idx, pad], dim=-1)
+    return idx, keep.sum(dim=-1, dtype=torch.int32)
+
+
+def _force(score: torch.Tensor, pos: torch.Tensor, keep: int, inside: torch.Tensor) -> torch.Tensor:
+    """Rank the first ``keep`` positions above any estimate (nearest first), drop the outside.
+
+    Estimated masses are at most 64 (64 rows of probabilities), so ``FORCED + keep - pos`` is
+    above all of them and exact in fp32; a budget below ``keep`` keeps the nearest ones.
+    """
+    forced = FORCED + (keep - pos).to(score.dtype)
+    score = torch.where((pos < keep)[None, None, :], forced, score)
+    return torch.where(inside[:, None, :], score, float("-inf"))
+
+
+def select_vertical_slash(
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    layout: SeqLayout,
+    v_budget: torch.Tensor,
+    s_budget: torch.Tensor,
+    v_max: int,
+    s_max: int,
+    keep_first: int = 30,
+    keep_diag: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``v_budget[h]`` columns and ``s_budget[h]`` diagonals per (sequence, head).
+
+    The first ``keep_first`` keys and the ``keep_diag`` nearest diagonals (main included) are
+    always kept (the nearest ones first, should a budget be smaller).  Returns ``(cols, n_cols, diags, n_diags)``; ``cols`` is ``[B, H, v_max]`` and
+    ``diags`` ``[B, H, s_max]``, both int32 sorted *descending* with ``-1`` padding.
+    """
+    kv_max = vertical.shape[-1]
+    pos = torch.arange(kv_max, device=vertical.device)
+    inside = pos[None, :] < layout.kv_len[:, None]  # [B, kv_max]
+    v = _force(vertical, pos, keep_first, inside)
+    s = _force(slash, pos, keep_diag, inside)
+    cols, n_cols = _top_indices(v, v_budget.to(vertical.device), v_max)
+    diags, n_diags = _top_indices(s, s_budget.to(vertical.device), s_max)
+    return cols, n_cols, diags, n_diags

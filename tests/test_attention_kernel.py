@@ -1,0 +1,116 @@
+"""The sparse attention kernel against plain PyTorch attention with the same mask."""
+
+import pytest
+import torch
+
+from conftest import kernel_dtypes
+from kernel_inputs import make_batch, tolerance
+from vllm_minference.kernels import WorkList, dense_worklist, sparse_attention
+from vllm_minference.kernels.attention.reference import (masked_attention_reference,
+                                                          worklist_mask, worklist_overlaps)
+
+SHAPES = [
+    # q_lens, kv_lens, heads, kv_heads, head_dim
+    ([100], [100], 4, 2, 64),          # one sequence, not a multiple of 64
+    ([37], [37], 2, 2, 128),           # shorter than a block, head_dim 128
+    ([64, 130, 5], [64, 200, 77], 4, 1, 64),  # varlen batch, q_len < kv_len, MQA
+    ([70], [333], 8, 2, 128),          # chunk at the end of a longer sequence
+]
+
+
+def _rel_err(out, ref):
+    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES)
+def test_dense_worklist_equals_causal_attention(device, dtype, q_lens, kv_lens, h, hkv, d):
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device)
+    wl = dense_worklist(batch.layout, h)
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout)
+    for kv in (batch.kv, batch.paged):
+        out = sparse_attention(batch.q, kv, batch.layout, wl)
+        assert out.dtype == dtype
+        assert _rel_err(out, ref) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+def test_lse_matches_logsumexp(device, dtype):
+    batch = make_batch([90, 20], [150, 20], 4, 2, 64, dtype, device)
+    wl = dense_worklist(batch.layout, 4)
+    out, lse = sparse_attention(batch.q, batch.paged, batch.layout, wl, return_lse=True)
+    assert lse.shape == (4, 110)
+    scale = 64 ** -0.5
+    for b, (q0, ql, kl) in enumerate([(0, 90, 150), (90, 20, 20)]):
+        k, _ = batch.kv.gather(b, kl)
+        for h in range(4):
+            s = batch.q[q0:q0 + ql, h].double() @ k[:, h // 2].double().T * scale
+            pos = torch.arange(kl - ql, kl, device=s.device)[:, None]
+            s = s.masked_fill(torch.arange(kl, device=s.device)[None, :] > pos, float("-inf"))
+            torch.testing.assert_close(lse[h, q0:q0 + ql].double(), torch.logsumexp(s, -1),
+                                       atol=2e-3, rtol=1e-3)
+
+
+def _random_worklist(layout, num_heads, seed):
+    """Arbitrary (but well-formed) lists: relative/absolute chunks and columns per block."""
+    g = torch.Generator().manual_seed(seed)
+    desc, chunks, cols = [], [], []
+    qs_all = layout.block_first_pos().cpu()
+    last_all = layout.block_last_pos().cpu()
+    for h in range(num_heads):
+        row = []
+        for i in range(layout.num_blocks):
+            qs, last = int(qs_all[i]), int(last_all[i])
+            relative = bool(torch.randint(2, (1,), generator=g))
+            base = qs if relative else 0
+            # disjoint 64-key chunks at random non-overlapping offsets, with a masking floor
+            starts, pos = [], -qs - 63 if relative else 0
+            limit = 0 if relative else last
+            while True:
+                pos += int(torch.randint(0, 90, (1,), generator=g))
+                if pos > limit:
+                    break
+                starts.append(pos)
+                pos += 64
+            chunk_ptr = len(chunks)
+            covered = set()
+            for s in starts:
+                lo = s + int(torch.randint(0, 20, (1,), generator=g))
+                chunks.append((s, lo))
+                covered.update(range(base + lo, base + s + 64))
+            free = [k for k in range(0, last + 1) if k not in covered]
+            pick = torch.randperm(len(free), generator=g)[: int(torch.randint(0, 70, (1,), generator=g))]
+            picked = sorted(free[int(p)] for p in pick)
+            row.append((chunk_ptr, len(starts), base, len(cols), len(picked)))
+            cols.extend(picked)
+        desc.append(row)
+    dev = layout.q_len.device
+    return WorkList(torch.tensor(desc, dtype=torch.int32, device=dev),
+                    torch.tensor(chunks + [(0, 0)], dtype=torch.int32, device=dev),
+                    torch.tensor(cols + [0], dtype=torch.int32, device=dev))
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES)
+def test_any_worklist_equals_masked_attention(device, dtype, q_lens, kv_lens, h, hkv, d):
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, seed=3)
+    wl = _random_worklist(batch.layout, h, seed=5)
+    for b in range(batch.layout.num_seqs):
+        for hh in range(h):
+            assert worklist_overlaps(wl, batch.layout, b, hh) == 0
+    ref = masked_attention_reference(
+        batch.q, batch.kv, batch.layout,
+        lambda b, hh, ql, kl: worklist_mask(wl, batch.layout, b, hh))
+    out_c = sparse_attention(batch.q, batch.kv, batch.layout, wl)
+    out_p = sparse_attention(batch.q, batch.paged, batch.layout, wl)
+    assert _rel_err(out_c, ref) < tolerance(dtype)
+    torch.testing.assert_close(out_c, out_p, atol=0, rtol=0)
+
+
+def test_rejects_bad_shapes(device):
+    batch = make_batch([10], [10], 4, 2, 64, torch.float16, device)
+    with pytest.raises(ValueError, match="work list"):
+        sparse_attention(batch.q, batch.kv, batch.layout, dense_worklist(batch.layout, 3))
+    q96 = torch.zeros(10, 4, 96, dtype=torch.float16, device=device)
+    with pytest.raises(ValueError, match="head_dim"):
+        sparse_attention(q96, batch.kv, batch.layout, dense_worklist(batch.layout, 4))

@@ -1,0 +1,89 @@
+"""Block-Sparse and A-shape work lists and attention against their references."""
+
+import pytest
+import torch
+
+from conftest import kernel_dtypes
+from kernel_inputs import make_batch, tolerance
+from vllm_minference.kernels import (block_sparse_scores, build_a_shape_worklist,
+                                     build_block_sparse_worklist, dense_worklist,
+                                     sparse_attention)
+from vllm_minference.kernels.a_shape.reference import a_shape_mask
+from vllm_minference.kernels.attention.reference import (causal_mask, masked_attention_reference,
+                                                          worklist_mask, worklist_overlaps)
+from vllm_minference.kernels.block_sparse.reference import (block_scores_reference,
+                                                             block_sparse_mask)
+
+CASES = [([100], [100]), ([40], [40]), ([70, 130, 3], [300, 130, 90])]
+
+
+@pytest.mark.parametrize("q_lens,kv_lens", CASES)
+def test_block_scores_match_reference(device, q_lens, kv_lens):
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
+    heads = [2, 0]
+    got = block_sparse_scores(batch.q, batch.paged, batch.layout, torch.tensor(heads)).cpu()
+    ref = block_scores_reference(batch.q, batch.kv, batch.layout, heads)
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isinf(got) & (got > 0), torch.isinf(ref) & (ref > 0))
+    assert torch.equal(torch.isinf(got) & (got < 0), torch.isinf(ref) & (ref < 0))
+    torch.testing.assert_close(got.double()[finite], ref[finite], atol=1e-5, rtol=1e-4)
+
+
+def _tiles_per_block(wl, layout, b, h):
+    first = sum((ql + 63) // 64 for ql in layout.q_lens_host[:b])
+    out = []
+    for m in range((layout.q_lens_host[b] + 63) // 64):
+        cp, cc, base, _, colc = wl.desc[h, first + m].tolist()
+        assert base == 0 and colc == 0
+        out.append([int(s) // 64 for s in wl.chunks[cp:cp + cc, 0].tolist()])
+    return out
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens", CASES)
+def test_block_sparse_attention(device, dtype, q_lens, kv_lens):
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, dtype, device, structured=True)
+    heads = torch.arange(4, device=device)
+    scores = block_sparse_scores(batch.q, batch.paged, batch.layout, heads)
+    topk = torch.tensor([3, 4, 2, 5], device=device)
+    wl = build_block_sparse_worklist(scores, topk, k_max=5)
+    sc = scores.cpu()
+    for b, (ql, kl) in enumerate(zip(q_lens, kv_lens)):
+        first = sum((x + 63) // 64 for x in q_lens[:b])
+        for h in range(4):
+            tiles = _tiles_per_block(wl, batch.layout, b, h)
+            for m, t in enumerate(tiles):
+                row = sc[h, first + m]
+                k = min(max(3, int(topk[h])), int((row > float("-inf")).sum()))
+                expect = torch.topk(row, k).indices.sort().values.tolist()
+                assert t == expect
+            assert worklist_overlaps(wl, batch.layout, b, h) == 0
+    ref = masked_attention_reference(
+        batch.q, batch.kv, batch.layout,
+        lambda b, h, ql, kl: block_sparse_mask(_tiles_per_block(wl, batch.layout, b, h), ql, kl))
+    out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
+    assert float((out.double() - ref).norm() / ref.norm()) < tolerance(dtype)
+    # enough blocks to cover everything: dense
+    wl_all = build_block_sparse_worklist(scores, torch.full((4,), 100, device=device), 100)
+    dense = sparse_attention(batch.q, batch.kv, batch.layout, dense_worklist(batch.layout, 4))
+    torch.testing.assert_close(sparse_attention(batch.q, batch.kv, batch.layout, wl_all), dense,
+                               atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens", CASES + [([64], [700])])
+def test_a_shape(device, dtype, q_lens, kv_lens):
+    batch = make_batch(q_lens, kv_lens, 4, 1, 128, dtype, device)
+    sink = [10, 64, 0, 200]
+    local = [64, 100, 130, 1]
+    wl = build_a_shape_worklist(batch.layout, torch.tensor(sink), torch.tensor(local))
+    for b, (ql, kl) in enumerate(zip(q_lens, kv_lens)):
+        for h in range(4):
+            got = worklist_mask(wl, batch.layout, b, h) & causal_mask(ql, kl)
+            assert torch.equal(got, a_shape_mask(sink[h], local[h], ql, kl))
+            assert worklist_overlaps(wl, batch.layout, b, h) == 0
+    ref = masked_attention_reference(
+        batch.q, batch.kv, batch.layout,
+        lambda b, h, ql, kl: a_shape_mask(sink[h], local[h], ql, kl))
+    out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
+    assert float((out.double() - ref).norm() / ref.norm()) < tolerance(dtype)

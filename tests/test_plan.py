@@ -1,0 +1,50 @@
+"""A layer whose heads mix patterns, planned and run in one launch; the density guard."""
+
+import torch
+
+from kernel_inputs import make_batch, tolerance
+from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, DENSE, VERTICAL_SLASH, HeadPattern,
+                                     LayerPatterns, apply_density_guard, dense_worklist,
+                                     plan_layer, sparse_attention)
+from vllm_minference.kernels.attention.reference import masked_attention_reference, worklist_mask
+from vllm_minference.kernels.worklist import merge_worklists
+
+
+def test_mixed_layer_matches_per_head_reference(device):
+    dtype = torch.float16
+    batch = make_batch([150, 64], [400, 64], 6, 2, 64, dtype, device, structured=True)
+    patterns = LayerPatterns.from_heads([
+        HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(A_SHAPE, 16, 64),
+        HeadPattern(BLOCK_SPARSE, 3), HeadPattern(DENSE),
+        HeadPattern(VERTICAL_SLASH, 60, 70), HeadPattern(A_SHAPE, 0, 128)], device)
+    wl = plan_layer(batch.q, batch.paged, batch.layout, patterns)
+    assert wl.desc.shape == (6, batch.layout.num_blocks, 5)
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout,
+                                     lambda b, h, ql, kl: worklist_mask(wl, batch.layout, b, h))
+    out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
+    assert float((out.double() - ref).norm() / ref.norm()) < tolerance(dtype)
+    dense_head = sparse_attention(batch.q, batch.kv, batch.layout,
+                                  dense_worklist(batch.layout, 6))[:, 3]
+    torch.testing.assert_close(out[:, 3], dense_head, atol=0, rtol=0)
+    density = wl.density(batch.layout).cpu()
+    assert density[3] == 1.0 and (density[[0, 1, 2, 4, 5]] < 1.0).all()
+
+
+def test_density_guard_sends_heavy_heads_to_dense(device):
+    batch = make_batch([300], [300], 2, 1, 64, torch.float16, device)
+    layout = batch.layout
+    full = dense_worklist(layout, 1)
+    light = plan_layer(batch.q, batch.kv, layout,
+                       LayerPatterns.from_heads([HeadPattern(A_SHAPE, 0, 64)], device))
+    wl = merge_worklists([(torch.tensor([0], device=device), light),
+                          (torch.tensor([1], device=device), full)], 2, layout.num_blocks)
+    before = wl.density(layout).cpu()
+    guarded = apply_density_guard(wl, layout, max_density=0.9)
+    after = guarded.density(layout).cpu()
+    assert after[0] == before[0] and after[1] == 1.0
+    torch.testing.assert_close(
+        sparse_attention(batch.q, batch.kv, layout, guarded),
+        sparse_attention(batch.q, batch.kv, layout, wl), atol=0, rtol=0)
+    # a head just above the threshold is replaced by exactly the dense list
+    guarded = apply_density_guard(wl, layout, max_density=0.1)
+    assert torch.equal(guarded.tiles().cpu(), dense_worklist(layout, 2).tiles().cpu())

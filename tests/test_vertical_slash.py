@@ -1,0 +1,136 @@
+"""Vertical-Slash: estimate, selection, index building and attention against references."""
+
+import pytest
+import torch
+
+from conftest import kernel_dtypes
+from kernel_inputs import make_batch, tolerance
+from vllm_minference.kernels import (build_vertical_slash_worklist, dense_worklist,
+                                     estimate_vertical_slash, select_vertical_slash,
+                                     sparse_attention)
+from vllm_minference.kernels.attention.reference import (masked_attention_reference,
+                                                          worklist_mask, worklist_overlaps)
+from vllm_minference.kernels.vertical_slash.reference import (estimate_reference,
+                                                               vertical_slash_mask)
+
+CASES = [
+    ([100], [100]),             # plain prefill, not a multiple of 64
+    ([40], [40]),               # fewer than 64 queries
+    ([70, 130], [300, 130]),    # chunk at the end of a longer sequence + a full prefill
+]
+
+
+@pytest.mark.parametrize("q_lens,kv_lens", CASES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_estimate_matches_reference(device, q_lens, kv_lens, head_dim):
+    batch = make_batch(q_lens, kv_lens, 4, 2, head_dim, torch.float32, device, structured=True)
+    heads = [0, 3, 1]
+    vert, slash = estimate_vertical_slash(batch.q, batch.paged, batch.layout,
+                                          torch.tensor(heads, device=device))
+    ref_v, ref_s = estimate_reference(batch.q, batch.kv, batch.layout, heads)
+    torch.testing.assert_close(vert.double().cpu(), ref_v, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(slash.double().cpu(), ref_s, atol=1e-5, rtol=1e-4)
+    # every estimate row is a probability distribution: mass = number of estimate rows
+    for b, ql in enumerate(q_lens):
+        assert torch.allclose(vert[b].sum(-1).cpu(), torch.full((3,), float(min(64, ql))),
+                              rtol=1e-4)
+
+
+def test_selection_keeps_forced_and_top_entries(device):
+    batch = make_batch([50, 64], [500, 64], 2, 1, 64, torch.float32, device)
+    g = torch.Generator().manual_seed(1)
+    vert = torch.rand(2, 2, 500, generator=g).to(device)
+    slash = torch.rand(2, 2, 500, generator=g).to(device)
+    v_budget = torch.tensor([40, 100], device=device)
+    s_budget = torch.tensor([120, 60], device=device)
+    cols, n_cols, diags, n_diags = select_vertical_slash(
+        vert, slash, batch.layout, v_budget, s_budget, 100, 120, keep_first=30, keep_diag=100)
+    for b, kv_len in enumerate([500, 64]):
+        for h in range(2):
+            for sel, n, score, budget, forced in (
+                (cols, n_cols, vert, v_budget, 30), (diags, n_diags, slash, s_budget, 100)):
+                got = sel[b, h, : int(n[b, h])].tolist()
+                assert got == sorted(got, reverse=True) and len(set(got)) == len(got)
+                assert (sel[b, h, int(n[b, h]):] == -1).all()
+                sc = score[b, h, :kv_len].clone()
+                n_forced = min(forced, kv_len)
+                sc[:n_forced] = 1e6 + forced - torch.arange(n_forced, device=device)
+                expect = set(torch.topk(sc, min(int(budget[h]), kv_len)).indices.tolist())
+                assert set(got) == expect
+
+
+def _vs_inputs(layout, heads, seed, v_sizes, s_sizes, device):
+    """Random selections in select_vertical_slash's format (descending, -1 padded)."""
+    g = torch.Generator().manual_seed(seed)
+    B, v_max, s_max = layout.num_seqs, max(v_sizes), max(s_sizes)
+    cols = torch.full((B, heads, v_max), -1, dtype=torch.int32)
+    diags = torch.full((B, heads, s_max), -1, dtype=torch.int32)
+    n_cols = torch.zeros(B, heads, dtype=torch.int32)
+    n_diags = torch.zeros_like(n_cols)
+    for b, kl in enumerate(layout.kv_lens_host):
+        for h in range(heads):
+            c = torch.randperm(kl, generator=g)[: v_sizes[h]].sort(descending=True).values
+            # diagonals: the main one, a local band, clumps and isolated far ones
+            pool = torch.cat([torch.arange(0, min(kl, 8)), torch.randperm(kl, generator=g)])
+            d = torch.unique(pool[: s_sizes[h] + 8])[: s_sizes[h]].sort(descending=True).values
+            cols[b, h, : len(c)], n_cols[b, h] = c, len(c)
+            diags[b, h, : len(d)], n_diags[b, h] = d, len(d)
+    return [x.to(device) for x in (cols, n_cols, diags, n_diags)]
+
+
+@pytest.mark.parametrize("q_lens,kv_lens", CASES + [([200, 1, 64], [700, 1, 129])])
+def test_index_builder_matches_pattern_mask(device, q_lens, kv_lens):
+    batch = make_batch(q_lens, kv_lens, 3, 1, 64, torch.float16, device)
+    sel = _vs_inputs(batch.layout, 3, 7, [5, 40, 300], [3, 30, 100], device)
+    wl = build_vertical_slash_worklist(*sel, batch.layout)
+    cols, n_cols, diags, n_diags = (x.cpu() for x in sel)
+    for b, (ql, kl) in enumerate(zip(q_lens, kv_lens)):
+        for h in range(3):
+            expect = vertical_slash_mask(cols[b, h, : n_cols[b, h]].tolist(),
+                                         diags[b, h, : n_diags[b, h]].tolist(), ql, kl)
+            got = worklist_mask(wl, batch.layout, b, h)
+            from vllm_minference.kernels.attention.reference import causal_mask
+            assert torch.equal(got & causal_mask(ql, kl), expect)
+            assert worklist_overlaps(wl, batch.layout, b, h) == 0
+    # no gathered column lies past its block's last row: those would be wasted work
+    last = batch.layout.block_last_pos().cpu()
+    for h in range(3):
+        for i in range(batch.layout.num_blocks):
+            _, _, _, cp, cc = wl.desc[h, i].tolist()
+            assert all(c <= last[i] for c in wl.cols[cp:cp + cc].tolist())
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens", CASES)
+def test_sparse_attention_matches_masked_reference(device, dtype, q_lens, kv_lens):
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, dtype, device, structured=True)
+    heads = torch.arange(4, device=device)
+    vert, slash = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads)
+    v_budget = torch.tensor([30, 40, 35, 60], device=device)
+    s_budget = torch.tensor([50, 60, 80, 50], device=device)
+    sel = select_vertical_slash(vert, slash, batch.layout, v_budget, s_budget, 60, 80,
+                                keep_first=4, keep_diag=3)
+    wl = build_vertical_slash_worklist(*sel, batch.layout)
+    cols, n_cols, diags, n_diags = (x.cpu() for x in sel)
+
+    def mask_fn(b, h, ql, kl):
+        return vertical_slash_mask(cols[b, h, : n_cols[b, h]].tolist(),
+                                   diags[b, h, : n_diags[b, h]].tolist(), ql, kl)
+
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout, mask_fn)
+    out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
+    err = float((out.double() - ref).norm() / ref.norm())
+    assert err < tolerance(dtype)
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+def test_covering_budgets_equal_dense(device, dtype):
+    batch = make_batch([150, 60], [150, 260], 4, 2, 128, dtype, device)
+    heads = torch.arange(4, device=device)
+    vert, slash = estimate_vertical_slash(batch.q, batch.kv, batch.layout, heads)
+    big = torch.full((4,), 1000, device=device)
+    sel = select_vertical_slash(vert, slash, batch.layout, big, big, 1000, 1000)
+    wl = build_vertical_slash_worklist(*sel, batch.layout)
+    out = sparse_attention(batch.q, batch.kv, batch.layout, wl)
+    ref = sparse_attention(batch.q, batch.kv, batch.layout, dense_worklist(batch.layout, 4))
+    torch.testing.assert_close(out, ref, atol=tolerance(dtype), rtol=tolerance(dtype))
