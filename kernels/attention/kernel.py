@@ -22,11 +22,17 @@ from ..worklist import WorkList
 LOG2E = 1.4426950408889634
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs (tests) get exact fp32 products instead of Triton's default tf32."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
                  K, V, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
                  BT, stride_bt, KV_START,
-                 HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+                 PREC: tl.constexpr):
     """One online-softmax step over the 64 keys ``k_idx`` (masked by ``k_valid``, causal)."""
     d = tl.arange(0, HEAD_DIM)
     k_off = kv_row_offsets(b, k_idx, k_valid, BT, stride_bt, KV_START, stride_kp, stride_kt,
@@ -37,7 +43,7 @@ def _attend_tile(acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
                 other=0.0)
     v = tl.load(V + kvh * stride_vh + v_off[:, None] + d[None, :], mask=k_valid[:, None],
                 other=0.0)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = k_valid[None, :] & (k_idx[None, :] <= q_pos[:, None])
     s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -45,7 +51,7 @@ def _attend_tile(acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
     p = tl.math.exp2(s - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
 
 
@@ -60,7 +66,7 @@ def _sparse_attn_fwd_kernel(
     NB,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-    WRITE_LSE: tl.constexpr,
+    WRITE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     blk = NB - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -100,7 +106,7 @@ def _sparse_attn_fwd_kernel(
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
             K, V, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
-            BT, stride_bt, KV_START, HEAD_DIM, PAGE, PAGED)
+            BT, stride_bt, KV_START, HEAD_DIM, PAGE, PAGED, PREC)
 
     for c0 in range(0, col_cnt, BLOCK_N):
         c_ok = c0 + offs_n < col_cnt
@@ -109,7 +115,7 @@ def _sparse_attn_fwd_kernel(
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
             K, V, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
-            BT, stride_bt, KV_START, HEAD_DIM, PAGE, PAGED)
+            BT, stride_bt, KV_START, HEAD_DIM, PAGE, PAGED, PREC)
 
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -164,7 +170,7 @@ def sparse_attention(
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
             NB=layout.num_blocks, GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, WRITE_LSE=return_lse,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, WRITE_LSE=return_lse, PREC=dot_precision(q.dtype),
             num_warps=num_warps, num_stages=num_stages,
         )
     return (out, lse) if return_lse else out

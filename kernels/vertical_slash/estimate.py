@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention.kernel import dot_precision
 from ..layout import KVSource, SeqLayout, kv_row_offsets
 
 LAST_Q = 64  # query rows the estimate uses
@@ -37,7 +38,7 @@ FORCED = 1.0e6  # score floor of always-kept columns/diagonals
 def _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                           K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
                           HEAD_DIM: tl.constexpr, KEY_TILE: tl.constexpr, PAGE: tl.constexpr,
-                          PAGED: tl.constexpr):
+                          PAGED: tl.constexpr, PREC: tl.constexpr):
     """Scaled (log2-domain) scores of the estimate rows against keys ``k0 + [0, KEY_TILE)``."""
     k_idx = k0 + tl.arange(0, KEY_TILE)
     k_ok = k_idx < kv_len
@@ -45,7 +46,7 @@ def _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                            PAGE, PAGED)
     d = tl.arange(0, HEAD_DIM)
     k = tl.load(K + kvh * stride_kh + k_off[:, None] + d[None, :], mask=k_ok[:, None], other=0.0)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     keep = row_ok[:, None] & k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None])
     return tl.where(keep, s, float("-inf")), k_idx, k_ok
 
@@ -70,7 +71,7 @@ def _estimate_stats_kernel(
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
     Q_START, Q_LEN, KV_LEN, M_OUT, L_OUT,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
-    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
     hs = tl.program_id(1)
@@ -91,7 +92,7 @@ def _estimate_stats_kernel(
     for k0 in range(k_begin, k_end, KEY_TILE):
         s, _, _ = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                                         K, stride_kp, stride_kt, stride_kh, BT, stride_bt,
-                                        KV_START, HEAD_DIM, KEY_TILE, PAGE, PAGED)
+                                        KV_START, HEAD_DIM, KEY_TILE, PAGE, PAGED, PREC)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), axis=1)
@@ -107,7 +108,7 @@ def _estimate_scores_kernel(
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
     Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
-    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
     hs = tl.program_id(1)
@@ -139,7 +140,7 @@ def _estimate_scores_kernel(
         s, k_idx, k_ok = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                                                K, stride_kp, stride_kt, stride_kh, BT,
                                                stride_bt, KV_START, HEAD_DIM, KEY_TILE, PAGE,
-                                               PAGED)
+                                               PAGED, PREC)
         p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
         tl.store(VERT + out + k_idx, tl.sum(p, axis=0), mask=k_ok)
         g = tl.where(c_ok, tl.gather(p, c_idx, axis=1), 0.0)
@@ -179,7 +180,8 @@ def estimate_vertical_slash(
     kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
     common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
-                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, num_warps=4)
+                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype),
+                  num_warps=4)
     grid = (n_split, n_est, B)
     qk_scale = sm_scale * 1.4426950408889634
     _estimate_stats_kernel[grid](
