@@ -14,4 +14,4 @@ else
   echo "prelude: no project wheel in .whl/"
 fi
 export PYTHONPATH=/tmp/proj-site${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import vllm_minference.kernels" || echo "prelude: vllm_minference not importable"
+(cd /tmp && python3 -c "import vllm_minference.kernels") || echo "prelude: vllm_minference not importable"

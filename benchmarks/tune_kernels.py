@@ -56,7 +56,9 @@ def main() -> None:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--page", type=int, default=16)
-    ap.add_argument("--configs", default="4x2,4x3,8x2,4x1")
+    ap.add_argument("--configs", default="w4s3c1,w4s3c2",
+                    help="comma list of w<warps>s<stages>c<chunks per iteration>[n] (n: no masking, timing only)")
+    ap.add_argument("--lists", default="dense,vs_far0.1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
     args = ap.parse_args()
@@ -95,10 +97,14 @@ def main() -> None:
                             cu_seqlens_k=cu, causal=True, fa_version=3))
         print(f"L={L}: sdpa(flash) {t_sdpa:.2f} ms, fa3 {t_fa3}")
         dense_tiles = float(layout.dense_tiles().sum()) * H
-        lists = {"dense": dense_worklist(layout, H)}
-        for far in (0.1, 0.5):
-            sel = synthetic_selection(L, H, 1000, 6096, far, dev)
-            lists[f"vs_far{far}"] = build_vertical_slash_worklist(*sel, layout)
+        lists = {}
+        for name in args.lists.split(","):
+            if name == "dense":
+                lists[name] = dense_worklist(layout, H)
+            else:
+                far = float(name.removeprefix("vs_far"))
+                sel = synthetic_selection(L, H, 1000, 6096, far, dev)
+                lists[name] = build_vertical_slash_worklist(*sel, layout)
         # estimation + index timing on the real path
         heads = torch.arange(H, device=dev)
         vb = torch.full((H,), 1000, device=dev)
@@ -115,11 +121,15 @@ def main() -> None:
             density = float(wl.tiles().sum()) / dense_tiles
             for kvname, kv in (("paged", kv_p), ("contig", kv_c)):
                 for cfg in args.configs.split(","):
-                    nw, ns = (int(x) for x in cfg.split("x"))
+                    nw = int(cfg[1:cfg.index("s")])
+                    ns = int(cfg[cfg.index("s") + 1:cfg.index("c")])
+                    cpt = int(cfg[cfg.index("c") + 1:].rstrip("n"))
+                    mask = not cfg.endswith("n")
                     try:
                         t = bench_ms(
                             lambda: sparse_attention(q, kv, layout, wl, num_warps=nw,
-                                                     num_stages=ns),
+                                                     num_stages=ns, chunks_per_iter=cpt,
+                                                     _mask=mask),
                         )
                     except Exception as e:  # out of resources etc.
                         print(f"  {name} {kvname} {cfg}: failed {type(e).__name__}: {e}")
@@ -130,7 +140,7 @@ def main() -> None:
                                speedup=base / t, efficiency=base / t * density,
                                est_ms=t_est, index_ms=t_idx)
                     rows.append(row)
-                    print(f"  {name:10s} {kvname:6s} {cfg}: density {density:.3f} {t:8.2f} ms "
+                    print(f"  {name:10s} {kvname:6s} {cfg:9s}: density {density:.3f} {t:8.2f} ms "
                           f"speedup {base / t:5.2f} eff {base / t * density:.2f}")
         del q, k, v, kc, vc
         torch.cuda.empty_cache()

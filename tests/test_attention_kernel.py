@@ -105,6 +105,8 @@ def test_any_worklist_equals_masked_attention(device, dtype, q_lens, kv_lens, h,
     out_p = sparse_attention(batch.q, batch.paged, batch.layout, wl)
     assert _rel_err(out_c, ref) < tolerance(dtype)
     torch.testing.assert_close(out_c, out_p, atol=0, rtol=0)
+    out_2 = sparse_attention(batch.q, batch.paged, batch.layout, wl, chunks_per_iter=2)
+    assert _rel_err(out_2, ref) < tolerance(dtype)
 
 
 def test_rejects_bad_shapes(device):
