@@ -55,9 +55,9 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--page", type=int, default=16)
     ap.add_argument("--configs", default="w4s3c1,w4s3c2",
-                    help="comma list of w<warps>s<stages>c<chunks per iteration>[n] (n: no masking, timing only)")
+                    help="comma list of w<warps>s<stages>c<chunks per loop step>[ws] (ws: warp-specialized loop)")
+    ap.add_argument("--pages", default="16", help="comma list of paged-cache page sizes")
     ap.add_argument("--lists", default="dense,vs_far0.1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
@@ -73,13 +73,16 @@ def main() -> None:
         v = torch.randn(L, Hk, D, device=dev, dtype=torch.bfloat16)
         layout = SeqLayout.from_lengths([L], [L], dev)
         kv_c = KVSource.contiguous(k, v, [L])
-        n_pages = L // args.page
-        perm = torch.randperm(n_pages, device=dev) + 1
-        kc = torch.empty(n_pages + 1, args.page, Hk, D, device=dev, dtype=torch.bfloat16)
-        vc = torch.empty_like(kc)
-        kc[perm] = k.view(n_pages, args.page, Hk, D)
-        vc[perm] = v.view(n_pages, args.page, Hk, D)
-        kv_p = KVSource.paged(kc, vc, perm[None].int())
+        kv_sources = [("contig", kv_c)]
+        for page in (int(x) for x in args.pages.split(",")):
+            n_pages = L // page
+            perm = torch.randperm(n_pages, device=dev) + 1
+            kc = torch.empty(n_pages + 1, page, Hk, D, device=dev, dtype=torch.bfloat16)
+            vc = torch.empty_like(kc)
+            kc[perm] = k.view(n_pages, page, Hk, D)
+            vc[perm] = v.view(n_pages, page, Hk, D)
+            kv_sources.append((f"paged{page}", KVSource.paged(kc, vc, perm[None].int())))
+        kv_p = kv_sources[1][1]
         # baselines
         qs = q.transpose(0, 1)[None]
         ks = k.transpose(0, 1)[None]
@@ -119,17 +122,17 @@ def main() -> None:
         print(f"  estimate+select {t_est:.2f} ms, index {t_idx:.2f} ms (random q/k)")
         for name, wl in lists.items():
             density = float(wl.tiles().sum()) / dense_tiles
-            for kvname, kv in (("paged", kv_p), ("contig", kv_c)):
+            for kvname, kv in kv_sources:
                 for cfg in args.configs.split(","):
                     nw = int(cfg[1:cfg.index("s")])
                     ns = int(cfg[cfg.index("s") + 1:cfg.index("c")])
-                    cpt = int(cfg[cfg.index("c") + 1:].rstrip("n"))
-                    mask = not cfg.endswith("n")
+                    ws = cfg.endswith("ws")
+                    cpt = int(cfg[cfg.index("c") + 1:].removesuffix("ws"))
                     try:
                         t = bench_ms(
                             lambda: sparse_attention(q, kv, layout, wl, num_warps=nw,
                                                      num_stages=ns, chunks_per_iter=cpt,
-                                                     _mask=mask),
+                                                     warp_specialize=ws),
                         )
                     except Exception as e:  # out of resources etc.
                         print(f"  {name} {kvname} {cfg}: failed {type(e).__name__}: {e}")
@@ -140,9 +143,9 @@ def main() -> None:
                                speedup=base / t, efficiency=base / t * density,
                                est_ms=t_est, index_ms=t_idx)
                     rows.append(row)
-                    print(f"  {name:10s} {kvname:6s} {cfg:9s}: density {density:.3f} {t:8.2f} ms "
+                    print(f"  {name:10s} {kvname:8s} {cfg:9s}: density {density:.3f} {t:8.2f} ms "
                           f"speedup {base / t:5.2f} eff {base / t * density:.2f}")
-        del q, k, v, kc, vc
+        del q, k, v, kv_sources, kv_p, kv_c
         torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "w") as f:

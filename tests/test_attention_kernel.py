@@ -105,8 +105,13 @@ def test_any_worklist_equals_masked_attention(device, dtype, q_lens, kv_lens, h,
     out_p = sparse_attention(batch.q, batch.paged, batch.layout, wl)
     assert _rel_err(out_c, ref) < tolerance(dtype)
     torch.testing.assert_close(out_c, out_p, atol=0, rtol=0)
-    out_2 = sparse_attention(batch.q, batch.paged, batch.layout, wl, chunks_per_iter=2)
-    assert _rel_err(out_2, ref) < tolerance(dtype)
+    for cpt in (1, 2):  # one or two chunks per loop step
+        out_cpt = sparse_attention(batch.q, batch.kv, batch.layout, wl, chunks_per_iter=cpt)
+        assert _rel_err(out_cpt, ref) < tolerance(dtype)
+        for page in (64, 128):  # pages holding whole chunks take the two-page lookup path
+            big = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=page, seed=3)
+            out_big = sparse_attention(big.q, big.paged, big.layout, wl, chunks_per_iter=cpt)
+            torch.testing.assert_close(out_big, out_cpt, atol=0, rtol=0)
 
 
 def test_rejects_bad_shapes(device):

@@ -28,33 +28,61 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
-                 K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-                 HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-                 PREC: tl.constexpr, MASK: tl.constexpr):
-    """One online-softmax step over the keys ``k_idx`` (masked by ``k_valid``, causal).
+def _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, need_mask, q_pos, qk_scale,
+                 K, V, stride_kh, stride_vh, HEAD_DIM: tl.constexpr, PREC: tl.constexpr):
+    """One online-softmax step over one tile of keys at row offsets ``off``.
 
-    K and V share their page/token strides (vLLM's views of one cache), so the row offsets
-    and block-table lookups are computed once for both.
+    Loads are never masked (the callers clamp indices into the sequence, so every load
+    reads a real key).  Keys that are not ``valid`` or lie past the causal diagonal leave
+    the scores only when ``need_mask`` is set: most tiles lie wholly below the diagonal and
+    inside the sequence, and for them the per-element mask, the dearest part of a tile after
+    the two matrix products, is skipped.  The softmax scale is folded into the exponent.
     """
     d = tl.arange(0, HEAD_DIM)
-    off = kv_row_offsets(b, k_idx, k_valid, BT, stride_bt, KV_START, stride_kp, stride_kt,
-                         PAGE, PAGED)
-    k = tl.load(K + kvh * stride_kh + off[:, None] + d[None, :], mask=k_valid[:, None],
-                other=0.0)
-    v = tl.load(V + kvh * stride_vh + off[:, None] + d[None, :], mask=k_valid[:, None],
-                other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    if MASK:
-        keep = k_valid[None, :] & (k_idx[None, :] <= q_pos[:, None])
+    k = tl.load(K + kvh * stride_kh + off[:, None] + d[None, :])
+    v = tl.load(V + kvh * stride_vh + off[:, None] + d[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if need_mask:
+        keep = valid[None, :] & (keys[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
+    p = tl.math.exp2(s * qk_scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, m_new, l_i
+
+
+@triton.jit
+def _chunk_rows(CHUNKS, idx, ok, base, kv_len, first_pos, b, offs, BT, stride_bt, KV_START,
+                stride_kp, stride_kt, CHUNK: tl.constexpr, PAGE: tl.constexpr,
+                PAGED: tl.constexpr):
+    """Row offsets, keys, validity and need-mask flag of chunk ``idx`` (scalar metadata).
+
+    When pages hold whole chunks (``PAGE % CHUNK == 0``, e.g. vLLM ``--block-size 64``), the
+    64 consecutive keys of a chunk span at most two pages: two scalar block-table loads
+    replace 64 per-row lookups.
+    """
+    cp = CHUNKS + 2 * idx.to(tl.int64)
+    start = tl.load(cp, mask=ok, other=0)
+    lo = tl.load(cp + 1, mask=ok, other=0)
+    k0 = base + start
+    keys = k0 + offs
+    valid = ok & (offs >= lo - start) & (keys >= 0) & (keys < kv_len)
+    need = (~ok) | (lo > start) | (k0 < 0) | (k0 + CHUNK - 1 > first_pos) | (k0 + CHUNK > kv_len)
+    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+    if PAGED and PAGE % CHUNK == 0:
+        first = tl.minimum(tl.maximum(k0, 0), kv_len - 1) // PAGE
+        bt = BT + b.to(tl.int64) * stride_bt
+        page_a = tl.load(bt + first)
+        page_b = tl.load(bt + first + 1, mask=(first + 1) * PAGE < kv_len, other=0)
+        page = tl.where(k_load // PAGE == first, page_a, page_b)
+        off = page.to(tl.int64) * stride_kp + (k_load % PAGE).to(tl.int64) * stride_kt
+    else:
+        off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
+                             stride_kt, PAGE, PAGED)
+    return off, keys, valid, need
 
 
 @triton.jit
@@ -68,7 +96,7 @@ def _sparse_attn_fwd_kernel(
     NB,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, CPT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-    WRITE_LSE: tl.constexpr, PREC: tl.constexpr, MASK: tl.constexpr,
+    WRITE_LSE: tl.constexpr, PREC: tl.constexpr, WS: tl.constexpr,
 ):
     blk = NB - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -81,6 +109,7 @@ def _sparse_attn_fwd_kernel(
     rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < q_len
     q_pos = kv_len - q_len + rows
+    first_pos = kv_len - q_len + m * BLOCK_M  # keys up to here are visible to every row
     d = tl.arange(0, HEAD_DIM)
     q_rows = (q_start + rows).to(tl.int64)
     q = tl.load(Q + q_rows[:, None] * stride_qt + h * stride_qh + d[None, :],
@@ -96,33 +125,37 @@ def _sparse_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    # an iteration takes CPT chunks of CHUNK keys: key t of the tile is key t % CHUNK of
-    # chunk j + t // CHUNK
+
+    offs_c = tl.arange(0, CHUNK)
+    for j in tl.range(0, chunk_cnt, CPT, warp_specialize=WS):
+        off, keys, valid, need = _chunk_rows(
+            CHUNKS, chunk_ptr + j, j < chunk_cnt, base, kv_len, first_pos, b, offs_c, BT,
+            stride_bt, KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+        if CPT == 2:
+            off1, keys1, valid1, need1 = _chunk_rows(
+                CHUNKS, chunk_ptr + j + 1, j + 1 < chunk_cnt, base, kv_len, first_pos, b,
+                offs_c, BT, stride_bt, KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+            off = tl.reshape(tl.join(off, off1).T, [2 * CHUNK])
+            keys = tl.reshape(tl.join(keys, keys1).T, [2 * CHUNK])
+            valid = tl.reshape(tl.join(valid, valid1).T, [2 * CHUNK])
+            need = need | need1
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, need, q_pos,
+                                     qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM, PREC)
+
     offs_t = tl.arange(0, CPT * CHUNK)
-    sub = offs_t // CHUNK
-    within = offs_t % CHUNK
-
-    for j in range(0, chunk_cnt, CPT):
-        c_ok = j + sub < chunk_cnt
-        cp = CHUNKS + 2 * (chunk_ptr + j + sub).to(tl.int64)
-        start = tl.load(cp, mask=c_ok, other=0)
-        lo = tl.load(cp + 1, mask=c_ok, other=0)
-        rel = start + within
-        k_idx = base + rel
-        k_valid = c_ok & (rel >= lo) & (k_idx >= 0) & (k_idx < kv_len)
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
-            K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-            HEAD_DIM, PAGE, PAGED, PREC, MASK)
-
     for c0 in range(0, col_cnt, CPT * CHUNK):
         c_ok = c0 + offs_t < col_cnt
-        k_idx = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs_t, mask=c_ok, other=0)
-        k_valid = c_ok & (k_idx >= 0) & (k_idx < kv_len)
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, b, kvh, k_idx, k_valid, q_pos, qk_scale,
-            K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-            HEAD_DIM, PAGE, PAGED, PREC, MASK)
+        keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs_t, mask=c_ok, other=0)
+        # columns ascend: the tile needs masking only if partial or reaching the block rows
+        full = c0 + CPT * CHUNK <= col_cnt
+        top = tl.load(COLS + col_ptr.to(tl.int64) + tl.minimum(c0 + CPT * CHUNK, col_cnt) - 1)
+        need = (~full) | (top > first_pos)
+        valid = c_ok & (keys >= 0) & (keys < kv_len)
+        k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+        off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
+                             stride_kt, PAGE, PAGED)
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, need, q_pos,
+                                     qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM, PREC)
 
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -152,16 +185,17 @@ def sparse_attention(
     return_lse: bool = False,
     num_warps: int = 4,
     num_stages: int = 3,
-    chunks_per_iter: int = 1,
-    _mask: bool = True,
+    chunks_per_iter: int | None = None,
+    warp_specialize: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` (``[tokens, heads, D]``) over the keys its work list names.
 
     Returns the output (``[tokens, heads, D]``, in ``q``'s dtype; rows outside the layout's
     query rows are left untouched) and, with ``return_lse``, the natural-log log-sum-exp
     ``[heads, tokens]`` in fp32 (``-inf`` for a row that saw no key).
-    ``chunks_per_iter`` (1 or 2) sets how many 64-key chunks one loop step computes;
-    ``_mask=False`` skips all masking and is only for timing experiments.
+    ``chunks_per_iter`` (1 or 2) sets how many 64-key chunks one loop step computes; by
+    default 2 for head_dim 64 (a 64x128 score tile keeps the tensor cores busy) and 1 for
+    head_dim 128 (two chunks would spill registers).
     """
     num_tokens, num_heads, head_dim = q.shape
     if head_dim not in (64, 128) or kv.head_dim != head_dim:
@@ -173,6 +207,10 @@ def sparse_attention(
                          f"({num_heads}, {layout.num_blocks})")
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
+    if chunks_per_iter is None:
+        chunks_per_iter = 2 if head_dim == 64 else 1
+    if chunks_per_iter not in (1, 2):
+        raise ValueError(f"chunks_per_iter must be 1 or 2, got {chunks_per_iter}")
     if out is None:
         out = torch.empty_like(q)
     lse = (torch.empty(num_heads, num_tokens, dtype=torch.float32, device=q.device)
@@ -190,7 +228,7 @@ def sparse_attention(
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
             NB=layout.num_blocks, GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CPT=chunks_per_iter, WRITE_LSE=return_lse,
-            PREC=dot_precision(q.dtype), MASK=_mask,
+            PREC=dot_precision(q.dtype), WS=warp_specialize,
             num_warps=num_warps, num_stages=num_stages,
         )
     return (out, lse) if return_lse else out
