@@ -55,34 +55,39 @@ def _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, need_mask, q_pos, qk_s
 
 
 @triton.jit
-def _chunk_rows(CHUNKS, idx, ok, base, kv_len, first_pos, b, offs, BT, stride_bt, KV_START,
-                stride_kp, stride_kt, CHUNK: tl.constexpr, PAGE: tl.constexpr,
-                PAGED: tl.constexpr):
-    """Row offsets, keys, validity and need-mask flag of chunk ``idx`` (scalar metadata).
-
-    When pages hold whole chunks (``PAGE % CHUNK == 0``, e.g. vLLM ``--block-size 64``), the
-    64 consecutive keys of a chunk span at most two pages: two scalar block-table loads
-    replace 64 per-row lookups.
-    """
+def _chunk_meta(CHUNKS, idx, ok, base, kv_len, first_pos, b, BT, stride_bt,
+                CHUNK: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr):
+    """Scalars of chunk ``idx``: first key, masking floor, need-mask flag and, when pages
+    hold whole chunks (``PAGE % CHUNK == 0``, e.g. vLLM ``--block-size 64``), the two pages
+    its 64 consecutive keys can span (two scalar block-table loads instead of 64)."""
     cp = CHUNKS + 2 * idx.to(tl.int64)
     start = tl.load(cp, mask=ok, other=0)
     lo = tl.load(cp + 1, mask=ok, other=0)
     k0 = base + start
-    keys = k0 + offs
-    valid = ok & (offs >= lo - start) & (keys >= 0) & (keys < kv_len)
+    floor = tl.where(ok, base + tl.maximum(lo, start), kv_len)  # a missing chunk keeps nothing
     need = (~ok) | (lo > start) | (k0 < 0) | (k0 + CHUNK - 1 > first_pos) | (k0 + CHUNK > kv_len)
-    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+    first = tl.minimum(tl.maximum(k0, 0), kv_len - 1) // PAGE
+    page_a = first
+    page_b = first
     if PAGED and PAGE % CHUNK == 0:
-        first = tl.minimum(tl.maximum(k0, 0), kv_len - 1) // PAGE
         bt = BT + b.to(tl.int64) * stride_bt
         page_a = tl.load(bt + first)
         page_b = tl.load(bt + first + 1, mask=(first + 1) * PAGE < kv_len, other=0)
+    return k0, floor, need, first, page_a, page_b
+
+
+@triton.jit
+def _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt, KV_START, stride_kp,
+                  stride_kt, CHUNK: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr):
+    """Element offsets of the rows of ``keys``, clamped into the sequence (loads unmasked)."""
+    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+    if PAGED and PAGE % CHUNK == 0:
         page = tl.where(k_load // PAGE == first, page_a, page_b)
         off = page.to(tl.int64) * stride_kp + (k_load % PAGE).to(tl.int64) * stride_kt
     else:
         off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
                              stride_kt, PAGE, PAGED)
-    return off, keys, valid, need
+    return off
 
 
 @triton.jit
@@ -126,23 +131,33 @@ def _sparse_attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    offs_c = tl.arange(0, CHUNK)
+    # a loop step takes CPT chunks: key t of the tile is key t % CHUNK of chunk j + t // CHUNK
+    offs_t = tl.arange(0, CPT * CHUNK)
+    within = offs_t % CHUNK
+    second = offs_t >= CHUNK
     for j in tl.range(0, chunk_cnt, CPT, warp_specialize=WS):
-        off, keys, valid, need = _chunk_rows(
-            CHUNKS, chunk_ptr + j, j < chunk_cnt, base, kv_len, first_pos, b, offs_c, BT,
-            stride_bt, KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+        k0, floor, need, first, page_a, page_b = _chunk_meta(
+            CHUNKS, chunk_ptr + j, j < chunk_cnt, base, kv_len, first_pos, b, BT, stride_bt,
+            CHUNK, PAGE, PAGED)
         if CPT == 2:
-            off1, keys1, valid1, need1 = _chunk_rows(
-                CHUNKS, chunk_ptr + j + 1, j + 1 < chunk_cnt, base, kv_len, first_pos, b,
-                offs_c, BT, stride_bt, KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
-            off = tl.reshape(tl.join(off, off1).T, [2 * CHUNK])
-            keys = tl.reshape(tl.join(keys, keys1).T, [2 * CHUNK])
-            valid = tl.reshape(tl.join(valid, valid1).T, [2 * CHUNK])
-            need = need | need1
+            k0_1, floor_1, need_1, first_1, page_a1, page_b1 = _chunk_meta(
+                CHUNKS, chunk_ptr + j + 1, j + 1 < chunk_cnt, base, kv_len, first_pos, b, BT,
+                stride_bt, CHUNK, PAGE, PAGED)
+            keys = tl.where(second, k0_1, k0) + within
+            valid = (keys >= tl.where(second, floor_1, floor)) & (keys >= 0) & (keys < kv_len)
+            off = _tile_offsets(keys, kv_len, b, tl.where(second, first_1, first),
+                                tl.where(second, page_a1, page_a),
+                                tl.where(second, page_b1, page_b), BT, stride_bt, KV_START,
+                                stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+            need = need | need_1
+        else:
+            keys = k0 + within
+            valid = (keys >= floor) & (keys >= 0) & (keys < kv_len)
+            off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
+                                KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, need, q_pos,
                                      qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM, PREC)
 
-    offs_t = tl.arange(0, CPT * CHUNK)
     for c0 in range(0, col_cnt, CPT * CHUNK):
         c_ok = c0 + offs_t < col_cnt
         keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs_t, mask=c_ok, other=0)
