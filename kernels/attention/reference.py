@@ -91,3 +91,40 @@ def worklist_overlaps(wl: WorkList, layout: SeqLayout, b: int, h: int) -> int:
                 count[c] += 1
         dup += int((count > 1).sum())
     return dup
+
+
+def block_keys(wl: WorkList, layout: SeqLayout, h: int, blk: int) -> torch.Tensor:
+    """Key indices (before causality) the list names for flat block ``blk`` of head ``h``.
+
+    Vectorised, for spot checks of large work lists (benchmarks): ``worklist_mask`` is the
+    element-by-element reading used by the unit tests.
+    """
+    cp, cc, base, colp, colc = (int(x) for x in wl.desc[h, blk].cpu())
+    chunks = wl.chunks[cp:cp + cc].long().cpu()
+    offs = torch.arange(BLOCK_N)
+    keys = base + chunks[:, :1] + offs[None, :]
+    keep = offs[None, :] >= (chunks[:, 1:] - chunks[:, :1])
+    cols = wl.cols[colp:colp + colc].long().cpu()
+    return torch.cat([keys[keep], cols])
+
+
+def block_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              wl: WorkList, layout: SeqLayout, h: int, blk: int,
+                              sm_scale: float) -> torch.Tensor:
+    """float32 attention of one 64-row block of head ``h`` over the keys its list names.
+
+    ``q`` is the batch's query tensor, ``k``/``v`` the block's sequence as contiguous
+    ``[kv_len, kv_heads, D]``.  Returns ``[valid rows, D]``.
+    """
+    b, m = int(layout.blk_seq[blk]), int(layout.blk_m[blk])
+    q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
+    r0, r1 = m * BLOCK_M, min(q_len, (m + 1) * BLOCK_M)
+    rows = q[layout.q_starts_host[b] + r0:layout.q_starts_host[b] + r1, h].float()
+    group = q.shape[1] // k.shape[1]
+    keys = block_keys(wl, layout, h, blk)
+    keys = keys[(keys >= 0) & (keys < kv_len)].to(k.device)
+    kh, vh = k[keys, h // group].float(), v[keys, h // group].float()
+    pos = torch.arange(kv_len - q_len + r0, kv_len - q_len + r1, device=k.device)
+    s = (rows @ kh.T) * sm_scale
+    s = s.masked_fill(keys[None, :] > pos[:, None], float("-inf"))
+    return torch.softmax(s, dim=-1).nan_to_num(0.0) @ vh

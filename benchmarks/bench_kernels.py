@@ -1,0 +1,396 @@
+"""Kernel benchmark: sparse prefill kernels vs FlashAttention-3, on real and random attention.
+
+Realistic inputs: post-RoPE Q/K/V of the real Qwen2.5-Coder-0.5B (gpu-kit) on source code,
+with YaRN rope scaling past its 32K context, captured for a few layers by running the
+model's own modules (HF weights) with FA3 attention.  From them:
+
+* ``real`` rows at the model's shape (14 query / 2 KV heads, head_dim 64): estimate, index
+  and attention of each pattern on the captured tensors;
+* ``real`` rows at Llama-3-8B shape (32 / 8 heads, head_dim 128): the work lists of the
+  captured heads (three layers, first 32 heads) replayed on random tensors of that shape,
+  whose cost depends on the lists, not the values; vLLM's bundled Vertical-Slash kernel
+  (``sparse_attn_func``, CUTLASS FA2) runs the same lists as a baseline.
+
+Worst case: ``random`` rows, random Q/K at Llama-3-8B shape (what dummy weights give), with
+the density guard of the vLLM backend (dense FA3 when the lists cover too much).
+
+K/V are read from a paged cache (page 16, vLLM's default) by our kernels.  Writes JSON rows
+(see README "Kernel results") and prints a table.
+
+    python benchmarks/bench_kernels.py --seq-lens 32768 131072 --out kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from vllm_minference.kernels import (KVSource, SeqLayout, block_sparse_scores,
+                                     build_a_shape_worklist, build_block_sparse_worklist,
+                                     build_vertical_slash_worklist, estimate_vertical_slash,
+                                     select_vertical_slash, sparse_attention)
+from vllm_minference.kernels.attention.reference import block_attention_reference
+from vllm_minference.kernels.worklist import WorkList
+
+VS_BUDGET = (1000, 6096)
+BS_TOPK = 100
+A_SHAPE = (128, 3968)
+PAGE = 16
+LLAMA = dict(q_heads=32, kv_heads=8, head_dim=128)
+QWEN = dict(q_heads=14, kv_heads=2, head_dim=64)
+DEVICE = "cuda"
+
+
+# ---------------------------------------------------------------------------- timing
+def time_ms(fn, reps: int | None = None) -> float:
+    """Median CUDA-event time of ``fn`` after one warm-up; fewer repeats for slow calls.
+    (On a CPU, for smoke tests under the Triton interpreter: one wall-clock run.)"""
+    if DEVICE == "cpu":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    first = start.elapsed_time(end)
+    if reps is None:
+        reps = 1 if first > 2000 else 3 if first > 200 else 10
+    times = [first]
+    for _ in range(reps - 1):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+# ---------------------------------------------------------------------------- inputs
+def code_tokens(tokenizer, n_tokens: int) -> torch.Tensor:
+    """``n_tokens`` tokens of Python source found on this machine (deterministic order)."""
+    roots = [p for p in sys.path if p.endswith("site-packages") or "gpukit" in p]
+    files = sorted({f for r in roots for f in glob.glob(os.path.join(r, "**", "*.py"),
+                                                          recursive=True)})
+    ids: list[int] = []
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                ids.extend(tokenizer.encode(fh.read(), add_special_tokens=False))
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(ids) >= n_tokens:
+            break
+    if len(ids) < n_tokens:
+        raise RuntimeError(f"only {len(ids)} tokens of source code found")
+    return torch.tensor(ids[:n_tokens])
+
+
+@torch.no_grad()
+def capture_qkv(model_path: str, tokens: torch.Tensor, layers: list[int]) -> dict:
+    """Post-RoPE q/k/v ``[L, heads, D]`` of ``layers`` for one prompt, YaRN past 32K."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    n = tokens.numel()
+    config = AutoConfig.from_pretrained(model_path)
+    factor = max(1.0, n / 32768)
+    if factor > 1:
+        config.rope_parameters = {"rope_type": "yarn", "factor": float(2 ** math.ceil(math.log2(factor))),
+                                  "original_max_position_embeddings": 32768,
+                                  "rope_theta": 1000000.0}
+        config.max_position_embeddings = max(n, 32768)
+    config.num_hidden_layers = max(layers) + 1
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, config=config, dtype=torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    ).to(DEVICE).eval()
+    inner = model.model
+    x = inner.embed_tokens(tokens.to(DEVICE)[None])
+    pos = torch.arange(n, device=DEVICE)[None]
+    cos, sin = inner.rotary_emb(x, pos)
+    out = {}
+    for i, layer in enumerate(inner.layers[: max(layers) + 1]):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(1, n, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, n, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, n, -1, attn.head_dim)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = q[0].transpose(0, 1).contiguous(), k[0].transpose(0, 1).contiguous()
+        v = v[0].contiguous()
+        if i in layers:
+            out[i] = (q, k, v)
+        o = fa3(q, k, v)()
+        x = x + attn.o_proj(o.reshape(1, n, -1).to(x.dtype))
+        del q, k, v, o, h
+        h = layer.post_attention_layernorm(x)
+        step = 65536  # the MLP of a 1M-token prompt in one go needs ~40 GB
+        x = x + torch.cat([layer.mlp(h[:, s:s + step]) for s in range(0, n, step)], dim=1)
+    del model, x, cos, sin
+    torch.cuda.empty_cache()
+    return out
+
+
+def paged(k: torch.Tensor, v: torch.Tensor) -> KVSource:
+    """The same keys/values in a vLLM-style paged cache (page 16, shuffled pages)."""
+    L, hk, d = k.shape
+    n_pages = math.ceil(L / PAGE)
+    pad = n_pages * PAGE - L
+    if pad:
+        k = torch.cat([k, k.new_zeros(pad, hk, d)])
+        v = torch.cat([v, v.new_zeros(pad, hk, d)])
+    perm = torch.randperm(n_pages, device=k.device) + 1
+    cache = torch.empty(n_pages + 1, PAGE, hk, 2 * d, dtype=k.dtype, device=k.device)
+    cache[perm, :, :, :d] = k.view(n_pages, PAGE, hk, d)
+    cache[perm, :, :, d:] = v.view(n_pages, PAGE, hk, d)
+    return KVSource.paged(cache[..., :d], cache[..., d:], perm[None].int())
+
+
+# ---------------------------------------------------------------------------- baselines
+def fa3(q, k, v):
+    n = q.shape[0]
+    if DEVICE == "cpu":  # smoke test: no FlashAttention on a CPU, time our dense list
+        from vllm_minference.kernels import dense_worklist
+        layout = SeqLayout.from_lengths([n], [n], DEVICE)
+        kv, wl = KVSource.contiguous(k, v, [n]), dense_worklist(layout, q.shape[1])
+        return lambda: sparse_attention(q, kv, layout, wl)
+    from vllm.vllm_flash_attn import flash_attn_varlen_func
+    cu = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+    return lambda: flash_attn_varlen_func(q, k, v, max_seqlen_q=n, cu_seqlens_q=cu,
+                                          max_seqlen_k=n, cu_seqlens_k=cu, causal=True,
+                                          fa_version=3)
+
+
+def fa2_sparse_inputs(wl: WorkList, layout: SeqLayout) -> tuple:
+    """Our lists in vLLM's sparse_attn_func format (MInference's: per 64-row block, 64-key
+    block starts + column indices), for a single full-prefill sequence."""
+    d = wl.desc.long()
+    H, NB = d.shape[:2]
+    nnz_s = max(1, int(d[..., 1].max()))
+    nnz_v = max(1, int(d[..., 4].max()))
+    ar_s = torch.arange(nnz_s, device=d.device)
+    ar_v = torch.arange(nnz_v, device=d.device)
+    offs, cols = [], []
+    for h in range(H):
+        idx = (d[h, :, 0:1] + ar_s).clamp_max(wl.chunks.shape[0] - 1)
+        starts = (wl.chunks[idx, 0].long() + d[h, :, 2:3]).clamp_min(0)
+        offs.append(torch.where(ar_s < d[h, :, 1:2], starts, 0).int())
+        cidx = (d[h, :, 3:4] + ar_v).clamp_max(wl.cols.shape[0] - 1)
+        cols.append(torch.where(ar_v < d[h, :, 4:5], wl.cols[cidx].long(), 0).int())
+    return (d[None, ..., 1].int().contiguous(), torch.stack(offs)[None].contiguous(),
+            d[None, ..., 4].int().contiguous(), torch.stack(cols)[None].contiguous())
+
+
+def fa2_sparse(q, k, v, lists):
+    from vllm.vllm_flash_attn.flash_attn_interface import sparse_attn_func
+    bc, bo, cc, ci = lists
+    return lambda: sparse_attn_func(q[None], k[None], v[None], bc, bo, cc, ci, causal=True)
+
+
+# ---------------------------------------------------------------------------- pipeline
+def vs_select(q, kv, layout, n_heads):
+    heads = torch.arange(n_heads, device=q.device)
+    vert, slash = estimate_vertical_slash(q, kv, layout, heads)
+    b = torch.full((n_heads,), VS_BUDGET[0], device=q.device), torch.full(
+        (n_heads,), VS_BUDGET[1], device=q.device)
+    return select_vertical_slash(vert, slash, layout, b[0], b[1], *VS_BUDGET)
+
+
+def plan_pattern(pattern: str, q, kv, layout, n_heads):
+    """(estimate_fn, index_fn(est) -> WorkList) of one pattern for all heads."""
+    if pattern == "vertical_slash":
+        return (lambda: vs_select(q, kv, layout, n_heads),
+                lambda sel: build_vertical_slash_worklist(*sel, layout))
+    if pattern == "block_sparse":
+        heads = torch.arange(n_heads, device=q.device)
+        topk = torch.full((n_heads,), BS_TOPK, device=q.device)
+        return (lambda: block_sparse_scores(q, kv, layout, heads),
+                lambda sc: build_block_sparse_worklist(sc, topk, BS_TOPK))
+    if pattern == "a_shape":
+        sink = torch.full((n_heads,), A_SHAPE[0], device=q.device)
+        local = torch.full((n_heads,), A_SHAPE[1], device=q.device)
+        return (lambda: None, lambda _: build_a_shape_worklist(layout, sink, local))
+    raise ValueError(pattern)
+
+
+def density(wl: WorkList, layout: SeqLayout) -> float:
+    return float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * wl.num_heads)
+
+
+def spot_error(q, k, v, wl, layout, out, scale, samples=6, seed=0) -> float:
+    """Max abs error of ``out`` against a float32 reference on sampled (head, block)s."""
+    g = torch.Generator().manual_seed(seed)
+    err = 0.0
+    for _ in range(samples):
+        h = int(torch.randint(wl.num_heads, (1,), generator=g))
+        blk = int(torch.randint(layout.num_blocks, (1,), generator=g))
+        ref = block_attention_reference(q, k, v, wl, layout, h, blk, scale)
+        m = int(layout.blk_m[blk])
+        got = out[m * 64:m * 64 + ref.shape[0], h].float()
+        err = max(err, float((got - ref).abs().max()))
+    return err
+
+
+def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn, index_fn,
+            wl_override=None, fa2=False, guard=None, extra=None):
+    n_heads, d = q.shape[1], q.shape[2]
+    scale = d ** -0.5
+    est_ms = time_ms(est_fn) if est_fn is not None else 0.0
+    est = est_fn() if est_fn is not None else None
+    index_ms = time_ms(lambda: index_fn(est)) if wl_override is None else 0.0
+    wl = wl_override if wl_override is not None else index_fn(est)
+    dens = density(wl, layout)
+    out = torch.empty_like(q)
+    attn_ms = time_ms(lambda: sparse_attention(q, kv, layout, wl, scale, out=out))
+    err = spot_error(q, k, v, wl, layout, out, scale)
+    row = dict(input=input_kind, pattern=pattern, seq_len=q.shape[0], q_heads=n_heads,
+               kv_heads=k.shape[1], head_dim=d, density=round(dens, 4), dense_ms=dense_ms,
+               estimate_ms=est_ms, index_ms=index_ms, attn_ms=attn_ms,
+               total_ms=est_ms + index_ms + attn_ms, max_abs_err=err, kv="paged16")
+    if guard is not None and dens > guard:  # the backend's density guard: FA3 instead
+        row["pattern"] = pattern + "+guard"
+        row["attn_ms"] = dense_ms
+        row["total_ms"] = est_ms + index_ms + dense_ms
+        row["guard"] = f"density {dens:.3f} > {guard}: dense FA3"
+    row["speedup"] = dense_ms / row["total_ms"]
+    row["efficiency"] = row["speedup"] * dens
+    if fa2:
+        try:
+            lists = fa2_sparse_inputs(wl, layout)
+            row["fa2_sparse_ms"] = time_ms(fa2_sparse(q, k, v, lists))
+            del lists
+        except Exception as e:  # noqa: BLE001 - report, keep going
+            row["fa2_sparse_ms"] = None
+            row["fa2_sparse_error"] = f"{type(e).__name__}: {e}"[:300]
+    if extra:
+        row.update(extra)
+    rows.append(row)
+    print(f"{row['input']:6s} {row['pattern']:22s} L={row['seq_len']:8d} "
+          f"h={n_heads}/{k.shape[1]} d={d} dens={dens:.3f} dense={dense_ms:9.2f} "
+          f"est={est_ms:7.2f} idx={row['index_ms']:7.2f} attn={row['attn_ms']:9.2f} "
+          f"x{row['speedup']:.2f} eff={row['efficiency']:.2f} err={err:.2e}"
+          + (f" fa2_sparse={row.get('fa2_sparse_ms')}" if fa2 else ""), flush=True)
+    del wl, est
+    torch.cuda.empty_cache()
+
+
+def bench_length(L: int, args, tokens_all, rows):
+    layout = SeqLayout.from_lengths([L], [L], DEVICE)
+    patterns = args.patterns.split(",")
+    # ---------------- real attention (Qwen2.5-Coder-0.5B)
+    if args.model:
+        t0 = time.time()
+        cap = capture_qkv(args.model, tokens_all[:L], args.layers)
+        print(f"captured layers {args.layers} at {L} tokens in {time.time() - t0:.1f}s",
+              flush=True)
+        replay = {}
+        for li, (q, k, v) in cap.items():
+            kv = paged(k, v)
+            dense_ms = time_ms(fa3(q, k, v))
+            for pattern in patterns:
+                if pattern == "block_sparse" and L > args.max_bs_len:
+                    continue
+                est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1])
+                measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
+                        layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
+                        extra=dict(layer=li, model="Qwen2.5-Coder-0.5B"))
+                if pattern == "vertical_slash":
+                    replay.setdefault(pattern, []).append(est_fn())
+            del kv
+        del cap
+        torch.cuda.empty_cache()
+        # ---------------- the same Vertical-Slash lists at Llama-3-8B shape
+        if "vertical_slash" in replay:
+            sels = replay["vertical_slash"]
+            pooled = [torch.cat([s[i] for s in sels], dim=1) for i in range(4)]
+            heads = torch.arange(LLAMA["q_heads"], device=pooled[0].device) % pooled[0].shape[1]
+            sel = [x[:, heads].contiguous() for x in pooled]
+            q, k, v = rand_qkv(L)
+            kv = paged(k, v)
+            dense_ms = time_ms(fa3(q, k, v))
+            est_fn = lambda: vs_select(q, kv, layout, LLAMA["q_heads"])  # noqa: E731 (cost only)
+            measure(rows, input_kind="real", pattern="vertical_slash", q=q, k=k, v=v, kv=kv,
+                    layout=layout, dense_ms=dense_ms, est_fn=est_fn,
+                    index_fn=lambda _: build_vertical_slash_worklist(*sel, layout),
+                    fa2=L <= args.max_fa2_len,
+                    extra=dict(model="Llama-3-8B shape, Qwen lists replayed",
+                               layers=args.layers))
+            del q, k, v, kv, sel, sels, pooled
+            torch.cuda.empty_cache()
+    # ---------------- random attention at Llama-3-8B shape (dummy weights)
+    if args.random:
+        q, k, v = rand_qkv(L)
+        kv = paged(k, v)
+        dense_ms = time_ms(fa3(q, k, v))
+        est_fn, index_fn = plan_pattern("vertical_slash", q, kv, layout, LLAMA["q_heads"])
+        measure(rows, input_kind="random", pattern="vertical_slash", q=q, k=k, v=v, kv=kv,
+                layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
+                guard=args.guard, extra=dict(model="Llama-3-8B shape, random"))
+        del q, k, v, kv
+        torch.cuda.empty_cache()
+
+
+def rand_qkv(L):
+    g = torch.Generator(device=DEVICE).manual_seed(L)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
+    shape = dict(device=DEVICE, dtype=dtype, generator=g)
+    return (torch.randn(L, LLAMA["q_heads"], LLAMA["head_dim"], **shape),
+            torch.randn(L, LLAMA["kv_heads"], LLAMA["head_dim"], **shape),
+            torch.randn(L, LLAMA["kv_heads"], LLAMA["head_dim"], **shape))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072, 262144])
+    ap.add_argument("--model", default=os.environ.get("GPU_KIT_MODEL"),
+                    help="HF folder of Qwen2.5-Coder-0.5B-Instruct (real attention)")
+    ap.add_argument("--layers", type=int, nargs="+", default=[3, 9, 15])
+    ap.add_argument("--patterns", default="vertical_slash,block_sparse,a_shape")
+    ap.add_argument("--max-bs-len", type=int, default=262144,
+                    help="longest prompt for block-sparse (its score matrix grows as L^2)")
+    ap.add_argument("--max-fa2-len", type=int, default=262144,
+                    help="longest prompt for the sparse_attn_func baseline (its lists grow)")
+    ap.add_argument("--no-random", dest="random", action="store_false")
+    ap.add_argument("--guard", type=float, default=0.45,
+                    help="density above which the backend runs dense FA3 instead")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda",
+                    help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")
+    ap.add_argument("--random-tokens", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    tokens = None
+    if args.model and args.random_tokens:  # smoke tests with a tiny random model
+        tokens = torch.randint(0, 1000, (max(args.seq_lens),))
+    elif args.model:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(args.model)
+        t0 = time.time()
+        tokens = code_tokens(tok, max(args.seq_lens))
+        print(f"{tokens.numel()} tokens of source code in {time.time() - t0:.1f}s", flush=True)
+    rows: list[dict] = []
+    for L in args.seq_lens:
+        try:
+            bench_length(L, args, tokens, rows)
+        except torch.OutOfMemoryError as e:  # report the lengths that fit, skip the rest
+            print(f"L={L}: out of memory ({e}); skipped", flush=True)
+            torch.cuda.empty_cache()
+        with open(args.out, "w") as f:
+            name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
+            json.dump(dict(device=name, torch=torch.__version__, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
