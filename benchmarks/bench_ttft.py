@@ -1,0 +1,157 @@
+"""Time to first token through vLLM itself: FLASH_ATTN vs minference, same machine.
+
+Offline ``LLM`` with vLLM's defaults (chunked prefill and prefix caching on, CUDA graphs),
+``max_tokens=1``, after a warm-up.  Every measured prompt is different source-code text (a
+new offset per run), so the prefix cache never serves it.  One configuration per process
+(``--backend``, ``--model-kind``); rows are appended to ``--out``.
+
+    # the real model (gpu-kit) past its 32K context with YaRN x32
+    python benchmarks/bench_ttft.py --backend minference --model-kind real \
+        --lengths 4096 8192 32768 131072 524288 1048576 --out ttft.json
+    # random attention worst case: dummy Llama-3-8B shape, 32 layers
+    python benchmarks/bench_ttft.py --backend FLASH_ATTN --model-kind dummy-llama \
+        --lengths 32768 131072 --out ttft.json
+    # decode tokens/s at 32K context
+    python benchmarks/bench_ttft.py --backend minference --model-kind real --decode --out ttft.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+LLAMA_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "num_hidden_layers": 32, "head_dim": 128, "max_position_embeddings": 262144,
+    "rms_norm_eps": 1e-5, "vocab_size": 128256, "torch_dtype": "bfloat16",
+    "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001,
+}
+
+
+def yarn_overrides(max_len: int) -> dict:
+    factor = 1
+    while 32768 * factor < max_len:
+        factor *= 2
+    if factor == 1:
+        return {}
+    return {"rope_parameters": {"rope_type": "yarn", "factor": float(factor),
+                                "original_max_position_embeddings": 32768,
+                                "rope_theta": 1000000.0},
+            "max_position_embeddings": max_len}
+
+
+def source_token_ids(tokenizer, n_tokens: int) -> list[int]:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_kernels import code_tokens  # same text as the kernel benchmark
+    return code_tokens(tokenizer, n_tokens).tolist()
+
+
+def make_llm(args, max_len: int):
+    from vllm import LLM
+    kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0)
+    if args.backend != "default":
+        kw["attention_backend"] = args.backend
+    if args.min_sparse_len:
+        kw["additional_config"] = {"minference": {"min_sparse_len": args.min_sparse_len}}
+    if args.model_kind == "real":
+        os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+        return LLM(model=args.model, hf_overrides=yarn_overrides(max_len) or None, **kw), None
+    folder = tempfile.mkdtemp(prefix="dummy-llama-")
+    cfg = dict(LLAMA_8B, num_hidden_layers=args.layers, max_position_embeddings=max_len)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return LLM(model=folder, load_format="dummy", skip_tokenizer_init=True, **kw), folder
+
+
+def ttft_rows(args) -> list[dict]:
+    from vllm import SamplingParams
+    max_len = max(args.lengths) + 64
+    llm, _ = make_llm(args, max_len)
+    one = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    if args.model_kind == "real":
+        pool = source_token_ids(llm.get_tokenizer(), max(args.lengths) + args.reps * 4096 + 8192)
+    else:
+        import random
+        rnd = random.Random(0)
+        pool = [rnd.randrange(1000, 120000) for _ in range(max(args.lengths) + args.reps * 4096 + 8192)]
+    offset = [0]
+
+    def prompt(n: int) -> dict:
+        offset[0] += 4099  # a new slice of text every time: no prefix-cache hits
+        start = offset[0] % (len(pool) - n)
+        return {"prompt_token_ids": pool[start:start + n]}
+
+    llm.generate([prompt(8192)], one, use_tqdm=False)  # warm-up: Triton JIT, graphs
+    rows = []
+    for n in args.lengths:
+        reps = args.reps if n <= 131072 else 1
+        times = []
+        for _ in range(reps):
+            p = prompt(n)
+            t0 = time.perf_counter()
+            llm.generate([p], one, use_tqdm=False)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        row = dict(kind="ttft", backend=args.backend, model=args.model_kind,
+                   layers=args.layers if args.model_kind != "real" else 24,
+                   seq_len=n, seconds=times[len(times) // 2], runs=len(times))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def decode_rows(args) -> list[dict]:
+    from vllm import SamplingParams
+    ctx, new = args.decode_context, args.decode_tokens
+    llm, _ = make_llm(args, ctx + new + 64)
+    pool = source_token_ids(llm.get_tokenizer(), ctx * 3)
+    gen = SamplingParams(max_tokens=new, min_tokens=new, temperature=0.0, ignore_eos=True,
+                         detokenize=False)
+    one = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    llm.generate([{"prompt_token_ids": pool[:ctx]}], gen, use_tqdm=False)  # warm-up
+    # decode rate = (time for prompt + N tokens - time for prompt + 1 token) / (N - 1)
+    p = {"prompt_token_ids": pool[ctx:2 * ctx]}
+    t0 = time.perf_counter()
+    llm.generate([p], one, use_tqdm=False)
+    t_first = time.perf_counter() - t0
+    p = {"prompt_token_ids": pool[2 * ctx - 7:3 * ctx - 7]}
+    t0 = time.perf_counter()
+    llm.generate([p], gen, use_tqdm=False)
+    t_all = time.perf_counter() - t0
+    row = dict(kind="decode", backend=args.backend, model=args.model_kind, layers=24,
+               seq_len=ctx, new_tokens=new, tokens_per_s=(new - 1) / (t_all - t_first))
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", required=True, help="FLASH_ATTN, minference or default")
+    ap.add_argument("--model-kind", choices=["real", "dummy-llama"], default="real")
+    ap.add_argument("--model", default=os.environ.get("GPU_KIT_MODEL"))
+    ap.add_argument("--layers", type=int, default=32, help="dummy-llama layers")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 32768, 131072])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--decode", action="store_true", help="measure decode tokens/s instead")
+    ap.add_argument("--decode-context", type=int, default=32768)
+    ap.add_argument("--decode-tokens", type=int, default=256)
+    ap.add_argument("--min-sparse-len", type=int, default=None)
+    ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    rows = decode_rows(args) if args.decode else ttft_rows(args)
+    old = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+    with open(args.out, "w") as f:
+        json.dump(old + rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
