@@ -1,0 +1,227 @@
+"""The vLLM backend on the CPU: registration, request routing, and the forward pass.
+
+vLLM's FlashAttention kernels cannot run on a CPU, so the dense path is replaced by a
+PyTorch stand-in; the sparse path runs the real Triton kernels (interpreter).
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+
+from vllm_fixtures import dense_reference_forward, make_paged_batch, make_vllm_config, tiny_model_dir
+
+pytest.importorskip("vllm")
+
+from vllm.config import AttentionConfig  # noqa: E402
+from vllm.v1.attention.backends.flash_attn import (FlashAttentionImpl,  # noqa: E402
+                                                   FlashAttentionMetadata)
+from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
+
+from vllm_minference import plugin  # noqa: E402
+from vllm_minference.kernels import KVSource, plan_layer  # noqa: E402
+from vllm_minference.kernels.attention.reference import (masked_attention_reference,  # noqa: E402
+                                                          worklist_mask)
+from vllm_minference.backend import (MInferenceBackend, MInferenceImpl,  # noqa: E402
+                                     MInferenceMetadataBuilder, classify_requests, runs_of,
+                                     warn_dense_layers)
+
+LAYER = "model.layers.1.self_attn.attn"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_entry_point_is_declared():
+    eps = entry_points(group="vllm.general_plugins")
+    assert any(ep.name == "minference" and ep.value == "vllm_minference.plugin:register"
+               for ep in eps)
+
+
+def test_backend_flag_resolves_to_this_backend():
+    plugin.register()
+    plugin.register()  # idempotent
+    for name in ("minference", "MInference", "MINFERENCE"):
+        cfg = AttentionConfig(backend=name)
+        assert cfg.backend is AttentionBackendEnum.CUSTOM
+    assert AttentionBackendEnum.CUSTOM.get_class() is MInferenceBackend
+    assert pickle.loads(pickle.dumps(AttentionConfig(backend="minference"))).backend \
+        is AttentionBackendEnum.CUSTOM
+    assert MInferenceBackend.get_name() == "CUSTOM"
+    assert AttentionBackendEnum[MInferenceBackend.get_name()] is AttentionBackendEnum.CUSTOM
+
+
+def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+CLI_CHECK = """
+import sys
+import vllm.platforms
+from vllm.platforms.cpu import CpuPlatform
+vllm.platforms.current_platform = CpuPlatform()
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+args = parser.parse_args(["--model", sys.argv[1], "--attention-backend", "minference",
+                          "--skip-tokenizer-init", "--max-model-len", "1024",
+                          "--additional-config.minference.min_sparse_len", "4096"])
+config = EngineArgs.from_cli_args(args).create_engine_config()
+print("BACKEND", config.attention_config.backend.name, config.additional_config)
+"""
+
+
+def test_cli_flag_and_plugin_filter(model_dir):
+    """`--attention-backend minference` parses through vLLM's own CLI path; VLLM_PLUGINS
+    that leaves the plugin out makes the name unknown again."""
+    code = CLI_CHECK.replace("sys.argv[1]", repr(model_dir))
+    ok = _run_python(code, {"VLLM_PLUGINS": "minference"})
+    assert "BACKEND CUSTOM" in ok.stdout, ok.stderr[-3000:]
+    assert "'min_sparse_len': '4096'" in ok.stdout or "'min_sparse_len': 4096" in ok.stdout
+    off = _run_python(code, {"VLLM_PLUGINS": "some_other_plugin"})
+    assert off.returncode != 0
+    assert "Unknown attention backend: 'MINFERENCE'" in off.stderr
+
+
+def test_classification_and_runs():
+    flags = classify_requests([1, 1, 100, 64, 200, 30], [300, 50, 100, 500, 200, 600], 128)
+    assert flags == [False, False, False, True, True, False]
+    assert runs_of(flags, False) == [(0, 3), (5, 6)]
+    assert runs_of(flags, True) == [(3, 5)]
+    assert runs_of([True, False, True], True) == [(0, 1), (2, 3)]
+
+
+def _builder(model_dir, device="cpu", min_sparse_len=128):
+    # max_density 1: these short sequences are nearly dense; keep them on the sparse path
+    vc = make_vllm_config(model_dir, {"minference": {"min_sparse_len": min_sparse_len,
+                                                     "max_density": 1.0}})
+    spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.float16)
+    return MInferenceMetadataBuilder(spec, [LAYER], vc, torch.device(device)), vc
+
+
+def test_builder_routes_mixed_batch(model_dir):
+    builder, _ = _builder(model_dir)
+    # decode, decode, short prefill, chunk of a long prompt, long prefill, prefix-cache hit
+    q_lens, seq_lens = [1, 1, 100, 64, 200, 30], [300, 50, 100, 500, 200, 600]
+    batch = make_paged_batch(q_lens, seq_lens)
+    md = builder.build(0, batch.cam)
+    sb = md.minference
+    assert sb.req_ids == [3, 4]
+    assert sb.layout.q_starts_host == (102, 166)
+    assert sb.layout.q_lens_host == (64, 200) and sb.layout.kv_lens_host == (500, 200)
+    assert [(r.token_start, r.token_end) for r in sb.dense_runs] == [(0, 102), (366, 396)]
+    assert [(r.token_start, r.token_end) for r in sb.sparse_runs] == [(102, 366)]
+    run = sb.dense_runs[1]
+    assert run.metadata.num_actual_tokens == 30 and run.metadata.max_seq_len == 600
+    assert run.metadata.query_start_loc.tolist() == [0, 30]
+    assert torch.equal(sb.block_table, batch.cam.block_table_tensor[[3, 4]])
+
+    # decode-only and short batches keep the parent's metadata, untouched
+    decode = make_paged_batch([1, 1], [300, 50])
+    md = builder.build(0, decode.cam)
+    assert type(md) is FlashAttentionMetadata
+    short = make_paged_batch([100, 1], [100, 60])
+    assert type(builder.build(0, short.cam)) is FlashAttentionMetadata
+
+
+class _Layer:
+    layer_name = LAYER
+
+
+def _impl(vc, monkeypatch):
+    from vllm.config import set_current_vllm_config
+    monkeypatch.setattr(FlashAttentionImpl, "forward", dense_reference_forward)
+    with set_current_vllm_config(vc):
+        return MInferenceImpl(4, 64, 64 ** -0.5, 2, None, None, "auto")
+
+
+def test_forward_mixed_batch(model_dir, monkeypatch, device):
+    """Dense rows equal the dense path; sparse rows equal the kernels on the same lists;
+    budgets that cover everything make sparse rows equal dense attention."""
+    q_lens, seq_lens = [1, 100, 130, 1, 200], [300, 100, 400, 77, 200]
+    batch = make_paged_batch(q_lens, seq_lens, seed=1, device=device)
+    T = sum(q_lens)
+    reference = torch.zeros(T, 4, 64, dtype=torch.float16, device=device)
+    builder, vc = _builder(model_dir, device)
+    impl = _impl(vc, monkeypatch)
+    dense_reference_forward(impl, _Layer(), batch.query, batch.key, batch.value,
+                            batch.kv_cache, builder.build(0, batch.cam), reference)
+    md = builder.build(0, batch.cam)
+    assert md.minference.req_ids == [2, 4]
+
+    # default profile (Vertical-Slash 1000/6096) covers these short sequences entirely
+    out = torch.full_like(reference, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
+    assert not out.isnan().any()
+    dense_rows = torch.cat([torch.arange(0, 101), torch.arange(231, 232)]).to(device)
+    torch.testing.assert_close(out[dense_rows], reference[dense_rows], atol=0, rtol=0)
+    torch.testing.assert_close(out, reference, atol=1e-2, rtol=1e-2)
+
+    # small budgets: sparse rows follow the sparse lists (differ from dense), dense rows don't
+    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
+    impl.planner._patterns = None
+    out2 = torch.full_like(reference, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out2)
+    assert not out2.isnan().any()
+    torch.testing.assert_close(out2[dense_rows], reference[dense_rows], atol=0, rtol=0)
+    sb = md.minference
+    key_cache, value_cache = batch.kv_cache.transpose(1, 2).split(64, dim=-1)
+    kv = KVSource.paged(key_cache, value_cache, sb.block_table)
+    wl = plan_layer(batch.query, kv, sb.layout, impl.planner.patterns(_Layer(), batch.query.device))
+    assert float(wl.density(sb.layout).max()) < 0.9  # really sparse
+    expect = masked_attention_reference(
+        batch.query, kv, sb.layout, lambda b, h, ql, kl: worklist_mask(wl, sb.layout, b, h))
+    sparse_rows = torch.cat([torch.arange(101, 231), torch.arange(232, 432)]).to(device)
+    assert float((out2[sparse_rows].double() - expect[sparse_rows]).norm()
+                 / expect[sparse_rows].norm()) < 1e-2
+
+    # a density limit below what the lists need sends the layer to the dense path
+    impl.planner.settings = impl.planner.settings.model_copy(update={"max_density": 0.01})
+    out3 = torch.full_like(reference, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out3)
+    torch.testing.assert_close(out3, reference, atol=0, rtol=0)
+
+
+def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):
+    from vllm.config import set_current_vllm_config
+    builder, vc = _builder(model_dir)
+    with set_current_vllm_config(vc):
+        cases = {
+            "sliding": MInferenceImpl(4, 64, 0.1, 2, None, 256, "auto"),
+            "fp8": MInferenceImpl(4, 64, 0.1, 2, None, None, "fp8"),
+            "head96": MInferenceImpl(4, 96, 0.1, 2, None, None, "auto"),
+            "softcap": MInferenceImpl(4, 64, 0.1, 2, None, None, "auto", logits_soft_cap=30.0),
+            "ok": MInferenceImpl(4, 64, 0.1, 2, None, None, "auto"),
+        }
+    assert "sliding" in cases["sliding"].dense_reason
+    assert "fp8" in cases["fp8"].dense_reason
+    assert "96" in cases["head96"].dense_reason
+    assert "soft-cap" in cases["softcap"].dense_reason
+    assert cases["ok"].dense_reason is None and cases["ok"].planner is not None
+    for name in ("sliding", "fp8", "head96", "softcap"):
+        assert cases[name].planner is None
+
+    class FakeLayer:
+        def __init__(self, impl):
+            self.impl = impl
+    ctx = vc.compilation_config.static_forward_context
+    names = []
+    for i, key in enumerate(["sliding", "sliding", "ok"]):
+        name = f"model.layers.{i}.self_attn.attn"
+        ctx[name] = FakeLayer(cases[key])
+        names.append(name)
+    messages = warn_dense_layers(vc, names)
+    assert len(messages) == 1 and "2 attention layer(s)" in messages[0]
+    assert "sliding-window" in messages[0]
+    assert warn_dense_layers(vc, names) == []  # said once

@@ -1,0 +1,36 @@
+"""Plugin settings from vLLM's additional_config and MINFERENCE_* variables."""
+
+import pytest
+
+from vllm_minference.config import MInferenceSettings
+
+
+def test_defaults():
+    s = MInferenceSettings.from_sources(None, environ={})
+    assert s.profile is None and s.min_sparse_len == 32768 and s.budget_scale == 1.0
+
+
+def test_cli_strings_are_coerced_and_override_env():
+    env = {"MINFERENCE_MIN_SPARSE_LEN": "8192", "MINFERENCE_PROFILE": "/env.json",
+           "MINFERENCE_BUDGET_SCALE": "0.5"}
+    s = MInferenceSettings.from_sources({"minference": {"min_sparse_len": "4096",
+                                                        "max_density": "0.7"}}, environ=env)
+    assert s.min_sparse_len == 4096 and s.max_density == 0.7
+    assert s.profile == "/env.json" and s.budget_scale == 0.5
+
+
+@pytest.mark.parametrize("section,needle", [
+    ({"min_sparse_len": "lots"}, "min_sparse_len"),
+    ({"min_sparse_len": 10}, "min_sparse_len"),
+    ({"budget_scale": 0}, "budget_scale"),
+    ({"max_density": 1.5}, "max_density"),
+    ({"unknown_key": 1}, "unknown_key"),
+])
+def test_bad_values_are_named(section, needle):
+    with pytest.raises(ValueError, match=needle):
+        MInferenceSettings.from_sources({"minference": section}, environ={})
+
+
+def test_bad_env_value_is_named():
+    with pytest.raises(ValueError, match="budget_scale"):
+        MInferenceSettings.from_sources({}, environ={"MINFERENCE_BUDGET_SCALE": "-1"})

@@ -1,0 +1,114 @@
+"""Profiles: bundled files, both formats, every kind of broken file, selection order."""
+
+import json
+
+import pytest
+
+from vllm_minference.kernels import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from vllm_minference.profiles import (HeadSpec, Profile, ProfileError, ProfileMetadata,
+                                      bundled_dir, bundled_index, default_profile,
+                                      load_profile, resolve_profile, save_profile)
+
+
+def test_every_bundled_profile_loads_and_is_indexed():
+    files = sorted(p.name for p in bundled_dir().glob("*.json") if p.name != "INDEX.json")
+    assert len(files) == 14
+    for name in files:
+        prof = load_profile(bundled_dir() / name)
+        assert prof.num_layers >= 24 and prof.num_heads >= 28
+        prof.check_fits(prof.num_layers, prof.num_heads)
+    index = bundled_index()
+    assert set(index.values()) <= set(files)
+    assert index["gradientai/Llama-3-8B-Instruct-262k"].startswith("Llama_3_8B")
+    phi = load_profile(bundled_dir() / index["microsoft/Phi-3-mini-128k-instruct"])
+    kinds = {h.pattern for layer in phi.layers for h in layer}
+    assert kinds == {VERTICAL_SLASH, A_SHAPE}
+    assert (bundled_dir() / "SOURCE.md").read_text().count("MIT") >= 1
+
+
+def test_project_format_round_trip(tmp_path):
+    prof = Profile(metadata=ProfileMetadata(model="m", search={"target_cost": 0.1}),
+                   layers=[[HeadSpec(pattern=VERTICAL_SLASH, a=100, b=800, score=0.9),
+                            HeadSpec(pattern=A_SHAPE, a=64, b=1024)],
+                           [HeadSpec(pattern=BLOCK_SPARSE, a=50),
+                            HeadSpec(pattern="dense")]])
+    save_profile(prof, tmp_path / "p.json")
+    again = load_profile(tmp_path / "p.json")
+    assert again.layers == prof.layers
+    assert again.metadata.num_layers == 2 and again.metadata.num_heads == 2
+    assert again.metadata.search == {"target_cost": 0.1}
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "bad.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+GOOD = [{"0": ["vertical_and_slash", 1000, 6096, 1.0], "1": ["stream_llm", 100, 800, 0.5]}] * 2
+
+
+@pytest.mark.parametrize("data,needle", [
+    ("{not json", "not valid JSON"),
+    ({"layers": []}, "unknown profile format"),
+    ([{"0": ["vertical_and_slash", 1, 2, 3], "1": ["bogus", 1, 2, 3]}], "layer 0 head 1: unknown pattern 'bogus'"),
+    ([{"0": ["vertical_and_slash", 1, 2, 3], "2": ["vertical_and_slash", 1, 2, 3]}], "layer 0: head 1 missing"),
+    ([GOOD[0], {"0": ["vertical_and_slash", 1, 2, 3]}], "layer 1 has 1 heads, layer 0 has 2"),
+    ([{"0": ["vertical_and_slash", -5, 2, 3]}], "layer 0 head 0: a:"),
+    ([{"0": ["vertical_and_slash", 1]}], "layer 0 head 0: expected [pattern, a, b, score]"),
+    ({"format": "vllm-minference/profile-v1", "metadata": {"num_layers": 3},
+      "layers": [[{"pattern": "dense"}]]}, "metadata says 3 layers, the data has 1"),
+])
+def test_broken_files_name_file_and_place(tmp_path, data, needle):
+    path = _write(tmp_path, data)
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    assert path in str(e.value) and needle in str(e.value)
+
+
+def test_fit_check_names_expected_and_found(tmp_path):
+    prof = load_profile(_write(tmp_path, GOOD))
+    with pytest.raises(ProfileError, match="has 2 layers, the model has 24"):
+        prof.check_fits(24, 2)
+    with pytest.raises(ProfileError, match="layer 0 has 2 query heads, the model has 14"):
+        prof.check_fits(2, 14)
+
+
+def test_layer_patterns_scale_floors_and_tp_subset():
+    prof = Profile(layers=[[HeadSpec(pattern=VERTICAL_SLASH, a=1000, b=6096),
+                            HeadSpec(pattern=A_SHAPE, a=128, b=3968),
+                            HeadSpec(pattern=BLOCK_SPARSE, a=100),
+                            HeadSpec(pattern=VERTICAL_SLASH, a=40, b=60)]])
+    assert prof.layer_patterns(0, [0, 1, 2, 3]) == [
+        HeadPattern(VERTICAL_SLASH, 1000, 6096), HeadPattern(A_SHAPE, 128, 3968),
+        HeadPattern(BLOCK_SPARSE, 100), HeadPattern(VERTICAL_SLASH, 40, 60)]
+    half = prof.layer_patterns(0, [2, 3], budget_scale=0.5)  # rank 1 of tp=2
+    assert half == [HeadPattern(BLOCK_SPARSE, 50), HeadPattern(VERTICAL_SLASH, 30, 50)]
+    assert prof.layer_patterns(0, [1], budget_scale=0.001) == [HeadPattern(A_SHAPE, 0, 64)]
+
+
+def test_resolve_order(tmp_path):
+    explicit = _write(tmp_path, GOOD)
+    prof, why = resolve_profile(explicit, ["gradientai/Llama-3-8B-Instruct-262k"], 2, 2)
+    assert prof.path == explicit and "explicitly chosen" in why
+    prof, why = resolve_profile(None, ["/models/Llama-3-8B-Instruct-262k"], 32, 32)
+    assert "Llama_3_8B" in why and "matches model gradientai/Llama-3-8B-Instruct-262k" in why
+    prof, why = resolve_profile(None, ["my-org/unknown-model"], 3, 5)
+    assert why.startswith("default profile") and prof.num_layers == 3 and prof.num_heads == 5
+    assert prof.layers[2][4] == HeadSpec(pattern=VERTICAL_SLASH, a=1000, b=6096)
+    bundled_name = bundled_index()["Qwen/Qwen2.5-7B-Instruct"]
+    prof, why = resolve_profile(bundled_name, [], 28, 28)
+    assert prof.num_layers == 28
+    # an explicit or matched profile that does not fit stops start-up
+    with pytest.raises(ProfileError, match="has 2 layers, the model has 24"):
+        resolve_profile(explicit, [], 24, 2)
+    with pytest.raises(ProfileError, match="the model has 24"):
+        resolve_profile(None, ["Qwen/Qwen2.5-7B-Instruct"], 24, 14)
+    with pytest.raises(ProfileError, match="cannot read"):
+        resolve_profile(str(tmp_path / "missing.json"), [], 2, 2)
+
+
+def test_default_profile():
+    prof = default_profile(4, 3)
+    assert prof.metadata.source == "default"
+    assert {h.pattern for layer in prof.layers for h in layer} == {VERTICAL_SLASH}

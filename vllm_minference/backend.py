@@ -1,0 +1,231 @@
+"""The ``minference`` attention backend: vLLM's FlashAttention, with sparse long prefills.
+
+Built on vLLM's FlashAttention classes, so the KV-cache layout, the cache writes and every
+decode stay vLLM's own.  Per step the metadata builder sorts the batch's requests into two
+kinds, from host-side lengths only:
+
+* **sparse**: prefill chunks of at least one 64-row block whose sequence (cached context +
+  chunk) reaches ``min_sparse_len``; all of them go through one batched launch of the
+  sparse kernels, reading keys from the paged cache through the block table;
+* **dense**: everything else (decodes, speculative tokens, short prefills); consecutive
+  dense requests form runs, each one call of vLLM's FlashAttention.
+
+A batch without sparse requests (every decode step, CUDA-graph capture) is exactly the
+parent's metadata and path.  Mixed and prefill batches run eagerly (piecewise graphs), since
+the builder declares ``UNIFORM_BATCH`` CUDA-graph support: decode-only batches keep full
+graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from vllm.config import get_current_vllm_config_or_none
+from vllm.logger import init_logger
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
+from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashAttentionImpl,
+                                                   FlashAttentionMetadata,
+                                                   FlashAttentionMetadataBuilder)
+
+from vllm_minference.kernels import SeqLayout
+
+from .config import MInferenceSettings
+from .layer_plan import LayerPlanner, unsupported_reason
+
+logger = init_logger(__name__)
+
+MIN_SPARSE_QUERY = 64  # a chunk shorter than one 64-row block has nothing to skip
+
+
+@dataclass
+class DenseRun:
+    """Consecutive requests served by one FlashAttention call."""
+
+    token_start: int
+    token_end: int
+    metadata: FlashAttentionMetadata
+
+
+@dataclass
+class SparseBatch:
+    """The sparse requests of a step: where their rows are, their lengths, their pages."""
+
+    req_ids: list[int]
+    layout: SeqLayout  # their query rows in the step's token order, query and key lengths
+    block_table: torch.Tensor  # [n_sparse, max_pages] rows of the step's block table
+    dense_runs: list[DenseRun]  # the other requests
+    sparse_runs: list[DenseRun]  # the sparse requests, for a layer that falls back to dense
+
+
+@dataclass
+class MInferenceMetadata(FlashAttentionMetadata):
+    """FlashAttention metadata plus the step's sparse requests (``None``: all dense)."""
+
+    minference: SparseBatch | None = None
+
+
+def classify_requests(q_lens: list[int], seq_lens: list[int], min_sparse_len: int) -> list[bool]:
+    """Which requests take the sparse path (True) and which the dense one."""
+    return [ql >= MIN_SPARSE_QUERY and sl >= min_sparse_len for ql, sl in zip(q_lens, seq_lens)]
+
+
+def runs_of(flags: list[bool], want: bool) -> list[tuple[int, int]]:
+    """Maximal ranges ``[r0, r1)`` of consecutive requests whose flag equals ``want``."""
+    runs, start = [], None
+    for r, f in enumerate(flags + [not want]):
+        if f == want and start is None:
+            start = r
+        elif f != want and start is not None:
+            runs.append((start, r))
+            start = None
+    return runs
+
+
+class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
+    # Mixed/prefill batches must not be captured in full CUDA graphs (data-dependent sparse
+    # path); decode-only batches keep full graphs.
+    _cudagraph_support = AttentionCGSupport.UNIFORM_BATCH
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.settings = MInferenceSettings.from_sources(vllm_config.additional_config)
+        warn_dense_layers(vllm_config, layer_names)
+
+    def use_cascade_attention(self, *args, **kwargs) -> bool:
+        return False
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> FlashAttentionMetadata:
+        md = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        cam = common_attn_metadata
+        if cam.max_query_len < MIN_SPARSE_QUERY or cam.max_seq_len < self.settings.min_sparse_len:
+            return md  # nothing can be sparse: the parent's metadata, untouched
+        n = cam.num_reqs
+        qsl = cam.query_start_loc_cpu[: n + 1].tolist()
+        q_lens = [qsl[i + 1] - qsl[i] for i in range(n)]
+        seq_upper = cam.seq_lens_cpu_upper_bound
+        seq_lens = (seq_upper[:n] if seq_upper is not None else cam.seq_lens.cpu()[:n]).tolist()
+        sparse = classify_requests(q_lens, seq_lens, self.settings.min_sparse_len)
+        if not any(sparse):
+            return md
+        ids = [r for r in range(n) if sparse[r]]
+        batch = SparseBatch(
+            req_ids=ids,
+            layout=SeqLayout.from_lengths([q_lens[r] for r in ids], [seq_lens[r] for r in ids],
+                                          self.device, q_starts=[qsl[r] for r in ids]),
+            block_table=md.block_table[torch.tensor(ids, device=md.block_table.device)],
+            dense_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)
+                        for r0, r1 in runs_of(sparse, False)],
+            sparse_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)
+                         for r0, r1 in runs_of(sparse, True)],
+        )
+        fields = {f.name: getattr(md, f.name) for f in dataclasses.fields(md)}
+        return MInferenceMetadata(**fields, minference=batch)
+
+    @staticmethod
+    def _run(md: FlashAttentionMetadata, qsl: list[int], q_lens: list[int],
+             seq_lens: list[int], r0: int, r1: int) -> DenseRun:
+        """FlashAttention metadata of requests ``[r0, r1)`` alone (rows rebased to 0)."""
+        t0, t1 = qsl[r0], qsl[r1]
+        sub = dataclasses.replace(
+            md,
+            num_actual_tokens=t1 - t0,
+            max_query_len=max(q_lens[r0:r1]),
+            query_start_loc=md.query_start_loc[r0:r1 + 1] - t0,
+            max_seq_len=max(seq_lens[r0:r1]),
+            seq_lens=md.seq_lens[r0:r1],
+            block_table=md.block_table[r0:r1],
+            slot_mapping=md.slot_mapping[t0:t1],
+            use_cascade=False,
+            common_prefix_len=0,
+            scheduler_metadata=None,
+            prefix_scheduler_metadata=None,
+            max_num_splits=0,
+        )
+        return DenseRun(t0, t1, sub)
+
+
+class MInferenceImpl(FlashAttentionImpl):
+    """FlashAttention for dense rows; sparse kernels for the step's long prefills."""
+
+    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
+                 kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
+                 kv_sharing_target_layer_name=None, sinks=None):
+        super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes,
+                         sliding_window, kv_cache_dtype, logits_soft_cap, attn_type,
+                         kv_sharing_target_layer_name, sinks)
+        self.dense_reason = unsupported_reason(
+            head_size=head_size, kv_cache_dtype=kv_cache_dtype,
+            sliding_window=sliding_window, alibi=alibi_slopes is not None,
+            logits_soft_cap=logits_soft_cap, attn_type=attn_type, sinks=sinks is not None,
+            dcp_world_size=self.dcp_world_size)
+        self.planner: LayerPlanner | None = None
+        if self.dense_reason is None:
+            self.planner = LayerPlanner.for_current_model(
+                get_current_vllm_config_or_none(), num_heads, num_kv_heads)
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None):
+        batch = getattr(attn_metadata, "minference", None)
+        if (batch is None or self.planner is None or attn_metadata.causal is not True
+                or output_scale is not None or output_block_scale is not None):
+            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                                   output_scale, output_block_scale)
+        for run in batch.dense_runs:
+            self._dense(layer, query, key, value, kv_cache, run, output)
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        done = self.planner.run(layer, query, key_cache, value_cache, batch, self.scale, output)
+        if not done:  # the layer's work lists were too dense: FlashAttention is faster
+            for run in batch.sparse_runs:
+                self._dense(layer, query, key, value, kv_cache, run, output)
+        return output
+
+    def _dense(self, layer, query, key, value, kv_cache, run: DenseRun, output):
+        t0, t1 = run.token_start, run.token_end
+        super().forward(layer, query[t0:t1], key[t0:t1], value[t0:t1], kv_cache, run.metadata,
+                        output[t0:t1])
+
+
+class MInferenceBackend(FlashAttentionBackend):
+    """Registered as vLLM's CUSTOM backend; selected with ``--attention-backend minference``."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"  # must be an AttentionBackendEnum member name
+
+    @staticmethod
+    def get_impl_cls() -> type[MInferenceImpl]:
+        return MInferenceImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[MInferenceMetadataBuilder]:
+        return MInferenceMetadataBuilder
+
+
+_warned: set[str] = set()
+
+
+def warn_dense_layers(vllm_config, layer_names: list[str]) -> list[str]:
+    """One start-up warning per reason, naming the layers that will always run dense.
+
+    Returns the warnings issued now (a message already given in this process is not
+    repeated: each KV-cache group's builder calls this).
+    """
+    ctx = vllm_config.compilation_config.static_forward_context
+    by_reason: dict[str, list[str]] = {}
+    for name in layer_names:
+        impl = getattr(ctx.get(name), "impl", None)
+        reason = getattr(impl, "dense_reason", None)
+        if reason is not None:
+            by_reason.setdefault(reason, []).append(name)
+    issued = []
+    for reason, names in by_reason.items():
+        msg = (f"minference: {len(names)} attention layer(s) use dense FlashAttention only "
+               f"({reason}): {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
+        if msg not in _warned:
+            _warned.add(msg)
+            logger.warning(msg)
+            issued.append(msg)
+    return issued

@@ -1,0 +1,55 @@
+"""Plugin settings: ``--additional-config.minference.*`` first, then ``MINFERENCE_*``.
+
+vLLM hands every process the same ``additional_config`` dict (it is part of the config
+hash), so the settings are identical in the API server, the engine core and the workers.
+Environment variables are read as a fallback; they are named ``MINFERENCE_*`` because vLLM
+warns about unknown ``VLLM_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "MINFERENCE_"
+
+
+class MInferenceSettings(BaseModel):
+    """What the user can tune; the defaults are the measured ones (see README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str | None = Field(
+        None, description="profile JSON path, or the file name of a bundled profile")
+    min_sparse_len: int = Field(
+        32768, ge=64, description="prefills whose sequence reaches this take the sparse path")
+    budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
+    max_density: float = Field(
+        0.45, gt=0, le=1,
+        description="a layer whose work lists cover more of the causal area runs dense")
+
+    @classmethod
+    def from_sources(cls, additional_config: Mapping | None,
+                     environ: Mapping[str, str] = os.environ) -> "MInferenceSettings":
+        """Settings from vLLM's ``additional_config["minference"]`` over the environment.
+
+        CLI values arrive as strings ("8192", "0.5"); pydantic coerces them.  Any bad key
+        or value raises ``ValueError`` naming it.
+        """
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            env = environ.get(ENV_PREFIX + name.upper())
+            if env is not None and env != "":
+                values[name] = env
+        section = (additional_config or {}).get("minference", {})
+        if not isinstance(section, Mapping):
+            raise ValueError(f"additional_config['minference'] must be a mapping, got {section!r}")
+        values.update(section)
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"invalid minference settings ({problems})") from None
