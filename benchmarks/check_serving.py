@@ -80,11 +80,16 @@ def filler(tok, n_tokens: int, seed: int) -> str:
 
 
 def passkey_prompt(tok, n_tokens: int, depth: float, key: int) -> str:
-    text = filler(tok, n_tokens, 1)
-    cut = int(len(text) * depth)
-    needle = f"\n# IMPORTANT: the pass key is {key}. Remember it.\n"
-    return (text[:cut] + needle + text[cut:] +
-            "\n\nWhat is the pass key mentioned in the text above? Reply with the number only.")
+    """The classic pass-key retrieval prompt: a key hidden at ``depth`` in repetitive text."""
+    intro = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
+             "memorize it. I will quiz you about the important information there.\n")
+    noise = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
+             "There and back again. ")
+    n_noise = max(1, (n_tokens - 120) // len(tok.encode(noise, add_special_tokens=False)))
+    cut = int(n_noise * depth)
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    return (intro + noise * cut + needle + noise * (n_noise - cut)
+            + "\nWhat is the pass key? The pass key is")
 
 
 def functional(client, tok, max_len: int, min_sparse_len: int) -> dict:
@@ -103,10 +108,9 @@ def functional(client, tok, max_len: int, min_sparse_len: int) -> dict:
     for n, depth, key in [(max_len - 2500, 0.3, 71432), (max_len - 2500, 0.8, 40587),
                           (min_sparse_len + 3000, 0.5, 93210)]:
         prompt = passkey_prompt(tok, n, depth, key)
-        r = client.chat.completions.create(model="model",
-                                           messages=[{"role": "user", "content": prompt}],
-                                           max_tokens=16, temperature=0.0)
-        ans = r.choices[0].message.content
+        r = client.completions.create(model="model", prompt=prompt, max_tokens=12,
+                                      temperature=0.0)
+        ans = r.choices[0].text
         out["passkey"].append(dict(prompt_tokens=r.usage.prompt_tokens, depth=depth, key=key,
                                    answer=ans, found=str(key) in ans))
     return out

@@ -7,7 +7,7 @@ from vllm_minference.config import MInferenceSettings
 
 def test_defaults():
     s = MInferenceSettings.from_sources(None, environ={})
-    assert s.profile is None and s.min_sparse_len == 32768 and s.budget_scale == 1.0
+    assert s.profile is None and s.min_sparse_len == 65536 and s.budget_scale == 1.0
 
 
 def test_cli_strings_are_coerced_and_override_env():

@@ -34,7 +34,7 @@ from vllm_minference.kernels import SeqLayout
 from .config import MInferenceSettings
 from .layer_plan import LayerPlanner, unsupported_reason
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
 MIN_SPARSE_QUERY = 64  # a chunk shorter than one 64-row block has nothing to skip
 

@@ -24,7 +24,7 @@ class MInferenceSettings(BaseModel):
     profile: str | None = Field(
         None, description="profile JSON path, or the file name of a bundled profile")
     min_sparse_len: int = Field(
-        32768, ge=64, description="prefills whose sequence reaches this take the sparse path")
+        65536, ge=64, description="prefills whose sequence reaches this take the sparse path")
     budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
     max_density: float = Field(
         0.45, gt=0, le=1,

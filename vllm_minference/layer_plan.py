@@ -20,7 +20,7 @@ from vllm_minference.kernels import KVSource, LayerPatterns, plan_layer, sparse_
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
 SPARSE_HEAD_SIZES = (64, 128)
 SPARSE_KV_DTYPES = ("auto", "float16", "bfloat16", "half")
@@ -132,7 +132,11 @@ class LayerPlanner:
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale,
                         max_density=1.0)
         dense_tiles = layout.dense_tiles().sum() * query.shape[1]
-        if float(wl.tiles().sum() / dense_tiles) > self.settings.max_density:
+        density = float(wl.tiles().sum() / dense_tiles)
+        logger.info_once("minference: first sparse prefill step (%d request(s), longest %d "
+                         "tokens): layer density %.3f, %s", layout.num_seqs, layout.max_kv_len,
+                         density, "dense" if density > self.settings.max_density else "sparse")
+        if density > self.settings.max_density:
             return False
         sparse_attention(query, kv, layout, wl, scale, out=output)
         return True

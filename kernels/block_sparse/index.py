@@ -20,7 +20,7 @@ from ..worklist import DESC_FIELDS, WorkList
 MIN_BLOCKS = 3  # sink + up to two diagonal tiles
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_ob", "stride_oh", "N_TILES"])
 def _pool_keys_kernel(
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START, KV_LEN, OUT,
     stride_ob, stride_oh, N_TILES,
@@ -40,7 +40,7 @@ def _pool_keys_kernel(
     tl.store(OUT + b.to(tl.int64) * stride_ob + kvh * stride_oh + tile * HEAD_DIM + d, mean)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_kb", "stride_kh", "NB", "N_TILES"])
 def _block_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, KBAR, stride_kb, stride_kh, sm_scale,
     Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M, SCORES, NB, N_TILES,

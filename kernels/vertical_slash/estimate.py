@@ -102,7 +102,7 @@ def _estimate_stats_kernel(
     tl.store(L_OUT + out, l_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_vb", "stride_vh"])
 def _estimate_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,

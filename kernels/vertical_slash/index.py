@@ -86,7 +86,7 @@ def _first_greater(ptr, stride, n, target, LOG2: tl.constexpr):
     return lo
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NB", "V_MAX", "S_MAX"])
 def _vs_block_lists_kernel(
     COLS, N_COLS, SEG_S, SEG_E, N_SEG, CHUNKS, N_CHUNKS,
     KV_LEN, Q_LEN, BLK_SEQ, BLK_M,
@@ -164,6 +164,7 @@ def build_vertical_slash_worklist(
             merged["n_seg"], merged["chunks"], merged["n_chunks"],
             layout.kv_len, layout.q_len, layout.blk_seq, layout.blk_m,
             desc, col_out, NB, v_max, s_max,
-            LOG2_S=max(1, int(s_max).bit_length()), VB=256, BLOCK_M=BLOCK_M, num_warps=4,
+            # search depth from the budget (>= 13 steps): stays one compiled variant per model
+            LOG2_S=max(13, int(s_max).bit_length()), VB=256, BLOCK_M=BLOCK_M, num_warps=4,
         )
     return WorkList(desc, merged["chunks"].reshape(-1, 2), col_out)
