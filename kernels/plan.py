@@ -11,12 +11,14 @@ handful of kernel launches and never waits on the host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from .a_shape.index import build_a_shape_worklist
 from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
 from .layout import KVSource, SeqLayout
+from .vertical_slash.adaptive import select_adaptive
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
 from .vertical_slash.index import build_vertical_slash_worklist
 from .worklist import WorkList, apply_density_guard, dense_worklist, merge_worklists
@@ -46,9 +48,15 @@ class HeadPattern:
 
 @dataclass
 class LayerPatterns:
-    """The heads of one layer grouped by pattern, with their budgets on the device."""
+    """The heads of one layer grouped by pattern, with their budgets on the device.
+
+    ``gamma`` switches Vertical-Slash heads from fixed budgets (MInference) to adaptive,
+    tile-aware selection (:mod:`.vertical_slash.adaptive`): the budgets become ceilings and
+    each prompt keeps the fewest columns and diagonal chunks holding ``gamma`` of the mass.
+    """
 
     num_heads: int
+    gamma: float | None = None
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -56,8 +64,11 @@ class LayerPatterns:
     max_b: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
-    def from_heads(patterns: list[HeadPattern], device: torch.device | str) -> "LayerPatterns":
-        lp = LayerPatterns(num_heads=len(patterns))
+    def from_heads(patterns: list[HeadPattern], device: torch.device | str,
+                   gamma: float | None = None) -> "LayerPatterns":
+        if gamma is not None and not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        lp = LayerPatterns(num_heads=len(patterns), gamma=gamma)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -81,9 +92,12 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     for kind, heads in patterns.groups.items():
         if kind == VERTICAL_SLASH:
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale)
-            sel = select_vertical_slash(
+            select = select_vertical_slash if patterns.gamma is None else partial(
+                select_adaptive, gamma=patterns.gamma)
+            sel = select(
                 vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
-                patterns.max_a[kind], patterns.max_b[kind], KEEP_FIRST_KEYS, KEEP_NEAR_DIAGS)
+                patterns.max_a[kind], patterns.max_b[kind], keep_first=KEEP_FIRST_KEYS,
+                keep_diag=KEEP_NEAR_DIAGS)
             wl = build_vertical_slash_worklist(*sel, layout)
         elif kind == BLOCK_SPARSE:
             scores = block_sparse_scores(q, kv, layout, heads, sm_scale)

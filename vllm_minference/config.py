@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,9 +27,20 @@ class MInferenceSettings(BaseModel):
     min_sparse_len: int = Field(
         65536, ge=64, description="prefills whose sequence reaches this take the sparse path")
     budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
+    mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: per prompt, the fewest columns/diagonal tiles of each "
+                    "Vertical-Slash head that hold `gamma` of the estimated attention, the "
+                    "profile budgets as ceilings; fixed: MInference's fixed profile budgets")
+    gamma: float = Field(0.95, gt=0, le=1, description="attention share kept in adaptive mode")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
+
+    @property
+    def adaptive_gamma(self) -> float | None:
+        """``gamma`` for the kernels' planner, or None for fixed budgets."""
+        return self.gamma if self.mode == "adaptive" else None
 
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,

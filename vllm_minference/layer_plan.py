@@ -116,7 +116,7 @@ class LayerPlanner:
             self._layer_index = index
             self._patterns = LayerPatterns.from_heads(
                 self.profile.layer_patterns(index, self.head_ids, self.settings.budget_scale),
-                device)
+                device, gamma=self.settings.adaptive_gamma)
         return self._patterns
 
     def run(self, layer, query: torch.Tensor, key_cache: torch.Tensor,
