@@ -37,6 +37,7 @@ from vllm_minference.kernels import (KVSource, SeqLayout, block_sparse_scores,
                                      build_vertical_slash_worklist, estimate_vertical_slash,
                                      select_vertical_slash, sparse_attention)
 from vllm_minference.kernels.attention.reference import block_attention_reference
+from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive
 from vllm_minference.kernels.worklist import WorkList
 
 VS_BUDGET = (1000, 6096)
@@ -199,18 +200,25 @@ def fa2_sparse(q, k, v, lists):
 
 
 # ---------------------------------------------------------------------------- pipeline
-def vs_select(q, kv, layout, n_heads):
+def vs_select(q, kv, layout, n_heads, gamma=None):
+    """Estimate + selection; ``gamma`` set: adaptive tile-aware selection, budgets as ceilings."""
     heads = torch.arange(n_heads, device=q.device)
     vert, slash = estimate_vertical_slash(q, kv, layout, heads)
     b = torch.full((n_heads,), VS_BUDGET[0], device=q.device), torch.full(
         (n_heads,), VS_BUDGET[1], device=q.device)
+    if gamma is not None:
+        return select_adaptive(vert, slash, layout, b[0], b[1], *VS_BUDGET, gamma=gamma)
     return select_vertical_slash(vert, slash, layout, b[0], b[1], *VS_BUDGET)
 
 
-def plan_pattern(pattern: str, q, kv, layout, n_heads):
+VS_PATTERNS = ("vertical_slash", "vertical_slash_adaptive")
+
+
+def plan_pattern(pattern: str, q, kv, layout, n_heads, gamma=0.95):
     """(estimate_fn, index_fn(est) -> WorkList) of one pattern for all heads."""
-    if pattern == "vertical_slash":
-        return (lambda: vs_select(q, kv, layout, n_heads),
+    if pattern in VS_PATTERNS:
+        g = gamma if pattern == "vertical_slash_adaptive" else None
+        return (lambda: vs_select(q, kv, layout, n_heads, g),
                 lambda sel: build_vertical_slash_worklist(*sel, layout))
     if pattern == "block_sparse":
         heads = torch.arange(n_heads, device=q.device)
@@ -301,44 +309,52 @@ def bench_length(L: int, args, tokens_all, rows):
             for pattern in patterns:
                 if pattern == "block_sparse" and L > args.max_bs_len:
                     continue
-                est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1])
+                est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1], args.gamma)
                 measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                         layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
-                        extra=dict(layer=li, model="Qwen2.5-Coder-0.5B"))
-                if pattern == "vertical_slash":
+                        extra=dict(layer=li, model="Qwen2.5-Coder-0.5B", **mode_of(pattern, args)))
+                if pattern in VS_PATTERNS:
                     replay.setdefault(pattern, []).append(est_fn())
             del kv
         del cap
         torch.cuda.empty_cache()
         # ---------------- the same Vertical-Slash lists at Llama-3-8B shape
-        if "vertical_slash" in replay:
-            sels = replay["vertical_slash"]
+        for pattern, sels in replay.items():
             pooled = [torch.cat([s[i] for s in sels], dim=1) for i in range(4)]
             heads = torch.arange(LLAMA["q_heads"], device=pooled[0].device) % pooled[0].shape[1]
             sel = [x[:, heads].contiguous() for x in pooled]
             q, k, v = rand_qkv(L)
             kv = paged(k, v)
             dense_ms = time_ms(fa3(q, k, v))
-            est_fn = lambda: vs_select(q, kv, layout, LLAMA["q_heads"])  # noqa: E731 (cost only)
-            measure(rows, input_kind="real", pattern="vertical_slash", q=q, k=k, v=v, kv=kv,
+            g = args.gamma if pattern == "vertical_slash_adaptive" else None
+            est_fn = lambda: vs_select(q, kv, layout, LLAMA["q_heads"], g)  # noqa: E731 (cost only)
+            measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                     layout=layout, dense_ms=dense_ms, est_fn=est_fn,
                     index_fn=lambda _: build_vertical_slash_worklist(*sel, layout),
                     fa2=L <= args.max_fa2_len,
                     extra=dict(model="Llama-3-8B shape, Qwen lists replayed",
-                               layers=args.layers))
-            del q, k, v, kv, sel, sels, pooled
+                               layers=args.layers, **mode_of(pattern, args)))
+            del q, k, v, kv, sel, pooled
             torch.cuda.empty_cache()
     # ---------------- random attention at Llama-3-8B shape (dummy weights)
     if args.random:
         q, k, v = rand_qkv(L)
         kv = paged(k, v)
         dense_ms = time_ms(fa3(q, k, v))
-        est_fn, index_fn = plan_pattern("vertical_slash", q, kv, layout, LLAMA["q_heads"])
-        measure(rows, input_kind="random", pattern="vertical_slash", q=q, k=k, v=v, kv=kv,
-                layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
-                guard=args.guard, extra=dict(model="Llama-3-8B shape, random"))
+        for pattern in VS_PATTERNS:
+            est_fn, index_fn = plan_pattern(pattern, q, kv, layout, LLAMA["q_heads"], args.gamma)
+            measure(rows, input_kind="random", pattern=pattern, q=q, k=k, v=v, kv=kv,
+                    layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
+                    guard=args.guard, extra=dict(model="Llama-3-8B shape, random",
+                                                 **mode_of(pattern, args)))
         del q, k, v, kv
         torch.cuda.empty_cache()
+
+
+def mode_of(pattern: str, args) -> dict:
+    if pattern == "vertical_slash_adaptive":
+        return dict(mode="adaptive", gamma=args.gamma)
+    return dict(mode="fixed") if pattern == "vertical_slash" else {}
 
 
 def rand_qkv(L):
@@ -356,7 +372,9 @@ def main() -> None:
     ap.add_argument("--model", default=os.environ.get("GPU_KIT_MODEL"),
                     help="HF folder of Qwen2.5-Coder-0.5B-Instruct (real attention)")
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 9, 15])
-    ap.add_argument("--patterns", default="vertical_slash,block_sparse,a_shape")
+    ap.add_argument("--patterns",
+                    default="vertical_slash,vertical_slash_adaptive,block_sparse,a_shape")
+    ap.add_argument("--gamma", type=float, default=0.95, help="adaptive Vertical-Slash target")
     ap.add_argument("--max-bs-len", type=int, default=262144,
                     help="longest prompt for block-sparse (its score matrix grows as L^2)")
     ap.add_argument("--max-fa2-len", type=int, default=262144,

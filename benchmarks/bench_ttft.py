@@ -33,9 +33,11 @@ LLAMA_8B = {
 }
 
 
-def yarn_overrides(max_len: int) -> dict:
+def yarn_overrides(max_len: int, longest_prompt: int) -> dict:
+    """YaRN x4 up to 128K, x32 up to 1M (the factor covers the prompt; a few output
+    positions past it are allowed by VLLM_ALLOW_LONG_MAX_MODEL_LEN)."""
     factor = 1
-    while 32768 * factor < max_len:
+    while 32768 * factor < longest_prompt:
         factor *= 2
     if factor == 1:
         return {}
@@ -51,16 +53,36 @@ def source_token_ids(tokenizer, n_tokens: int) -> list[int]:
     return code_tokens(tokenizer, n_tokens).tolist()
 
 
+def minference_config(args) -> dict:
+    cfg = {}
+    if args.min_sparse_len:
+        cfg["min_sparse_len"] = args.min_sparse_len
+    if args.mode:
+        cfg["mode"] = args.mode
+    if args.gamma:
+        cfg["gamma"] = args.gamma
+    return cfg
+
+
+def mode_of(args) -> str:
+    """Row label: dense (FLASH_ATTN) or the minference selection mode in effect."""
+    if args.backend.lower() != "minference":
+        return "dense"
+    from vllm_minference.config import MInferenceSettings
+    return MInferenceSettings.from_sources({"minference": minference_config(args)}).mode
+
+
 def make_llm(args, max_len: int):
     from vllm import LLM
-    kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0)
+    kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0,
+              tensor_parallel_size=args.tp)
     if args.backend != "default":
         kw["attention_backend"] = args.backend
-    if args.min_sparse_len:
-        kw["additional_config"] = {"minference": {"min_sparse_len": args.min_sparse_len}}
+    if minference_config(args):
+        kw["additional_config"] = {"minference": minference_config(args)}
     if args.model_kind == "real":
         os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
-        return LLM(model=args.model, hf_overrides=yarn_overrides(max_len) or None, **kw), None
+        return LLM(model=args.model, hf_overrides=yarn_overrides(max_len, max_len - 64) or None, **kw), None
     folder = tempfile.mkdtemp(prefix="dummy-llama-")
     cfg = dict(LLAMA_8B, num_hidden_layers=args.layers, max_position_embeddings=max_len)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -68,7 +90,24 @@ def make_llm(args, max_len: int):
     return LLM(model=folder, load_format="dummy", skip_tokenizer_init=True, **kw), folder
 
 
-def ttft_rows(args) -> list[dict]:
+def base_row(args) -> dict:
+    return dict(backend=args.backend, mode=mode_of(args), gamma=args.gamma, tp=args.tp,
+                model=args.model_kind, layers=args.layers if args.model_kind != "real" else 24,
+                config=minference_config(args) if args.backend.lower() == "minference" else {})
+
+
+def append_row(path: str, row: dict) -> None:
+    """Rows are written one by one, so a run cut short keeps what it measured."""
+    old = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    with open(path, "w") as f:
+        json.dump(old + [row], f, indent=1)
+    print(json.dumps(row), flush=True)
+
+
+def ttft_rows(args) -> None:
     from vllm import SamplingParams
     max_len = max(args.lengths) + 64
     llm, _ = make_llm(args, max_len)
@@ -86,8 +125,11 @@ def ttft_rows(args) -> list[dict]:
         start = offset[0] % (len(pool) - n)
         return {"prompt_token_ids": pool[start:start + n]}
 
+    if args.outputs:
+        output_rows(args, llm, pool)
     llm.generate([prompt(8192)], one, use_tqdm=False)  # warm-up: Triton JIT, graphs
-    rows = []
+    if max(args.lengths) >= 65536:  # the sparse path's kernels compile on first use too
+        llm.generate([prompt(min(args.lengths[-1], 70000))], one, use_tqdm=False)
     for n in args.lengths:
         reps = args.reps if n <= 131072 else 1
         times = []
@@ -97,15 +139,23 @@ def ttft_rows(args) -> list[dict]:
             llm.generate([p], one, use_tqdm=False)
             times.append(time.perf_counter() - t0)
         times.sort()
-        row = dict(kind="ttft", backend=args.backend, model=args.model_kind,
-                   layers=args.layers if args.model_kind != "real" else 24,
-                   seq_len=n, seconds=times[len(times) // 2], runs=len(times))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        append_row(args.out, dict(kind="ttft", **base_row(args), seq_len=n,
+                                  seconds=times[len(times) // 2], runs=len(times)))
 
 
-def decode_rows(args) -> list[dict]:
+def output_rows(args, llm, pool) -> None:
+    """Greedy continuations of fixed prompts (short, below and above a 16K threshold): rows
+    to compare configurations token by token (TP=1 vs TP=2, minference vs dense)."""
+    from vllm import SamplingParams
+    greedy = SamplingParams(max_tokens=24, temperature=0.0, detokenize=False)
+    for n in (200, 3000, 12000, 20000, 30000):
+        start = (7919 * n) % (len(pool) - n)
+        out = llm.generate([{"prompt_token_ids": pool[start:start + n]}], greedy, use_tqdm=False)
+        append_row(args.out, dict(kind="outputs", **base_row(args), seq_len=n,
+                                  token_ids=list(out[0].outputs[0].token_ids)))
+
+
+def decode_rows(args) -> None:
     from vllm import SamplingParams
     ctx, new = args.decode_context, args.decode_tokens
     llm, _ = make_llm(args, ctx + new + 64)
@@ -123,10 +173,8 @@ def decode_rows(args) -> list[dict]:
     t0 = time.perf_counter()
     llm.generate([p], gen, use_tqdm=False)
     t_all = time.perf_counter() - t0
-    row = dict(kind="decode", backend=args.backend, model=args.model_kind, layers=24,
-               seq_len=ctx, new_tokens=new, tokens_per_s=(new - 1) / (t_all - t_first))
-    print(json.dumps(row), flush=True)
-    return [row]
+    append_row(args.out, dict(kind="decode", **base_row(args), seq_len=ctx, new_tokens=new,
+                              tokens_per_s=(new - 1) / (t_all - t_first)))
 
 
 def main() -> None:
@@ -138,19 +186,19 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 32768, 131072])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--decode", action="store_true", help="measure decode tokens/s instead")
+    ap.add_argument("--outputs", action="store_true",
+                    help="also record greedy outputs of fixed prompts (200 to 30K tokens)")
     ap.add_argument("--decode-context", type=int, default=32768)
     ap.add_argument("--decode-tokens", type=int, default=256)
     ap.add_argument("--min-sparse-len", type=int, default=None)
+    ap.add_argument("--mode", choices=["adaptive", "fixed"], default=None,
+                    help="minference selection mode (default: the plugin's)")
+    ap.add_argument("--gamma", type=float, default=None)
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    rows = decode_rows(args) if args.decode else ttft_rows(args)
-    old = []
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            old = json.load(f)
-    with open(args.out, "w") as f:
-        json.dump(old + rows, f, indent=1)
+    decode_rows(args) if args.decode else ttft_rows(args)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,17 @@ SHORT_CHAT = ["Write a Python function that reverses a string.",
 SHORT_COMPLETION = ["def fibonacci(n):", "# A function that checks whether a number is prime\n"]
 
 
-def start_server(model: str, backend: str, max_len: int, min_sparse_len: int, log_path: str):
+def parse_config(name: str) -> tuple[str, int]:
+    """``BACKEND`` or ``BACKEND@tpN`` -> (backend, tensor-parallel size)."""
+    backend, _, tp = name.partition("@tp")
+    return backend, int(tp or 1)
+
+
+def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log_path: str):
+    backend, tp = parse_config(config)
     cmd = ["vllm", "serve", model, "--port", str(PORT), "--max-model-len", str(max_len),
            "--gpu-memory-utilization", "0.80", "--served-model-name", "model",
-           "--attention-backend", backend]
+           "--attention-backend", backend, "--tensor-parallel-size", str(tp)]
     if backend.lower() == "minference":
         cmd += ["--additional-config", json.dumps({"minference": {"min_sparse_len": min_sparse_len}})]
     log = open(log_path, "w")
@@ -48,7 +55,7 @@ def start_server(model: str, backend: str, max_len: int, min_sparse_len: int, lo
         try:
             with urllib.request.urlopen(f"http://localhost:{PORT}/health", timeout=2) as r:
                 if r.status == 200:
-                    print(f"{backend}: server up after {time.time() - t0:.0f}s", flush=True)
+                    print(f"{config}: server up after {time.time() - t0:.0f}s", flush=True)
                     return proc
         except OSError:
             time.sleep(2)
@@ -64,10 +71,13 @@ def stop_server(proc) -> None:
 
 
 def gpu_memory_mib() -> int | None:
+    """Memory used on the visible GPUs (nvidia-smi ignores CUDA_VISIBLE_DEVICES: pass -i)."""
+    cmd = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        cmd += ["-i", os.environ["CUDA_VISIBLE_DEVICES"]]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return int(out.strip().splitlines()[0])
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        return sum(int(x) for x in out.split())
     except Exception:  # noqa: BLE001 - best effort
         return None
 
@@ -166,9 +176,12 @@ async def load_test(tok, n_requests: int = 32, seed: int = 0) -> dict:
 
 
 def main() -> None:
+    global PORT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=os.environ.get("GPU_KIT_MODEL"))
-    ap.add_argument("--backends", nargs="+", default=["minference", "FLASH_ATTN"])
+    ap.add_argument("--configs", nargs="+", default=["minference", "FLASH_ATTN"],
+                    help="BACKEND or BACKEND@tpN (tensor-parallel size N)")
+    ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--max-len", type=int, default=32768)
     ap.add_argument("--min-sparse-len", type=int, default=16384)
     ap.add_argument("--load", action="store_true")
@@ -176,14 +189,15 @@ def main() -> None:
     ap.add_argument("--logdir", default=".")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    PORT = args.port
     from openai import OpenAI
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
     client = OpenAI(base_url=f"http://localhost:{PORT}/v1", api_key="x")
     report = {}
-    for backend in args.backends:
-        log_path = os.path.join(args.logdir, f"server-{backend}.log")
-        proc = start_server(args.model, backend, args.max_len, args.min_sparse_len, log_path)
+    for config in args.configs:
+        log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}.log")
+        proc = start_server(args.model, config, args.max_len, args.min_sparse_len, log_path)
         entry = {"mem_mib_start": gpu_memory_mib()}
         try:
             if not args.skip_functional:
@@ -200,14 +214,21 @@ def main() -> None:
         entry["log_errors"] = [ln for ln in log.splitlines()
                                if ("ERROR" in ln or "Traceback" in ln) and "SIGINT" not in ln][:20]
         entry["log_minference"] = [ln for ln in log.splitlines() if "minference" in ln.lower()][:10]
-        report[backend] = entry
+        report[config] = entry
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    if {"minference", "FLASH_ATTN"} <= report.keys() and not args.skip_functional:
-        a, b = report["minference"]["functional"], report["FLASH_ATTN"]["functional"]
-        same = {k: a[k] == b[k] for k in ("chat", "completion", "below_threshold")}
-        report["identical_below_threshold"] = same
-        print("identical greedy outputs below the threshold:", same, flush=True)
+    if not args.skip_functional:
+        # every pair of configurations: which greedy outputs are identical
+        names = [c for c in args.configs if "functional" in report.get(c, {})]
+        report["identical"] = {}
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                fa, fb = report[a]["functional"], report[b]["functional"]
+                same = {k: fa[k] == fb[k] for k in ("chat", "completion", "below_threshold")}
+                same["passkey_answers"] = [x["answer"] == y["answer"]
+                                           for x, y in zip(fa["passkey"], fb["passkey"])]
+                report["identical"][f"{a} vs {b}"] = same
+                print(f"identical greedy outputs, {a} vs {b}:", same, flush=True)
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
 

@@ -1,0 +1,81 @@
+#!/bin/bash
+# One device call on a two-GPU machine (nvidia-h100-x2) after the gpu-kit is installed:
+#   bash benchmarks/gpu_lanes.sh A|B|C
+# Two lanes run side by side, one per GPU; each lane compares backends *within itself*
+# (same GPU, one process per configuration, one after the other), so no timing compares
+# two GPUs.  Results are JSON files under $OUT; all logs go into one $OUT/logs-<call>.tgz
+# (the device tool brings back at most 8 files).
+. benchmarks/gpu_prelude.sh
+export PYTHONUNBUFFERED=1 VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
+LOGS=/tmp/lanelogs-$1
+mkdir -p $LOGS
+B=benchmarks
+
+lane() {  # lane GPU NAME: run the function NAME on GPU GPU, its output in $LOGS/NAME.log
+  (export CUDA_VISIBLE_DEVICES=$1 VLLM_CACHE_ROOT=/tmp/vllm-cache-$1; $2 > $LOGS/$2.log 2>&1) &
+}
+
+# ------------------------------------------------------------------ call A
+A_ttft() {
+  for cfg in "FLASH_ATTN" "minference" "minference --mode fixed"; do
+    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 32768 131072 \
+      --out $OUT/ttft.json
+  done
+  for cfg in "FLASH_ATTN" "minference"; do
+    timeout 130 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama --layers 32 \
+      --lengths 32768 131072 --reps 1 --out $OUT/ttft.json
+  done
+}
+A_kernels() {
+  timeout 400 python3 $B/bench_kernels.py --seq-lens 32768 131072 262144 --out $OUT/kernels.json
+  for b in FLASH_ATTN minference; do
+    timeout 80 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  done
+}
+
+# ------------------------------------------------------------------ call B
+B_long() {
+  timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 524288 1048576 \
+    --out $OUT/ttft_long.json
+  timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 524288 1048576 \
+    --out $OUT/ttft_long.json
+  timeout 140 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+    --out $OUT/ttft_long.json
+}
+B_accuracy() {
+  for cfg in "FLASH_ATTN" "minference --min-sparse-len 4096" \
+             "minference --min-sparse-len 4096 --mode fixed" \
+             "minference --min-sparse-len 4096 --gamma 0.8"; do
+    timeout 135 python3 $B/bench_accuracy.py --backend $cfg --out $OUT/accuracy.json
+  done
+}
+
+# ------------------------------------------------------------------ call C
+C_serve() {
+  timeout 330 python3 $B/check_serving.py --configs minference FLASH_ATTN --load \
+    --logdir $LOGS --out $OUT/serving.json
+}
+C_accuracy() {
+  timeout 90 python3 $B/bench_ttft.py --backend minference --min-sparse-len 16384 --outputs \
+    --lengths 131072 --reps 1 --out $OUT/ttft_tp.json
+  timeout 150 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode fixed --budget-scale 0.25 --out $OUT/accuracy.json
+}
+C_tp2() {  # both GPUs: tensor parallelism 2
+  for cfg in "minference --min-sparse-len 16384 --outputs" "FLASH_ATTN --outputs"; do
+    timeout 115 python3 $B/bench_ttft.py --backend $cfg --tp 2 --lengths 131072 --reps 2 \
+      --out $OUT/ttft_tp.json >> $LOGS/tp2.log 2>&1
+  done
+}
+
+case "$1" in
+  A) lane 0 A_ttft; lane 1 A_kernels; wait ;;
+  B) lane 0 B_long; lane 1 B_accuracy; wait ;;
+  C) lane 0 C_serve; lane 1 C_accuracy; wait
+     (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2) ;;
+  *) echo "unknown call $1"; exit 2 ;;
+esac
+nvidia-smi --query-gpu=name,memory.used --format=csv > $LOGS/nvidia-smi.txt 2>&1
+tar czf $OUT/logs-$1.tgz -C /tmp lanelogs-$1
+ls -la $OUT
+for f in $LOGS/*.log; do echo "== $f"; grep -v -E "it/s\]|INFO|WARNING" $f | tail -6; done
