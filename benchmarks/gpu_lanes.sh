@@ -56,9 +56,11 @@ C_serve() {
     --logdir $LOGS --out $OUT/serving.json
 }
 C_accuracy() {
-  timeout 90 python3 $B/bench_ttft.py --backend minference --min-sparse-len 16384 --outputs \
+  timeout 100 python3 -m vllm_minference.search "$GPU_KIT_MODEL" --length 32768 \
+    --model-name Qwen/Qwen2.5-Coder-0.5B-Instruct --out $OUT/qwen2.5-coder-0.5b-instruct.json
+  timeout 85 python3 $B/bench_ttft.py --backend minference --min-sparse-len 16384 --outputs \
     --lengths 131072 --reps 1 --out $OUT/ttft_tp.json
-  timeout 150 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+  timeout 140 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode fixed --budget-scale 0.25 --out $OUT/accuracy.json
 }
 C_tp2() {  # both GPUs: tensor parallelism 2
@@ -68,10 +70,20 @@ C_tp2() {  # both GPUs: tensor parallelism 2
   done
 }
 
+wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs still come back
+  while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $1 ]; do sleep 3; done
+  if [ -n "$(jobs -rp)" ]; then
+    echo "deadline: stopping the lanes still running" | tee -a $LOGS/deadline.log
+    kill $(jobs -rp) 2>/dev/null; pkill -INT -f "python3 $B/"; sleep 8; pkill -KILL -f "python3 $B/"
+    pkill -KILL -f "vllm serve"; pkill -KILL -f "VLLM::"; pkill -KILL -f EngineCore; sleep 3
+  fi
+  wait
+}
+
 case "$1" in
-  A) lane 0 A_ttft; lane 1 A_kernels; wait ;;
-  B) lane 0 B_long; lane 1 B_accuracy; wait ;;
-  C) lane 0 C_serve; lane 1 C_accuracy; wait
+  A) lane 0 A_ttft; lane 1 A_kernels; wait_lanes 570 ;;
+  B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 570 ;;
+  C) lane 0 C_serve; lane 1 C_accuracy; wait_lanes 335
      (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2) ;;
   *) echo "unknown call $1"; exit 2 ;;
 esac

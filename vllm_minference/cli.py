@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="further `vllm serve` arguments")
     d = sub.add_parser("demo", help="sparse vs dense prefill of a synthetic prompt")
     d.add_argument("--seq-len", type=int, default=2048)
+    sr = sub.add_parser("search", add_help=False, help="offline per-head pattern search: write "
+                        "a profile for MODEL (vllm-minference search MODEL --out PATH; --help)")
+    sr.add_argument("search_args", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["search"]:  # forwarded whole: its options (and --help) are search.py's
+        from vllm_minference.search import main as search_main
+        return search_main(argv[1:])
     args = ap.parse_args(argv)
 
     if args.cmd == "quickstart":

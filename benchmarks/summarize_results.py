@@ -1,0 +1,322 @@
+"""Turn the raw JSON of a GPU session into the published results: paired tables and plots.
+
+    python benchmarks/summarize_results.py RAW_DIR [--device h100]
+
+``RAW_DIR`` holds what the device calls wrote (``kernels.json``, ``ttft*.json``,
+``decode.json``, ``accuracy.json``, ``serving.json``).  Writes into ``benchmarks/results/``:
+``kernels-<device>.json``, ``ttft-<device>.json``, ``accuracy-qwen2.5-coder-0.5b.json``,
+``serving-<device>.json``, a PNG per table, and ``RESULTS.md`` with the markdown tables.
+Every number comes from the raw files; nothing is computed here but pairing and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+
+def load(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def fmt_len(n: int) -> str:
+    return f"{n // 1048576}M" if n >= 1048576 and n % 1048576 == 0 else f"{round(n / 1024)}K"
+
+
+# ------------------------------------------------------------------------------- TTFT
+def pair_ttft(raw_rows: list[dict]) -> list[dict]:
+    """One row per (model, tp, seq_len, minference mode/config): dense vs minference."""
+    dense = {(r["model"], r["tp"], r["seq_len"]): r for r in raw_rows
+             if r["kind"] == "ttft" and r["mode"] == "dense"}
+    out = []
+    for r in raw_rows:
+        if r["kind"] != "ttft" or r["mode"] == "dense":
+            continue
+        d = dense.get((r["model"], r["tp"], r["seq_len"]))
+        if d is None:
+            continue
+        out.append(dict(kind="ttft", model=r["model"], layers=r["layers"], tp=r["tp"],
+                        seq_len=r["seq_len"], mode=r["mode"], config=r["config"],
+                        dense_s=round(d["seconds"], 4), minference_s=round(r["seconds"], 4),
+                        speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"]))
+    dec = {r["mode"]: r for r in raw_rows if r["kind"] == "decode"}
+    if "dense" in dec:
+        for mode, r in dec.items():
+            if mode == "dense":
+                continue
+            out.append(dict(kind="decode", model=r["model"], layers=r["layers"], tp=r["tp"],
+                            seq_len=r["seq_len"], mode=mode, config=r["config"],
+                            dense_tokens_per_s=round(dec["dense"]["tokens_per_s"], 1),
+                            minference_tokens_per_s=round(r["tokens_per_s"], 1),
+                            ratio=round(r["tokens_per_s"] / dec["dense"]["tokens_per_s"], 3)))
+    return out
+
+
+def output_agreement(raw_rows: list[dict]) -> list[dict]:
+    """Greedy outputs of fixed prompts: configurations compared token by token."""
+    outs = defaultdict(dict)
+    for r in raw_rows:
+        if r["kind"] == "outputs":
+            outs[(r["mode"], r["tp"])][r["seq_len"]] = r["token_ids"]
+    keys = sorted(outs)
+    rows = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            for n in sorted(set(outs[a]) & set(outs[b])):
+                x, y = outs[a][n], outs[b][n]
+                first = next((j for j, (p, q) in enumerate(zip(x, y)) if p != q), None)
+                rows.append(dict(a=f"{a[0]} tp{a[1]}", b=f"{b[0]} tp{b[1]}", prompt_tokens=n,
+                                 identical=x == y, first_divergence=first))
+    return rows
+
+
+def plot_ttft(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for (model, mode), style in [(("real", "adaptive"), "o-"), (("real", "fixed"), "s--"),
+                                 (("dummy-llama", "adaptive"), "^:")]:
+        rs = sorted((r for r in rows if r["kind"] == "ttft" and r["model"] == model
+                     and r["mode"] == mode and r["tp"] == 1), key=lambda r: r["seq_len"])
+        if not rs:
+            continue
+        x = [r["seq_len"] for r in rs]
+        label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + f", {mode}"
+        a1.plot(x, [r["minference_s"] for r in rs], style, label=f"minference ({label})")
+        if mode != "fixed":
+            a1.plot(x, [r["dense_s"] for r in rs], style[0] + "-", color="gray", alpha=0.6,
+                    label=f"FLASH_ATTN ({label.split(',')[0]})")
+        a2.plot(x, [r["speedup"] for r in rs], style, label=label)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens")
+        ax.grid(alpha=0.3)
+    a1.set_yscale("log")
+    a1.set_ylabel("time to first token (s)")
+    a2.axhline(1.0, color="k", lw=0.8)
+    a2.set_ylabel("speedup over FLASH_ATTN")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.suptitle("vLLM 0.26 TTFT, minference vs FLASH_ATTN (H100)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------------------- kernels
+def plot_kernels(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = defaultdict(list)
+    for r in rows:
+        key = (r["input"], r["pattern"], r["q_heads"])
+        groups[key].append(r)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (inp, pat, qh), rs in sorted(groups.items()):
+        by_len = defaultdict(list)
+        for r in rs:
+            by_len[r["seq_len"]].append(r["speedup"])
+        x = sorted(by_len)
+        shape = "Qwen 14/2 d64" if qh == 14 else "Llama 32/8 d128"
+        ax.plot(x, [sum(by_len[n]) / len(by_len[n]) for n in x], "o-",
+                label=f"{inp}, {pat}, {shape}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("speedup over FA3 (estimate+index+attention)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def kernel_table(rows: list[dict]) -> str:
+    lines = ["| input | pattern | shape | seq | density | FA3 ms | est ms | index ms | attn ms | "
+             "total ms | speedup | efficiency | vLLM sparse_attn_func ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    agg = defaultdict(list)
+    for r in rows:
+        agg[(r["input"], r["pattern"], r["q_heads"], r["kv_heads"], r["head_dim"], r["seq_len"])].append(r)
+    for (inp, pat, qh, kh, d, n), rs in sorted(agg.items(), key=lambda kv: (kv[0][5], kv[0][0], kv[0][2], kv[0][1])):
+        def m(k):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            return sum(vals) / len(vals) if vals else None
+        fa2 = m("fa2_sparse_ms")
+        lines.append(f"| {inp} | {pat} | {qh}/{kh} d{d} | {fmt_len(n)} | {m('density'):.3f} | "
+                     f"{m('dense_ms'):.1f} | {m('estimate_ms'):.2f} | {m('index_ms'):.2f} | "
+                     f"{m('attn_ms'):.1f} | {m('total_ms'):.1f} | {m('speedup'):.2f}x | "
+                     f"{m('efficiency'):.2f} | {'' if fa2 is None else f'{fa2:.1f}'} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- accuracy
+def pair_accuracy(raw: list[dict]) -> list[dict]:
+    """Mean score over seeds per (task, length, depth), dense vs each minference config."""
+    def key(r):
+        return (r["task"], r["length"], r["depth"])
+    dense = defaultdict(list)
+    for r in raw:
+        if r["mode"] == "dense":
+            dense[key(r)].append(r["score"])
+    cfgs = defaultdict(lambda: defaultdict(list))
+    for r in raw:
+        if r["mode"] != "dense":
+            cfgs[json.dumps(r["config"], sort_keys=True)][key(r)].append(r["score"])
+    out = []
+    for cfg, scores in cfgs.items():
+        c = json.loads(cfg)
+        for k, v in sorted(scores.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+            if k not in dense:
+                continue
+            out.append(dict(task=k[0], length=k[1], depth=k[2],
+                            dense=round(100 * sum(dense[k]) / len(dense[k]), 1),
+                            minference=round(100 * sum(v) / len(v), 1),
+                            mode=c.get("mode", "adaptive"),
+                            gamma=c.get("gamma", 0.95) if c.get("mode", "adaptive") == "adaptive" else None,
+                            budget_scale=c.get("budget_scale", 1.0),
+                            min_sparse_len=c.get("min_sparse_len"), n=len(v)))
+    return out
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in rows})
+    by = defaultdict(lambda: defaultdict(list))
+    dense = defaultdict(list)
+    for r in rows:
+        by[(r["task"], r["length"])][(r["mode"], r["gamma"] or 0, r["budget_scale"])].append(r["minference"])
+        if (r["mode"], r["gamma"] or 0, r["budget_scale"]) == cfgs[0]:
+            dense[(r["task"], r["length"])].append(r["dense"])
+    head = " | ".join(f"{m}" + (f" γ={g}" if m == "adaptive" else "") + (f" ×{s}" if s != 1 else "")
+                      for m, g, s in cfgs)
+    lines = [f"| task | length | dense | {head} |", "|---|---|---|" + "---|" * len(cfgs)]
+    for (task, n), per in sorted(by.items()):
+        d = dense[(task, n)]
+        cells = []
+        for c in cfgs:
+            v = per.get(c)
+            cells.append(f"{sum(v) / len(v):.1f}" if v else "")
+        lines.append(f"| {task} | {fmt_len(n)} | {sum(d) / len(d):.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    pk = [r for r in rows if r["task"] == "passkey"]
+    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in pk})
+    if not pk:
+        return
+    lengths = sorted({r["length"] for r in pk})
+    depths = sorted({r["depth"] for r in pk})
+    panels = [("dense", None)] + [(c, c) for c in cfgs]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, c) in zip(axes[0], panels):
+        grid = np.full((len(depths), len(lengths)), np.nan)
+        for r in pk:
+            if c is not None and (r["mode"], r["gamma"] or 0, r["budget_scale"]) != c:
+                continue
+            if c is None and (r["mode"], r["gamma"] or 0, r["budget_scale"]) != cfgs[0]:
+                continue
+            grid[depths.index(r["depth"]), lengths.index(r["length"])] = (
+                r["dense"] if c is None else r["minference"])
+        ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=6)
+        title = "FLASH_ATTN" if c is None else (
+            f"{c[0]}" + (f" γ={c[1]}" if c[0] == "adaptive" else "") + (f" ×{c[2]}" if c[2] != 1 else ""))
+        ax.set_title(title, fontsize=8)
+    axes[0][0].set_ylabel("passkey depth")
+    fig.suptitle("Passkey retrieval, Qwen2.5-Coder-0.5B (YaRN x4), % found", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("raw", help="folder with the raw JSON of the device calls")
+    ap.add_argument("--device", default="h100")
+    args = ap.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    md = []
+    dev = args.device
+
+    kpath = os.path.join(args.raw, "kernels.json")
+    if os.path.exists(kpath):
+        k = load(kpath)
+        with open(os.path.join(RESULTS, f"kernels-{dev}.json"), "w") as f:
+            json.dump(k, f, indent=1)
+        plot_kernels(k["rows"], os.path.join(RESULTS, f"kernels-{dev}.png"))
+        md += [f"### Kernels ({k['device']}, torch {k['torch']})", "", kernel_table(k["rows"]), ""]
+
+    raw_ttft = []
+    for p in sorted(glob.glob(os.path.join(args.raw, "ttft*.json")) +
+                    glob.glob(os.path.join(args.raw, "decode*.json"))):
+        raw_ttft += load(p)
+    if raw_ttft:
+        rows = pair_ttft(raw_ttft)
+        agree = output_agreement(raw_ttft)
+        with open(os.path.join(RESULTS, f"ttft-{dev}.json"), "w") as f:
+            json.dump(dict(rows=rows, output_agreement=agree, raw=raw_ttft), f, indent=1)
+        plot_ttft(rows, os.path.join(RESULTS, f"ttft-{dev}.png"))
+        md += ["### TTFT through vLLM", "",
+               "| model | tp | tokens | mode | FLASH_ATTN s | minference s | speedup |",
+               "|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r["kind"] == "ttft"),
+                        key=lambda r: (r["model"] != "real", r["tp"], r["mode"], r["seq_len"])):
+            md.append(f"| {r['model']} | {r['tp']} | {fmt_len(r['seq_len'])} | {r['mode']}"
+                      f"{' ' + json.dumps(r['config']) if r['config'] else ''} | "
+                      f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x |")
+        for r in (r for r in rows if r["kind"] == "decode"):
+            md.append(f"\nDecode at {fmt_len(r['seq_len'])} context: FLASH_ATTN "
+                      f"{r['dense_tokens_per_s']} tok/s, minference {r['minference_tokens_per_s']} "
+                      f"tok/s ({r['ratio']:.3f}x).")
+        if agree:
+            md += ["", "| greedy outputs | vs | prompt tokens | identical | first divergence |",
+                   "|---|---|---|---|---|"]
+            md += [f"| {a['a']} | {a['b']} | {a['prompt_tokens']} | {a['identical']} | "
+                   f"{a['first_divergence']} |" for a in agree]
+        md.append("")
+
+    apath = os.path.join(args.raw, "accuracy.json")
+    if os.path.exists(apath):
+        rows = pair_accuracy(load(apath))
+        with open(os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.json"), "w") as f:
+            json.dump(rows, f, indent=0)
+        plot_accuracy(rows, os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.png"))
+        md += ["### Accuracy (% correct, mean over depths and seeds)", "", accuracy_table(rows), ""]
+
+    spath = os.path.join(args.raw, "serving.json")
+    if os.path.exists(spath):
+        s = load(spath)
+        with open(os.path.join(RESULTS, f"serving-{dev}.json"), "w") as f:
+            json.dump(s, f, indent=1)
+        md += ["### Serving under load (32 concurrent requests, 1K-31K tokens)", "",
+               "| backend | answered | errors | wall s | req/s | TTFT p50 s | TTFT p99 s | "
+               "GPU MiB start → end |", "|---|---|---|---|---|---|---|---|"]
+        for name, e in s.items():
+            if not isinstance(e, dict) or "load" not in e:
+                continue
+            ld = e["load"]
+            md.append(f"| {name} | {ld['answered']}/{ld['requests']} | {len(ld['errors'])} | "
+                      f"{ld['wall_s']:.2f} | {ld['requests_per_s']:.2f} | {ld['ttft_p50_s']:.2f} | "
+                      f"{ld['ttft_p99_s']:.2f} | {e.get('mem_mib_start')} → {e.get('mem_mib_end')} |")
+        md.append("")
+    with open(os.path.join(RESULTS, "RESULTS.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
