@@ -113,7 +113,8 @@ def ttft_rows(args) -> None:
     llm, _ = make_llm(args, max_len)
     one = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
     if args.model_kind == "real":
-        pool = source_token_ids(llm.get_tokenizer(), max(args.lengths) + args.reps * 4096 + 8192)
+        pool = source_token_ids(llm.get_tokenizer(),
+                                max(40000, max(args.lengths) + args.reps * 4096 + 8192))
     else:
         import random
         rnd = random.Random(0)
@@ -148,8 +149,9 @@ def output_rows(args, llm, pool) -> None:
     to compare configurations token by token (TP=1 vs TP=2, minference vs dense)."""
     from vllm import SamplingParams
     greedy = SamplingParams(max_tokens=24, temperature=0.0, detokenize=False)
+    assert len(pool) >= 40000, "outputs need 40K tokens of text"
     for n in (200, 3000, 12000, 20000, 30000):
-        start = (7919 * n) % (len(pool) - n)
+        start = (7919 * n) % (40000 - n)  # the same prompts whatever the pool size
         out = llm.generate([{"prompt_token_ids": pool[start:start + n]}], greedy, use_tqdm=False)
         append_row(args.out, dict(kind="outputs", **base_row(args), seq_len=n,
                                   token_ids=list(out[0].outputs[0].token_ids)))

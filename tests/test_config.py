@@ -38,11 +38,12 @@ def test_bad_env_value_is_named():
 
 def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
-    assert s.mode == "adaptive" and s.adaptive_gamma == s.gamma == 0.95
-    s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9"}}, environ={})
+    assert s.mode == "fixed" and s.adaptive_gamma is None  # MInference's budgets by default
+    s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
+    assert s.adaptive_gamma == s.gamma == 0.95
+    s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9"}},
+                                        environ={"MINFERENCE_MODE": "adaptive"})
     assert s.adaptive_gamma == 0.9
-    s = MInferenceSettings.from_sources({}, environ={"MINFERENCE_MODE": "fixed"})
-    assert s.adaptive_gamma is None  # MInference's fixed budgets
     with pytest.raises(ValueError, match="gamma"):
         MInferenceSettings.from_sources({}, environ={"MINFERENCE_GAMMA": "1.2"})
     with pytest.raises(ValueError, match="mode"):

@@ -10,8 +10,12 @@ from vllm_minference.profiles import (HeadSpec, Profile, ProfileError, ProfileMe
                                       load_profile, resolve_profile, save_profile)
 
 
+SEARCHED = "qwen2.5-coder-0.5b-instruct-searched.json"  # made by `vllm-minference search`
+
+
 def test_every_bundled_profile_loads_and_is_indexed():
-    files = sorted(p.name for p in bundled_dir().glob("*.json") if p.name != "INDEX.json")
+    files = sorted(p.name for p in bundled_dir().glob("*.json")
+                   if p.name not in ("INDEX.json", SEARCHED))
     assert len(files) == 14
     for name in files:
         prof = load_profile(bundled_dir() / name)
@@ -24,6 +28,16 @@ def test_every_bundled_profile_loads_and_is_indexed():
     kinds = {h.pattern for layer in phi.layers for h in layer}
     assert kinds == {VERTICAL_SLASH, A_SHAPE}
     assert (bundled_dir() / "SOURCE.md").read_text().count("MIT") >= 1
+
+
+def test_searched_profile_ships_and_is_chosen_only_explicitly():
+    prof = load_profile(bundled_dir() / SEARCHED)
+    prof.check_fits(24, 14)
+    assert prof.metadata.model == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert prof.metadata.search["target_density"] == 0.1
+    assert SEARCHED not in bundled_index().values()  # not auto-selected: accuracy not yet compared
+    chosen, why = resolve_profile(SEARCHED, ["Qwen/Qwen2.5-Coder-0.5B-Instruct"], 24, 14)
+    assert "explicitly chosen" in why and chosen.layers == prof.layers
 
 
 def test_project_format_round_trip(tmp_path):

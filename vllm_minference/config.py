@@ -27,11 +27,13 @@ class MInferenceSettings(BaseModel):
     min_sparse_len: int = Field(
         65536, ge=64, description="prefills whose sequence reaches this take the sparse path")
     budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
-    mode: Literal["adaptive", "fixed"] = Field(
-        "adaptive",
-        description="adaptive: per prompt, the fewest columns/diagonal tiles of each "
+    mode: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="fixed: MInference's profile budgets (the default: accuracy first); "
+                    "adaptive: per prompt, the fewest columns/diagonal tiles of each "
                     "Vertical-Slash head that hold `gamma` of the estimated attention, the "
-                    "profile budgets as ceilings; fixed: MInference's fixed profile budgets")
+                    "profile budgets as ceilings (much faster at 128K-1M, but it lost points "
+                    "on multi-needle tasks in our accuracy suite: see README)")
     gamma: float = Field(0.95, gt=0, le=1, description="attention share kept in adaptive mode")
     max_density: float = Field(
         0.45, gt=0, le=1,

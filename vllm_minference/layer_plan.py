@@ -74,6 +74,9 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
     return profile
 
 
+_first_step_logged = False
+
+
 class LayerPlanner:
     """Profile lookup and sparse launch for one attention layer."""
 
@@ -133,9 +136,13 @@ class LayerPlanner:
                         max_density=1.0)
         dense_tiles = layout.dense_tiles().sum() * query.shape[1]
         density = float(wl.tiles().sum() / dense_tiles)
-        logger.info_once("minference: first sparse prefill step (%d request(s), longest %d "
-                         "tokens): layer density %.3f, %s", layout.num_seqs, layout.max_kv_len,
-                         density, "dense" if density > self.settings.max_density else "sparse")
+        global _first_step_logged
+        if not _first_step_logged:  # one line per process, not one per layer
+            _first_step_logged = True
+            logger.info("minference: first sparse prefill step (%d request(s), longest %d "
+                        "tokens, %s mode): density of the first layer %.3f, %s",
+                        layout.num_seqs, layout.max_kv_len, self.settings.mode, density,
+                        "dense" if density > self.settings.max_density else "sparse")
         if density > self.settings.max_density:
             return False
         sparse_attention(query, kv, layout, wl, scale, out=output)
