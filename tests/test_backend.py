@@ -225,3 +225,17 @@ def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):
     assert len(messages) == 1 and "2 attention layer(s)" in messages[0]
     assert "sliding-window" in messages[0]
     assert warn_dense_layers(vc, names) == []  # said once
+
+
+def test_weights_loaded_hook_warms_up_sparse_layers_only(model_dir, monkeypatch):
+    from vllm.config import set_current_vllm_config
+    _, vc = _builder(model_dir)
+    with set_current_vllm_config(vc):
+        sparse = MInferenceImpl(4, 64, 0.125, 2, None, None, "auto")
+        dense = MInferenceImpl(4, 64, 0.125, 2, None, 256, "auto")  # sliding window
+    seen = []
+    monkeypatch.setattr(type(sparse.planner), "warm_up",
+                        lambda self, *a: seen.append((self.page_size, *a)))
+    sparse.process_weights_after_loading(torch.bfloat16)
+    dense.process_weights_after_loading(torch.bfloat16)
+    assert seen == [(vc.cache_config.block_size, 64, torch.bfloat16, 0.125)]

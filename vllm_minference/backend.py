@@ -166,6 +166,11 @@ class MInferenceImpl(FlashAttentionImpl):
             self.planner = LayerPlanner.for_current_model(
                 get_current_vllm_config_or_none(), num_heads, num_kv_heads)
 
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        super().process_weights_after_loading(act_dtype)
+        if self.planner is not None:
+            self.planner.warm_up(self.head_size, act_dtype, self.scale)
+
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None):
         batch = getattr(attn_metadata, "minference", None)

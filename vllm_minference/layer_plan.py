@@ -19,6 +19,7 @@ from vllm_minference.kernels import KVSource, LayerPatterns, plan_layer, sparse_
 
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
+from .warmup import warm_up_kernels
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
@@ -81,8 +82,9 @@ class LayerPlanner:
     """Profile lookup and sparse launch for one attention layer."""
 
     def __init__(self, settings: MInferenceSettings, profile: Profile, head_ids: list[int],
-                 num_kv_heads: int):
+                 num_kv_heads: int, page_size: int = 16):
         self.settings = settings
+        self.page_size = page_size
         self.profile = profile
         self.head_ids = head_ids
         self.num_kv_heads = num_kv_heads
@@ -93,9 +95,11 @@ class LayerPlanner:
     def for_current_model(vllm_config, num_heads: int, num_kv_heads: int) -> "LayerPlanner":
         settings = MInferenceSettings.from_sources(
             vllm_config.additional_config if vllm_config is not None else None)
+        page_size = 16
         if vllm_config is None:  # constructed outside a vLLM engine (tests)
             total_layers, total_heads, names = None, num_heads, ()
         else:
+            page_size = vllm_config.cache_config.block_size or page_size
             mc = vllm_config.model_config
             text = mc.hf_text_config
             total_layers, total_heads = text.num_hidden_layers, text.num_attention_heads
@@ -109,7 +113,24 @@ class LayerPlanner:
             profile = default_profile(1, total_heads)
         else:
             profile = _profile_for(settings.profile, names, total_layers, total_heads)
-        return LayerPlanner(settings, profile, heads, num_kv_heads)
+        return LayerPlanner(settings, profile, heads, num_kv_heads, page_size)
+
+    def warm_up(self, head_size: int, dtype: torch.dtype, scale: float) -> None:
+        """Compile the sparse kernels now (model load) rather than in the first long prefill.
+
+        Never fatal: if it fails, the kernels compile on first use as they would anyway.
+        """
+        if not torch.cuda.is_available():
+            return
+        try:
+            if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
+                               self.page_size, scale, self.settings.adaptive_gamma):
+                logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
+                            "%s, page %d", len(self.head_ids), self.num_kv_heads, head_size,
+                            dtype, self.page_size)
+        except Exception as e:  # noqa: BLE001 - a warm-up must not stop start-up
+            logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
+                           "compile on the first sparse prefill", type(e).__name__, e)
 
     def patterns(self, layer, device: torch.device) -> LayerPatterns:
         if self._patterns is None:

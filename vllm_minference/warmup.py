@@ -1,0 +1,54 @@
+"""Compile the sparse kernels while the model loads, not on the first long prompt.
+
+Triton compiles a kernel on its first call for each set of compile-time constants (head
+size, GQA group, page size, dtype, ...).  Without a warm-up that happens inside the first
+sparse prefill step (about 5 s on an H100, flagged by vLLM's JIT monitor as a latency
+spike).  ``warm_up_kernels`` runs the whole sparse path once on a tiny batch laid out like
+vLLM's FlashAttention KV cache (``[pages, page_size, kv_heads, 2 * head_size]``, keys then
+values in the last dim), with one head of each pattern, so every kernel is compiled for the
+layer's shapes.  Integer sizes that vary per step are not specialised on (see the kernels'
+``do_not_specialize``), so the compiled variants are the ones serving uses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern,
+                                     KVSource, LayerPatterns, SeqLayout, plan_layer,
+                                     sparse_attention)
+
+_done: set[tuple] = set()
+
+# a chunk at the end of a longer sequence (chunked prefill), several 64-row blocks
+_Q_LEN, _KV_LEN = 192, 320
+_TABLE_WIDTH = 64  # block-table rows as wide as a real one's (a multiple of 16)
+
+
+def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
+                    page_size: int, scale: float, gamma: float | None,
+                    device: torch.device | str = "cuda") -> bool:
+    """Run plan + attention once for these shapes; False if already done in this process."""
+    key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device))
+    if key in _done:
+        return False
+    _done.add(key)
+    n_pages = -(-_KV_LEN // page_size)
+    cache = 0.1 * torch.randn(n_pages + 1, page_size, num_kv_heads, 2 * head_size,
+                              dtype=dtype, device=device)
+    key_cache, value_cache = cache.split(head_size, dim=-1)
+    table = torch.zeros(1, max(_TABLE_WIDTH, n_pages), dtype=torch.int32, device=device)
+    table[0, :n_pages] = torch.arange(1, n_pages + 1, dtype=torch.int32, device=device)
+    kv = KVSource.paged(key_cache, value_cache, table)
+    layout = SeqLayout.from_lengths([_Q_LEN], [_KV_LEN], device)
+    kinds = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 2),
+             HeadPattern(A_SHAPE, 16, 64)]
+    patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
+                                        gamma=gamma)
+    query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
+    wl = plan_layer(query, kv, layout, patterns, scale, max_density=1.0)
+    out = torch.empty_like(query)
+    sparse_attention(query, kv, layout, wl, scale, out=out)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return True
