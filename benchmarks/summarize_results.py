@@ -62,13 +62,15 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
 def output_agreement(raw_rows: list[dict]) -> list[dict]:
     """Greedy outputs of fixed prompts: configurations compared token by token."""
     outs = defaultdict(dict)
-    for r in raw_rows:
+    for r in raw_rows:  # a later file's rows replace an earlier one's of the same configuration
         if r["kind"] == "outputs":
             outs[(r["mode"], r["tp"])][r["seq_len"]] = r["token_ids"]
     keys = sorted(outs)
     rows = []
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
+            if a[0] != b[0] and a[1] != b[1]:  # same mode across TP, or modes at one TP
+                continue
             for n in sorted(set(outs[a]) & set(outs[b])):
                 x, y = outs[a][n], outs[b][n]
                 first = next((j for j, (p, q) in enumerate(zip(x, y)) if p != q), None)
@@ -85,7 +87,8 @@ def plot_ttft(rows: list[dict], path: str) -> None:
     for (model, mode), style in [(("real", "adaptive"), "o-"), (("real", "fixed"), "s--"),
                                  (("dummy-llama", "adaptive"), "^:")]:
         rs = sorted((r for r in rows if r["kind"] == "ttft" and r["model"] == model
-                     and r["mode"] == mode and r["tp"] == 1), key=lambda r: r["seq_len"])
+                     and r["mode"] == mode and r["tp"] == 1
+                     and "min_sparse_len" not in r["config"]), key=lambda r: r["seq_len"])
         if not rs:
             continue
         x = [r["seq_len"] for r in rs]
@@ -209,35 +212,38 @@ def accuracy_table(rows: list[dict]) -> str:
 
 
 def plot_accuracy(rows: list[dict], path: str) -> None:
+    """Heatmap: task@length (rows) x configuration (columns), % correct, dense first."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    pk = [r for r in rows if r["task"] == "passkey"]
-    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in pk})
-    if not pk:
+    if not rows:
         return
-    lengths = sorted({r["length"] for r in pk})
-    depths = sorted({r["depth"] for r in pk})
-    panels = [("dense", None)] + [(c, c) for c in cfgs]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (name, c) in zip(axes[0], panels):
-        grid = np.full((len(depths), len(lengths)), np.nan)
-        for r in pk:
-            if c is not None and (r["mode"], r["gamma"] or 0, r["budget_scale"]) != c:
-                continue
-            if c is None and (r["mode"], r["gamma"] or 0, r["budget_scale"]) != cfgs[0]:
-                continue
-            grid[depths.index(r["depth"]), lengths.index(r["length"])] = (
-                r["dense"] if c is None else r["minference"])
-        ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths], fontsize=7)
-        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=6)
-        title = "FLASH_ATTN" if c is None else (
-            f"{c[0]}" + (f" γ={c[1]}" if c[0] == "adaptive" else "") + (f" ×{c[2]}" if c[2] != 1 else ""))
-        ax.set_title(title, fontsize=8)
-    axes[0][0].set_ylabel("passkey depth")
-    fig.suptitle("Passkey retrieval, Qwen2.5-Coder-0.5B (YaRN x4), % found", fontsize=9)
+    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in rows})
+    cells = sorted({(r["task"], r["length"]) for r in rows})
+    grid = np.full((len(cells), len(cfgs) + 1), np.nan)
+    acc = defaultdict(list)
+    for r in rows:
+        c = (r["mode"], r["gamma"] or 0, r["budget_scale"])
+        acc[(r["task"], r["length"], c)].append(r["minference"])
+        acc[(r["task"], r["length"], "dense")].append(r["dense"])
+    for i, (t, n) in enumerate(cells):
+        for j, c in enumerate(["dense"] + cfgs):
+            v = acc.get((t, n, c))
+            if v:
+                grid[i, j] = sum(v) / len(v)
+    fig, ax = plt.subplots(figsize=(2 + 1.3 * (len(cfgs) + 1), 0.35 * len(cells) + 1.5))
+    ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    names = ["FLASH_ATTN"] + [f"{m}" + (f" γ={g}" if m == "adaptive" else "") +
+                              (f" ×{s}" if s != 1 else "") for m, g, s in cfgs]
+    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=20)
+    ax.set_yticks(range(len(cells)), [f"{t} @{fmt_len(n)}" for t, n in cells], fontsize=7)
+    ax.set_title("Accuracy suite, Qwen2.5-Coder-0.5B (YaRN x4), % correct; minference forced "
+                 "sparse from 4K tokens", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -289,9 +295,9 @@ def main() -> None:
                    f"{a['first_divergence']} |" for a in agree]
         md.append("")
 
-    apath = os.path.join(args.raw, "accuracy.json")
-    if os.path.exists(apath):
-        rows = pair_accuracy(load(apath))
+    apaths = sorted(glob.glob(os.path.join(args.raw, "accuracy*.json")))
+    if apaths:
+        rows = pair_accuracy([r for p in apaths for r in load(p)])
         with open(os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.json"), "w") as f:
             json.dump(rows, f, indent=0)
         plot_accuracy(rows, os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.png"))
