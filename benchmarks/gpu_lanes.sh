@@ -4,7 +4,8 @@
 # Two lanes run side by side, one per GPU; each lane compares backends *within itself*
 # (same GPU, one process per configuration, one after the other), so no timing compares
 # two GPUs.  Results are JSON files under $OUT; all logs go into one $OUT/logs-<call>.tgz
-# (the device tool brings back at most 8 files).
+# (the device tool brings back at most 8 files).  Modes are explicit: the 2026-11-25 run was
+# made when adaptive was the default (see README, Results).
 . benchmarks/gpu_prelude.sh
 export PYTHONUNBUFFERED=1 VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 LOGS=/tmp/lanelogs-$1
@@ -17,19 +18,19 @@ lane() {  # lane GPU NAME: run the function NAME on GPU GPU, its output in $LOGS
 
 # ------------------------------------------------------------------ call A
 A_ttft() {
-  for cfg in "FLASH_ATTN" "minference" "minference --mode fixed"; do
+  for cfg in "FLASH_ATTN" "minference --mode adaptive" "minference --mode fixed"; do
     timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 32768 131072 \
       --out $OUT/ttft.json
   done
-  for cfg in "FLASH_ATTN" "minference"; do
+  for cfg in "FLASH_ATTN" "minference --mode adaptive"; do
     timeout 130 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama --layers 32 \
       --lengths 32768 131072 --reps 1 --out $OUT/ttft.json
   done
 }
 A_kernels() {
   timeout 400 python3 $B/bench_kernels.py --seq-lens 32768 131072 262144 --out $OUT/kernels.json
-  for b in FLASH_ATTN minference; do
-    timeout 80 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  for b in FLASH_ATTN minference; do  # 80 s was too short for the first start-up here
+    timeout 120 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
   done
 }
 
@@ -37,34 +38,34 @@ A_kernels() {
 B_long() {
   timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 524288 1048576 \
     --out $OUT/ttft_long.json
-  timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 524288 1048576 \
+  timeout 140 python3 $B/bench_ttft.py --backend minference --mode adaptive --lengths 524288 1048576 \
     --out $OUT/ttft_long.json
   timeout 140 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
     --out $OUT/ttft_long.json
 }
 B_accuracy() {
-  for cfg in "FLASH_ATTN" "minference --min-sparse-len 4096" \
+  for cfg in "FLASH_ATTN" "minference --min-sparse-len 4096 --mode adaptive" \
              "minference --min-sparse-len 4096 --mode fixed" \
-             "minference --min-sparse-len 4096 --gamma 0.8"; do
+             "minference --min-sparse-len 4096 --mode adaptive --gamma 0.8"; do
     timeout 135 python3 $B/bench_accuracy.py --backend $cfg --out $OUT/accuracy.json
   done
 }
 
 # ------------------------------------------------------------------ call C
 C_serve() {
-  timeout 330 python3 $B/check_serving.py --configs minference FLASH_ATTN --load \
+  MINFERENCE_MODE=adaptive timeout 330 python3 $B/check_serving.py --configs minference FLASH_ATTN --load \
     --logdir $LOGS --out $OUT/serving.json
 }
 C_accuracy() {
   timeout 100 python3 -m vllm_minference.search "$GPU_KIT_MODEL" --length 32768 \
     --model-name Qwen/Qwen2.5-Coder-0.5B-Instruct --out $OUT/qwen2.5-coder-0.5b-instruct.json
-  timeout 85 python3 $B/bench_ttft.py --backend minference --min-sparse-len 16384 --outputs \
+  timeout 85 python3 $B/bench_ttft.py --backend minference --mode adaptive --min-sparse-len 16384 --outputs \
     --lengths 131072 --reps 1 --out $OUT/ttft_tp.json
   timeout 140 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode fixed --budget-scale 0.25 --out $OUT/accuracy.json
 }
 C_tp2() {  # both GPUs: tensor parallelism 2
-  for cfg in "minference --min-sparse-len 16384 --outputs" "FLASH_ATTN --outputs"; do
+  for cfg in "minference --mode adaptive --min-sparse-len 16384 --outputs" "FLASH_ATTN --outputs"; do
     timeout 115 python3 $B/bench_ttft.py --backend $cfg --tp 2 --lengths 131072 --reps 2 \
       --out $OUT/ttft_tp.json >> $LOGS/tp2.log 2>&1
   done

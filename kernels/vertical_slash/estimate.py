@@ -52,8 +52,15 @@ def _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
 
 
 @triton.jit
-def _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
-                    LAST: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _program_rows(Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN,
+                  GROUP: tl.constexpr, LAST: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's (sequence, estimated head) and the last ``LAST`` query rows of it."""
+    hs = tl.program_id(1)
+    b = tl.program_id(2)
+    qh = tl.load(HEADS + hs)
+    q_start = tl.load(Q_START + b)
+    q_len = tl.load(Q_LEN + b)
+    kv_len = tl.load(KV_LEN + b)
     i = tl.arange(0, LAST)
     local = q_len - LAST + i  # row inside the chunk; negative when q_len < LAST
     row_ok = local >= 0
@@ -62,7 +69,7 @@ def _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
     q = tl.load(Q + rows[:, None] * stride_qt + qh * stride_qh + d[None, :],
                 mask=row_ok[:, None], other=0.0)
     q_pos = kv_len - LAST + i
-    return q, q_pos, row_ok
+    return b, hs, qh // GROUP, kv_len, q, q_pos, row_ok
 
 
 @triton.jit
@@ -74,17 +81,10 @@ def _estimate_stats_kernel(
     SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
-    hs = tl.program_id(1)
-    b = tl.program_id(2)
     n_split = tl.num_programs(0)
     n_heads = tl.num_programs(1)
-    qh = tl.load(HEADS + hs)
-    kvh = qh // GROUP
-    q_start = tl.load(Q_START + b)
-    q_len = tl.load(Q_LEN + b)
-    kv_len = tl.load(KV_LEN + b)
-    q, q_pos, row_ok = _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
-                                       LAST, HEAD_DIM)
+    b, hs, kvh, kv_len, q, q_pos, row_ok = _program_rows(
+        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, GROUP, LAST, HEAD_DIM)
     m_i = tl.full([LAST], float("-inf"), tl.float32)
     l_i = tl.zeros([LAST], tl.float32)
     k_begin = split * SPLIT
@@ -111,16 +111,9 @@ def _estimate_scores_kernel(
     SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
-    hs = tl.program_id(1)
-    b = tl.program_id(2)
     n_heads = tl.num_programs(1)
-    qh = tl.load(HEADS + hs)
-    kvh = qh // GROUP
-    q_start = tl.load(Q_START + b)
-    q_len = tl.load(Q_LEN + b)
-    kv_len = tl.load(KV_LEN + b)
-    q, q_pos, row_ok = _load_last_rows(Q, stride_qt, stride_qh, qh, q_start, q_len, kv_len,
-                                       LAST, HEAD_DIM)
+    b, hs, kvh, kv_len, q, q_pos, row_ok = _program_rows(
+        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, GROUP, LAST, HEAD_DIM)
     row = (b * n_heads + hs).to(tl.int64) * LAST + tl.arange(0, LAST)
     m_row = tl.load(M_ROW + row)
     l_row = tl.load(L_ROW + row)
