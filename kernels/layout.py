@@ -196,6 +196,18 @@ class KVSource:
 
 
 @triton.jit
+def query_block(blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M: tl.constexpr):
+    """Geometry of flat query block ``blk``: its sequence, lengths and rows inside the chunk."""
+    b = tl.load(BLK_SEQ + blk)
+    m = tl.load(BLK_M + blk)
+    q_start = tl.load(Q_START + b)
+    q_len = tl.load(Q_LEN + b)
+    kv_len = tl.load(KV_LEN + b)
+    rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    return b, m, q_start, q_len, kv_len, rows, rows < q_len
+
+
+@triton.jit
 def kv_row_offsets(b, k_idx, valid, BT, stride_bt, KV_START, stride_p, stride_t,
                    PAGE: tl.constexpr, PAGED: tl.constexpr):
     """Element offsets (int64) of key/value rows ``k_idx`` of sequence ``b``.

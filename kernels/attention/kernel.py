@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
+from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import WorkList
 
 LOG2E = 1.4426950408889634
@@ -106,13 +106,8 @@ def _sparse_attn_fwd_kernel(
     blk = NB - 1 - tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
-    b = tl.load(BLK_SEQ + blk)
-    m = tl.load(BLK_M + blk)
-    q_start = tl.load(Q_START + b)
-    q_len = tl.load(Q_LEN + b)
-    kv_len = tl.load(KV_LEN + b)
-    rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < q_len
+    b, m, q_start, q_len, kv_len, rows, row_ok = query_block(
+        blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M)
     q_pos = kv_len - q_len + rows
     first_pos = kv_len - q_len + m * BLOCK_M  # keys up to here are visible to every row
     d = tl.arange(0, HEAD_DIM)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
+from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import DESC_FIELDS, WorkList
 
 MIN_BLOCKS = 3  # sink + up to two diagonal tiles
@@ -51,13 +51,8 @@ def _block_scores_kernel(
     hs = tl.program_id(1)
     qh = tl.load(HEADS + hs)
     kvh = qh // GROUP
-    b = tl.load(BLK_SEQ + blk)
-    m = tl.load(BLK_M + blk)
-    q_start = tl.load(Q_START + b)
-    q_len = tl.load(Q_LEN + b)
-    kv_len = tl.load(KV_LEN + b)
-    rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < q_len
+    b, m, q_start, q_len, kv_len, rows, row_ok = query_block(
+        blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + (q_start + rows).to(tl.int64)[:, None] * stride_qt + qh * stride_qh + d[None, :],
                 mask=row_ok[:, None], other=0.0)
