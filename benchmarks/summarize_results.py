@@ -171,20 +171,19 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
         if r["mode"] == "dense":
             dense[key(r)].append(r["score"])
     cfgs = defaultdict(lambda: defaultdict(list))
-    for r in raw:
+    for r in raw:  # the row's mode is what the plugin ran (its default may have changed)
         if r["mode"] != "dense":
-            cfgs[json.dumps(r["config"], sort_keys=True)][key(r)].append(r["score"])
+            cfgs[(r["mode"], json.dumps(r["config"], sort_keys=True))][key(r)].append(r["score"])
     out = []
-    for cfg, scores in cfgs.items():
+    for (mode, cfg), scores in cfgs.items():
         c = json.loads(cfg)
         for k, v in sorted(scores.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
             if k not in dense:
                 continue
             out.append(dict(task=k[0], length=k[1], depth=k[2],
                             dense=round(100 * sum(dense[k]) / len(dense[k]), 1),
-                            minference=round(100 * sum(v) / len(v), 1),
-                            mode=c.get("mode", "adaptive"),
-                            gamma=c.get("gamma", 0.95) if c.get("mode", "adaptive") == "adaptive" else None,
+                            minference=round(100 * sum(v) / len(v), 1), mode=mode,
+                            gamma=c.get("gamma", 0.95) if mode == "adaptive" else None,
                             budget_scale=c.get("budget_scale", 1.0),
                             min_sparse_len=c.get("min_sparse_len"), n=len(v)))
     return out

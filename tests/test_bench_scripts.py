@@ -1,0 +1,90 @@
+"""The GPU benchmark scripts' CPU-side logic: prompts, YaRN settings and result pairing."""
+
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_accuracy  # noqa: E402
+import bench_ttft  # noqa: E402
+import summarize_results  # noqa: E402
+
+
+class WordTokenizer:
+    """Digits one token each (as Qwen's tokenizer does), words and punctuation one each."""
+
+    def encode(self, text, add_special_tokens=False):
+        return re.findall(r"\d|\w+|[^\w\s]", text)
+
+
+def test_accuracy_prompts_fit_their_length_and_hold_the_answer():
+    tok = WordTokenizer()
+    items = bench_accuracy.build_suite(tok, [2048, 4096], [0, 50, 100], [0, 1], [4096], 2)
+    assert len(items) == 2 * 3 * 2 + 4 * 2
+    for it in items:
+        n = len(tok.encode(it["prompt"]))
+        assert 0.9 * it["length"] <= n <= it["length"], (it["task"], n)
+        for e in it["expect"]:
+            assert e in it["prompt"]
+    again = bench_accuracy.build_suite(tok, [2048, 4096], [0, 50, 100], [0, 1], [4096], 2)
+    assert [a["prompt"] for a in again] == [a["prompt"] for a in items]  # fixed seeds
+
+
+def test_passkey_depth_places_the_needle():
+    pm = bench_accuracy.PromptMaker(WordTokenizer())
+    early = bench_accuracy.passkey(pm, 4000, 0.1, random.Random(0))["prompt"]
+    late = bench_accuracy.passkey(pm, 4000, 0.9, random.Random(0))["prompt"]
+    assert early.index("The pass key is") < len(early) * 0.2
+    assert late.index("The pass key is") > len(late) * 0.8
+
+
+def test_score_counts_expected_items():
+    assert bench_accuracy.score("keys 123 and 456", ["123", "456", "789"]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("longest,factor", [(32768, None), (131072, 4.0), (1048576, 32.0)])
+def test_yarn_factor_covers_the_prompt(longest, factor):
+    got = bench_ttft.yarn_overrides(longest + 64, longest)
+    if factor is None:
+        assert got == {}
+    else:
+        assert got["rope_parameters"]["factor"] == factor
+        assert got["max_position_embeddings"] == longest + 64
+
+
+def _ttft(mode, tp, n, s, config=None):
+    return dict(kind="ttft", mode=mode, tp=tp, model="real", layers=24, seq_len=n, seconds=s,
+                runs=3, config=config or {})
+
+
+def test_ttft_rows_pair_each_mode_with_dense_of_the_same_shape():
+    raw = [_ttft("dense", 1, 1024, 2.0), _ttft("adaptive", 1, 1024, 0.5),
+           _ttft("dense", 2, 1024, 1.0), _ttft("adaptive", 2, 1024, 2.0),
+           _ttft("fixed", 1, 2048, 1.0)]  # no dense row at 2048: not paired
+    rows = summarize_results.pair_ttft(raw)
+    assert [(r["tp"], r["speedup"]) for r in rows] == [(1, 4.0), (2, 0.5)]
+
+
+def test_output_agreement_reports_the_first_divergence():
+    def out(mode, tp, ids):
+        return dict(kind="outputs", mode=mode, tp=tp, seq_len=100, token_ids=ids)
+    rows = summarize_results.output_agreement(
+        [out("adaptive", 1, [1, 2, 3]), out("adaptive", 2, [1, 2, 3]), out("dense", 1, [1, 9, 3])])
+    got = {(r["a"], r["b"]): (r["identical"], r["first_divergence"]) for r in rows}
+    assert got[("adaptive tp1", "adaptive tp2")] == (True, None)
+    assert got[("adaptive tp1", "dense tp1")] == (False, 1)
+    assert ("adaptive tp2", "dense tp1") not in got  # neither the same mode nor the same tp
+
+
+def test_accuracy_rows_average_seeds_against_dense():
+    def r(mode, cfg, seed, score):
+        return dict(task="passkey", length=8192, depth=50, seed=seed, score=score, mode=mode,
+                    config=cfg)
+    raw = [r("dense", {}, 0, 1.0), r("dense", {}, 1, 1.0),
+           r("adaptive", {"mode": "adaptive", "gamma": 0.8}, 0, 1.0),
+           r("adaptive", {"mode": "adaptive", "gamma": 0.8}, 1, 0.0)]
+    (row,) = summarize_results.pair_accuracy(raw)
+    assert row["dense"] == 100.0 and row["minference"] == 50.0 and row["gamma"] == 0.8
