@@ -88,3 +88,27 @@ def test_accuracy_rows_average_seeds_against_dense():
            r("adaptive", {"mode": "adaptive", "gamma": 0.8}, 1, 0.0)]
     (row,) = summarize_results.pair_accuracy(raw)
     assert row["dense"] == 100.0 and row["minference"] == 50.0 and row["gamma"] == 0.8
+
+
+def test_recall_study_key_sets_match_the_index_builder(device):
+    """The study's torch reading of a selection equals what the kernels' work list computes."""
+    import torch
+    import recall_study
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels import (build_vertical_slash_worklist, estimate_vertical_slash,
+                                         select_vertical_slash)
+    from vllm_minference.search import worklist_block_keys
+    N, H = 700, 2
+    batch = make_batch([N], [N], H, 1, 64, torch.float32, device, structured=True)
+    vert, slash = estimate_vertical_slash(batch.q, batch.kv, batch.layout,
+                                          torch.arange(H, device=device))
+    budget = torch.tensor([40, 90], device=device)
+    sel = select_vertical_slash(vert, slash, batch.layout, budget, budget, 90, 90,
+                                keep_first=4, keep_diag=3)
+    blocks = [0, 3, 7, 10]
+    ours = recall_study.block_keys([x.cpu() for x in sel], batch.layout, blocks, H, N)
+    wl = build_vertical_slash_worklist(*sel, batch.layout)
+    theirs = worklist_block_keys(wl, batch.layout, torch.tensor(blocks)).cpu()
+    last = torch.tensor([min(N - 1, b * 64 + 63) for b in blocks])
+    theirs &= torch.arange(N)[None, None, :] <= last[None, :, None]
+    assert torch.equal(ours, theirs)

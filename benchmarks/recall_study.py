@@ -1,0 +1,248 @@
+"""Offline recall study: how much real attention each Vertical-Slash selection keeps.
+
+Runs a real model with transformers (CPU is enough for a 0.5B model at 8K tokens), captures
+every layer's post-RoPE queries and keys, and for each selection rule (MInference's fixed
+budgets, adaptive with several gamma) measures on sampled 64-row query blocks
+
+* recall: the share of each row's true (fp32, causal softmax) attention that falls on the
+  keys the kernel would compute (diagonals expanded to the 64-key chunks the index builder
+  makes, plus the kept columns);
+* key density: those keys over the causal keys of the block.
+
+This explains accuracy results without a GPU: a rule whose recall drops on some layers
+loses answers even when passkey retrieval still works.
+
+    python benchmarks/recall_study.py MODEL_DIR --length 8192 --out study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vllm_minference.kernels import KVSource, SeqLayout  # noqa: E402
+from vllm_minference.kernels.layout import BLOCK_M, BLOCK_N  # noqa: E402
+from vllm_minference.kernels.vertical_slash import adaptive  # noqa: E402
+from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slash  # noqa: E402
+from vllm_minference.kernels.vertical_slash.index import merge_diagonals  # noqa: E402
+from vllm_minference.kernels.vertical_slash.reference import estimate_reference  # noqa: E402
+from vllm_minference.search import sample_blocks  # noqa: E402
+
+BUDGET = (1000, 6096)
+
+
+def rules(gammas: list[float]) -> dict:
+    """name -> select(vertical, slash, layout, H) returning (cols, n_cols, diags, n_diags)."""
+    def fixed_rule(scale):
+        def fixed(v, s, layout, H):
+            a, b = round(BUDGET[0] * scale), round(BUDGET[1] * scale)
+            return select_vertical_slash(v, s, layout, torch.full((H,), a), torch.full((H,), b),
+                                         a, b)
+        return fixed
+
+    def adaptive_rule(gamma, discount=None, keep_first=30, keep_diag=100):
+        def sel(v, s, layout, H):
+            old = adaptive.COLUMN_DISCOUNT
+            if discount is not None:
+                adaptive.COLUMN_DISCOUNT = discount
+            try:
+                b = torch.full((H,), BUDGET[0]), torch.full((H,), BUDGET[1])
+                return adaptive.select_adaptive(v, s, layout, b[0], b[1], *BUDGET, gamma=gamma,
+                                                keep_first=keep_first, keep_diag=keep_diag)
+            finally:
+                adaptive.COLUMN_DISCOUNT = old
+        return sel
+    out = {"fixed 1000/6096": fixed_rule(1.0), "fixed 250/1524 (x0.25)": fixed_rule(0.25)}
+    for g in gammas:
+        out[f"adaptive g={g}"] = adaptive_rule(g)
+    out[f"adaptive g={gammas[-1]} no column discount"] = adaptive_rule(gammas[-1], 1.0)
+    # floors of an A-shape (128 sink keys, 1024 local keys) under the adaptive selection
+    out["A-shape floor only (128 + 1024)"] = adaptive_rule(1e-6, keep_first=128, keep_diag=1024)
+    for g in gammas:
+        out[f"adaptive g={g} + A-shape floor"] = adaptive_rule(g, keep_first=128, keep_diag=1024)
+    # the same selection from an estimate over 4 query blocks spread over the prompt
+    out[f"adaptive g={gammas[1]} {MULTI}"] = adaptive_rule(gammas[1])
+    out[f"adaptive g={gammas[1]} + A-shape floor {MULTI}"] = adaptive_rule(
+        gammas[1], keep_first=128, keep_diag=1024)
+    return out
+
+
+MULTI = "[4-block estimate]"
+
+
+def estimate_blocks(q, k, scale, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and diagonal sums of the attention of several 64-row blocks (not only the
+    last), each block normalised to 64 rows of mass so the total matches the real estimate."""
+    N, H, D = q.shape
+    G = H // k.shape[1]
+    kf = k.float().transpose(0, 1).repeat_interleave(G, 0)
+    vert = torch.zeros(1, H, N)
+    slash = torch.zeros(1, H, N)
+    for r0 in starts:
+        r1 = min(N, r0 + BLOCK_M)
+        sc = q[r0:r1].float().transpose(0, 1) @ kf[:, :r1].transpose(1, 2) * scale
+        causal = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
+        p = torch.softmax(sc.masked_fill(~causal, float("-inf")), -1) / len(starts)
+        vert[0, :, :r1] += p.sum(1)
+        for i in range(r1 - r0):
+            pos = r0 + i
+            slash[0].index_add_(1, pos - torch.arange(pos + 1), p[:, i, : pos + 1])
+    return vert, slash
+
+
+def block_keys(sel, layout: SeqLayout, blocks: list[int], H: int, N: int) -> torch.Tensor:
+    """``[H, S, N]`` bool: keys the kernel computes for each sampled block (one sequence)."""
+    cols, n_cols, diags, n_diags = sel
+    merged = merge_diagonals(diags, n_diags)
+    out = torch.zeros(H, len(blocks), N + 1, dtype=torch.bool)
+    offs = torch.arange(BLOCK_N)
+    for h in range(H):
+        nc = int(merged["n_chunks"][0, h])
+        ch = merged["chunks"][0, h, :nc].long()  # (start, lo) relative to the block start
+        c = cols[0, h, : int(n_cols[0, h])].long()
+        for si, blk in enumerate(blocks):
+            qs = blk * BLOCK_M
+            last = min(N - 1, qs + BLOCK_M - 1)
+            rel = ch[:, :1] + offs  # [nc, 64]
+            key = qs + rel
+            keep = (rel >= ch[:, 1:]) & (key >= 0) & (key <= last)
+            out[h, si, torch.where(keep, key, N).reshape(-1)] = True
+            out[h, si, c[c <= last]] = True
+    return out[..., :N]
+
+
+@torch.no_grad()
+def layer_stats(q, k, scale, rule_fns, n_blocks) -> dict:
+    N, H, D = q.shape
+    layout = SeqLayout.from_lengths([N], [N], "cpu")
+    kv = KVSource.contiguous(k, k, [N])
+    v, s = estimate_reference(q, kv, layout, list(range(H)), scale)
+    v, s = v.float(), s.float()
+    blocks = sample_blocks(layout.num_blocks, n_blocks)
+    G = H // k.shape[1]
+    # true attention of the sampled blocks
+    probs = []
+    for blk in blocks:
+        r0, r1 = blk * BLOCK_M, min(N, (blk + 1) * BLOCK_M)
+        qb = q[r0:r1].float().transpose(0, 1)  # [H, rows, D]
+        kb = k[:r1].float().transpose(0, 1).repeat_interleave(G, 0)  # [H, r1, D]
+        sc = qb @ kb.transpose(1, 2) * scale
+        causal = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
+        probs.append(torch.softmax(sc.masked_fill(~causal, float("-inf")), -1))
+    starts = [max(0, (N * f) // 4 // BLOCK_M * BLOCK_M) for f in (1, 2, 3)] + [N - BLOCK_M]
+    v4, s4 = estimate_blocks(q, k, scale, starts)
+    out = {}
+    for name, fn in rule_fns.items():
+        vv, ss = (v4, s4) if MULTI in name else (v, s)
+        keys = block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)
+        rec, dens = [], []
+        for si, (blk, p) in enumerate(zip(blocks, probs)):
+            r1 = p.shape[-1]
+            m = keys[:, si, :r1].float()  # [H, r1]
+            rec.append((p * m[:, None, :]).sum(-1).mean(-1))  # [H]
+            causal_keys = r1 - (p.shape[1] - 1) / 2  # mean causal keys of the block's rows
+            dens.append(m.sum(-1) / max(causal_keys, 1))
+        rec, dens = torch.stack(rec).mean(0), torch.stack(dens).mean(0).clamp_max(1.0)
+        out[name] = dict(recall=rec.tolist(), density=dens.tolist())
+    return out
+
+
+class chunked_causal_attention:
+    """Route transformers' ``sdpa`` attention through a capture hook and a causal attention
+    computed 512 query rows at a time (a CPU cannot hold a full 8K x 8K score matrix per head
+    several times over, which the unfused CPU path would build)."""
+
+    def __init__(self, on_layer, rows: int = 512):
+        self.on_layer, self.rows = on_layer, rows
+
+    def __enter__(self):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        self.table = ALL_ATTENTION_FUNCTIONS
+        self.prev = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+        def attention(module, query, key, value, attention_mask, *args, **kwargs):
+            scale = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
+            self.on_layer(module, query, key, float(scale))
+            B, H, L, D = query.shape
+            g = H // key.shape[1]
+            k = key.repeat_interleave(g, 1)
+            v = value.repeat_interleave(g, 1)
+            out = torch.empty_like(query)
+            for r0 in range(0, L, self.rows):
+                r1 = min(L, r0 + self.rows)
+                mask = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
+                out[:, :, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], attn_mask=mask, scale=scale)
+            return out.transpose(1, 2).contiguous(), None
+
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
+        return self
+
+    def __exit__(self, *exc):
+        self.table["sdpa"] = self.prev
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--length", type=int, default=8192)
+    ap.add_argument("--prompt", choices=["multivalue", "code"], default="multivalue")
+    ap.add_argument("--layers", type=int, nargs="*", default=None)
+    ap.add_argument("--gammas", type=float, nargs="+", default=[0.9, 0.95, 0.99])
+    ap.add_argument("--blocks", type=int, default=24)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(args.model)
+    if args.prompt == "code":
+        from bench_kernels import code_tokens
+        ids = code_tokens(tok, args.length).tolist()
+    else:
+        import random
+        import bench_accuracy
+        item = bench_accuracy.multivalue(bench_accuracy.PromptMaker(tok), args.length,
+                                         random.Random(0))
+        ids = tok.encode(item["prompt"], add_special_tokens=False)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    captured = {}
+
+    def on_layer(module, query, key, scale):
+        li = module.layer_idx
+        if args.layers is None or li in args.layers:
+            captured[li] = (query[0].transpose(0, 1).contiguous(),
+                            key[0].transpose(0, 1).contiguous(), scale)
+    t0 = time.time()
+    with torch.no_grad(), chunked_causal_attention(on_layer):
+        model.model(torch.tensor([ids]), use_cache=False)
+    print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
+    fns = rules(args.gammas)
+    result = dict(model=args.model, prompt=args.prompt, length=len(ids), layers={})
+    for li in sorted(captured):
+        q, k, scale = captured[li]
+        result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks)
+        row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
+                   sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
+        print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
+                                            for n, (r, mn, de) in row.items()), flush=True)
+    summary = {}
+    for n in fns:
+        rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
+        ds = [x for L in result["layers"].values() for x in L[n]["density"]]
+        summary[n] = dict(mean_recall=sum(rs) / len(rs), min_recall=min(rs),
+                          heads_below_0_9=sum(r < 0.9 for r in rs), mean_density=sum(ds) / len(ds))
+    result["summary"] = summary
+    print(json.dumps(summary, indent=1))
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
