@@ -38,7 +38,7 @@ from vllm_minference.search import sample_blocks  # noqa: E402
 BUDGET = (1000, 6096)
 
 
-def rules(gammas: list[float]) -> dict:
+def rules(gammas: list[float], scales: list[float] = ()) -> dict:
     """name -> select(vertical, slash, layout, H) returning (cols, n_cols, diags, n_diags)."""
     def fixed_rule(scale):
         def fixed(v, s, layout, H):
@@ -60,6 +60,8 @@ def rules(gammas: list[float]) -> dict:
                 adaptive.COLUMN_DISCOUNT = old
         return sel
     out = {"fixed 1000/6096": fixed_rule(1.0), "fixed 250/1524 (x0.25)": fixed_rule(0.25)}
+    for sc in scales:
+        out[f"fixed x{sc}"] = fixed_rule(sc)
     for g in gammas:
         out[f"adaptive g={g}"] = adaptive_rule(g)
     out[f"adaptive g={gammas[-1]} no column discount"] = adaptive_rule(gammas[-1], 1.0)
@@ -118,8 +120,29 @@ def block_keys(sel, layout: SeqLayout, blocks: list[int], H: int, N: int) -> tor
     return out[..., :N]
 
 
+def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int) -> torch.Tensor:
+    """``[H, S, N]`` keys of a profile layer's heads: Vertical-Slash heads through the same
+    selection as the plugin (per-head budgets), A-shape heads as their sink + window lists."""
+    H = len(specs)
+    a = torch.tensor([max(30, sp.a) if sp.pattern == "vertical_and_slash" else 30 for sp in specs])
+    b = torch.tensor([max(50, sp.b) if sp.pattern == "vertical_and_slash" else 50 for sp in specs])
+    keys = block_keys(select_vertical_slash(v, s, layout, a, b, int(a.max()), int(b.max())),
+                      layout, blocks, H, N)
+    pos = torch.arange(N)
+    for h, sp in enumerate(specs):
+        if sp.pattern == "stream_llm":
+            n_loc = max(1, -(-sp.b // BLOCK_N))
+            for si, blk in enumerate(blocks):
+                qs = blk * BLOCK_M
+                last = min(N - 1, qs + BLOCK_M - 1)
+                keys[h, si] = ((pos < sp.a) | (pos >= qs - BLOCK_N * (n_loc - 1))) & (pos <= last)
+        elif sp.pattern != "vertical_and_slash":
+            raise ValueError(f"pattern {sp.pattern} not covered by the study")
+    return keys
+
+
 @torch.no_grad()
-def layer_stats(q, k, scale, rule_fns, n_blocks) -> dict:
+def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None) -> dict:
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
     kv = KVSource.contiguous(k, k, [N])
@@ -139,9 +162,16 @@ def layer_stats(q, k, scale, rule_fns, n_blocks) -> dict:
     starts = [max(0, (N * f) // 4 // BLOCK_M * BLOCK_M) for f in (1, 2, 3)] + [N - BLOCK_M]
     v4, s4 = estimate_blocks(q, k, scale, starts)
     out = {}
+    named_keys = []
     for name, fn in rule_fns.items():
         vv, ss = (v4, s4) if MULTI in name else (v, s)
-        keys = block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)
+        named_keys.append((name, lambda fn=fn, vv=vv, ss=ss: block_keys(
+            fn(vv, ss, layout, H), layout, blocks, H, N)))
+    for name, prof in (profiles or {}).items():
+        named_keys.append((name, lambda prof=prof: profile_keys(prof.layers[layer], v, s, layout,
+                                                                 blocks, N)))
+    for name, make_keys in named_keys:
+        keys = make_keys()
         rec, dens = [], []
         for si, (blk, p) in enumerate(zip(blocks, probs)):
             r1 = p.shape[-1]
@@ -197,6 +227,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="*", default=None)
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.9, 0.95, 0.99])
     ap.add_argument("--blocks", type=int, default=24)
+    ap.add_argument("--profiles", nargs="*", default=[],
+                    help="profile files (or bundled names) to measure as well")
+    ap.add_argument("--scales", type=float, nargs="*", default=[],
+                    help="extra fixed-budget scales to measure (e.g. 0.05 for a tight budget)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -223,17 +257,20 @@ def main() -> None:
     with torch.no_grad(), chunked_causal_attention(on_layer):
         model.model(torch.tensor([ids]), use_cache=False)
     print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
-    fns = rules(args.gammas)
+    fns = rules(args.gammas, args.scales)
+    from vllm_minference.profiles import bundled_dir, load_profile
+    profiles = {f"profile {os.path.basename(p)}": load_profile(
+        p if os.path.exists(p) else bundled_dir() / p) for p in args.profiles}
     result = dict(model=args.model, prompt=args.prompt, length=len(ids), layers={})
     for li in sorted(captured):
         q, k, scale = captured[li]
-        result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks)
+        result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
-    for n in fns:
+    for n in list(fns) + list(profiles):
         rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
         ds = [x for L in result["layers"].values() for x in L[n]["density"]]
         summary[n] = dict(mean_recall=sum(rs) / len(rs), min_recall=min(rs),

@@ -112,3 +112,24 @@ def test_recall_study_key_sets_match_the_index_builder(device):
     last = torch.tensor([min(N - 1, b * 64 + 63) for b in blocks])
     theirs &= torch.arange(N)[None, None, :] <= last[None, :, None]
     assert torch.equal(ours, theirs)
+
+
+def test_recall_study_a_shape_keys_match_the_a_shape_lists(device):
+    import torch
+    import recall_study
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels import build_a_shape_worklist
+    from vllm_minference.profiles import HeadSpec
+    from vllm_minference.search import worklist_block_keys
+    N = 900
+    batch = make_batch([N], [N], 2, 1, 64, torch.float32, device)
+    specs = [HeadSpec(pattern="stream_llm", a=16, b=200), HeadSpec(pattern="stream_llm", a=4, b=64)]
+    blocks = [0, 2, 9, 14]
+    v = torch.zeros(1, 2, N)
+    ours = recall_study.profile_keys(specs, v, v, batch.layout, blocks, N)
+    wl = build_a_shape_worklist(batch.layout, torch.tensor([16, 4], device=device),
+                                torch.tensor([200, 64], device=device))
+    theirs = worklist_block_keys(wl, batch.layout, torch.tensor(blocks)).cpu()
+    last = torch.tensor([min(N - 1, b * 64 + 63) for b in blocks])
+    theirs &= torch.arange(N)[None, None, :] <= last[None, :, None]
+    assert torch.equal(ours, theirs)
