@@ -57,6 +57,8 @@ class LayerPatterns:
 
     num_heads: int
     gamma: float | None = None
+    keep_first: int = KEEP_FIRST_KEYS  # always-kept first keys (sinks) of Vertical-Slash heads
+    keep_diag: int = KEEP_NEAR_DIAGS  # always-kept nearest diagonals (local window)
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,10 +67,15 @@ class LayerPatterns:
 
     @staticmethod
     def from_heads(patterns: list[HeadPattern], device: torch.device | str,
-                   gamma: float | None = None) -> "LayerPatterns":
+                   gamma: float | None = None, keep_first: int = KEEP_FIRST_KEYS,
+                   keep_diag: int = KEEP_NEAR_DIAGS) -> "LayerPatterns":
         if gamma is not None and not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        lp = LayerPatterns(num_heads=len(patterns), gamma=gamma)
+        if keep_first < 0 or keep_diag < 1:
+            raise ValueError(f"need keep_first >= 0 and keep_diag >= 1, got {keep_first}, "
+                             f"{keep_diag}")
+        lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
+                           keep_diag=keep_diag)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -96,8 +103,8 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                 select_adaptive, gamma=patterns.gamma)
             sel = select(
                 vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
-                patterns.max_a[kind], patterns.max_b[kind], keep_first=KEEP_FIRST_KEYS,
-                keep_diag=KEEP_NEAR_DIAGS)
+                patterns.max_a[kind], patterns.max_b[kind], keep_first=patterns.keep_first,
+                keep_diag=patterns.keep_diag)
             wl = build_vertical_slash_worklist(*sel, layout)
         elif kind == BLOCK_SPARSE:
             scores = block_sparse_scores(q, kv, layout, heads, sm_scale)

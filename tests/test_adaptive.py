@@ -125,3 +125,21 @@ def test_adaptive_plan_runs_what_it_names(device, q_lens, kv_lens):
 def test_gamma_is_checked(device):
     with pytest.raises(ValueError, match="gamma"):
         LayerPatterns.from_heads([HeadPattern(VERTICAL_SLASH, 30, 50)], device, gamma=1.5)
+
+
+def test_adaptive_floors_keep_a_local_window(device):
+    batch = make_batch([700], [700], 2, 1, 64, torch.float16, device, structured=True)
+    heads = [HeadPattern(VERTICAL_SLASH, 30, 50)] * 2
+    small = plan_layer(batch.q, batch.kv, batch.layout,
+                       LayerPatterns.from_heads(heads, device, gamma=0.5))
+    wide = plan_layer(batch.q, batch.kv, batch.layout,
+                      LayerPatterns.from_heads(heads, device, gamma=0.5, keep_first=128,
+                                               keep_diag=512))
+    assert (wide.tiles() >= small.tiles()).all()
+    # every block sees its 512 nearest keys and the first 128 keys
+    for h in range(2):
+        keys = worklist_mask(wide, batch.layout, 0, h)
+        for row in (63, 300, 699):
+            assert keys[row, max(0, row - 511):row + 1].all() and keys[row, :min(128, row + 1)].all()
+    with pytest.raises(ValueError, match="keep_diag"):
+        LayerPatterns.from_heads(heads, device, gamma=0.5, keep_diag=0)

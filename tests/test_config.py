@@ -38,13 +38,15 @@ def test_bad_env_value_is_named():
 
 def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
-    assert s.mode == "fixed" and s.adaptive_gamma is None  # MInference's budgets by default
+    assert s.mode == "fixed" and s.plan_options() == {"gamma": None}  # MInference's budgets
     s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
-    assert s.adaptive_gamma == s.gamma == 0.95
-    s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9"}},
+    assert s.plan_options() == {"gamma": 0.95, "keep_first": 30, "keep_diag": 100}
+    s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9", "adaptive_local": "1024"}},
                                         environ={"MINFERENCE_MODE": "adaptive"})
-    assert s.adaptive_gamma == 0.9
+    assert s.plan_options() == {"gamma": 0.9, "keep_first": 30, "keep_diag": 1024}
     with pytest.raises(ValueError, match="gamma"):
         MInferenceSettings.from_sources({}, environ={"MINFERENCE_GAMMA": "1.2"})
     with pytest.raises(ValueError, match="mode"):
         MInferenceSettings.from_sources({"minference": {"mode": "fast"}}, environ={})
+    with pytest.raises(ValueError, match="adaptive_local"):
+        MInferenceSettings.from_sources({"minference": {"adaptive_local": 0}}, environ={})

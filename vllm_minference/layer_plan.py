@@ -124,7 +124,7 @@ class LayerPlanner:
             return
         try:
             if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
-                               self.page_size, scale, self.settings.adaptive_gamma):
+                               self.page_size, scale, **self.settings.plan_options()):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d", len(self.head_ids), self.num_kv_heads, head_size,
                             dtype, self.page_size)
@@ -140,7 +140,7 @@ class LayerPlanner:
             self._layer_index = index
             self._patterns = LayerPatterns.from_heads(
                 self.profile.layer_patterns(index, self.head_ids, self.settings.budget_scale),
-                device, gamma=self.settings.adaptive_gamma)
+                device, **self.settings.plan_options())
         return self._patterns
 
     def run(self, layer, query: torch.Tensor, key_cache: torch.Tensor,

@@ -26,8 +26,8 @@ _TABLE_WIDTH = 64  # block-table rows as wide as a real one's (a multiple of 16)
 
 
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
-                    page_size: int, scale: float, gamma: float | None,
-                    device: torch.device | str = "cuda") -> bool:
+                    page_size: int, scale: float, gamma: float | None = None,
+                    device: torch.device | str = "cuda", **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process."""
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device))
     if key in _done:
@@ -44,7 +44,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     kinds = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 2),
              HeadPattern(A_SHAPE, 16, 64)]
     patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
-                                        gamma=gamma)
+                                        gamma=gamma, **plan_options)
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
     wl = plan_layer(query, kv, layout, patterns, scale, max_density=1.0)
     out = torch.empty_like(query)

@@ -109,8 +109,12 @@ def select_adaptive(
                           c_mass)
     c_score = torch.where(c_inside[:, None, :], c_score, float("-inf"))
 
-    v_idx, v_key, v_m = _ranked(v_score, v_mass, v_ceiling.to(dev)[None, :].expand(B, H), v_max)
-    c_idx, c_key, c_m = _ranked(c_score, c_mass, s_ceiling.to(dev)[None, :].expand(B, H), s_max)
+    # floors above a head's budget win: the budget is a ceiling on what the estimate adds
+    v_ceiling = v_ceiling.to(dev).clamp_min(keep_first)
+    s_ceiling = s_ceiling.to(dev).clamp_min(c_forced + 1)
+    v_max, s_max = max(v_max, keep_first), max(s_max, c_forced + 1)
+    v_idx, v_key, v_m = _ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max)
+    c_idx, c_key, c_m = _ranked(c_score, c_mass, s_ceiling[None, :].expand(B, H), s_max)
 
     # joint ranking in mass per tile; the threshold key is the one where the target is reached
     key = torch.cat([v_key, c_key], dim=-1)
