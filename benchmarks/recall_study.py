@@ -33,7 +33,7 @@ from vllm_minference.kernels.vertical_slash import adaptive  # noqa: E402
 from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slash  # noqa: E402
 from vllm_minference.kernels.vertical_slash.index import merge_diagonals  # noqa: E402
 from vllm_minference.kernels.vertical_slash.reference import estimate_reference  # noqa: E402
-from vllm_minference.search import sample_blocks  # noqa: E402
+from vllm_minference.search import block_recall, capture_attention, sample_blocks  # noqa: E402
 
 BUDGET = (1000, 6096)
 
@@ -149,74 +149,41 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None) -> d
     v, s = estimate_reference(q, kv, layout, list(range(H)), scale)
     v, s = v.float(), s.float()
     blocks = sample_blocks(layout.num_blocks, n_blocks)
-    G = H // k.shape[1]
-    # true attention of the sampled blocks
-    probs = []
-    for blk in blocks:
-        r0, r1 = blk * BLOCK_M, min(N, (blk + 1) * BLOCK_M)
-        qb = q[r0:r1].float().transpose(0, 1)  # [H, rows, D]
-        kb = k[:r1].float().transpose(0, 1).repeat_interleave(G, 0)  # [H, r1, D]
-        sc = qb @ kb.transpose(1, 2) * scale
-        causal = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
-        probs.append(torch.softmax(sc.masked_fill(~causal, float("-inf")), -1))
     starts = [max(0, (N * f) // 4 // BLOCK_M * BLOCK_M) for f in (1, 2, 3)] + [N - BLOCK_M]
     v4, s4 = estimate_blocks(q, k, scale, starts)
-    out = {}
     named_keys = []
     for name, fn in rule_fns.items():
         vv, ss = (v4, s4) if MULTI in name else (v, s)
-        named_keys.append((name, lambda fn=fn, vv=vv, ss=ss: block_keys(
-            fn(vv, ss, layout, H), layout, blocks, H, N)))
+        named_keys.append((name, block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)))
     for name, prof in (profiles or {}).items():
-        named_keys.append((name, lambda prof=prof: profile_keys(prof.layers[layer], v, s, layout,
-                                                                 blocks, N)))
-    for name, make_keys in named_keys:
-        keys = make_keys()
-        rec, dens = [], []
-        for si, (blk, p) in enumerate(zip(blocks, probs)):
-            r1 = p.shape[-1]
-            m = keys[:, si, :r1].float()  # [H, r1]
-            rec.append((p * m[:, None, :]).sum(-1).mean(-1))  # [H]
-            causal_keys = r1 - (p.shape[1] - 1) / 2  # mean causal keys of the block's rows
-            dens.append(m.sum(-1) / max(causal_keys, 1))
-        rec, dens = torch.stack(rec).mean(0), torch.stack(dens).mean(0).clamp_max(1.0)
-        out[name] = dict(recall=rec.tolist(), density=dens.tolist())
-    return out
+        named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N)))
+    keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
+    # the search's own recall: true causal softmax of the sampled blocks, fp32
+    recall = block_recall(q, k, scale, layout, blocks, keys)  # [C, H]
+    # key density: computed keys over the mean causal keys of each block's rows
+    ends = torch.tensor([min(N, (b + 1) * BLOCK_M) for b in blocks])
+    n_rows = ends - torch.tensor(blocks) * BLOCK_M
+    causal_keys = (ends - (n_rows - 1) / 2).clamp_min(1)
+    density = (keys.sum(-1) / causal_keys).mean(-1).clamp_max(1.0)  # [C, H]
+    return {name: dict(recall=recall[c].tolist(), density=density[c].tolist())
+            for c, (name, _) in enumerate(named_keys)}
 
 
-class chunked_causal_attention:
-    """Route transformers' ``sdpa`` attention through a capture hook and a causal attention
-    computed 512 query rows at a time (a CPU cannot hold a full 8K x 8K score matrix per head
-    several times over, which the unfused CPU path would build)."""
-
-    def __init__(self, on_layer, rows: int = 512):
-        self.on_layer, self.rows = on_layer, rows
-
-    def __enter__(self):
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        self.table = ALL_ATTENTION_FUNCTIONS
-        self.prev = ALL_ATTENTION_FUNCTIONS["sdpa"]
-
-        def attention(module, query, key, value, attention_mask, *args, **kwargs):
-            scale = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
-            self.on_layer(module, query, key, float(scale))
-            B, H, L, D = query.shape
-            g = H // key.shape[1]
-            k = key.repeat_interleave(g, 1)
-            v = value.repeat_interleave(g, 1)
-            out = torch.empty_like(query)
-            for r0 in range(0, L, self.rows):
-                r1 = min(L, r0 + self.rows)
-                mask = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
-                out[:, :, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
-                    query[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], attn_mask=mask, scale=scale)
-            return out.transpose(1, 2).contiguous(), None
-
-        ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
-        return self
-
-    def __exit__(self, *exc):
-        self.table["sdpa"] = self.prev
+def chunked_causal_attention(module, query, key, value, attention_mask, scale: float,
+                             rows: int = 512):
+    """Causal attention 512 query rows at a time: a CPU cannot hold a full 8K x 8K score
+    matrix per head several times over, which transformers' unfused CPU path would build."""
+    B, H, L, D = query.shape
+    g = H // key.shape[1]
+    k = key.repeat_interleave(g, 1)
+    v = value.repeat_interleave(g, 1)
+    out = torch.empty_like(query)
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        mask = torch.arange(r1)[None, :] <= torch.arange(r0, r1)[:, None]
+        out[:, :, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def main() -> None:
@@ -254,7 +221,7 @@ def main() -> None:
             captured[li] = (query[0].transpose(0, 1).contiguous(),
                             key[0].transpose(0, 1).contiguous(), scale)
     t0 = time.time()
-    with torch.no_grad(), chunked_causal_attention(on_layer):
+    with torch.no_grad(), capture_attention(on_layer, attend=chunked_causal_attention):
         model.model(torch.tensor([ids]), use_cache=False)
     print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
     fns = rules(args.gammas, args.scales)

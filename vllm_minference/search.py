@@ -199,7 +199,7 @@ def worklist_block_masks(wl: WorkList, layout: SeqLayout, blocks: torch.Tensor) 
 
 
 # ------------------------------------------------------------------------- one layer
-def _block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
+def block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
                   blocks: list[int], keys: torch.Tensor) -> torch.Tensor:
     """Mean attention mass inside each candidate's key set, ``[C, H]``.
 
@@ -270,7 +270,7 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, scale: float,
         keysets.append(worklist_block_keys(wl, layout, blk_t))
         del wl
     cost = torch.stack(costs)
-    recall = _block_recall(q, k, scale, layout, blocks, torch.stack(keysets))
+    recall = block_recall(q, k, scale, layout, blocks, torch.stack(keysets))
     return LayerResult(cost=cost.cpu(), recall=recall.cpu(),
                        choice=choose(cost, recall, settings.target_density,
                                      settings.recall_tolerance))
@@ -301,11 +301,13 @@ def check_model(config, num_tokens: int | None = None) -> None:
 
 @contextmanager
 def capture_attention(on_layer: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, float],
-                                         None]):
+                                         None], attend: Callable | None = None):
     """Route transformers' ``sdpa`` attention through ``on_layer(module, q, k, scale)``.
 
     ``q`` ``[B, H, L, D]`` and ``k`` ``[B, Hkv, L, D]`` are what the attention receives:
-    after projections, norms and rotary embedding.  Restored on exit.
+    after projections, norms and rotary embedding.  The attention itself is then computed by
+    ``attend(module, query, key, value, attention_mask, scale)`` when given (e.g. a
+    memory-lean one for long prompts on a CPU), else by transformers' own.  Restored on exit.
     """
     try:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -324,6 +326,8 @@ def capture_attention(on_layer: Callable[[torch.nn.Module, torch.Tensor, torch.T
         if scale is None:
             scale = getattr(module, "scaling", query.shape[-1] ** -0.5)
         on_layer(module, query, key, float(scale))
+        if attend is not None:
+            return attend(module, query, key, value, attention_mask, float(scale))
         return orig(module, query, key, value, attention_mask, *args, **kwargs)
 
     ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
