@@ -26,6 +26,8 @@ import os
 import random
 import time
 
+from bench_ttft import append_rows, plugin_mode
+
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 WORDS = ("apple river stone cloud music paper garden window silver orange planet forest candle "
          "bridge mirror rocket pencil island thunder copper violet marble falcon harbor meadow "
@@ -196,10 +198,7 @@ def main() -> None:
     if too_long:  # never let one prompt fail the whole batch
         raise SystemExit(f"{len(too_long)} prompts longer than {max_len} tokens, e.g. "
                          f"{too_long[0]['task']}@{too_long[0]['length']}")
-    mode = "dense"
-    if args.backend.lower() == "minference":
-        from vllm_minference.config import MInferenceSettings
-        mode = MInferenceSettings.from_sources({"minference": cfg}).mode
+    mode = plugin_mode(args.backend, cfg)
     rows = []
     t0 = time.perf_counter()
     # one batch per length, shortest first, rows saved after each: a run cut short keeps them
@@ -214,12 +213,7 @@ def main() -> None:
                             prompt_tokens=len(o.prompt_token_ids),
                             score=score(ans, it["expect"]), answer=ans[:80],
                             backend=args.backend, mode=mode, config=cfg))
-        old = []
-        if os.path.exists(args.out):
-            with open(args.out) as f:
-                old = json.load(f)
-        with open(args.out, "w") as f:
-            json.dump(old + new, f, indent=0)
+        append_rows(args.out, new, indent=0)
         rows += new
     elapsed = time.perf_counter() - t0
     by_task: dict[tuple, list[float]] = {}

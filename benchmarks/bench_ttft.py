@@ -64,12 +64,17 @@ def minference_config(args) -> dict:
     return cfg
 
 
-def mode_of(args) -> str:
-    """Row label: dense (FLASH_ATTN) or the minference selection mode in effect."""
-    if args.backend.lower() != "minference":
+def plugin_mode(backend: str, config: dict) -> str:
+    """Row label: dense (any other backend) or the minference selection mode in effect
+    with these settings (the plugin's defaults and MINFERENCE_* variables included)."""
+    if backend.lower() != "minference":
         return "dense"
     from vllm_minference.config import MInferenceSettings
-    return MInferenceSettings.from_sources({"minference": minference_config(args)}).mode
+    return MInferenceSettings.from_sources({"minference": config}).mode
+
+
+def mode_of(args) -> str:
+    return plugin_mode(args.backend, minference_config(args))
 
 
 def make_llm(args, max_len: int):
@@ -96,14 +101,19 @@ def base_row(args) -> dict:
                 config=minference_config(args) if args.backend.lower() == "minference" else {})
 
 
-def append_row(path: str, row: dict) -> None:
-    """Rows are written one by one, so a run cut short keeps what it measured."""
+def append_rows(path: str, rows: list[dict], indent: int = 1) -> None:
+    """Add rows to a JSON list file as soon as they are measured, so a run cut short keeps
+    what it measured."""
     old = []
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
     with open(path, "w") as f:
-        json.dump(old + [row], f, indent=1)
+        json.dump(old + rows, f, indent=indent)
+
+
+def append_row(path: str, row: dict) -> None:
+    append_rows(path, [row])
     print(json.dumps(row), flush=True)
 
 
