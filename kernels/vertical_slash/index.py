@@ -7,7 +7,11 @@ intervals that overlap or touch become segments, and each segment is cut into 64
 from its end backwards (so the chunk holding the main diagonal is exactly the block's own
 rows, the only one that needs the causal mask) with the segment start as the masking floor
 (so chunks never overlap a neighbouring segment).  That per-head *relative* chunk list
-serves all blocks; per block only the first useful chunk (keys >= 0) is looked up.
+serves all blocks; per block only the first useful chunk (keys >= 0) is looked up.  The
+merge runs once per layer and prefill chunk, so it is a single Triton kernel (one program
+per head: a scan over the sorted diagonals, then a binary search per chunk) rather than
+many small torch ops, whose launches alone cost ~1 ms of CPU; ``reference.py`` holds the
+torch definition it matches bit for bit.
 
 Columns differ per block only in which ones the block's chunks already cover and which lie
 past its last row; a Triton kernel drops those and compacts the rest per (head, block).
@@ -26,51 +30,6 @@ from ..worklist import DESC_FIELDS, WorkList
 _BIG = 1 << 30
 
 
-def merge_diagonals(diags: torch.Tensor, n_diags: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-head relative segments and chunks of the selected diagonals.
-
-    ``diags`` is ``[B, H, S]`` sorted descending with ``-1`` padding after ``n_diags``.
-    Returns ``seg_start``/``seg_end`` (``[B, H, S]``, relative key offsets, ascending),
-    ``n_seg``, ``chunks`` (``[B, H, S, 2]`` (start, lo)) and ``n_chunks`` (``[B, H]``).
-    """
-    B, H, S = diags.shape
-    dev = diags.device
-    idx = torch.arange(S, device=dev)
-    valid = idx[None, None, :] < n_diags[..., None]
-    a = torch.where(valid, -diags.long(), torch.full_like(diags, _BIG, dtype=torch.long))
-    prev = torch.cat([torch.full_like(a[..., :1], -_BIG), a[..., :-1]], dim=-1)
-    brk = valid & (a > prev + BLOCK_N)
-    seg = torch.cumsum(brk.long(), dim=-1) - 1
-    n_seg = brk.sum(dim=-1)
-    nxt_brk = torch.cat([brk[..., 1:], torch.ones_like(brk[..., :1])], dim=-1)
-    nxt_valid = torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], dim=-1)
-    last = valid & (nxt_brk | ~nxt_valid)
-    dummy = torch.full_like(seg, S)  # scatter target for entries that start/end nothing
-    seg_start = torch.full((B, H, S + 1), _BIG, dtype=torch.long, device=dev)
-    seg_end = torch.full((B, H, S + 1), _BIG, dtype=torch.long, device=dev)
-    seg_start.scatter_(-1, torch.where(brk, seg, dummy), a)
-    seg_end.scatter_(-1, torch.where(last, seg, dummy), a + BLOCK_N)
-    seg_start, seg_end = seg_start[..., :S], seg_end[..., :S]
-    seg_ok = idx[None, None, :] < n_seg[..., None]
-    n_ch = torch.where(seg_ok, (seg_end - seg_start + BLOCK_N - 1) // BLOCK_N,
-                       torch.zeros_like(seg_start))
-    cum = torch.cumsum(n_ch, dim=-1)
-    n_chunks = cum[..., -1]
-    j = idx.expand(B, H, S).contiguous()
-    seg_of = torch.searchsorted(cum.contiguous(), j, right=True).clamp_max(S - 1)
-    nch_of = n_ch.gather(-1, seg_of)
-    k_in = j - (cum.gather(-1, seg_of) - nch_of)
-    start = seg_end.gather(-1, seg_of) - BLOCK_N * (nch_of - k_in)
-    lo = seg_start.gather(-1, seg_of)
-    ok = j < n_chunks[..., None]
-    chunks = torch.stack([torch.where(ok, start, 0), torch.where(ok, lo, 0)], dim=-1)
-    return dict(seg_start=seg_start.to(torch.int32).contiguous(),
-                seg_end=seg_end.to(torch.int32).contiguous(),
-                n_seg=n_seg.to(torch.int32).contiguous(),
-                chunks=chunks.to(torch.int32).contiguous(),
-                n_chunks=n_chunks.to(torch.int32).contiguous())
-
-
 @triton.jit
 def _first_greater(ptr, stride, n, target, LOG2: tl.constexpr):
     """Index of the first of ``n`` ascending values at ``ptr[i * stride]`` that is > target."""
@@ -84,6 +43,105 @@ def _first_greater(ptr, stride, n, target, LOG2: tl.constexpr):
         lo = tl.where(go, mid + 1, lo)
         hi = tl.where(active & (v > target), mid, hi)
     return lo
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit(do_not_specialize=["S"])
+def _merge_diagonals_kernel(
+    DIAGS, N_DIAGS, SEG_S, SEG_E, N_SEG, CHUNKS, N_CHUNKS, CUM, S,
+    BIG: tl.constexpr, LOG2_S: tl.constexpr, BLK: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program per (b, h): segments in a carried scan, then chunks by binary search."""
+    bh = tl.program_id(0).to(tl.int64)
+    base = bh * S
+    src = DIAGS + base
+    n = tl.minimum(tl.maximum(tl.load(N_DIAGS + bh).to(tl.int32), 0), S)
+    offs = tl.arange(0, BLK)
+
+    # pass 1: a segment starts where an interval does not touch the previous one and ends
+    # before one that does not touch it; seg id = breaks so far, chunk count = ceil(len / 64)
+    n_seg = n * 0
+    n_chunks = n * 0
+    open_start = n * 0 - BIG  # start of the segment still open at the end of the last block
+    for i0 in range(0, n, BLK):
+        i = i0 + offs
+        valid = i < n
+        a = -tl.load(src + i, mask=valid, other=0).to(tl.int32)
+        prev = -tl.load(src + i - 1, mask=valid & (i > 0), other=0).to(tl.int32)
+        prev = tl.where(i > 0, prev, -BIG)
+        nxt_valid = (i + 1) < n
+        nxt = -tl.load(src + i + 1, mask=nxt_valid, other=0).to(tl.int32)
+        brk = valid & (a > prev + BLOCK_N)
+        last = valid & (~nxt_valid | (nxt > a + BLOCK_N))
+        seg = n_seg + tl.cumsum(brk.to(tl.int32), axis=0) - 1
+        # a ascends, so the running max of break values is each entry's segment start
+        starts = tl.where(brk, a, -BIG)
+        seg_lo = tl.maximum(tl.associative_scan(starts, 0, _max_combine), open_start)
+        n_ch = tl.where(last, (a + BLOCK_N - seg_lo + BLOCK_N - 1) // BLOCK_N, 0)
+        cum = n_chunks + tl.cumsum(n_ch, axis=0)
+        tl.store(SEG_S + base + seg, a, mask=brk)
+        tl.store(SEG_E + base + seg, a + BLOCK_N, mask=last)
+        tl.store(CUM + base + seg, cum, mask=last)
+        n_seg += tl.sum(brk.to(tl.int32), axis=0)
+        n_chunks += tl.sum(n_ch, axis=0)
+        open_start = tl.maximum(open_start, tl.max(starts, axis=0))
+    tl.store(N_SEG + bh, n_seg)
+    tl.store(N_CHUNKS + bh, n_chunks)
+    tl.debug_barrier()  # pass 2 reads what other threads of this program stored
+
+    # pass 2: chunk j lies in the first segment whose cumulative count exceeds j and is
+    # counted back from that segment's end; padding (_BIG / 0) fills every slot past the end
+    for j0 in range(0, S, BLK):
+        j = j0 + offs
+        in_s = j < S
+        ok = j < n_chunks
+        s = _first_greater(CUM + base, 1, n_seg, j, LOG2_S)
+        cum = tl.load(CUM + base + s, mask=ok, other=0)
+        end = tl.load(SEG_E + base + s, mask=ok, other=0)
+        lo = tl.load(SEG_S + base + s, mask=ok, other=0)
+        start = end - BLOCK_N * (cum - j)
+        tl.store(CHUNKS + 2 * (base + j), tl.where(ok, start, 0), mask=in_s)
+        tl.store(CHUNKS + 2 * (base + j) + 1, tl.where(ok, lo, 0), mask=in_s)
+        pad = in_s & (j >= n_seg)
+        tl.store(SEG_S + base + j, tl.full((BLK,), BIG, tl.int32), mask=pad)
+        tl.store(SEG_E + base + j, tl.full((BLK,), BIG, tl.int32), mask=pad)
+
+
+def merge_diagonals(diags: torch.Tensor, n_diags: torch.Tensor, *,
+                    block: int = 1024) -> dict[str, torch.Tensor]:
+    """Per-head relative segments and chunks of the selected diagonals, in one kernel launch.
+
+    ``diags`` is ``[B, H, S]`` sorted descending with ``-1`` padding after ``n_diags``.
+    Returns ``seg_start``/``seg_end`` (``[B, H, S]``, relative key offsets, ascending,
+    ``_BIG`` after ``n_seg``), ``n_seg``, ``chunks`` (``[B, H, S, 2]`` (start, lo), zeros
+    after ``n_chunks``) and ``n_chunks`` (``[B, H]``), all int32 and bit-identical to
+    ``merge_diagonals_reference``.  It runs once per layer and prefill chunk, so it is one
+    launch plus allocations (no host sync): the torch version's ~40 ops cost ~1 ms of CPU.
+    ``block`` (a power of two) is how many entries a program handles per step; tests
+    lower it to exercise the state carried between steps.
+    """
+    B, H, S = diags.shape
+    dev = diags.device
+    seg_start = torch.empty(B, H, S, dtype=torch.int32, device=dev)
+    seg_end = torch.empty(B, H, S, dtype=torch.int32, device=dev)
+    cum = torch.empty(B, H, S, dtype=torch.int32, device=dev)  # per-segment chunk prefix sums
+    n_seg = torch.empty(B, H, dtype=torch.int32, device=dev)
+    chunks = torch.empty(B, H, S, 2, dtype=torch.int32, device=dev)
+    n_chunks = torch.empty(B, H, dtype=torch.int32, device=dev)
+    if B * H:
+        _merge_diagonals_kernel[(B * H,)](
+            diags.contiguous(), n_diags.contiguous(), seg_start, seg_end, n_seg, chunks,
+            n_chunks, cum, S,
+            # search depth from the budget (>= 13 steps): stays one compiled variant per model
+            BIG=_BIG, LOG2_S=max(13, int(S).bit_length()), BLK=block, BLOCK_N=BLOCK_N,
+            num_warps=4,
+        )
+    return dict(seg_start=seg_start, seg_end=seg_end, n_seg=n_seg, chunks=chunks,
+                n_chunks=n_chunks)
 
 
 @triton.jit(do_not_specialize=["NB", "V_MAX", "S_MAX"])
