@@ -10,8 +10,9 @@ For each sequence and estimated head, the last ``LAST_Q`` query rows of the chun
 Two passes over the keys, both split over key ranges so that a 1M-token sequence fills the
 GPU: pass 1 finds each row's softmax max and normaliser per split (combined in PyTorch, fixed
 shapes), pass 2 recomputes the scores, normalises them and sums columns and diagonals.
-Diagonal sums of a 64x64 tile are formed in registers (a skewed gather turns diagonals into
-columns) and added with one atomic per diagonal.  Then :func:`select_vertical_slash` keeps the
+Diagonal sums of a 64x64 tile are formed in registers (skewed gathers turn diagonals into
+columns) and carried from tile to tile, so only the diagonals shared between key splits need
+atomics.  Then :func:`select_vertical_slash` keeps the
 top-k columns and diagonals per head, with the always-kept first keys and nearest diagonals,
 in fixed-shape outputs: no host synchronisation anywhere.
 """
@@ -102,6 +103,33 @@ def _estimate_stats_kernel(
     tl.store(L_OUT + out, l_i)
 
 
+@triton.jit(do_not_specialize=["n_split"])
+def _estimate_combine_kernel(M_PART, L_PART, M_ROW, L_ROW, n_split,
+                             LAST: tl.constexpr, SB: tl.constexpr):
+    """Row max and normaliser of each (sequence, head) from the per-split partials (one
+    launch instead of a chain of small PyTorch ops: this runs every layer of every chunk)."""
+    bh = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
+    i = tl.arange(0, LAST)
+    sp = tl.arange(0, SB)
+    base = bh * n_split * LAST
+    m_row = tl.full([LAST], float("-inf"), tl.float32)
+    for s0 in range(0, n_split, SB):
+        ok = (s0 + sp) < n_split
+        m = tl.load(M_PART + base + (s0 + sp)[:, None] * LAST + i[None, :], mask=ok[:, None],
+                    other=float("-inf"))
+        m_row = tl.maximum(m_row, tl.max(m, axis=0))
+    m_safe = tl.where(m_row == float("-inf"), 0.0, m_row)
+    l_row = tl.zeros([LAST], tl.float32)
+    for s0 in range(0, n_split, SB):
+        ok = (s0 + sp) < n_split
+        off = base + (s0 + sp)[:, None] * LAST + i[None, :]
+        m = tl.load(M_PART + off, mask=ok[:, None], other=float("-inf"))
+        l = tl.load(L_PART + off, mask=ok[:, None], other=0.0)
+        l_row += tl.sum(l * tl.math.exp2(m - m_safe[None, :]), axis=0)
+    tl.store(M_ROW + bh * LAST + i, m_row)
+    tl.store(L_ROW + bh * LAST + i, l_row)
+
+
 @triton.jit(do_not_specialize=["stride_vb", "stride_vh"])
 def _estimate_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
@@ -120,15 +148,25 @@ def _estimate_scores_kernel(
     m_row = tl.where(m_row == float("-inf"), 0.0, m_row)
     inv_l = tl.where(l_row > 0.0, 1.0 / tl.where(l_row > 0.0, l_row, 1.0), 0.0)
     out = b.to(tl.int64) * stride_vb + hs.to(tl.int64) * stride_vh
-    # diagonal sums via a skewed gather: column t of G holds diagonal i - c = t - (KEY_TILE-1)
+    # Diagonal sums via skewed gathers.  With D = q_pos[0] - k0 (the diagonal of row 0 and
+    # key k0), a tile's diagonals D + u (u in [0, 64)) come from its upper skew (key i - u of
+    # row i) and D - 64 + u from its lower skew (key i - u + 64, rows i < u).  The next tile
+    # (k0 + 64) has D' = D - 64, so its upper diagonals are this tile's lower ones: a program
+    # carries the lower sums one tile and stores each tile's finished diagonals with plain
+    # stores.  Only the first tile's and the last carry's 64 diagonals are shared with the
+    # neighbouring key splits and need atomics (at 1M keys, per-diagonal atomics made this
+    # kernel 4 ms a step on the H100).
+    tl.static_assert(LAST == KEY_TILE)
     i2 = tl.arange(0, LAST)[:, None]
-    t2 = tl.arange(0, 2 * KEY_TILE)[None, :]
-    c_of = i2 - t2 + (KEY_TILE - 1)
-    c_ok = (c_of >= 0) & (c_of < KEY_TILE)
-    c_idx = tl.where(c_ok, c_of, 0)
-    t = tl.arange(0, 2 * KEY_TILE)
+    u2 = tl.arange(0, KEY_TILE)[None, :]
+    up_ok = i2 >= u2
+    lo_ok = i2 < u2
+    c_up = tl.where(up_ok, i2 - u2, 0)
+    c_lo = tl.where(lo_ok, i2 - u2 + KEY_TILE, 0)
+    u = tl.arange(0, KEY_TILE)
     k_begin = split * SPLIT
     k_end = tl.minimum(k_begin + SPLIT, kv_len)
+    carry = tl.zeros([KEY_TILE], tl.float32)
     for k0 in range(k_begin, k_end, KEY_TILE):
         s, k_idx, k_ok = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                                                K, stride_kp, stride_kt, stride_kh, BT,
@@ -136,12 +174,18 @@ def _estimate_scores_kernel(
                                                PAGED, PREC)
         p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
         tl.store(VERT + out + k_idx, tl.sum(p, axis=0), mask=k_ok)
-        g = tl.where(c_ok, tl.gather(p, c_idx, axis=1), 0.0)
-        diag_sum = tl.sum(g, axis=0)
-        # q_pos[i] - (k0 + c) with i - c = t - (KEY_TILE - 1)
-        dist = kv_len - LAST - k0 + t - (KEY_TILE - 1)
-        d_ok = (t < 2 * KEY_TILE - 1) & (dist >= 0) & (dist < kv_len)
-        tl.atomic_add(SLASH + out + dist, diag_sum, mask=d_ok, sem="relaxed")
+        upper = tl.sum(tl.where(up_ok, tl.gather(p, c_up, axis=1), 0.0), axis=0) + carry
+        carry = tl.sum(tl.where(lo_ok, tl.gather(p, c_lo, axis=1), 0.0), axis=0)
+        dist = kv_len - LAST - k0 + u
+        d_ok = (dist >= 0) & (dist < kv_len)
+        if k0 == k_begin:
+            tl.atomic_add(SLASH + out + dist, upper, mask=d_ok, sem="relaxed")
+        else:
+            tl.store(SLASH + out + dist, upper, mask=d_ok)
+    n_tiles = tl.cdiv(k_end - k_begin, KEY_TILE)
+    dist = kv_len - LAST - (k_begin + n_tiles * KEY_TILE) + u  # the last tile's D - 64 + u
+    d_ok = (dist >= 0) & (dist < kv_len) & (n_tiles > 0)
+    tl.atomic_add(SLASH + out + dist, carry, mask=d_ok, sem="relaxed")
 
 
 def estimate_vertical_slash(
@@ -181,13 +225,14 @@ def estimate_vertical_slash(
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
         M_OUT=m_part, L_OUT=l_part, **common)
-    m_row = m_part.amax(dim=2)
-    m_safe = torch.where(torch.isinf(m_row), torch.zeros_like(m_row), m_row)
-    l_row = (l_part * torch.exp2(m_part - m_safe[:, :, None])).sum(dim=2)
+    m_row = torch.empty(B, n_est, LAST_Q, dtype=torch.float32, device=q.device)
+    l_row = torch.empty_like(m_row)
+    _estimate_combine_kernel[(n_est, B)](m_part, l_part, m_row, l_row, n_split, LAST=LAST_Q,
+                                         SB=16, num_warps=4)
     _estimate_scores_kernel[grid](
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
-        M_ROW=m_row.contiguous(), L_ROW=l_row.contiguous(), VERT=vertical, SLASH=slash,
+        M_ROW=m_row, L_ROW=l_row, VERT=vertical, SLASH=slash,
         stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common)
     return vertical, slash
 
