@@ -27,6 +27,7 @@ from vllm_minference import plugin  # noqa: E402
 from vllm_minference.kernels import KVSource, plan_layer  # noqa: E402
 from vllm_minference.kernels.attention.reference import (masked_attention_reference,  # noqa: E402
                                                           worklist_mask)
+from vllm_minference.layer_plan import planned_page_size  # noqa: E402
 from vllm_minference.backend import (MInferenceBackend, MInferenceImpl,  # noqa: E402
                                      MInferenceMetadataBuilder, classify_requests, runs_of,
                                      warn_dense_layers)
@@ -187,7 +188,7 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
                  / expect[sparse_rows].norm()) < 1e-2
 
     # a density limit below what the lists need sends the layer to the dense path
-    impl.planner.settings = impl.planner.settings.model_copy(update={"max_density": 0.01})
+    impl.planner.guard.max_density = 0.01
     out3 = torch.full_like(reference, float("nan"))
     impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out3)
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
@@ -238,4 +239,28 @@ def test_weights_loaded_hook_warms_up_sparse_layers_only(model_dir, monkeypatch)
                         lambda self, *a: seen.append((self.page_size, *a)))
     sparse.process_weights_after_loading(torch.bfloat16)
     dense.process_weights_after_loading(torch.bfloat16)
-    assert seen == [(vc.cache_config.block_size, 64, torch.bfloat16, 0.125)]
+    assert seen == [(planned_page_size(vc.cache_config), 64, torch.bfloat16, 0.125)]
+
+
+def test_backend_asks_for_64_token_pages_unless_the_user_chose():
+    from vllm.config import CacheConfig
+    assert MInferenceBackend.get_preferred_block_size(16) == 64
+    assert MInferenceBackend.get_preferred_block_size(128) == 128
+    assert MInferenceBackend.supports_block_size(64)  # FlashAttention's MultipleOf(16)
+    assert planned_page_size(CacheConfig()) == 64  # default: vLLM will apply our preference
+    assert planned_page_size(CacheConfig(block_size=16)) == 16  # --block-size 16 stays
+    assert planned_page_size(None) == 64
+
+
+def test_density_guard_decides_from_the_previous_step_and_reprobes():
+    from vllm_minference.layer_plan import DensityGuard
+    g = DensityGuard(max_density=0.45, reprobe_steps=4)
+    assert g.should_plan()
+    assert g.decide(torch.tensor(0.9)) is False  # first step: its own density, waited for
+    # dense lately: no planning for reprobe_steps - 1 steps, then one re-measuring plan
+    assert [g.should_plan() for _ in range(4)] == [False, False, False, True]
+    assert g.decide(torch.tensor(0.1)) is False  # decided by the previous density (0.9)
+    assert g.should_plan() and g.decide(torch.tensor(0.2)) is True  # 0.1 arrived
+    assert g.decide(torch.tensor(0.8)) is True  # still the previous one (0.2)
+    assert g.decide(torch.tensor(0.8)) is False
+    assert g.known == pytest.approx(0.8)

@@ -25,6 +25,20 @@ logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that l
 
 SPARSE_HEAD_SIZES = (64, 128)
 SPARSE_KV_DTYPES = ("auto", "float16", "bfloat16", "half")
+PREFERRED_PAGE_SIZE = 64  # KV page size the backend asks vLLM for (see the backend)
+
+
+def planned_page_size(cache_config) -> int:
+    """The KV page size this engine will run with, known already while the model is built.
+
+    vLLM applies a backend's preferred block size only after the model is loaded, so at
+    construction ``block_size`` may still be unset or the generic default.
+    """
+    if cache_config is None:
+        return PREFERRED_PAGE_SIZE
+    if getattr(cache_config, "user_specified_block_size", False) and cache_config.block_size:
+        return int(cache_config.block_size)
+    return max(int(cache_config.block_size or 16), PREFERRED_PAGE_SIZE)
 
 
 def unsupported_reason(*, head_size: int, kv_cache_dtype: str, sliding_window, alibi: bool,
@@ -78,11 +92,69 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
 _first_step_logged = False
 
 
+class DensityGuard:
+    """Dense or sparse for one layer, decided without stopping the host for the GPU.
+
+    The work lists' density (computed tiles over dense causal tiles) is known only on the
+    device.  Reading it at once would stall the host in every layer of every sparse step and
+    serialise the planning launches with the GPU work.  Instead each step's density is
+    copied to pinned memory in the background and decides the *next* step of this layer;
+    only the layer's first sparse step waits for it.  A stale value costs speed, never
+    correctness: both paths compute the same attention.  Once a layer has gone dense it
+    skips planning altogether and re-measures every ``reprobe_steps`` steps.
+    """
+
+    def __init__(self, max_density: float, reprobe_steps: int = 16):
+        self.max_density = max_density
+        self.reprobe_steps = reprobe_steps
+        self.known: float | None = None  # latest density that reached the host
+        self._host: torch.Tensor | None = None
+        self._event = None
+        self._dense_steps = 0
+
+    def _collect(self) -> None:
+        if self._event is not None and self._event.query():
+            self.known = float(self._host[0])
+            self._event = None
+
+    def should_plan(self) -> bool:
+        """False: run this step dense without planning (the layer was too dense lately)."""
+        self._collect()
+        if self.known is None or self.known <= self.max_density:
+            return True
+        self._dense_steps += 1
+        if self._dense_steps >= self.reprobe_steps:
+            self._dense_steps = 0
+            return True  # plan once more to re-measure; this step still runs dense
+        return False
+
+    def decide(self, density: torch.Tensor) -> bool:
+        """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
+        self._collect()
+        if self.known is None:  # the layer's first step: wait for it, once
+            self.known = float(density)
+            return self.known <= self.max_density
+        previous = self.known
+        self._post(density)
+        return previous <= self.max_density
+
+    def _post(self, density: torch.Tensor) -> None:
+        """Send this step's density to the host in the background (at once off the GPU)."""
+        if density.device.type != "cuda":
+            self.known = float(density)
+            return
+        if self._host is None:
+            self._host = torch.empty(1, dtype=torch.float32, pin_memory=True)
+        self._host.copy_(density.reshape(1), non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+
 class LayerPlanner:
     """Profile lookup and sparse launch for one attention layer."""
 
     def __init__(self, settings: MInferenceSettings, profile: Profile, head_ids: list[int],
-                 num_kv_heads: int, page_size: int = 16):
+                 num_kv_heads: int, page_size: int = PREFERRED_PAGE_SIZE):
         self.settings = settings
         self.page_size = page_size
         self.profile = profile
@@ -90,16 +162,17 @@ class LayerPlanner:
         self.num_kv_heads = num_kv_heads
         self._patterns: LayerPatterns | None = None
         self._layer_index: int | None = None
+        self.guard = DensityGuard(settings.max_density)
 
     @staticmethod
     def for_current_model(vllm_config, num_heads: int, num_kv_heads: int) -> "LayerPlanner":
         settings = MInferenceSettings.from_sources(
             vllm_config.additional_config if vllm_config is not None else None)
-        page_size = 16
+        page_size = PREFERRED_PAGE_SIZE
         if vllm_config is None:  # constructed outside a vLLM engine (tests)
             total_layers, total_heads, names = None, num_heads, ()
         else:
-            page_size = vllm_config.cache_config.block_size or page_size
+            page_size = planned_page_size(vllm_config.cache_config)
             mc = vllm_config.model_config
             text = mc.hf_text_config
             total_layers, total_heads = text.num_hidden_layers, text.num_attention_heads
@@ -147,24 +220,24 @@ class LayerPlanner:
             value_cache: torch.Tensor, batch, scale: float, output: torch.Tensor) -> bool:
         """Sparse attention of the batch's sparse requests into ``output``.
 
-        Returns False (having written nothing) when the work lists cover more than
-        ``max_density`` of the causal area: dense FlashAttention is then faster.  This is the
-        one host synchronisation of the sparse path, once per layer.
+        Returns False (having written nothing) when this layer's work lists lately covered
+        more than ``max_density`` of the causal area: dense FlashAttention is then faster
+        (see :class:`DensityGuard`).
         """
+        if not self.guard.should_plan():
+            return False
         layout = batch.layout
         kv = KVSource.paged(key_cache, value_cache, batch.block_table)
-        wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale,
-                        max_density=1.0)
-        dense_tiles = layout.dense_tiles().sum() * query.shape[1]
-        density = float(wl.tiles().sum() / dense_tiles)
+        wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
+        sparse = self.guard.decide(wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads))
         global _first_step_logged
         if not _first_step_logged:  # one line per process, not one per layer
             _first_step_logged = True
             logger.info("minference: first sparse prefill step (%d request(s), longest %d "
                         "tokens, %s mode): density of the first layer %.3f, %s",
-                        layout.num_seqs, layout.max_kv_len, self.settings.mode, density,
-                        "dense" if density > self.settings.max_density else "sparse")
-        if density > self.settings.max_density:
+                        layout.num_seqs, layout.max_kv_len, self.settings.mode,
+                        self.guard.known, "sparse" if sparse else "dense")
+        if not sparse:
             return False
         sparse_attention(query, kv, layout, wl, scale, out=output)
         return True
