@@ -106,8 +106,23 @@ class SeqLayout:
         return torch.minimum(self.block_first_pos() + BLOCK_M - 1, end)
 
     def dense_tiles(self) -> torch.Tensor:
-        """64-wide key tiles dense causal attention computes for each block, ``[NB]``."""
-        return (self.block_last_pos() + BLOCK_N) // BLOCK_N
+        """64-wide key tiles dense causal attention computes for each block, ``[NB]``.
+
+        Computed once per layout (every layer of a step asks; treat it as read-only).
+        """
+        cached = self.__dict__.get("_dense_tiles")
+        if cached is None:  # frozen dataclass: cache outside the fields
+            cached = (self.block_last_pos() + BLOCK_N) // BLOCK_N
+            self.__dict__["_dense_tiles"] = cached
+        return cached
+
+    def total_dense_tiles(self) -> torch.Tensor:
+        """Sum of :meth:`dense_tiles` (0-d, on the device), also computed once."""
+        cached = self.__dict__.get("_total_dense_tiles")
+        if cached is None:
+            cached = self.dense_tiles().sum()
+            self.__dict__["_total_dense_tiles"] = cached
+        return cached
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
         else:
             wl = dense_worklist(layout, heads.numel())
         parts.append((heads, wl))
-    merged = merge_worklists(parts, patterns.num_heads, layout.num_blocks)
+    if len(parts) == 1 and parts[0][0].numel() == patterns.num_heads:
+        merged = parts[0][1]  # one pattern for every head (groups list heads in order)
+    else:
+        merged = merge_worklists(parts, patterns.num_heads, layout.num_blocks)
     if max_density is not None:
         merged = apply_density_guard(merged, layout, max_density)
     return merged

@@ -48,7 +48,7 @@ class WorkList:
 
     def density(self, layout: SeqLayout) -> torch.Tensor:
         """Computed tiles over dense causal tiles, per head (``[H]`` float32, on device)."""
-        dense = layout.dense_tiles().sum().clamp_min(1)
+        dense = layout.total_dense_tiles().clamp_min(1)
         return self.tiles().sum(dim=1).float() / dense.float()
 
 
