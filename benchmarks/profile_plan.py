@@ -9,12 +9,14 @@ the attention kernel, plus a torch.profiler table of the whole plan.
 """
 
 import argparse
+import time
 
 import torch
 
 from vllm_minference.kernels import (HeadPattern, KVSource, LayerPatterns, SeqLayout,
                                      estimate_vertical_slash, plan_layer, select_vertical_slash,
                                      sparse_attention)
+from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive
 from vllm_minference.kernels.vertical_slash.index import (build_vertical_slash_worklist,
                                                           merge_diagonals)
 
@@ -33,13 +35,20 @@ def cuda_ms(fn, reps=20):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kv", type=int, default=131072)
+    ap.add_argument("--kv", type=int, nargs="+", default=[131072])
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--heads", type=int, default=14)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--gamma", type=float, default=0.95, help="adaptive selection's target")
+    ap.add_argument("--no-table", action="store_true", help="skip the torch.profiler table")
     args = ap.parse_args()
-    H, Hk, D, L, C = args.heads, args.kv_heads, args.head_dim, args.kv, args.chunk
+    for L in args.kv:
+        profile_step(args, L)
+
+
+def profile_step(args, L: int) -> None:
+    H, Hk, D, C = args.heads, args.kv_heads, args.head_dim, min(args.chunk, L)
     dev = "cuda"
     q = torch.randn(C, H, D, device=dev, dtype=torch.bfloat16)
     k = torch.randn(L, Hk, D, device=dev, dtype=torch.bfloat16)
@@ -58,16 +67,30 @@ def main() -> None:
     attn = lambda: sparse_attention(q, kv, layout, wl)  # noqa: E731
     pats = LayerPatterns.from_heads([HeadPattern("vertical_and_slash", 1000, 6096)] * H, dev)
     plan = lambda: plan_layer(q, kv, layout, pats)  # noqa: E731
-    rows = [("estimate kernels", cuda_ms(est)), ("select (top-k)", cuda_ms(sel_fn)),
+    pats_ad = LayerPatterns.from_heads([HeadPattern("vertical_and_slash", 1000, 6096)] * H, dev,
+                                       gamma=args.gamma)
+    plan_ad = lambda: plan_layer(q, kv, layout, pats_ad)  # noqa: E731
+    sel_ad = lambda: select_adaptive(vert, slash, layout, vb, sb, 1000, 6096, args.gamma)  # noqa: E731
+    rows = [("select adaptive", cuda_ms(sel_ad)), ("plan_layer adaptive total", cuda_ms(plan_ad)),
+            ("estimate kernels", cuda_ms(est)), ("select (top-k)", cuda_ms(sel_fn)),
             ("merge diagonals", cuda_ms(merge)), ("index total (merge + lists)", cuda_ms(build)),
             ("plan_layer total", cuda_ms(plan)), ("attention", cuda_ms(attn))]
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        plan_ad()
+    host_ms = (time.perf_counter() - t0) / 20 * 1e3  # launch time, if the GPU keeps up
+    torch.cuda.synchronize()
+    rows.append(("adaptive plan host (launch) time", host_ms))
     print(f"kv={L} chunk={C} heads={H}/{Hk} d={D} density={float(wl.density(layout).mean()):.3f}")
     for name, ms in rows:
         print(f"  {name:30s} {ms:8.3f} ms")
+    if args.no_table:
+        return
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            plan()
+            plan_ad()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
 
