@@ -26,7 +26,7 @@ import os
 import random
 import time
 
-from bench_ttft import append_rows, plugin_mode
+from bench_ttft import append_rows, parse_settings, plugin_mode
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 WORDS = ("apple river stone cloud music paper garden window silver orange planet forest candle "
@@ -173,12 +173,15 @@ def main() -> None:
     ap.add_argument("--budget-scale", type=float, default=None)
     ap.add_argument("--min-sparse-len", type=int, default=None)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any other plugin setting (e.g. profile=..., adaptive_local=1024)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
     cfg = {k: v for k, v in dict(mode=args.mode, gamma=args.gamma, budget_scale=args.budget_scale,
                                  min_sparse_len=args.min_sparse_len).items() if v is not None}
+    cfg.update(parse_settings(args.set))
     longest = max(args.lengths + args.ruler_lengths)
     max_len = 131072 + 512 if longest <= 131072 else longest + 512
     os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")

@@ -53,8 +53,19 @@ def source_token_ids(tokenizer, n_tokens: int) -> list[int]:
     return code_tokens(tokenizer, n_tokens).tolist()
 
 
-def minference_config(args) -> dict:
+def parse_settings(pairs: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` pairs as plugin settings (validated by the plugin itself)."""
     cfg = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        cfg[key] = value
+    return cfg
+
+
+def minference_config(args) -> dict:
+    cfg = parse_settings(getattr(args, "set", None))
     if args.min_sparse_len:
         cfg["min_sparse_len"] = args.min_sparse_len
     if args.mode:
@@ -207,6 +218,8 @@ def main() -> None:
                     help="minference selection mode (default: the plugin's)")
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any other plugin setting (e.g. adaptive_local=1024), repeatable")
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

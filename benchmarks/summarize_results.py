@@ -162,6 +162,21 @@ def kernel_table(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------- accuracy
+def config_label(mode: str, cfg: dict) -> str:
+    """Column name of a minference configuration: mode, gamma, budget scale, other settings."""
+    parts = [mode]
+    if mode == "adaptive":
+        parts.append(f"γ={cfg.get('gamma', 0.95)}")
+    if float(cfg.get("budget_scale", 1.0)) != 1.0:
+        parts.append(f"×{cfg['budget_scale']}")
+    for k in sorted(cfg):
+        if k in ("mode", "gamma", "budget_scale", "min_sparse_len"):
+            continue
+        v = os.path.basename(str(cfg[k])).removesuffix(".json") if k == "profile" else cfg[k]
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
 def pair_accuracy(raw: list[dict]) -> list[dict]:
     """Mean score over seeds per (task, length, depth), dense vs each minference config."""
     def key(r):
@@ -185,20 +200,20 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
                             minference=round(100 * sum(v) / len(v), 1), mode=mode,
                             gamma=c.get("gamma", 0.95) if mode == "adaptive" else None,
                             budget_scale=c.get("budget_scale", 1.0),
-                            min_sparse_len=c.get("min_sparse_len"), n=len(v)))
+                            min_sparse_len=c.get("min_sparse_len"), n=len(v),
+                            label=config_label(mode, c)))
     return out
 
 
 def accuracy_table(rows: list[dict]) -> str:
-    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in rows})
+    cfgs = sorted({r["label"] for r in rows})
     by = defaultdict(lambda: defaultdict(list))
     dense = defaultdict(list)
     for r in rows:
-        by[(r["task"], r["length"])][(r["mode"], r["gamma"] or 0, r["budget_scale"])].append(r["minference"])
-        if (r["mode"], r["gamma"] or 0, r["budget_scale"]) == cfgs[0]:
+        by[(r["task"], r["length"])][r["label"]].append(r["minference"])
+        if r["label"] == cfgs[0]:
             dense[(r["task"], r["length"])].append(r["dense"])
-    head = " | ".join(f"{m}" + (f" γ={g}" if m == "adaptive" else "") + (f" ×{s}" if s != 1 else "")
-                      for m, g, s in cfgs)
+    head = " | ".join(cfgs)
     lines = [f"| task | length | dense | {head} |", "|---|---|---|" + "---|" * len(cfgs)]
     for (task, n), per in sorted(by.items()):
         d = dense[(task, n)]
@@ -218,13 +233,12 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
     import numpy as np
     if not rows:
         return
-    cfgs = sorted({(r["mode"], r["gamma"] or 0, r["budget_scale"]) for r in rows})
+    cfgs = sorted({r["label"] for r in rows})
     cells = sorted({(r["task"], r["length"]) for r in rows})
     grid = np.full((len(cells), len(cfgs) + 1), np.nan)
     acc = defaultdict(list)
     for r in rows:
-        c = (r["mode"], r["gamma"] or 0, r["budget_scale"])
-        acc[(r["task"], r["length"], c)].append(r["minference"])
+        acc[(r["task"], r["length"], r["label"])].append(r["minference"])
         acc[(r["task"], r["length"], "dense")].append(r["dense"])
     for i, (t, n) in enumerate(cells):
         for j, c in enumerate(["dense"] + cfgs):
@@ -237,8 +251,7 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    names = ["FLASH_ATTN"] + [f"{m}" + (f" γ={g}" if m == "adaptive" else "") +
-                              (f" ×{s}" if s != 1 else "") for m, g, s in cfgs]
+    names = ["FLASH_ATTN"] + cfgs
     ax.set_xticks(range(len(names)), names, fontsize=7, rotation=20)
     ax.set_yticks(range(len(cells)), [f"{t} @{fmt_len(n)}" for t, n in cells], fontsize=7)
     ax.set_title("Accuracy suite, Qwen2.5-Coder-0.5B (YaRN x4), % correct; minference forced "

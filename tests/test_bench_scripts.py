@@ -133,3 +133,33 @@ def test_recall_study_a_shape_keys_match_the_a_shape_lists(device):
     last = torch.tensor([min(N - 1, b * 64 + 63) for b in blocks])
     theirs &= torch.arange(N)[None, None, :] <= last[None, :, None]
     assert torch.equal(ours, theirs)
+
+
+def test_set_pairs_become_plugin_settings_in_the_row_config():
+    import argparse
+    args = argparse.Namespace(set=["adaptive_local=1024", "profile=x.json"], min_sparse_len=4096,
+                              mode="adaptive", gamma=None, backend="minference")
+    cfg = bench_ttft.minference_config(args)
+    assert cfg == {"adaptive_local": "1024", "profile": "x.json", "min_sparse_len": 4096,
+                   "mode": "adaptive"}
+    assert bench_ttft.plugin_mode("minference", cfg) == "adaptive"
+    with pytest.raises(SystemExit):
+        bench_ttft.parse_settings(["adaptive_local"])
+
+
+def test_accuracy_columns_keep_configs_apart_by_every_setting():
+    def r(cfg, score):
+        return dict(task="passkey", length=8192, depth=50, seed=0, score=score,
+                    mode=cfg.get("mode", "fixed"), config=cfg)
+    raw = [r({}, 1.0) | dict(mode="dense"),
+           r({"mode": "adaptive"}, 0.0),
+           r({"mode": "adaptive", "adaptive_local": "1024", "adaptive_sinks": "128"}, 1.0),
+           r({"budget_scale": 0.05}, 0.0),
+           r({"budget_scale": 0.05, "profile": "/x/qwen-searched.json"}, 1.0)]
+    rows = summarize_results.pair_accuracy(raw)
+    labels = {r["label"]: r["minference"] for r in rows}
+    assert labels == {"adaptive γ=0.95": 0.0, "adaptive γ=0.95 adaptive_local=1024 "
+                      "adaptive_sinks=128": 100.0, "fixed ×0.05": 0.0,
+                      "fixed ×0.05 profile=qwen-searched": 100.0}
+    table = summarize_results.accuracy_table(rows)
+    assert table.count("|---") == 3 + len(labels) and "profile=qwen-searched" in table
