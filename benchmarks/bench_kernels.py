@@ -14,7 +14,8 @@ model's own modules (HF weights) with FA3 attention.  From them:
 Worst case: ``random`` rows, random Q/K at Llama-3-8B shape (what dummy weights give), with
 the density guard of the vLLM backend (dense FA3 when the lists cover too much).
 
-K/V are read from a paged cache (page 16, vLLM's default) by our kernels.  Writes JSON rows
+K/V are read from a paged cache by our kernels: 64-token pages, what the plugin asks vLLM for
+(``--page`` 16 measures vLLM's generic default).  Writes JSON rows
 (see README "Kernel results") and prints a table.
 
     python benchmarks/bench_kernels.py --seq-lens 32768 131072 --out kernels.json
@@ -43,7 +44,7 @@ from vllm_minference.kernels.worklist import WorkList
 VS_BUDGET = (1000, 6096)
 BS_TOPK = 100
 A_SHAPE = (128, 3968)
-PAGE = 16
+PAGE = 64  # the backend's preferred KV block size (see --page)
 LLAMA = dict(q_heads=32, kv_heads=8, head_dim=128)
 QWEN = dict(q_heads=14, kv_heads=2, head_dim=64)
 DEVICE = "cuda"
@@ -144,7 +145,7 @@ def capture_qkv(model_path: str, tokens: torch.Tensor, layers: list[int]) -> dic
 
 
 def paged(k: torch.Tensor, v: torch.Tensor) -> KVSource:
-    """The same keys/values in a vLLM-style paged cache (page 16, shuffled pages)."""
+    """The same keys/values in a vLLM-style paged cache (``PAGE`` tokens, shuffled pages)."""
     L, hk, d = k.shape
     n_pages = math.ceil(L / PAGE)
     pad = n_pages * PAGE - L
@@ -382,13 +383,14 @@ def main() -> None:
     ap.add_argument("--no-random", dest="random", action="store_false")
     ap.add_argument("--guard", type=float, default=0.45,
                     help="density above which the backend runs dense FA3 instead")
+    ap.add_argument("--page", type=int, default=64, help="KV page size (tokens)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")
     ap.add_argument("--random-tokens", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, PAGE
+    DEVICE, PAGE = args.device, args.page
     tokens = None
     if args.model and args.random_tokens:  # smoke tests with a tiny random model
         tokens = torch.randint(0, 1000, (max(args.seq_lens),))
@@ -407,7 +409,7 @@ def main() -> None:
             torch.cuda.empty_cache()
         with open(args.out, "w") as f:
             name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
-            json.dump(dict(device=name, torch=torch.__version__, rows=rows), f, indent=1)
+            json.dump(dict(device=name, torch=torch.__version__, page=PAGE, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
