@@ -16,60 +16,62 @@ lane() {  # lane GPU NAME: run the function NAME on GPU GPU, its output in $LOGS
   (export CUDA_VISIBLE_DEVICES=$1 VLLM_CACHE_ROOT=/tmp/vllm-cache-$1; $2 > $LOGS/$2.log 2>&1) &
 }
 
+# Session of 2026-11-25 (second): 64-token pages, async density guard, fused plan kernels.
+FLOORS="--set adaptive_sinks=128 --set adaptive_local=1024"  # adaptive with A-shape floors
+SEARCHED="--set profile=qwen2.5-coder-0.5b-instruct-searched.json"
+
 # ------------------------------------------------------------------ call A
 A_ttft() {
-  for cfg in "FLASH_ATTN" "minference --mode adaptive" "minference --mode fixed"; do
-    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 32768 131072 \
-      --out $OUT/ttft.json
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 130 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 32768 131072 \
+      --reps 5 --out $OUT/ttft.json
   done
-  for cfg in "FLASH_ATTN" "minference --mode adaptive"; do
-    timeout 130 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama --layers 32 \
-      --lengths 32768 131072 --reps 1 --out $OUT/ttft.json
+  timeout 100 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 32768 131072 --out $OUT/ttft.json
+  for b in FLASH_ATTN minference; do
+    timeout 90 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
   done
 }
 A_kernels() {
-  timeout 400 python3 $B/bench_kernels.py --seq-lens 32768 131072 262144 --out $OUT/kernels.json
-  for b in FLASH_ATTN minference; do  # 80 s was too short for the first start-up here
-    timeout 120 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  timeout 170 python3 $B/bench_kernels.py --seq-lens 131072 --out $OUT/kernels.json
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 110 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama --layers 32 \
+      --lengths 32768 131072 --reps 1 --out $OUT/ttft.json
   done
 }
 
 # ------------------------------------------------------------------ call B
 B_long() {
-  timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 524288 1048576 \
+  timeout 250 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 524288 1048576 \
     --out $OUT/ttft_long.json
-  timeout 140 python3 $B/bench_ttft.py --backend minference --mode adaptive --lengths 524288 1048576 \
+  timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
     --out $OUT/ttft_long.json
-  timeout 140 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
-    --out $OUT/ttft_long.json
+  timeout 95 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 524288 1048576 --out $OUT/ttft_long.json
 }
 B_accuracy() {
-  for cfg in "FLASH_ATTN" "minference --min-sparse-len 4096 --mode adaptive" \
-             "minference --min-sparse-len 4096 --mode fixed" \
-             "minference --min-sparse-len 4096 --mode adaptive --gamma 0.8"; do
-    timeout 135 python3 $B/bench_accuracy.py --backend $cfg --out $OUT/accuracy.json
-  done
+  timeout 190 python3 $B/bench_accuracy.py --backend FLASH_ATTN --out $OUT/accuracy.json
+  timeout 130 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode fixed --out $OUT/accuracy.json
+  timeout 120 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS --out $OUT/accuracy.json
 }
 
 # ------------------------------------------------------------------ call C
-C_serve() {
-  MINFERENCE_MODE=adaptive timeout 330 python3 $B/check_serving.py --configs minference FLASH_ATTN --load \
-    --logdir $LOGS --out $OUT/serving.json
+C_tp2() {  # both GPUs: vllm serve with tensor parallelism 2, minference and FLASH_ATTN
+  timeout 250 python3 $B/check_serving.py --configs minference@tp2 FLASH_ATTN@tp2 \
+    --logdir $LOGS --out $OUT/serving_tp2.json > $LOGS/tp2.log 2>&1
 }
-C_accuracy() {
-  timeout 100 python3 -m vllm_minference.search "$GPU_KIT_MODEL" --length 32768 \
-    --model-name Qwen/Qwen2.5-Coder-0.5B-Instruct --out $OUT/qwen2.5-coder-0.5b-instruct.json
-  timeout 85 python3 $B/bench_ttft.py --backend minference --mode adaptive --min-sparse-len 16384 --outputs \
-    --lengths 131072 --reps 1 --out $OUT/ttft_tp.json
-  timeout 140 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
-    --mode fixed --budget-scale 0.25 --out $OUT/accuracy.json
+tight() {  # issue 7: default profile scaled to density ~0.1 vs the searched profile
+  local name=$1; shift
+  timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode fixed --lengths 16384 32768 --ruler-lengths 16384 32768 "$@" \
+    --out $OUT/accuracy_tight.json
+  timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed "$@" \
+    --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
 }
-C_tp2() {  # both GPUs: tensor parallelism 2
-  for cfg in "minference --mode adaptive --min-sparse-len 16384 --outputs" "FLASH_ATTN --outputs"; do
-    timeout 115 python3 $B/bench_ttft.py --backend $cfg --tp 2 --lengths 131072 --reps 2 \
-      --out $OUT/ttft_tp.json >> $LOGS/tp2.log 2>&1
-  done
-}
+C_default() { tight default --set budget_scale=0.05; }
+C_searched() { tight searched $SEARCHED; }
 
 wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs still come back
   while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $1 ]; do sleep 3; done
@@ -82,10 +84,10 @@ wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs st
 }
 
 case "$1" in
-  A) lane 0 A_ttft; lane 1 A_kernels; wait_lanes 570 ;;
-  B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 570 ;;
-  C) lane 0 C_serve; lane 1 C_accuracy; wait_lanes 335
-     (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2) ;;
+  A) lane 0 A_ttft; lane 1 A_kernels; wait_lanes 400 ;;
+  B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 455 ;;
+  C) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2)
+     lane 0 C_default; lane 1 C_searched; wait_lanes 430 ;;
   *) echo "unknown call $1"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv > $LOGS/nvidia-smi.txt 2>&1
