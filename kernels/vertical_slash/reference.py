@@ -104,3 +104,95 @@ def merge_diagonals_reference(diags: torch.Tensor,
                 n_seg=n_seg.to(torch.int32).contiguous(),
                 chunks=chunks.to(torch.int32).contiguous(),
                 n_chunks=n_chunks.to(torch.int32).contiguous())
+
+
+# --- adaptive selection -------------------------------------------------------------------
+# ``adaptive.select_adaptive`` (two Triton kernels, two top-k) must return the same lists.
+# Its sums run in another order, so where two chunk masses are within a rounding step of
+# each other at a cut, either may be kept (as between this code on CPU and on GPU).
+from . import adaptive  # noqa: E402  (COLUMN_DISCOUNT is read at call time: studies patch it)
+from .adaptive import chunk_masses  # noqa: E402
+from .estimate import FORCED, INVALID  # noqa: E402
+
+
+def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k_max`` entries by ``score``: (index, ranking key, mass), beyond-ceiling ones -inf."""
+    k = min(k_max, score.shape[-1])
+    key, idx = torch.topk(score, k, dim=-1, sorted=True)
+    rank = torch.arange(k, device=score.device)
+    ok = (rank[None, None, :] < ceiling[..., None]) & (key > float("-inf"))
+    key = torch.where(ok, key, float("-inf"))
+    return idx, key, torch.where(ok, mass.gather(-1, idx), 0.0)
+
+
+def _adaptive_sorted_desc(idx: torch.Tensor, keep: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """Kept indices (times ``scale``) sorted descending, ``INVALID`` after them."""
+    out = torch.where(keep, idx * scale, torch.full_like(idx, INVALID))
+    return torch.sort(out, dim=-1, descending=True).values.to(torch.int32).contiguous()
+
+
+def select_adaptive_reference(
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    layout: SeqLayout,
+    v_ceiling: torch.Tensor,
+    s_ceiling: torch.Tensor,
+    v_max: int,
+    s_max: int,
+    gamma: float,
+    keep_first: int = 30,
+    keep_diag: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``adaptive.select_adaptive`` written out in PyTorch ops (~95 launches on a GPU).
+
+    Scores and masses per column and chunk, a top-k per kind under the head's ceiling, one
+    sort of both lists by key, and the first key where the cumulative mass reaches ``gamma``
+    of the estimate rows' total as the threshold.
+    """
+    B, H, kv_max = vertical.shape
+    dev = vertical.device
+    kv_len = layout.kv_len.to(dev).long()
+    pos = torch.arange(kv_max, device=dev)
+    inside = pos[None, :] < kv_len[:, None]  # [B, kv]
+    total = vertical.sum(-1, keepdim=True)  # mass of the estimate rows, [B, H, 1]
+
+    # columns: the first keys are forced; the last keys' mass is the local band's, which the
+    # forced near chunks already hold for the estimate rows (no double counting)
+    near = pos[None, :] >= (kv_len[:, None] - BLOCK_N - keep_diag)
+    v_mass = torch.where((inside & ~near)[:, None, :], vertical, 0.0)
+    v_score = torch.where((pos < keep_first)[None, None, :], FORCED + (keep_first - pos),
+                          v_mass * (BLOCK_N * adaptive.COLUMN_DISCOUNT))
+    v_score = torch.where(inside[:, None, :], v_score, float("-inf"))
+    v_mass = torch.where((pos < keep_first)[None, None, :], vertical, v_mass)
+
+    # chunks: the ones holding the nearest keep_diag diagonals are forced
+    c_mass = chunk_masses(slash)
+    n_chunk = c_mass.shape[-1]
+    cpos = torch.arange(n_chunk, device=dev)
+    c_forced = (keep_diag - 1) // BLOCK_N + 1 if keep_diag > 0 else -1
+    c_inside = cpos[None, :] * BLOCK_N < kv_len[:, None] + BLOCK_N
+    c_score = torch.where((cpos <= c_forced)[None, None, :],
+                          FORCED + (c_forced - cpos).to(c_mass.dtype), c_mass)
+    c_score = torch.where(c_inside[:, None, :], c_score, float("-inf"))
+
+    # floors above a head's budget win: the budget is a ceiling on what the estimate adds
+    v_ceiling = v_ceiling.to(dev).clamp_min(keep_first)
+    s_ceiling = s_ceiling.to(dev).clamp_min(c_forced + 1)
+    v_max, s_max = max(v_max, keep_first), max(s_max, c_forced + 1)
+    v_idx, v_key, v_m = _adaptive_ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max)
+    c_idx, c_key, c_m = _adaptive_ranked(c_score, c_mass, s_ceiling[None, :].expand(B, H), s_max)
+
+    # joint ranking in mass per tile; the threshold key is the one where the target is reached
+    key = torch.cat([v_key, c_key], dim=-1)
+    mass = torch.cat([v_m, c_m], dim=-1)
+    key_sorted, order = torch.sort(key, dim=-1, descending=True)
+    reached = torch.cumsum(mass.gather(-1, order), dim=-1) >= gamma * total
+    # first position where the target is reached (the last one if it never is)
+    n_take = torch.where(reached.any(-1), reached.float().argmax(-1), key.shape[-1] - 1)
+    tau = key_sorted.gather(-1, n_take[..., None]).clamp_max(FORCED)  # floors always stay
+    keep_v = (v_key >= tau) & (v_key > float("-inf"))
+    keep_c = (c_key >= tau) & (c_key > float("-inf"))
+    cols = _adaptive_sorted_desc(v_idx, keep_v)
+    diags = _adaptive_sorted_desc(c_idx, keep_c, BLOCK_N)
+    return cols, keep_v.sum(-1, dtype=torch.int32), diags, keep_c.sum(-1, dtype=torch.int32)
