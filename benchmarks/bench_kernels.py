@@ -28,6 +28,7 @@ import glob
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -266,7 +267,7 @@ def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn,
     row = dict(input=input_kind, pattern=pattern, seq_len=q.shape[0], q_heads=n_heads,
                kv_heads=k.shape[1], head_dim=d, density=round(dens, 4), dense_ms=dense_ms,
                estimate_ms=est_ms, index_ms=index_ms, attn_ms=attn_ms,
-               total_ms=est_ms + index_ms + attn_ms, max_abs_err=err, kv="paged16")
+               total_ms=est_ms + index_ms + attn_ms, max_abs_err=err, kv=f"paged{PAGE}")
     if guard is not None and dens > guard:  # the backend's density guard: FA3 instead
         row["pattern"] = pattern + "+guard"
         row["attn_ms"] = dense_ms
@@ -401,15 +402,20 @@ def main() -> None:
         tokens = code_tokens(tok, max(args.seq_lens))
         print(f"{tokens.numel()} tokens of source code in {time.time() - t0:.1f}s", flush=True)
     rows: list[dict] = []
-    for L in args.seq_lens:
-        try:
-            bench_length(L, args, tokens, rows)
-        except torch.OutOfMemoryError as e:  # report the lengths that fit, skip the rest
-            print(f"L={L}: out of memory ({e}); skipped", flush=True)
-            torch.cuda.empty_cache()
+    # a `timeout` kill still writes the rows measured so far
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    try:
+        for L in args.seq_lens:
+            try:
+                bench_length(L, args, tokens, rows)
+            except torch.OutOfMemoryError as e:  # report the lengths that fit, skip the rest
+                print(f"L={L}: out of memory ({e}); skipped", flush=True)
+                torch.cuda.empty_cache()
+    finally:
         with open(args.out, "w") as f:
             name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
-            json.dump(dict(device=name, torch=torch.__version__, page=PAGE, rows=rows), f, indent=1)
+            json.dump(dict(device=name, torch=torch.__version__, page=PAGE, rows=rows), f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -23,55 +23,51 @@ SEARCHED="--set profile=qwen2.5-coder-0.5b-instruct-searched.json"
 # ------------------------------------------------------------------ call A
 A_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed"; do
-    timeout 130 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 32768 131072 \
-      --reps 5 --out $OUT/ttft.json
+    timeout 80 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
   done
-  timeout 100 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
-    --lengths 32768 131072 --out $OUT/ttft.json
-  for b in FLASH_ATTN minference; do
-    timeout 90 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
-  done
+  timeout 55 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 --out $OUT/ttft.json
+  timeout 95 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
 }
-A_kernels() {
-  timeout 170 python3 $B/bench_kernels.py --seq-lens 131072 --out $OUT/kernels.json
-  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
-    timeout 110 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama --layers 32 \
-      --lengths 32768 131072 --reps 1 --out $OUT/ttft.json
-  done
+A_accuracy() {
+  timeout 195 python3 $B/bench_accuracy.py --backend FLASH_ATTN --out $OUT/accuracy.json
+  timeout 100 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS --out $OUT/accuracy.json
 }
 
 # ------------------------------------------------------------------ call B
 B_long() {
-  timeout 250 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 524288 1048576 \
+  timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
     --out $OUT/ttft_long.json
-  timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+  timeout 70 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
     --out $OUT/ttft_long.json
-  timeout 95 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
-    --lengths 524288 1048576 --out $OUT/ttft_long.json
+  timeout 55 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 1048576 --out $OUT/ttft_long.json
 }
 B_accuracy() {
-  timeout 190 python3 $B/bench_accuracy.py --backend FLASH_ATTN --out $OUT/accuracy.json
   timeout 130 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode fixed --out $OUT/accuracy.json
-  timeout 120 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
-    --mode adaptive $FLOORS --out $OUT/accuracy.json
+  for b in FLASH_ATTN minference; do
+    timeout 80 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  done
 }
 
 # ------------------------------------------------------------------ call C
 C_tp2() {  # both GPUs: vllm serve with tensor parallelism 2, minference and FLASH_ATTN
-  timeout 250 python3 $B/check_serving.py --configs minference@tp2 FLASH_ATTN@tp2 \
+  timeout 215 python3 $B/check_serving.py --configs minference@tp2 FLASH_ATTN@tp2 \
     --logdir $LOGS --out $OUT/serving_tp2.json > $LOGS/tp2.log 2>&1
 }
 tight() {  # issue 7: default profile scaled to density ~0.1 vs the searched profile
-  local name=$1; shift
   timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode fixed --lengths 16384 32768 --ruler-lengths 16384 32768 "$@" \
     --out $OUT/accuracy_tight.json
   timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed "$@" \
     --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
 }
-C_default() { tight default --set budget_scale=0.05; }
-C_searched() { tight searched $SEARCHED; }
+C_default() { tight --set budget_scale=0.05; }
+C_searched() { tight $SEARCHED; }
 
 wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs still come back
   while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $1 ]; do sleep 3; done
@@ -84,10 +80,10 @@ wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs st
 }
 
 case "$1" in
-  A) lane 0 A_ttft; lane 1 A_kernels; wait_lanes 400 ;;
-  B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 455 ;;
-  C) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2)
-     lane 0 C_default; lane 1 C_searched; wait_lanes 430 ;;
+  A) lane 0 A_ttft; lane 1 A_accuracy; wait_lanes 300 ;;
+  B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 300 ;;
+  C) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2) ;;
+  D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv > $LOGS/nvidia-smi.txt 2>&1
