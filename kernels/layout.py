@@ -71,20 +71,15 @@ class SeqLayout:
         blocks_per_seq = [triton.cdiv(ql, BLOCK_M) for ql in q_lens]
         blk_seq = [b for b, n in enumerate(blocks_per_seq) for _ in range(n)]
         blk_m = [m for n in blocks_per_seq for m in range(n)]
-        host = torch.tensor(
-            [q_starts, q_lens, kv_lens], dtype=torch.int32
-        ).reshape(3, -1)
-        blocks = torch.tensor([blk_seq, blk_m], dtype=torch.int32)
-        if torch.device(device).type == "cuda":
-            host, blocks = host.pin_memory(), blocks.pin_memory()
-        host = host.to(device, non_blocking=True)
-        blocks = blocks.to(device, non_blocking=True)
+        host = _aligned_rows([q_starts, q_lens, kv_lens], device)
+        blocks = _aligned_rows([blk_seq, blk_m], device)
+        B, NB = len(q_lens), len(blk_seq)
         return SeqLayout(
-            q_start=host[0],
-            q_len=host[1],
-            kv_len=host[2],
-            blk_seq=blocks[0],
-            blk_m=blocks[1],
+            q_start=host[0, :B],
+            q_len=host[1, :B],
+            kv_len=host[2, :B],
+            blk_seq=blocks[0, :NB],
+            blk_m=blocks[1, :NB],
             num_seqs=len(q_lens),
             num_blocks=len(blk_seq),
             max_q_len=max(q_lens),
@@ -123,6 +118,22 @@ class SeqLayout:
             cached = self.dense_tiles().sum()
             self.__dict__["_total_dense_tiles"] = cached
         return cached
+
+
+def _aligned_rows(rows: list[Sequence[int]], device: torch.device | str) -> torch.Tensor:
+    """int32 rows on the device, each starting 16-byte aligned.
+
+    Triton compiles a kernel variant per pointer alignment (16 bytes or not): rows packed
+    back to back would change alignment with the batch size and the number of query blocks,
+    and recompile the kernels (seconds) in the middle of serving.
+    """
+    width = max(4, -(-max(len(r) for r in rows) // 4) * 4)
+    t = torch.zeros(len(rows), width, dtype=torch.int32)
+    for i, r in enumerate(rows):
+        t[i, :len(r)] = torch.tensor(r, dtype=torch.int32)
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)

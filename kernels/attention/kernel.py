@@ -90,7 +90,7 @@ def _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt, KV_STAR
     return off
 
 
-@triton.jit(do_not_specialize=["stride_lh", "stride_dh", "NB"])
+@triton.jit(do_not_specialize=["stride_lh", "stride_dh", "NB", "stride_bt"])
 def _sparse_attn_fwd_kernel(
     Q, O, LSE, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lh,

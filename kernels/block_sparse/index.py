@@ -20,7 +20,7 @@ from ..worklist import DESC_FIELDS, WorkList
 MIN_BLOCKS = 3  # sink + up to two diagonal tiles
 
 
-@triton.jit(do_not_specialize=["stride_ob", "stride_oh", "N_TILES"])
+@triton.jit(do_not_specialize=["stride_ob", "stride_oh", "N_TILES", "stride_bt"])
 def _pool_keys_kernel(
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START, KV_LEN, OUT,
     stride_ob, stride_oh, N_TILES,

@@ -168,7 +168,7 @@ def _adaptive_rank_kernel(
     COLS, N_COLS, DIAGS, N_DIAGS,
     kv_max, n_chunk, n_part, k_v, k_c, keep_first, keep_diag, c_forced, gamma,
     FORCED_KEY: tl.constexpr, INVALID_IDX: tl.constexpr, LOG_V: tl.constexpr,
-    LOG_C: tl.constexpr, LOG_P: tl.constexpr, BPART: tl.constexpr, SCAN: tl.constexpr,
+    LOG_C: tl.constexpr, LOG_P: tl.constexpr, PB: tl.constexpr, SCAN: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Joint ranking of one (sequence, head): threshold, kept lines sorted, counts.
@@ -188,8 +188,10 @@ def _adaptive_rank_kernel(
     # floors above a head's budget win: the budget is a ceiling on what the estimate adds
     v_ceil = tl.maximum(tl.load(V_CEIL + h), keep_first)
     s_ceil = tl.maximum(tl.load(S_CEIL + h), c_forced + 1)
-    q = tl.arange(0, BPART)
-    total = tl.sum(tl.load(PART + row * n_part + q, mask=q < n_part, other=0.0), axis=0)
+    total = tl.zeros([], tl.float32)
+    for q0 in range(0, n_part, PB):
+        q = q0 + tl.arange(0, PB)
+        total += tl.sum(tl.load(PART + row * n_part + q, mask=q < n_part, other=0.0), axis=0)
 
     # joint order: ascending columns then descending chunks form a bitonic sequence; the
     # beyond-ceiling entries rank as -inf
@@ -304,12 +306,18 @@ def select_adaptive(
     v_key, v_idx = torch.topk(v_score, k_v, dim=-1, sorted=True)
     c_key, c_idx = torch.topk(c_score, k_c, dim=-1, sorted=True)
 
-    log_p = _log_block(k_v + k_c)
+    # Block sizes never follow the length, and follow the budgets only past the default
+    # profile's (1000 columns / 6096 chunks): every distinct value compiles a new kernel
+    # variant (seconds, inside a serving step), a long prefill passes through every length,
+    # and the model-load warm-up (tiny budgets) must compile the variant serving uses.
+    v_cap, c_cap = max(v_max, keep_first), max(s_max, c_forced + 1)
+    log_v, log_c = max(10, _log_block(v_cap)), max(13, _log_block(c_cap))
+    log_p = max(13, _log_block(v_cap + c_cap))
     _adaptive_rank_kernel[(H, B)](
         v_key, v_idx, c_key, c_idx, vertical, c_mass, c_flag, part, kv_len,
         v_ceiling.to(dev), s_ceiling.to(dev), cols, n_cols, diags, n_diags,
         kv_max, n_chunk, n_part, k_v, k_c, keep_first, keep_diag, c_forced, gamma,
-        FORCED_KEY=FORCED, INVALID_IDX=INVALID, LOG_V=_log_block(k_v), LOG_C=_log_block(k_c),
-        LOG_P=log_p, BPART=1 << _log_block(n_part), SCAN=SCAN_CHUNKS, BLOCK_N=BLOCK_N,
+        FORCED_KEY=FORCED, INVALID_IDX=INVALID, LOG_V=log_v, LOG_C=log_c,
+        LOG_P=log_p, PB=64, SCAN=SCAN_CHUNKS, BLOCK_N=BLOCK_N,
         num_warps=8 if log_p >= 12 else 4)
     return cols, n_cols, diags, n_diags

@@ -73,7 +73,7 @@ def _program_rows(Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN,
     return b, hs, qh // GROUP, kv_len, q, q_pos, row_ok
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _estimate_stats_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
@@ -130,7 +130,7 @@ def _estimate_combine_kernel(M_PART, L_PART, M_ROW, L_ROW, n_split,
     tl.store(L_ROW + bh * LAST + i, l_row)
 
 
-@triton.jit(do_not_specialize=["stride_vb", "stride_vh"])
+@triton.jit(do_not_specialize=["stride_vb", "stride_vh", "stride_bt"])
 def _estimate_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,

@@ -1,0 +1,122 @@
+"""One compiled variant per kernel and model: no Triton recompiles as a long prompt grows.
+
+Every distinct value of a ``tl.constexpr`` (and every change of an int argument's
+specialisation class, unless the kernel lists it in ``do_not_specialize``) compiles a new
+kernel variant, seconds each.  Inside a serving step that is a stall: a 1M-token prefill
+passes through every sequence length, so anything derived from the length must stay out
+of the compile key.  This test runs the whole plan + attention at two very different
+geometries and checks that each kernel is launched with the same compile key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections import defaultdict
+
+import pytest
+import torch
+
+from vllm_minference.kernels import (HeadPattern, KVSource, LayerPatterns, SeqLayout, plan_layer,
+                                     sparse_attention)
+
+KERNEL_MODULES = [
+    "vllm_minference.kernels.attention.kernel",
+    "vllm_minference.kernels.vertical_slash.estimate",
+    "vllm_minference.kernels.vertical_slash.adaptive",
+    "vllm_minference.kernels.vertical_slash.index",
+    "vllm_minference.kernels.block_sparse.index",
+]
+
+
+class Recorder:
+    """Stands in for a Triton kernel: records each launch's compile key, then launches."""
+
+    def __init__(self, name, kernel, calls):
+        self.name, self.kernel, self.calls = name, kernel, calls
+        self.dont = set(kernel.kwargs.get("do_not_specialize") or []) if hasattr(
+            kernel, "kwargs") else set(getattr(kernel, "do_not_specialize", []) or [])
+        params = inspect.signature(kernel.fn).parameters
+        self.constexprs = {n for n, p in params.items() if "constexpr" in str(p.annotation)}
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            names = self.kernel.arg_names
+            values = dict(zip(names, args)) | kwargs
+            consts = {k: v for k, v in values.items() if k in self.constexprs}
+            # Triton also specialises pointers on 16-byte alignment
+            consts |= {f"{k}%16": v.data_ptr() % 16 == 0 for k, v in values.items()
+                       if isinstance(v, torch.Tensor)}
+            consts |= {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+            ints = {k: v for k, v in values.items() if isinstance(v, int)
+                    and not isinstance(v, bool) and k not in self.constexprs and k not in self.dont}
+            # Triton specialises a plain int on "== 1" and "divisible by 16"
+            self.calls[self.name].append((tuple(sorted(consts.items())),
+                                          {k: (v == 1, v % 16 == 0, v) for k, v in ints.items()}))
+            return launch(*args, **kwargs)
+        return run
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    calls = defaultdict(list)
+    for mod_name in KERNEL_MODULES:
+        mod = importlib.import_module(mod_name)
+        for attr, obj in list(vars(mod).items()):
+            # launched kernels only (device helpers are called from inside kernels)
+            if attr.endswith("_kernel") and hasattr(obj, "arg_names"):
+                monkeypatch.setattr(mod, attr, Recorder(f"{mod_name}.{attr}", obj, calls))
+    return calls
+
+
+def run_layer(q_len: int, kv_len: int, mode: str, device: str) -> None:
+    """Plan + attention of one chunk at the end of ``kv_len`` keys, in vLLM's cache layout
+    (K and V packed in the last dim) with a block table as wide as vLLM makes it for a
+    128K model with 64-token pages (2049: not a multiple of 16)."""
+    H, Hk, D, page, table_width = 4, 2, 64, 64, 2049
+    g = torch.Generator().manual_seed(kv_len)
+    q = torch.randn(q_len, H, D, generator=g).to(device, torch.float16)
+    n_pages = -(-kv_len // page)
+    cache = torch.randn(n_pages + 1, page, Hk, 2 * D, generator=g).to(device, torch.float16)
+    kc, vc = cache.split(D, dim=-1)
+    bt = torch.zeros(1, table_width, dtype=torch.int32)
+    bt[0, :n_pages] = torch.arange(1, n_pages + 1)
+    kv = KVSource.paged(kc, vc, bt.to(device))
+    layout = SeqLayout.from_lengths([q_len], [kv_len], device)
+    # the default profile's budgets (MInference's 1000 columns / 6096 diagonals)
+    heads = [HeadPattern("vertical_and_slash", 1000, 6096)] * 2 + [
+        HeadPattern("block_sparse", 8), HeadPattern("stream_llm", 64, 256)]
+    gamma = 0.9 if mode == "adaptive" else None
+    patterns = LayerPatterns.from_heads(heads, device, gamma=gamma)
+    wl = plan_layer(q, kv, layout, patterns)
+    sparse_attention(q, kv, layout, wl)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_kernels_compile_once_whatever_the_length(recorded, device, mode, monkeypatch):
+    from vllm_minference import warmup
+    monkeypatch.setattr(warmup, "_done", set())
+    # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
+    assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
+                                  gamma=0.9 if mode == "adaptive" else None)
+    run_layer(64, 700, mode, device)
+    run_layer(256, 9000, mode, device)  # > one estimate split (4096 keys); 4 query blocks
+    assert recorded, "no kernel launch was recorded"
+    for name, calls in recorded.items():
+        keys = {c[0] for c in calls}
+        assert len(keys) == 1, f"{name} compiles per length: {keys}"
+        classes = defaultdict(set)
+        for _, ints in calls:
+            for arg, (one, div16, _) in ints.items():
+                classes[arg].add((one, div16))
+        varying = sorted(a for a, cls in classes.items() if len(cls) > 1)
+        values = defaultdict(set)
+        for _, ints in calls:
+            for arg, (_, _, v) in ints.items():
+                values[arg].add(v)
+        unlisted = sorted(a for a, v in values.items() if len(v) > 1)
+        assert not varying and not unlisted, (
+            f"{name}: int arguments that change with the length but are specialised: "
+            f"{unlisted or varying} (add them to do_not_specialize)")
