@@ -56,7 +56,7 @@ B_accuracy() {
 
 # ------------------------------------------------------------------ call C
 C_tp2() {  # both GPUs: vllm serve with tensor parallelism 2, minference and FLASH_ATTN
-  timeout 215 python3 $B/check_serving.py --configs minference@tp2 FLASH_ATTN@tp2 \
+  timeout 195 python3 $B/check_serving.py --configs minference@tp2 FLASH_ATTN@tp2 \
     --logdir $LOGS --out $OUT/serving_tp2.json > $LOGS/tp2.log 2>&1
 }
 tight() {  # issue 7: default profile scaled to density ~0.1 vs the searched profile
@@ -65,6 +65,14 @@ tight() {  # issue 7: default profile scaled to density ~0.1 vs the searched pro
     --out $OUT/accuracy_tight.json
   timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed "$@" \
     --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
+}
+E_fixed() {  # 1M again: call B's 70/55 s limits were shorter than start-up + warm-up
+  timeout 115 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+    --out $OUT/ttft_long.json
+}
+E_adaptive() {
+  timeout 115 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 1048576 --out $OUT/ttft_long.json
 }
 C_default() { tight --set budget_scale=0.05; }
 C_searched() { tight $SEARCHED; }
@@ -83,6 +91,10 @@ case "$1" in
   A) lane 0 A_ttft; lane 1 A_accuracy; wait_lanes 300 ;;
   B) lane 0 B_long; lane 1 B_accuracy; wait_lanes 300 ;;
   C) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2) ;;
+  E) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; C_tp2)
+     lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 325 ;;
+  F) pkill -KILL -f "vllm serve"; pkill -KILL -f EngineCore; sleep 2
+     lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 125 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -4,8 +4,9 @@
 
 ``RAW_DIR`` holds what the device calls wrote (``kernels.json``, ``ttft*.json``,
 ``decode.json``, ``accuracy.json``, ``serving.json``).  Writes into ``benchmarks/results/``:
-``kernels-<device>.json``, ``ttft-<device>.json``, ``accuracy-qwen2.5-coder-0.5b.json``,
-``serving-<device>.json``, a PNG per table, and ``RESULTS.md`` with the markdown tables.
+``kernels-<device>.json``, ``ttft-<device>.json``, ``accuracy-qwen2.5-coder-0.5b-<device>.json``,
+``serving-<device>.json``, a PNG per table, and ``RESULTS-<device>.md`` with the markdown
+tables.
 Every number comes from the raw files; nothing is computed here but pairing and ratios.
 """
 
@@ -79,11 +80,16 @@ def output_agreement(raw_rows: list[dict]) -> list[dict]:
     return rows
 
 
-def plot_ttft(rows: list[dict], path: str) -> None:
+def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    dense = sorted({(r["seq_len"], r["dense_s"]) for r in rows
+                    if r["kind"] == "ttft" and r["model"] == "real" and r["tp"] == 1})
+    if dense:
+        a1.plot([d[0] for d in dense], [d[1] for d in dense], ".-", color="gray", alpha=0.6,
+                label="FLASH_ATTN (Qwen2.5-Coder-0.5B)")
     for (model, mode), style in [(("real", "adaptive"), "o-"), (("real", "fixed"), "s--"),
                                  (("dummy-llama", "adaptive"), "^:")]:
         rs = sorted((r for r in rows if r["kind"] == "ttft" and r["model"] == model
@@ -94,7 +100,7 @@ def plot_ttft(rows: list[dict], path: str) -> None:
         x = [r["seq_len"] for r in rs]
         label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + f", {mode}"
         a1.plot(x, [r["minference_s"] for r in rs], style, label=f"minference ({label})")
-        if mode != "fixed":
+        if model != "real":
             a1.plot(x, [r["dense_s"] for r in rs], style[0] + "-", color="gray", alpha=0.6,
                     label=f"FLASH_ATTN ({label.split(',')[0]})")
         a2.plot(x, [r["speedup"] for r in rs], style, label=label)
@@ -108,7 +114,7 @@ def plot_ttft(rows: list[dict], path: str) -> None:
     a2.set_ylabel("speedup over FLASH_ATTN")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.suptitle("vLLM 0.26 TTFT, minference vs FLASH_ATTN (H100)")
+    fig.suptitle(f"vLLM 0.26 TTFT, minference vs FLASH_ATTN ({device.upper()})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -208,11 +214,13 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
 def accuracy_table(rows: list[dict]) -> str:
     cfgs = sorted({r["label"] for r in rows})
     by = defaultdict(lambda: defaultdict(list))
-    dense = defaultdict(list)
+    dense_by = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[(r["task"], r["length"])][r["label"]].append(r["minference"])
-        if r["label"] == cfgs[0]:
-            dense[(r["task"], r["length"])].append(r["dense"])
+        dense_by[(r["task"], r["length"])][r["label"]].append(r["dense"])
+    # the dense score of a cell, from the first configuration that has the cell (a run cut
+    # short may lack some)
+    dense = {cell: next(v for c in cfgs if (v := per.get(c))) for cell, per in dense_by.items()}
     head = " | ".join(cfgs)
     lines = [f"| task | length | dense | {head} |", "|---|---|---|" + "---|" * len(cfgs)]
     for (task, n), per in sorted(by.items()):
@@ -265,6 +273,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("raw", help="folder with the raw JSON of the device calls")
     ap.add_argument("--device", default="h100")
+    ap.add_argument("--exclude-mode", action="append", default=[],
+                    help="leave a minference mode out of the published TTFT/accuracy tables "
+                         "(e.g. a run known to be invalid; the raw JSON keeps it)")
     args = ap.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     md = []
@@ -283,11 +294,11 @@ def main() -> None:
                     glob.glob(os.path.join(args.raw, "decode*.json"))):
         raw_ttft += load(p)
     if raw_ttft:
-        rows = pair_ttft(raw_ttft)
+        rows = [r for r in pair_ttft(raw_ttft) if r["mode"] not in args.exclude_mode]
         agree = output_agreement(raw_ttft)
         with open(os.path.join(RESULTS, f"ttft-{dev}.json"), "w") as f:
             json.dump(dict(rows=rows, output_agreement=agree, raw=raw_ttft), f, indent=1)
-        plot_ttft(rows, os.path.join(RESULTS, f"ttft-{dev}.png"))
+        plot_ttft(rows, os.path.join(RESULTS, f"ttft-{dev}.png"), dev)
         md += ["### TTFT through vLLM", "",
                "| model | tp | tokens | mode | FLASH_ATTN s | minference s | speedup |",
                "|---|---|---|---|---|---|---|"]
@@ -309,10 +320,11 @@ def main() -> None:
 
     apaths = sorted(glob.glob(os.path.join(args.raw, "accuracy*.json")))
     if apaths:
-        rows = pair_accuracy([r for p in apaths for r in load(p)])
-        with open(os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.json"), "w") as f:
+        rows = [r for r in pair_accuracy([r for p in apaths for r in load(p)])
+                if r["mode"] not in args.exclude_mode]
+        with open(os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.json"), "w") as f:
             json.dump(rows, f, indent=0)
-        plot_accuracy(rows, os.path.join(RESULTS, "accuracy-qwen2.5-coder-0.5b.png"))
+        plot_accuracy(rows, os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.png"))
         md += ["### Accuracy (% correct, mean over depths and seeds)", "", accuracy_table(rows), ""]
 
     spath = os.path.join(args.raw, "serving.json")
@@ -331,7 +343,7 @@ def main() -> None:
                       f"{ld['wall_s']:.2f} | {ld['requests_per_s']:.2f} | {ld['ttft_p50_s']:.2f} | "
                       f"{ld['ttft_p99_s']:.2f} | {e.get('mem_mib_start')} → {e.get('mem_mib_end')} |")
         md.append("")
-    with open(os.path.join(RESULTS, "RESULTS.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"RESULTS-{dev}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 

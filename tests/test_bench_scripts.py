@@ -163,3 +163,14 @@ def test_accuracy_columns_keep_configs_apart_by_every_setting():
                       "fixed ×0.05 profile=qwen-searched": 100.0}
     table = summarize_results.accuracy_table(rows)
     assert table.count("|---") == 3 + len(labels) and "profile=qwen-searched" in table
+
+
+def test_accuracy_table_when_a_config_lacks_cells():
+    def r(mode, cfg, length, score):
+        return dict(task="passkey", length=length, depth=50, seed=0, score=score, mode=mode,
+                    config=cfg)
+    raw = [r("dense", {}, 8192, 1.0), r("dense", {}, 131072, 1.0),
+           r("adaptive", {"mode": "adaptive"}, 8192, 1.0),  # cut short: no 128K cell
+           r("fixed", {"mode": "fixed"}, 8192, 0.0), r("fixed", {"mode": "fixed"}, 131072, 1.0)]
+    table = summarize_results.accuracy_table(summarize_results.pair_accuracy(raw))
+    assert "| passkey | 128K | 100.0 |  | 100.0 |" in table
