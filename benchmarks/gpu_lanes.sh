@@ -74,6 +74,20 @@ E_adaptive() {
   timeout 115 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
     --lengths 1048576 --out $OUT/ttft_long.json
 }
+# next session: the adaptive numbers this session could not give (JIT recompiles, fixed since)
+G_adaptive() {
+  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 32768 131072 524288 --out $OUT/ttft_adaptive.json
+  timeout 120 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 1048576 --out $OUT/ttft_adaptive.json
+}
+G_accuracy() {
+  timeout 240 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS --out $OUT/accuracy_adaptive.json
+}
+jit_check() {  # Triton compiles during inference, per log (should be none after warm-up)
+  grep -c "JIT compilation during inference" $LOGS/*.log > $OUT/jit_warnings.txt 2>&1
+}
 C_default() { tight --set budget_scale=0.05; }
 C_searched() { tight $SEARCHED; }
 
@@ -95,6 +109,7 @@ case "$1" in
      lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 325 ;;
   F) pkill -KILL -f "vllm serve"; pkill -KILL -f EngineCore; sleep 2
      lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 125 ;;
+  G) lane 0 G_adaptive; lane 1 G_accuracy; wait_lanes 300; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -206,7 +206,8 @@ class MInferenceBackend(FlashAttentionBackend):
 
         A 64-key chunk of the sparse kernel then spans at most two pages, found with two
         scalar block-table loads instead of one load per key: with vLLM's default 16-token
-        pages the sparse kernel ran 25-35% slower on the H100 (benchmarks/tune_kernels.py).
+        pages the sparse kernel ran 5-20% slower on the H100 (benchmarks/tune_kernels.py,
+        dense-like lists the most).
         FlashAttention (dense rows, decode) takes any multiple of 16.
         """
         return max(default_block_size, PREFERRED_PAGE_SIZE)
