@@ -174,3 +174,27 @@ def test_accuracy_table_when_a_config_lacks_cells():
            r("fixed", {"mode": "fixed"}, 8192, 0.0), r("fixed", {"mode": "fixed"}, 131072, 1.0)]
     table = summarize_results.accuracy_table(summarize_results.pair_accuracy(raw))
     assert "| passkey | 128K | 100.0 |  | 100.0 |" in table
+
+
+@pytest.mark.parametrize("bm,bn", [(64, 64), (128, 64), (128, 128)])
+def test_tile_shape_probe_equals_causal_attention(bm, bn):
+    """The dense probe of benchmarks/tune_tile_shape.py computes causal GQA attention,
+    contiguous and through a shuffled 16-token page table."""
+    import torch
+    import tune_tile_shape
+    L, H, Hk, D, page = 256, 4, 2, 64, 16
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(L, h, D, generator=g).half() for h in (H, Hk, Hk))
+    n = L // page
+    perm = torch.randperm(n, generator=g)
+    kc = torch.empty(n, page, Hk, D, dtype=torch.half)
+    vc = torch.empty_like(kc)
+    kc[perm], vc[perm] = k.view(n, page, Hk, D), v.view(n, page, Hk, D)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float().transpose(0, 1), k.float().repeat_interleave(H // Hk, 1).transpose(0, 1),
+        v.float().repeat_interleave(H // Hk, 1).transpose(0, 1), is_causal=True).transpose(0, 1)
+    for paged in (False, True):
+        out = tune_tile_shape.probe(q, kc if paged else k, vc if paged else v,
+                                    perm.int()[None].contiguous() if paged else q,
+                                    paged, bm, bn, 4, 2)
+        assert float((out.float() - want).norm() / want.norm()) < 2e-3
