@@ -141,22 +141,54 @@ def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int) -> t
     return keys
 
 
+def chunk_keys(q, k, scale, rule_fns, blocks: list[int], chunk: int, profiles=None,
+               layer=None) -> list[tuple[str, torch.Tensor]]:
+    """Keys per rule as vLLM's chunked prefill plans them: each sampled block gets the
+    selection estimated from the last 64 rows of *its* ``chunk``-token prefill chunk
+    (against the keys up to that chunk's end), not from the prompt's last 64 rows."""
+    N, H, D = q.shape
+    parts: dict[str, torch.Tensor] = {}
+    for c0 in range(0, N, chunk):
+        c1 = min(N, c0 + chunk)
+        idx = [i for i, b in enumerate(blocks) if c0 <= b * BLOCK_M < c1]
+        if not idx:
+            continue
+        layout_c = SeqLayout.from_lengths([c1 - c0], [c1], "cpu")
+        kv = KVSource.contiguous(k[:c1], k[:c1], [c1])
+        v, s = estimate_reference(q[c0:c1], kv, layout_c, list(range(H)), scale)
+        v, s = v.float(), s.float()
+        mine = [blocks[i] for i in idx]
+        found = [(name, block_keys(fn(v, s, layout_c, H), layout_c, mine, H, N))
+                 for name, fn in rule_fns.items() if MULTI not in name]
+        found += [(name, profile_keys(prof.layers[layer], v, s, layout_c, mine, N))
+                  for name, prof in (profiles or {}).items()]
+        for name, keys in found:
+            if name not in parts:
+                parts[name] = torch.zeros(H, len(blocks), N, dtype=torch.bool)
+            parts[name][:, idx] = keys
+    return list(parts.items())
+
+
 @torch.no_grad()
-def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None) -> dict:
+def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
+                chunk: int | None = None) -> dict:
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
-    kv = KVSource.contiguous(k, k, [N])
-    v, s = estimate_reference(q, kv, layout, list(range(H)), scale)
-    v, s = v.float(), s.float()
     blocks = sample_blocks(layout.num_blocks, n_blocks)
-    starts = [max(0, (N * f) // 4 // BLOCK_M * BLOCK_M) for f in (1, 2, 3)] + [N - BLOCK_M]
-    v4, s4 = estimate_blocks(q, k, scale, starts)
-    named_keys = []
-    for name, fn in rule_fns.items():
-        vv, ss = (v4, s4) if MULTI in name else (v, s)
-        named_keys.append((name, block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)))
-    for name, prof in (profiles or {}).items():
-        named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N)))
+    if chunk:
+        named_keys = chunk_keys(q, k, scale, rule_fns, blocks, chunk, profiles, layer)
+    else:
+        kv = KVSource.contiguous(k, k, [N])
+        v, s = estimate_reference(q, kv, layout, list(range(H)), scale)
+        v, s = v.float(), s.float()
+        starts = [max(0, (N * f) // 4 // BLOCK_M * BLOCK_M) for f in (1, 2, 3)] + [N - BLOCK_M]
+        v4, s4 = estimate_blocks(q, k, scale, starts)
+        named_keys = []
+        for name, fn in rule_fns.items():
+            vv, ss = (v4, s4) if MULTI in name else (v, s)
+            named_keys.append((name, block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)))
+        for name, prof in (profiles or {}).items():
+            named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N)))
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
     recall = block_recall(q, k, scale, layout, blocks, keys)  # [C, H]
@@ -198,6 +230,9 @@ def main() -> None:
                     help="profile files (or bundled names) to measure as well")
     ap.add_argument("--scales", type=float, nargs="*", default=[],
                     help="extra fixed-budget scales to measure (e.g. 0.05 for a tight budget)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="estimate per prefill chunk of this many tokens, as vLLM's chunked "
+                         "prefill does (default: one estimate from the prompt's last rows)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,16 +263,18 @@ def main() -> None:
     from vllm_minference.profiles import bundled_dir, load_profile
     profiles = {f"profile {os.path.basename(p)}": load_profile(
         p if os.path.exists(p) else bundled_dir() / p) for p in args.profiles}
-    result = dict(model=args.model, prompt=args.prompt, length=len(ids), layers={})
+    result = dict(model=args.model, prompt=args.prompt, length=len(ids), chunk=args.chunk,
+                  layers={})
     for li in sorted(captured):
         q, k, scale = captured[li]
-        result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li)
+        result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
+                                           chunk=args.chunk)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
-    for n in list(fns) + list(profiles):
+    for n in [n for n in fns if not (args.chunk and MULTI in n)] + list(profiles):
         rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
         ds = [x for L in result["layers"].values() for x in L[n]["density"]]
         summary[n] = dict(mean_recall=sum(rs) / len(rs), min_recall=min(rs),
