@@ -31,8 +31,10 @@ from vllm_minference.kernels import KVSource, SeqLayout  # noqa: E402
 from vllm_minference.kernels.layout import BLOCK_M, BLOCK_N  # noqa: E402
 from vllm_minference.kernels.vertical_slash import adaptive  # noqa: E402
 from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slash  # noqa: E402
-from vllm_minference.kernels.vertical_slash.index import merge_diagonals  # noqa: E402
-from vllm_minference.kernels.vertical_slash.reference import estimate_reference  # noqa: E402
+# the torch definitions of the kernels' index steps: the study runs on a CPU without Triton
+from vllm_minference.kernels.vertical_slash.reference import (  # noqa: E402
+    estimate_reference, merge_diagonals_reference as merge_diagonals,
+    select_adaptive_reference)
 from vllm_minference.search import block_recall, capture_attention, sample_blocks  # noqa: E402
 
 BUDGET = (1000, 6096)
@@ -54,8 +56,8 @@ def rules(gammas: list[float], scales: list[float] = ()) -> dict:
                 adaptive.COLUMN_DISCOUNT = discount
             try:
                 b = torch.full((H,), BUDGET[0]), torch.full((H,), BUDGET[1])
-                return adaptive.select_adaptive(v, s, layout, b[0], b[1], *BUDGET, gamma=gamma,
-                                                keep_first=keep_first, keep_diag=keep_diag)
+                return select_adaptive_reference(v, s, layout, b[0], b[1], *BUDGET, gamma=gamma,
+                                                 keep_first=keep_first, keep_diag=keep_diag)
             finally:
                 adaptive.COLUMN_DISCOUNT = old
         return sel
