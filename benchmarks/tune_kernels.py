@@ -56,8 +56,8 @@ def main() -> None:
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--configs", default="w4s3c1,w4s3c2",
-                    help="comma list of w<warps>s<stages>c<chunks per loop step>[ws][np] (ws: "
-                    "warp-specialized loop, np: no chunk-metadata prefetch)")
+                    help="comma list of w<warps>s<stages>c<chunks per loop step>[ws] (ws: "
+                    "warp-specialized loop)")
     ap.add_argument("--pages", default="16", help="comma list of paged-cache page sizes")
     ap.add_argument("--lists", default="dense,vs_far0.1")
     ap.add_argument("--out", default=None)
@@ -127,15 +127,13 @@ def main() -> None:
                 for cfg in args.configs.split(","):
                     nw = int(cfg[1:cfg.index("s")])
                     ns = int(cfg[cfg.index("s") + 1:cfg.index("c")])
-                    np_ = cfg.endswith("np")  # np: no metadata prefetch
-                    core = cfg.removesuffix("np")
-                    ws = core.endswith("ws")
-                    cpt = int(core[core.index("c") + 1:].removesuffix("ws"))
+                    ws = cfg.endswith("ws")
+                    cpt = int(cfg[cfg.index("c") + 1:].removesuffix("ws"))
                     try:
                         t = bench_ms(
                             lambda: sparse_attention(q, kv, layout, wl, num_warps=nw,
                                                      num_stages=ns, chunks_per_iter=cpt,
-                                                     warp_specialize=ws, prefetch=not np_),
+                                                     warp_specialize=ws),
                         )
                     except Exception as e:  # out of resources etc.
                         print(f"  {name} {kvname} {cfg}: failed {type(e).__name__}: {e}")

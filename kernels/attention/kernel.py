@@ -102,7 +102,6 @@ def _sparse_attn_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, CPT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
     WRITE_LSE: tl.constexpr, PREC: tl.constexpr, WS: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     blk = NB - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -135,27 +134,18 @@ def _sparse_attn_fwd_kernel(
     # key addresses of a step depend on these scalar loads, which the pipeliner cannot hide
     meta = _chunk_meta(CHUNKS, chunk_ptr, 0 < chunk_cnt, base, kv_len, first_pos, b, BT,
                        stride_bt, CHUNK, PAGE, PAGED)
-    meta_1 = _chunk_meta(CHUNKS, chunk_ptr + 1, 1 < chunk_cnt, base, kv_len, first_pos, b, BT,
-                         stride_bt, CHUNK, PAGE, PAGED)
+    meta_1 = meta
+    if CPT == 2:
+        meta_1 = _chunk_meta(CHUNKS, chunk_ptr + 1, 1 < chunk_cnt, base, kv_len, first_pos, b,
+                             BT, stride_bt, CHUNK, PAGE, PAGED)
     for j in tl.range(0, chunk_cnt, CPT, warp_specialize=WS):
         k0, floor, need, first, page_a, page_b = meta
-        if PREFETCH:
-            meta = _chunk_meta(CHUNKS, chunk_ptr + j + CPT, j + CPT < chunk_cnt, base, kv_len,
-                               first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
-        else:
-            k0, floor, need, first, page_a, page_b = _chunk_meta(
-                CHUNKS, chunk_ptr + j, j < chunk_cnt, base, kv_len, first_pos, b, BT,
-                stride_bt, CHUNK, PAGE, PAGED)
+        meta = _chunk_meta(CHUNKS, chunk_ptr + j + CPT, j + CPT < chunk_cnt, base, kv_len,
+                           first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
         if CPT == 2:
             k0_1, floor_1, need_1, first_1, page_a1, page_b1 = meta_1
-            if PREFETCH:
-                meta_1 = _chunk_meta(CHUNKS, chunk_ptr + j + CPT + 1, j + CPT + 1 < chunk_cnt,
-                                     base, kv_len, first_pos, b, BT, stride_bt, CHUNK, PAGE,
-                                     PAGED)
-            else:
-                k0_1, floor_1, need_1, first_1, page_a1, page_b1 = _chunk_meta(
-                    CHUNKS, chunk_ptr + j + 1, j + 1 < chunk_cnt, base, kv_len, first_pos, b,
-                    BT, stride_bt, CHUNK, PAGE, PAGED)
+            meta_1 = _chunk_meta(CHUNKS, chunk_ptr + j + CPT + 1, j + CPT + 1 < chunk_cnt,
+                                 base, kv_len, first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
             keys = tl.where(second, k0_1, k0) + within
             valid = (keys >= tl.where(second, floor_1, floor)) & (keys >= 0) & (keys < kv_len)
             off = _tile_offsets(keys, kv_len, b, tl.where(second, first_1, first),
@@ -215,7 +205,6 @@ def sparse_attention(
     num_stages: int = 3,
     chunks_per_iter: int | None = None,
     warp_specialize: bool = False,
-    prefetch: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` (``[tokens, heads, D]``) over the keys its work list names.
 
@@ -258,7 +247,7 @@ def sparse_attention(
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
             NB=layout.num_blocks, GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CPT=chunks_per_iter, WRITE_LSE=return_lse,
-            PREC=dot_precision(q.dtype), WS=warp_specialize, PREFETCH=prefetch,
+            PREC=dot_precision(q.dtype), WS=warp_specialize,
             num_warps=num_warps, num_stages=num_stages,
         )
     return (out, lse) if return_lse else out
