@@ -22,7 +22,7 @@ _done: set[tuple] = set()
 
 # a chunk at the end of a longer sequence (chunked prefill), several 64-row blocks
 _Q_LEN, _KV_LEN = 192, 320
-_TABLE_WIDTH = 64  # block-table rows as wide as a real one's (a multiple of 16)
+_TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its stride)
 
 
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
@@ -46,7 +46,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
                                         gamma=gamma, **plan_options)
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
-    wl = plan_layer(query, kv, layout, patterns, scale, max_density=1.0)
+    wl = plan_layer(query, kv, layout, patterns, scale)  # as LayerPlanner.run plans
     out = torch.empty_like(query)
     sparse_attention(query, kv, layout, wl, scale, out=out)
     if torch.device(device).type == "cuda":
