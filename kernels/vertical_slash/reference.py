@@ -8,7 +8,9 @@ import torch
 
 from ..attention.reference import causal_mask
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout
-from .estimate import LAST_Q
+from . import adaptive  # COLUMN_DISCOUNT is read at call time: studies patch it
+from .adaptive import chunk_masses
+from .estimate import FORCED, INVALID, LAST_Q
 from .index import _BIG
 
 
@@ -110,9 +112,6 @@ def merge_diagonals_reference(diags: torch.Tensor,
 # ``adaptive.select_adaptive`` (two Triton kernels, two top-k) must return the same lists.
 # Its sums run in another order, so where two chunk masses are within a rounding step of
 # each other at a cut, either may be kept (as between this code on CPU and on GPU).
-from . import adaptive  # noqa: E402  (COLUMN_DISCOUNT is read at call time: studies patch it)
-from .adaptive import chunk_masses  # noqa: E402
-from .estimate import FORCED, INVALID  # noqa: E402
 
 
 def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int
