@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, BLOCK_N, SeqLayout
+from ..layout import BLOCK_M, BLOCK_N, SeqLayout, query_block
 from ..worklist import DESC_FIELDS, WorkList
 
 _BIG = 1 << 30
@@ -147,17 +147,15 @@ def merge_diagonals(diags: torch.Tensor, n_diags: torch.Tensor, *,
 @triton.jit(do_not_specialize=["NB", "V_MAX", "S_MAX"])
 def _vs_block_lists_kernel(
     COLS, N_COLS, SEG_S, SEG_E, N_SEG, CHUNKS, N_CHUNKS,
-    KV_LEN, Q_LEN, BLK_SEQ, BLK_M,
+    Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     DESC, COL_OUT, NB, V_MAX, S_MAX,
     LOG2_S: tl.constexpr, VB: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     blk = tl.program_id(0)
     hs = tl.program_id(1)
     n_heads = tl.num_programs(1)
-    b = tl.load(BLK_SEQ + blk)
-    m = tl.load(BLK_M + blk)
-    kv_len = tl.load(KV_LEN + b)
-    q_len = tl.load(Q_LEN + b)
+    b, m, _, q_len, kv_len, _, _ = query_block(blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN,
+                                               BLOCK_M)
     qs = kv_len - q_len + m * BLOCK_M
     last = tl.minimum(qs + BLOCK_M - 1, kv_len - 1)
     bh = (b * n_heads + hs).to(tl.int64)
@@ -220,7 +218,7 @@ def build_vertical_slash_worklist(
         _vs_block_lists_kernel[(NB, H)](
             cols.contiguous(), n_cols.contiguous(), merged["seg_start"], merged["seg_end"],
             merged["n_seg"], merged["chunks"], merged["n_chunks"],
-            layout.kv_len, layout.q_len, layout.blk_seq, layout.blk_m,
+            layout.q_start, layout.q_len, layout.kv_len, layout.blk_seq, layout.blk_m,
             desc, col_out, NB, v_max, s_max,
             # search depth from the budget (>= 13 steps): stays one compiled variant per model
             LOG2_S=max(13, int(s_max).bit_length()), VB=256, BLOCK_M=BLOCK_M, num_warps=4,
