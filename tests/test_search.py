@@ -19,7 +19,8 @@ from vllm_minference.profiles import load_profile
 from vllm_minference.search import (SearchError, SearchSettings, apply_yarn, capture_attention,
                                     check_model, choose, kv_retrieval_prompt, main,
                                     resolve_length, sample_blocks, search_model,
-                                    worklist_block_keys, worklist_block_masks)
+                                    weighted_recall, worklist_block_keys,
+                                    worklist_block_masks)
 
 transformers = pytest.importorskip("transformers")
 
@@ -246,3 +247,18 @@ def test_kv_retrieval_prompt_exact_and_deterministic():
     assert f"key {key}: value {info['answer']}\n" in text.split("Question:")[0]
     with pytest.raises(SearchError, match="too short"):
         kv_retrieval_prompt(tok, 100)
+
+
+def test_weighted_recall_weighs_the_question_blocks():
+    per_block = torch.tensor([[[1.0, 1.0, 1.0, 0.2, 0.2]],    # local head: misses the question
+                              [[0.6, 0.6, 0.6, 0.9, 0.9]]])   # dynamic head: finds it
+    plain = weighted_recall(per_block, 0.0)
+    assert torch.allclose(plain[:, 0], torch.tensor([1.0, 0.6]))
+    half = weighted_recall(per_block, 0.5)
+    assert torch.allclose(half[:, 0], torch.tensor([0.6, 0.75]))
+    assert choose(torch.zeros(2, 1), half, 0.1) == [1]  # the choice follows the question
+    assert choose(torch.zeros(2, 1), plain, 0.1) == [0]
+    # as many blocks as final ones: a plain mean
+    assert torch.allclose(weighted_recall(per_block[..., :2], 0.9), per_block[..., :2].mean(-1))
+    with pytest.raises(SearchError, match="final_weight"):
+        SearchSettings(final_weight=1.5).validate()

@@ -13,7 +13,11 @@ builders the backend runs), and scored by
   dense causal attention: exactly what the sparse attention kernel will spend;
 * **recall**: the attention probability mass (fp32 softmax of the true scores) that falls on
   the keys the work list names, averaged over the rows of a sample of 64-row query blocks
-  spread over the prompt (the last blocks always included).
+  spread over the prompt, with the last two blocks (where a prompt asks its question)
+  weighted ``final_weight`` (default one half).  Without that weight the spread blocks,
+  whose attention is mostly local, made a static A-shape look as good as a dynamic pattern
+  for retrieval heads: the first searched profile for the 0.5B model (260 of 336 heads
+  A-shape) lost passkeys the default profile at the same density kept.
 
 Each head gets the candidate with the best recall among those whose cost is within
 ``--target-density`` (a near-tie, within ``recall_tolerance``, goes to the cheaper one); when
@@ -64,9 +68,12 @@ DEFAULT_LENGTH = 32768
 
 # MInference's search space (A-shape = StreamingLLM; Vertical-Slash; Block-Sparse top-k)
 DEFAULT_A_SHAPE = ((128, 1024), (128, 2048), (128, 3968))
+# MInference's search space (A-shape = StreamingLLM; Vertical-Slash; Block-Sparse top-k), and
+# cheaper dynamic candidates: at 32K only A-shape 128/1024 and Vertical-Slash 3500/100 fit a
+# density of 0.1 among MInference's, which left retrieval heads no dynamic choice
 DEFAULT_VERTICAL_SLASH = ((30, 800), (100, 800), (500, 700), (1000, 6096), (3500, 100),
-                          (1000, 2000))
-DEFAULT_BLOCK_SPARSE = (50, 100)
+                          (1000, 2000), (100, 300), (500, 300), (1000, 300), (2000, 150))
+DEFAULT_BLOCK_SPARSE = (25, 50, 100)
 
 
 class SearchError(RuntimeError):
@@ -92,6 +99,7 @@ class SearchSettings:
     block_sparse: Sequence[int] = DEFAULT_BLOCK_SPARSE  # top-k 64x64 blocks per query block
     sample_blocks: int = 16  # 64-row query blocks whose recall is measured
     recall_tolerance: float = 1e-3  # recalls this close count as a tie (cheaper wins)
+    final_weight: float = 0.5  # share of the recall from the last two blocks (the question)
     progress: bool = True
 
     def candidates(self) -> list[HeadPattern]:
@@ -103,6 +111,8 @@ class SearchSettings:
     def validate(self) -> None:
         if not 0.0 < self.target_density <= 1.0:
             raise SearchError(f"target density must be in (0, 1], got {self.target_density}")
+        if not 0.0 <= self.final_weight <= 1.0:
+            raise SearchError(f"final_weight must be in [0, 1], got {self.final_weight}")
         if self.sample_blocks < 1:
             raise SearchError(f"sample_blocks must be >= 1, got {self.sample_blocks}")
         cands = self.candidates()
@@ -200,8 +210,25 @@ def worklist_block_masks(wl: WorkList, layout: SeqLayout, blocks: torch.Tensor) 
 
 # ------------------------------------------------------------------------- one layer
 def block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
+                 blocks: list[int], keys: torch.Tensor) -> torch.Tensor:
+    """Mean attention mass inside each candidate's key set over the blocks, ``[C, H]``."""
+    return block_recalls(q, k, scale, layout, blocks, keys).mean(dim=-1)
+
+
+def weighted_recall(per_block: torch.Tensor, final_weight: float, n_final: int = 2
+                    ) -> torch.Tensor:
+    """``[C, H]`` from ``[C, H, S]``: the last ``n_final`` blocks weigh ``final_weight``
+    together, the others the rest (a plain mean when every block is a final one)."""
+    S = per_block.shape[-1]
+    if S <= n_final:
+        return per_block.mean(dim=-1)
+    return ((1.0 - final_weight) * per_block[..., :-n_final].mean(dim=-1)
+            + final_weight * per_block[..., -n_final:].mean(dim=-1))
+
+
+def block_recalls(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
                   blocks: list[int], keys: torch.Tensor) -> torch.Tensor:
-    """Mean attention mass inside each candidate's key set, ``[C, H]``.
+    """Attention mass inside each candidate's key set per sampled block, ``[C, H, S]``.
 
     ``q`` ``[N, H, D]`` and ``k`` ``[N, Hkv, D]`` of one sequence (``q_len == kv_len``);
     ``keys`` ``[C, H, S, N]`` the candidates' key sets of the sampled blocks.  True scores
@@ -214,7 +241,7 @@ def block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayo
     kf = k.float().transpose(0, 1)  # [Hkv, N, D]
     first = layout.block_first_pos().tolist()
     last = layout.block_last_pos().tolist()
-    total = torch.zeros(C, H, device=q.device)
+    out = torch.zeros(C, H, len(blocks), device=q.device)
     for s, blk in enumerate(blocks):
         r0, r1 = first[blk], last[blk] + 1
         rows = r1 - r0
@@ -224,9 +251,9 @@ def block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayo
             r0 + torch.arange(rows, device=q.device))[:, None]
         p = torch.softmax(sc.masked_fill(~causal, float("-inf")), dim=-1)
         m = keys[:, :, s, :r1].permute(1, 2, 0).float()  # [H, r1, C]
-        total += torch.bmm(p, m).mean(dim=1).T  # [C, H]
+        out[:, :, s] = torch.bmm(p, m).mean(dim=1).T  # [C, H]
         del sc, p, m
-    return (total / len(blocks)).clamp(0.0, 1.0)
+    return out.clamp(0.0, 1.0)
 
 
 def choose(cost: torch.Tensor, recall: torch.Tensor, target: float,
@@ -270,7 +297,8 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, scale: float,
         keysets.append(worklist_block_keys(wl, layout, blk_t))
         del wl
     cost = torch.stack(costs)
-    recall = block_recall(q, k, scale, layout, blocks, torch.stack(keysets))
+    recall = weighted_recall(block_recalls(q, k, scale, layout, blocks, torch.stack(keysets)),
+                             settings.final_weight)
     return LayerResult(cost=cost.cpu(), recall=recall.cpu(),
                        choice=choose(cost, recall, settings.target_density,
                                      settings.recall_tolerance))
@@ -441,10 +469,12 @@ def search_model(model, input_ids: torch.Tensor | Sequence[int],
     flat_d = [x for row in density for x in row]
     search = dict(
         method="kernel-aware per-head search (vllm_minference.search): cost = work-list tiles "
-               "/ dense causal tiles, recall = attention mass inside the work list",
+               "/ dense causal tiles, recall = attention mass inside the work list (the last "
+               "two sampled blocks weighted final_weight)",
         calibration=dict(calibration or {"kind": "input_ids"}, length=n),
         target_density=settings.target_density,
         recall_tolerance=settings.recall_tolerance,
+        final_weight=settings.final_weight,
         candidates=[dict(pattern=p.kind, a=p.a, b=p.b) for p in candidates],
         sample_blocks=sample_blocks((n + BLOCK_M - 1) // BLOCK_M, settings.sample_blocks),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -582,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None, help="extend the context with YaRN rope scaling by this factor")
     ap.add_argument("--sample-blocks", type=int, default=s.sample_blocks,
                     help="64-row query blocks whose recall is measured (default 16)")
+    ap.add_argument("--final-weight", type=float, default=s.final_weight,
+                    help="share of the recall from the prompt's last two 64-row blocks, where "
+                         "it asks its question (default %(default)s)")
     ap.add_argument("--a-shape", type=_pairs, default=list(s.a_shape),
                     help="A-shape candidates 'SINK,WINDOW ...' (default: %(default)s)")
     ap.add_argument("--vertical-slash", type=_pairs, default=list(s.vertical_slash),
@@ -609,7 +642,8 @@ def run_search(args: argparse.Namespace) -> str:
 
     settings = SearchSettings(target_density=args.target_density, a_shape=args.a_shape,
                               vertical_slash=args.vertical_slash, block_sparse=args.block_sparse,
-                              sample_blocks=args.sample_blocks, progress=not args.no_progress)
+                              sample_blocks=args.sample_blocks, final_weight=args.final_weight,
+                              progress=not args.no_progress)
     settings.validate()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
