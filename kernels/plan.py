@@ -18,7 +18,7 @@ import torch
 from .a_shape.index import build_a_shape_worklist
 from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
 from .layout import KVSource, SeqLayout
-from .vertical_slash.adaptive import select_adaptive
+from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
 from .vertical_slash.index import build_vertical_slash_worklist
 from .worklist import WorkList, apply_density_guard, dense_worklist, merge_worklists
@@ -30,6 +30,7 @@ DENSE = "dense"
 PATTERNS = (VERTICAL_SLASH, BLOCK_SPARSE, A_SHAPE, DENSE)
 
 MIN_VERTICAL, MIN_SLASH = 30, 50  # floors of the Vertical-Slash budgets
+FLOOR = "vertical_and_slash floor"  # budgets key of the adaptive mode's fixed floor
 KEEP_FIRST_KEYS, KEEP_NEAR_DIAGS = 30, 100
 
 
@@ -53,12 +54,16 @@ class LayerPatterns:
     ``gamma`` switches Vertical-Slash heads from fixed budgets (MInference) to adaptive,
     tile-aware selection (:mod:`.vertical_slash.adaptive`): the budgets become ceilings and
     each prompt keeps the fewest columns and diagonal chunks holding ``gamma`` of the mass.
+    ``floor_scale`` > 0 adds, under the adaptive selection, MInference's fixed top-k at that
+    fraction of each budget (the estimate's last 64 rows misjudge what other query blocks
+    need; a fixed floor keeps their recall).
     """
 
     num_heads: int
     gamma: float | None = None
     keep_first: int = KEEP_FIRST_KEYS  # always-kept first keys (sinks) of Vertical-Slash heads
     keep_diag: int = KEEP_NEAR_DIAGS  # always-kept nearest diagonals (local window)
+    floor_scale: float = 0.0  # adaptive mode: fixed top-k at this fraction of the budgets
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -68,14 +73,17 @@ class LayerPatterns:
     @staticmethod
     def from_heads(patterns: list[HeadPattern], device: torch.device | str,
                    gamma: float | None = None, keep_first: int = KEEP_FIRST_KEYS,
-                   keep_diag: int = KEEP_NEAR_DIAGS) -> "LayerPatterns":
+                   keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0
+                   ) -> "LayerPatterns":
         if gamma is not None and not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if not 0.0 <= floor_scale <= 1.0:
+            raise ValueError(f"floor_scale must be in [0, 1], got {floor_scale}")
         if keep_first < 0 or keep_diag < 1:
             raise ValueError(f"need keep_first >= 0 and keep_diag >= 1, got {keep_first}, "
                              f"{keep_diag}")
         lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
-                           keep_diag=keep_diag)
+                           keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -89,6 +97,12 @@ class LayerPatterns:
             lp.budget_a[kind] = torch.tensor(a, dtype=torch.long, device=device)
             lp.budget_b[kind] = torch.tensor(b, dtype=torch.long, device=device)
             lp.max_a[kind], lp.max_b[kind] = max(a), max(b)
+            if kind == VERTICAL_SLASH and lp.floor_scale > 0:
+                fa = [max(MIN_VERTICAL, round(x * lp.floor_scale)) for x in a]
+                fb = [max(MIN_SLASH, round(x * lp.floor_scale)) for x in b]
+                lp.budget_a[FLOOR] = torch.tensor(fa, dtype=torch.long, device=device)
+                lp.budget_b[FLOOR] = torch.tensor(fb, dtype=torch.long, device=device)
+                lp.max_a[FLOOR], lp.max_b[FLOOR] = max(fa), max(fb)
         return lp
 
 
@@ -105,6 +119,11 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                 vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
                 patterns.max_a[kind], patterns.max_b[kind], keep_first=patterns.keep_first,
                 keep_diag=patterns.keep_diag)
+            if FLOOR in patterns.budget_a:
+                sel = union_selections(sel, select_vertical_slash(
+                    vertical, slash, layout, patterns.budget_a[FLOOR],
+                    patterns.budget_b[FLOOR], patterns.max_a[FLOOR], patterns.max_b[FLOOR],
+                    keep_first=patterns.keep_first, keep_diag=patterns.keep_diag))
             wl = build_vertical_slash_worklist(*sel, layout)
         elif kind == BLOCK_SPARSE:
             scores = block_sparse_scores(q, kv, layout, heads, sm_scale)

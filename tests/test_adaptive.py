@@ -7,7 +7,8 @@ from kernel_inputs import make_batch, tolerance
 from vllm_minference.kernels import (HeadPattern, LayerPatterns, VERTICAL_SLASH,
                                      estimate_vertical_slash, plan_layer, sparse_attention)
 from vllm_minference.kernels.attention.reference import masked_attention_reference, worklist_mask
-from vllm_minference.kernels.vertical_slash.adaptive import chunk_masses, select_adaptive
+from vllm_minference.kernels.vertical_slash.adaptive import (chunk_masses, select_adaptive,
+                                                           union_selections)
 
 
 def test_chunk_masses_match_row_counting():
@@ -143,3 +144,43 @@ def test_adaptive_floors_keep_a_local_window(device):
             assert keys[row, max(0, row - 511):row + 1].all() and keys[row, :min(128, row + 1)].all()
     with pytest.raises(ValueError, match="keep_diag"):
         LayerPatterns.from_heads(heads, device, gamma=0.5, keep_diag=0)
+
+
+def test_union_of_selections_is_sorted_without_repeats(device):
+    a = (torch.tensor([[[9, 5, 2, -1]]]), torch.tensor([[3]]),
+         torch.tensor([[[128, 64, 0, -1]]]), torch.tensor([[3]]))
+    b = (torch.tensor([[[7, 5, -1]]]), torch.tensor([[2]]),
+         torch.tensor([[[100, 64, 3]]]), torch.tensor([[3]]))
+    cols, n_cols, diags, n_diags = union_selections(
+        tuple(x.to(device) for x in a), tuple(x.to(device) for x in b))
+    assert cols.shape[-1] == 7 and diags.shape[-1] == 7  # fixed widths: the sum
+    assert cols[0, 0].tolist() == [9, 7, 5, 2, -1, -1, -1] and int(n_cols[0, 0]) == 4
+    assert diags[0, 0].tolist() == [128, 100, 64, 3, 0, -1, -1] and int(n_diags[0, 0]) == 5
+
+
+def test_adaptive_floor_holds_the_fixed_selection(device):
+    """With ``floor_scale``, every key the fixed rule at that scale computes is computed, and
+    the work list runs exactly what it names."""
+    dtype = torch.float16
+    batch = make_batch([130, 70], [900, 130], 4, 2, 64, dtype, device, structured=True)
+    heads = [HeadPattern(VERTICAL_SLASH, 400, 600)] * 4
+    floor = plan_layer(batch.q, batch.paged, batch.layout,
+                       LayerPatterns.from_heads(heads, device, gamma=0.3, floor_scale=0.25))
+    fixed = plan_layer(batch.q, batch.paged, batch.layout,
+                       LayerPatterns.from_heads([HeadPattern(VERTICAL_SLASH, 100, 150)] * 4,
+                                                device))
+    plain = plan_layer(batch.q, batch.paged, batch.layout,
+                       LayerPatterns.from_heads(heads, device, gamma=0.3))
+    for b in range(2):
+        for h in range(4):
+            want = worklist_mask(fixed, batch.layout, b, h) | worklist_mask(plain, batch.layout, b, h)
+            got = worklist_mask(floor, batch.layout, b, h)
+            assert bool((got | ~want).all()), (b, h)
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout,
+                                     lambda b, h, ql, kl: worklist_mask(floor, batch.layout, b, h))
+    out = sparse_attention(batch.q, batch.paged, batch.layout, floor)
+    assert float((out.double() - ref).norm() / ref.norm()) < tolerance(dtype)
+    with pytest.raises(ValueError, match="floor_scale"):
+        LayerPatterns.from_heads(heads, device, gamma=0.5, floor_scale=2.0)
+    # fixed mode ignores it (the floor is the fixed rule already)
+    assert LayerPatterns.from_heads(heads, device, floor_scale=0.5).floor_scale == 0.0

@@ -86,19 +86,22 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str) -> None:
     # the default profile's budgets (MInference's 1000 columns / 6096 diagonals)
     heads = [HeadPattern("vertical_and_slash", 1000, 6096)] * 2 + [
         HeadPattern("block_sparse", 8), HeadPattern("stream_llm", 64, 256)]
-    gamma = 0.9 if mode == "adaptive" else None
-    patterns = LayerPatterns.from_heads(heads, device, gamma=gamma)
+    patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
     sparse_attention(q, kv, layout, wl)
 
 
-@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
+         "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 def test_kernels_compile_once_whatever_the_length(recorded, device, mode, monkeypatch):
     from vllm_minference import warmup
     monkeypatch.setattr(warmup, "_done", set())
     # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
-                                  gamma=0.9 if mode == "adaptive" else None)
+                                  **MODES[mode])
     run_layer(64, 700, mode, device)
     run_layer(256, 9000, mode, device)  # > one estimate split (4096 keys); 4 query blocks
     assert recorded, "no kernel launch was recorded"

@@ -41,6 +41,11 @@ class MInferenceSettings(BaseModel):
         100, ge=1, description="adaptive mode: nearest diagonals every Vertical-Slash head "
                                "keeps (a local window; 1024 raised recall from 0.77 to 0.86 "
                                "at 31K tokens in benchmarks/recall_study.py)")
+    adaptive_floor: float = Field(
+        0.0, ge=0, le=1,
+        description="adaptive mode: also keep MInference's fixed top-k columns/diagonals at "
+                    "this fraction of the profile budgets (recall where the estimate misjudges "
+                    "other query blocks; see README)")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
@@ -50,7 +55,7 @@ class MInferenceSettings(BaseModel):
         if self.mode != "adaptive":
             return {"gamma": None}
         return {"gamma": self.gamma, "keep_first": self.adaptive_sinks,
-                "keep_diag": self.adaptive_local}
+                "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor}
 
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,

@@ -29,7 +29,8 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process."""
-    key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device))
+    key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device),
+           tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)

@@ -321,3 +321,28 @@ def select_adaptive(
         LOG_P=log_p, PB=64, SCAN=SCAN_CHUNKS, BLOCK_N=BLOCK_N,
         num_warps=8 if log_p >= 12 else 4)
     return cols, n_cols, diags, n_diags
+
+
+def _union_sorted(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Union of two ``[B, H, *]`` index lists (descending, ``INVALID`` padding): one list of
+    their combined width, descending without repeats, and its counts."""
+    both = torch.cat([a, b], dim=-1).sort(dim=-1, descending=True).values
+    repeat = torch.zeros_like(both, dtype=torch.bool)
+    repeat[..., 1:] = both[..., 1:] == both[..., :-1]
+    both = torch.where(repeat, torch.full_like(both, INVALID), both)
+    both = both.sort(dim=-1, descending=True).values
+    return both, (both != INVALID).sum(-1, dtype=torch.int32)
+
+
+def union_selections(a: tuple, b: tuple) -> tuple[torch.Tensor, ...]:
+    """The columns and diagonals of two selections together, as one selection.
+
+    Adaptive mode with a fixed-budget floor: the fixed rule's lines (MInference's top-k, at a
+    fraction of the profile budget) hold recall where the last-64-row estimate misjudges
+    what other query blocks need; the adaptive lines add what the estimate is sure of.  The
+    index builder merges overlapping diagonals, so a line in both costs once.  Eight torch
+    ops, fixed shapes (the widths add up), no host sync.
+    """
+    cols, n_cols = _union_sorted(a[0], b[0])
+    diags, n_diags = _union_sorted(a[2], b[2])
+    return cols, n_cols, diags, n_diags
