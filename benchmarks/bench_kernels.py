@@ -311,7 +311,11 @@ def bench_length(L: int, args, tokens_all, rows):
             for pattern in patterns:
                 if pattern == "block_sparse" and L > args.max_bs_len:
                     continue
-                est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1], args.gamma)
+                if pattern == "profile":
+                    est_fn, index_fn = plan_profile(args, li, q, kv, layout)
+                else:
+                    est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1],
+                                                    args.gamma)
                 measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                         layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
                         extra=dict(layer=li, model="Qwen2.5-Coder-0.5B", **mode_of(pattern, args)))
@@ -353,7 +357,25 @@ def bench_length(L: int, args, tokens_all, rows):
         torch.cuda.empty_cache()
 
 
+def plan_profile(args, layer: int, q, kv, layout):
+    """(plan_fn, identity) for one layer of ``--profile`` at ``--budget-scale``: the plugin's
+    own planning (every pattern of the profile, per-head budgets), timed as the estimate."""
+    from vllm_minference.kernels import LayerPatterns, plan_layer
+    from vllm_minference.profiles import bundled_dir, default_profile, load_profile
+    if args.profile == "default":  # MInference's budgets on every head
+        profile = default_profile(layer + 1, q.shape[1])
+    else:
+        path = args.profile if os.path.exists(args.profile) else bundled_dir() / args.profile
+        profile = load_profile(path)
+    heads = profile.layer_patterns(layer, list(range(q.shape[1])), args.budget_scale)
+    patterns = LayerPatterns.from_heads(heads, q.device)
+    return (lambda: plan_layer(q, kv, layout, patterns)), (lambda wl: wl)
+
+
 def mode_of(pattern: str, args) -> dict:
+    if pattern == "profile":
+        return dict(mode="fixed", profile=os.path.basename(str(args.profile)),
+                    budget_scale=args.budget_scale)
     if pattern == "vertical_slash_adaptive":
         return dict(mode="adaptive", gamma=args.gamma)
     return dict(mode="fixed") if pattern == "vertical_slash" else {}
@@ -377,6 +399,10 @@ def main() -> None:
     ap.add_argument("--patterns",
                     default="vertical_slash,vertical_slash_adaptive,block_sparse,a_shape")
     ap.add_argument("--gamma", type=float, default=0.95, help="adaptive Vertical-Slash target")
+    ap.add_argument("--profile", default=None,
+                    help="profile file, bundled name or 'default' for the 'profile' pattern (real rows)")
+    ap.add_argument("--budget-scale", type=float, default=1.0,
+                    help="budget scale of the 'profile' pattern")
     ap.add_argument("--max-bs-len", type=int, default=262144,
                     help="longest prompt for block-sparse (its score matrix grows as L^2)")
     ap.add_argument("--max-fa2-len", type=int, default=262144,

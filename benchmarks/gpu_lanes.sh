@@ -89,6 +89,60 @@ jit_check() {  # Triton compiles during inference, per log (should be none after
   grep -c "JIT compilation during inference" $LOGS/*.log > $OUT/jit_warnings.txt 2>&1
 }
 C_default() { tight --set budget_scale=0.05; }
+# session of 2026-11-26: the search with question-weighted recall and cheaper dynamic
+# candidates (issue 7), adaptive mode over a fixed floor (issue 6), kernels at 1M (issue 3)
+NEWPROF=$OUT/qwen2.5-coder-0.5b-instruct-searched.json
+FLOOR_SCALE=${FLOOR_SCALE:-0.25}
+AFLOOR="$FLOORS --set adaptive_floor=$FLOOR_SCALE"
+S1_search() {
+  timeout 200 python3 -m vllm_minference.search $GPU_KIT_MODEL --out $NEWPROF \
+    --model-name Qwen/Qwen2.5-Coder-0.5B-Instruct --no-progress
+  timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode fixed --lengths 16384 32768 --ruler-lengths 16384 32768 --set profile=$NEWPROF \
+    --out $OUT/accuracy_tight.json
+  for cfg in "profile=$NEWPROF" "budget_scale=0.05"; do
+    timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed --set $cfg \
+      --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
+  done
+  timeout 100 python3 $B/bench_kernels.py --seq-lens 131072 --no-random --patterns profile \
+    --profile $NEWPROF --out $OUT/kernels_tight_searched.json
+  timeout 100 python3 $B/bench_kernels.py --seq-lens 131072 --no-random --patterns profile \
+    --profile default --budget-scale 0.05 --out $OUT/kernels_tight_default.json
+}
+S2_floor() {
+  timeout 200 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $AFLOOR --out $OUT/accuracy_floor.json
+  timeout 100 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 \
+    --out $OUT/ttft_floor.json
+  timeout 170 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+    --lengths 32768 131072 524288 --out $OUT/ttft_floor.json
+}
+S3_long() {
+  timeout 130 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+    --lengths 1048576 --out $OUT/ttft_floor_long.json
+  timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
+    --out $OUT/ttft_floor_long.json
+}
+S4_kernels() {
+  timeout 420 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
+}
+
+# one-GPU calls (nvidia-h100-x1): the same functions, one after the other
+H1_ttft() {
+  timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
+    --out $OUT/ttft_adaptive.json
+  G_adaptive_short
+}
+G_adaptive_short() {
+  timeout 170 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 32768 131072 524288 --out $OUT/ttft_adaptive.json
+}
+H2_accuracy() {
+  timeout 290 python3 $B/bench_accuracy.py --backend FLASH_ATTN --out $OUT/accuracy.json
+  timeout 240 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS --out $OUT/accuracy.json
+}
 C_searched() { tight $SEARCHED; }
 
 wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs still come back
@@ -110,6 +164,13 @@ case "$1" in
   F) pkill -KILL -f "vllm serve"; pkill -KILL -f EngineCore; sleep 2
      lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 125 ;;
   G) lane 0 G_adaptive; lane 1 G_accuracy; wait_lanes 300; jit_check ;;
+  H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
+  H2) lane 0 H2_accuracy; wait_lanes 545 ;;
+  H3) lane 0 C_default; wait_lanes 200; lane 0 C_searched; wait_lanes 400 ;;
+  S1) lane 0 S1_search; wait_lanes 560; jit_check ;;
+  S2) lane 0 S2_floor; wait_lanes 540; jit_check ;;
+  S3) lane 0 S3_long; wait_lanes 420; jit_check ;;
+  S4) lane 0 S4_kernels; wait_lanes 440 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

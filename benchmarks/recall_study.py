@@ -40,7 +40,7 @@ from vllm_minference.search import block_recall, capture_attention, sample_block
 BUDGET = (1000, 6096)
 
 
-def rules(gammas: list[float], scales: list[float] = ()) -> dict:
+def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[float] = ()) -> dict:
     """name -> select(vertical, slash, layout, H) returning (cols, n_cols, diags, n_diags)."""
     def fixed_rule(scale):
         def fixed(v, s, layout, H):
@@ -75,6 +75,15 @@ def rules(gammas: list[float], scales: list[float] = ()) -> dict:
     out[f"adaptive g={gammas[1]} {MULTI}"] = adaptive_rule(gammas[1])
     out[f"adaptive g={gammas[1]} + A-shape floor {MULTI}"] = adaptive_rule(
         gammas[1], keep_first=128, keep_diag=1024)
+    # adaptive over a fixed-budget floor (MInference's top-k at a fraction of the budget)
+    for f in floor_scales:
+        floor = fixed_rule(f)
+        for g, kf, kd, tag in ((gammas[1], 30, 100, ""),
+                               (gammas[1], 128, 1024, " + A-shape floor")):
+            ad = adaptive_rule(g, keep_first=kf, keep_diag=kd)
+            out[f"adaptive g={g}{tag} + fixed x{f} floor"] = (
+                lambda v, s, layout, H, ad=ad, floor=floor:
+                adaptive.union_selections(ad(v, s, layout, H), floor(v, s, layout, H)))
     return out
 
 
@@ -232,6 +241,10 @@ def main() -> None:
                     help="profile files (or bundled names) to measure as well")
     ap.add_argument("--scales", type=float, nargs="*", default=[],
                     help="extra fixed-budget scales to measure (e.g. 0.05 for a tight budget)")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="measure only the rules whose names contain one of these")
+    ap.add_argument("--floor-scales", type=float, nargs="*", default=[],
+                    help="adaptive selection over a fixed-budget floor at these scales")
     ap.add_argument("--chunk", type=int, default=None,
                     help="estimate per prefill chunk of this many tokens, as vLLM's chunked "
                          "prefill does (default: one estimate from the prompt's last rows)")
@@ -261,7 +274,9 @@ def main() -> None:
     with torch.no_grad(), capture_attention(on_layer, attend=chunked_causal_attention):
         model.model(torch.tensor([ids]), use_cache=False)
     print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
-    fns = rules(args.gammas, args.scales)
+    fns = rules(args.gammas, args.scales, args.floor_scales)
+    if args.only:
+        fns = {n: fn for n, fn in fns.items() if any(o in n for o in args.only)}
     from vllm_minference.profiles import bundled_dir, load_profile
     profiles = {f"profile {os.path.basename(p)}": load_profile(
         p if os.path.exists(p) else bundled_dir() / p) for p in args.profiles}

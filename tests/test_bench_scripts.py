@@ -219,3 +219,28 @@ def test_recall_study_chunked_estimate():
     assert chunked != one
     for r in chunked.values():
         assert all(0.0 <= x <= 1.0 + 1e-6 for x in r["recall"])
+
+
+def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
+    """``bench_kernels --profile``: the plugin's planning of a profile layer at a budget
+    scale; the default profile at 0.05 equals MInference's rule at 50/305 on every head."""
+    import argparse
+    import torch
+    import bench_kernels
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels import (build_vertical_slash_worklist, estimate_vertical_slash,
+                                         select_vertical_slash)
+    N, H = 700, 2
+    batch = make_batch([N], [N], H, 1, 64, torch.float32, device, structured=True)
+    args = argparse.Namespace(profile="default", budget_scale=0.05)
+    plan, index = bench_kernels.plan_profile(args, 3, batch.q, batch.kv, batch.layout)
+    wl = index(plan())
+    vert, slash = estimate_vertical_slash(batch.q, batch.kv, batch.layout,
+                                          torch.arange(H, device=device))
+    budget_v, budget_s = torch.full((H,), 50, device=device), torch.full((H,), 305, device=device)
+    want = build_vertical_slash_worklist(
+        *select_vertical_slash(vert, slash, batch.layout, budget_v, budget_s, 50, 305),
+        batch.layout)
+    assert torch.equal(wl.tiles(), want.tiles())
+    assert bench_kernels.mode_of("profile", args) == dict(mode="fixed", profile="default",
+                                                          budget_scale=0.05)
