@@ -112,10 +112,13 @@ S1_search() {
 S2_floor() {
   timeout 200 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode adaptive $AFLOOR --out $OUT/accuracy_floor.json
-  timeout 100 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 \
+  timeout 100 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 4096 8192 32768 131072 \
     --out $OUT/ttft_floor.json
   timeout 170 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
-    --lengths 32768 131072 524288 --out $OUT/ttft_floor.json
+    --lengths 4096 8192 32768 131072 524288 --out $OUT/ttft_floor.json
+  # the dense first 64K (min_sparse_len) are ~0.4 s of a 128K prefill: sparse from 16K
+  timeout 90 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+    --min-sparse-len 16384 --lengths 4096 8192 32768 131072 --out $OUT/ttft_floor.json
 }
 S3_long() {
   timeout 130 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
@@ -124,7 +127,9 @@ S3_long() {
     --out $OUT/ttft_floor_long.json
 }
 S4_kernels() {
-  timeout 420 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
+  timeout 90 python3 $B/profile_plan.py --kv 131072 1048576 --chunk 16384 --no-table \
+    > $OUT/profile_plan.log 2>&1
+  timeout 380 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
 }
 
