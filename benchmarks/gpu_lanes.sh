@@ -133,6 +133,13 @@ S4_kernels() {
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
 }
 
+S5_dummy() {  # random attention (dummy Llama-3-8B shape, 32 layers): the density guard
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode adaptive $AFLOOR"; do
+    timeout 130 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama \
+      --lengths 32768 131072 --reps 1 --out $OUT/ttft_dummy.json
+  done
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -176,6 +183,7 @@ case "$1" in
   S2) lane 0 S2_floor; wait_lanes 540; jit_check ;;
   S3) lane 0 S3_long; wait_lanes 420; jit_check ;;
   S4) lane 0 S4_kernels; wait_lanes 440 ;;
+  S5) lane 0 S5_dummy; wait_lanes 420; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -3,7 +3,8 @@
     python benchmarks/summarize_results.py RAW_DIR [--device h100]
 
 ``RAW_DIR`` holds what the device calls wrote (``kernels.json``, ``ttft*.json``,
-``decode.json``, ``accuracy.json``, ``serving.json``).  Writes into ``benchmarks/results/``:
+``decode.json``, ``accuracy.json``, ``serving.json``); a ``L<n>-`` prefix names the machine
+lease a file came from, and TTFT rows pair with the dense row of their own lease first.  Writes into ``benchmarks/results/``:
 ``kernels-<device>.json``, ``ttft-<device>.json``, ``accuracy-qwen2.5-coder-0.5b-<device>.json``,
 ``serving-<device>.json``, a PNG per table, and ``RESULTS-<device>.md`` with the markdown
 tables.
@@ -36,11 +37,15 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
     """One row per (model, tp, seq_len, minference mode/config): dense vs minference."""
     dense = {(r["model"], r["tp"], r["seq_len"]): r for r in raw_rows
              if r["kind"] == "ttft" and r["mode"] == "dense"}
+    # a dense row of the same machine lease (rows tagged by their file, see lease_of) first
+    dense_lease = {(r["model"], r["tp"], r["seq_len"], r.get("lease")): r for r in raw_rows
+                   if r["kind"] == "ttft" and r["mode"] == "dense"}
     out = []
     for r in raw_rows:
         if r["kind"] != "ttft" or r["mode"] == "dense":
             continue
-        d = dense.get((r["model"], r["tp"], r["seq_len"]))
+        d = dense_lease.get((r["model"], r["tp"], r["seq_len"], r.get("lease"))) or dense.get(
+            (r["model"], r["tp"], r["seq_len"]))
         if d is None:
             continue
         out.append(dict(kind="ttft", model=r["model"], layers=r["layers"], tp=r["tp"],
@@ -58,6 +63,20 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
                             minference_tokens_per_s=round(r["tokens_per_s"], 1),
                             ratio=round(r["tokens_per_s"] / dec["dense"]["tokens_per_s"], 3)))
     return out
+
+
+def lease_of(path: str) -> str | None:
+    """Machine lease of a raw file named ``L<n>-<name>.json`` (one GPU machine held from the
+    kit's arrival to its return), else None: timings pair within a lease first."""
+    name = os.path.basename(path)
+    head, sep, _ = name.partition("-")
+    return head if sep and head[:1] == "L" and head[1:].isdigit() else None
+
+
+def load_tagged(path: str) -> list[dict]:
+    rows = load(path)
+    lease = lease_of(path)
+    return [dict(r, lease=lease) if lease else r for r in rows]
 
 
 def output_agreement(raw_rows: list[dict]) -> list[dict]:
@@ -85,20 +104,23 @@ def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    dense = sorted({(r["seq_len"], r["dense_s"]) for r in rows
-                    if r["kind"] == "ttft" and r["model"] == "real" and r["tp"] == 1})
+    dense = sorted({r["seq_len"]: r["dense_s"] for r in rows
+                    if r["kind"] == "ttft" and r["model"] == "real" and r["tp"] == 1}.items())
     if dense:
         a1.plot([d[0] for d in dense], [d[1] for d in dense], ".-", color="gray", alpha=0.6,
                 label="FLASH_ATTN (Qwen2.5-Coder-0.5B)")
-    for (model, mode), style in [(("real", "adaptive"), "o-"), (("real", "fixed"), "s--"),
-                                 (("dummy-llama", "adaptive"), "^:")]:
-        rs = sorted((r for r in rows if r["kind"] == "ttft" and r["model"] == model
-                     and r["mode"] == mode and r["tp"] == 1
-                     and "min_sparse_len" not in r["config"]), key=lambda r: r["seq_len"])
-        if not rs:
-            continue
+    styles = {("real", "adaptive"): "o-", ("real", "fixed"): "s--",
+              ("dummy-llama", "adaptive"): "^:", ("dummy-llama", "fixed"): "v:"}
+    lines = defaultdict(list)  # one line per model and configuration (mode and settings)
+    for r in rows:
+        if (r["kind"] == "ttft" and r["tp"] == 1 and (r["model"], r["mode"]) in styles
+                and "min_sparse_len" not in r["config"]):
+            lines[(r["model"], r["mode"], config_label(r["mode"], r["config"]))].append(r)
+    for (model, mode, cfg), rs in sorted(lines.items()):
+        style = styles[(model, mode)]
+        rs = sorted(rs, key=lambda r: r["seq_len"])
         x = [r["seq_len"] for r in rs]
-        label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + f", {mode}"
+        label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + f", {cfg}"
         a1.plot(x, [r["minference_s"] for r in rs], style, label=f"minference ({label})")
         if model != "real":
             a1.plot(x, [r["dense_s"] for r in rs], style[0] + "-", color="gray", alpha=0.6,
@@ -154,7 +176,12 @@ def kernel_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     agg = defaultdict(list)
     for r in rows:
-        agg[(r["input"], r["pattern"], r["q_heads"], r["kv_heads"], r["head_dim"], r["seq_len"])].append(r)
+        pat = r["pattern"]
+        if pat == "profile":  # a profile's own planning: name it and its budget scale
+            pat = f"profile {r.get('profile', '?').removesuffix('.json')}"
+            if r.get("budget_scale", 1.0) != 1.0:
+                pat += f" ×{r['budget_scale']}"
+        agg[(r["input"], pat, r["q_heads"], r["kv_heads"], r["head_dim"], r["seq_len"])].append(r)
     for (inp, pat, qh, kh, d, n), rs in sorted(agg.items(), key=lambda kv: (kv[0][5], kv[0][0], kv[0][2], kv[0][1])):
         def m(k):
             vals = [r[k] for r in rs if r.get(k) is not None]
@@ -290,9 +317,9 @@ def main() -> None:
         md += [f"### Kernels ({k['device']}, torch {k['torch']})", "", kernel_table(k["rows"]), ""]
 
     raw_ttft = []
-    for p in sorted(glob.glob(os.path.join(args.raw, "ttft*.json")) +
-                    glob.glob(os.path.join(args.raw, "decode*.json"))):
-        raw_ttft += load(p)
+    for p in sorted(glob.glob(os.path.join(args.raw, "*ttft*.json")) +
+                    glob.glob(os.path.join(args.raw, "*decode*.json"))):
+        raw_ttft += load_tagged(p)
     if raw_ttft:
         rows = [r for r in pair_ttft(raw_ttft) if r["mode"] not in args.exclude_mode]
         agree = output_agreement(raw_ttft)
@@ -318,7 +345,7 @@ def main() -> None:
                    f"{a['first_divergence']} |" for a in agree]
         md.append("")
 
-    apaths = sorted(glob.glob(os.path.join(args.raw, "accuracy*.json")))
+    apaths = sorted(glob.glob(os.path.join(args.raw, "*accuracy*.json")))
     if apaths:
         rows = [r for r in pair_accuracy([r for p in apaths for r in load(p)])
                 if r["mode"] not in args.exclude_mode]

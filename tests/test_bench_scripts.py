@@ -68,6 +68,24 @@ def test_ttft_rows_pair_each_mode_with_dense_of_the_same_shape():
     assert [(r["tp"], r["speedup"]) for r in rows] == [(1, 4.0), (2, 0.5)]
 
 
+def test_ttft_rows_pair_with_dense_of_their_own_lease(tmp_path):
+    """Two machine leases timed the same shape: each row pairs with its own lease's dense."""
+    import json
+    (tmp_path / "L1-ttft.json").write_text(json.dumps(
+        [_ttft("dense", 1, 1024, 2.0), _ttft("adaptive", 1, 1024, 1.0)]))
+    (tmp_path / "L2-ttft_more.json").write_text(json.dumps(
+        [_ttft("fixed", 1, 1024, 1.5), _ttft("dense", 1, 1024, 3.0)]))
+    (tmp_path / "ttft.json").write_text(json.dumps([_ttft("fixed", 1, 1024, 2.0)]))
+    raw = [r for f in sorted(tmp_path.glob("*.json"))
+           for r in summarize_results.load_tagged(str(f))]
+    assert summarize_results.lease_of("L12-x.json") == "L12"
+    assert summarize_results.lease_of("Lx-x.json") is None
+    rows = summarize_results.pair_ttft(raw)
+    # L1 pairs with 2.0, L2 with 3.0, the untagged file with the last dense row seen
+    assert sorted((r["mode"], r["speedup"]) for r in rows) == [
+        ("adaptive", 2.0), ("fixed", 1.5), ("fixed", 2.0)]
+
+
 def test_output_agreement_reports_the_first_divergence():
     def out(mode, tp, ids):
         return dict(kind="outputs", mode=mode, tp=tp, seq_len=100, token_ids=ids)
