@@ -131,15 +131,46 @@ def block_keys(sel, layout: SeqLayout, blocks: list[int], H: int, N: int) -> tor
     return out[..., :N]
 
 
-def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int) -> torch.Tensor:
+def block_sparse_keys(q, k, scale: float, blocks: list[int], topk: list[int], N: int
+                      ) -> torch.Tensor:
+    """``[H, S, N]`` keys of Block-Sparse top-``topk[h]`` for the sampled blocks (one sequence,
+    ``q_len == kv_len``): mean-pooled query block against mean-pooled 64-key tiles, the sink
+    tile and the block's own tiles always kept — the torch reading of ``block_sparse``."""
+    H, G = q.shape[1], q.shape[1] // k.shape[1]
+    n_tiles = -(-N // BLOCK_N)
+    kbar = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, n_tiles * BLOCK_N - N))
+    counts = torch.full((n_tiles,), float(BLOCK_N))
+    counts[-1] = N - (n_tiles - 1) * BLOCK_N
+    kbar = kbar.view(n_tiles, BLOCK_N, *k.shape[1:]).sum(1) / counts[:, None, None]
+    kbar = kbar.repeat_interleave(G, 1)  # [tiles, H, D]
+    out = torch.zeros(H, len(blocks), N, dtype=torch.bool)
+    for si, blk in enumerate(blocks):
+        r0, last = blk * BLOCK_M, min(N - 1, blk * BLOCK_M + BLOCK_M - 1)
+        qbar = q[r0:last + 1].float().mean(0)  # [H, D]
+        sc = torch.einsum("hd,thd->ht", qbar, kbar[: last // BLOCK_N + 1]) * scale
+        for t in {0, r0 // BLOCK_N, last // BLOCK_N}:
+            sc[:, t] = float("inf")
+        order = sc.argsort(dim=-1, descending=True)  # [H, tiles]
+        tiles = torch.zeros(H, n_tiles * BLOCK_N, dtype=torch.bool)
+        for h in range(H):
+            for t in order[h, :max(topk[h], 3)].tolist():
+                tiles[h, t * BLOCK_N:(t + 1) * BLOCK_N] = True
+        out[:, si] = tiles[:, :N] & (torch.arange(N) <= last)
+    return out
+
+
+def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int,
+                 q=None, k=None, scale: float | None = None) -> torch.Tensor:
     """``[H, S, N]`` keys of a profile layer's heads: Vertical-Slash heads through the same
-    selection as the plugin (per-head budgets), A-shape heads as their sink + window lists."""
+    selection as the plugin (per-head budgets), A-shape heads as their sink + window lists,
+    Block-Sparse heads (with ``q``, ``k``) as their top-k pooled tiles."""
     H = len(specs)
     a = torch.tensor([max(30, sp.a) if sp.pattern == "vertical_and_slash" else 30 for sp in specs])
     b = torch.tensor([max(50, sp.b) if sp.pattern == "vertical_and_slash" else 50 for sp in specs])
     keys = block_keys(select_vertical_slash(v, s, layout, a, b, int(a.max()), int(b.max())),
                       layout, blocks, H, N)
     pos = torch.arange(N)
+    bs = None  # Block-Sparse keys of every head, computed on the first such head
     for h, sp in enumerate(specs):
         if sp.pattern == "stream_llm":
             n_loc = max(1, -(-sp.b // BLOCK_N))
@@ -147,6 +178,10 @@ def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int) -> t
                 qs = blk * BLOCK_M
                 last = min(N - 1, qs + BLOCK_M - 1)
                 keys[h, si] = ((pos < sp.a) | (pos >= qs - BLOCK_N * (n_loc - 1))) & (pos <= last)
+        elif sp.pattern == "block_sparse" and q is not None:
+            if bs is None:
+                bs = block_sparse_keys(q, k, scale, blocks, [sp.a for sp in specs], N)
+            keys[h] = bs[h]
         elif sp.pattern != "vertical_and_slash":
             raise ValueError(f"pattern {sp.pattern} not covered by the study")
     return keys
@@ -171,7 +206,7 @@ def chunk_keys(q, k, scale, rule_fns, blocks: list[int], chunk: int, profiles=No
         mine = [blocks[i] for i in idx]
         found = [(name, block_keys(fn(v, s, layout_c, H), layout_c, mine, H, N))
                  for name, fn in rule_fns.items() if MULTI not in name]
-        found += [(name, profile_keys(prof.layers[layer], v, s, layout_c, mine, N))
+        found += [(name, profile_keys(prof.layers[layer], v, s, layout_c, mine, N, q, k, scale))
                   for name, prof in (profiles or {}).items()]
         for name, keys in found:
             if name not in parts:
@@ -199,7 +234,8 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
             vv, ss = (v4, s4) if MULTI in name else (v, s)
             named_keys.append((name, block_keys(fn(vv, ss, layout, H), layout, blocks, H, N)))
         for name, prof in (profiles or {}).items():
-            named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N)))
+            named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N,
+                                                  q, k, scale)))
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
     recall = block_recall(q, k, scale, layout, blocks, keys)  # [C, H]

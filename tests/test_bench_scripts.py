@@ -132,6 +132,29 @@ def test_recall_study_key_sets_match_the_index_builder(device):
     assert torch.equal(ours, theirs)
 
 
+def test_recall_study_block_sparse_keys_match_the_block_sparse_lists(device):
+    """The study's torch reading of Block-Sparse heads equals the kernels' work lists."""
+    import torch
+    import recall_study
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels import block_sparse_scores, build_block_sparse_worklist
+    from vllm_minference.search import worklist_block_keys
+    N, H = 700, 4
+    batch = make_batch([N], [N], H, 2, 64, torch.float32, device, structured=True)
+    topk = [3, 4, 6, 9]
+    scale = 64 ** -0.5
+    scores = block_sparse_scores(batch.q, batch.kv, batch.layout, torch.arange(H, device=device),
+                                 scale)
+    wl = build_block_sparse_worklist(scores, torch.tensor(topk, device=device), max(topk))
+    blocks = [0, 3, 7, 10]
+    theirs = worklist_block_keys(wl, batch.layout, torch.tensor(blocks)).cpu()
+    last = torch.tensor([min(N - 1, b * 64 + 63) for b in blocks])
+    theirs &= torch.arange(N)[None, None, :] <= last[None, :, None]
+    k = batch.kv.gather(0, N)[0].cpu()
+    ours = recall_study.block_sparse_keys(batch.q.cpu(), k, scale, blocks, topk, N)
+    assert torch.equal(ours, theirs)
+
+
 def test_recall_study_a_shape_keys_match_the_a_shape_lists(device):
     import torch
     import recall_study
