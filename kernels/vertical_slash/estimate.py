@@ -155,14 +155,15 @@ def _estimate_scores_kernel(
     # carries the lower sums one tile and stores each tile's finished diagonals with plain
     # stores.  Only the first tile's and the last carry's 64 diagonals are shared with the
     # neighbouring key splits and need atomics.  (H100, 1M keys, 14 heads: both passes took
-    # 4.9 ms with one atomic per diagonal, 4.1 ms now; the skewed gathers are most of it.)
+    # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile; the skewed
+    # gathers are most of it, hence one gather per tile now — not yet timed on a GPU.)
+    # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
+    # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
     i2 = tl.arange(0, LAST)[:, None]
     u2 = tl.arange(0, KEY_TILE)[None, :]
     up_ok = i2 >= u2
-    lo_ok = i2 < u2
-    c_up = tl.where(up_ok, i2 - u2, 0)
-    c_lo = tl.where(lo_ok, i2 - u2 + KEY_TILE, 0)
+    skew = tl.where(up_ok, i2 - u2, i2 - u2 + KEY_TILE)
     u = tl.arange(0, KEY_TILE)
     k_begin = split * SPLIT
     k_end = tl.minimum(k_begin + SPLIT, kv_len)
@@ -174,8 +175,9 @@ def _estimate_scores_kernel(
                                                PAGED, PREC)
         p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
         tl.store(VERT + out + k_idx, tl.sum(p, axis=0), mask=k_ok)
-        upper = tl.sum(tl.where(up_ok, tl.gather(p, c_up, axis=1), 0.0), axis=0) + carry
-        carry = tl.sum(tl.where(lo_ok, tl.gather(p, c_lo, axis=1), 0.0), axis=0)
+        skewed = tl.gather(p, skew, axis=1)
+        upper = tl.sum(tl.where(up_ok, skewed, 0.0), axis=0) + carry
+        carry = tl.sum(tl.where(up_ok, 0.0, skewed), axis=0)
         dist = kv_len - LAST - k0 + u
         d_ok = (dist >= 0) & (dist < kv_len)
         if k0 == k_begin:
