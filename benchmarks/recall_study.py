@@ -35,7 +35,7 @@ from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slas
 from vllm_minference.kernels.vertical_slash.reference import (  # noqa: E402
     estimate_reference, merge_diagonals_reference as merge_diagonals,
     select_adaptive_reference)
-from vllm_minference.search import block_recall, capture_attention, sample_blocks  # noqa: E402
+from vllm_minference.search import block_recalls, capture_attention, sample_blocks  # noqa: E402
 
 BUDGET = (1000, 6096)
 
@@ -238,13 +238,16 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
                                                   q, k, scale)))
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
-    recall = block_recall(q, k, scale, layout, blocks, keys)  # [C, H]
+    per_block = block_recalls(q, k, scale, layout, blocks, keys)  # [C, H, S]
+    recall = per_block.mean(dim=-1)  # [C, H]
+    final = per_block[..., -2:].mean(dim=-1)  # the prompt's last two blocks: its question
     # key density: computed keys over the mean causal keys of each block's rows
     ends = torch.tensor([min(N, (b + 1) * BLOCK_M) for b in blocks])
     n_rows = ends - torch.tensor(blocks) * BLOCK_M
     causal_keys = (ends - (n_rows - 1) / 2).clamp_min(1)
     density = (keys.sum(-1) / causal_keys).mean(-1).clamp_max(1.0)  # [C, H]
-    return {name: dict(recall=recall[c].tolist(), density=density[c].tolist())
+    return {name: dict(recall=recall[c].tolist(), final_recall=final[c].tolist(),
+                       density=density[c].tolist())
             for c, (name, _) in enumerate(named_keys)}
 
 
@@ -330,7 +333,9 @@ def main() -> None:
     for n in [n for n in fns if not (args.chunk and MULTI in n)] + list(profiles):
         rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
         ds = [x for L in result["layers"].values() for x in L[n]["density"]]
+        fs = [x for L in result["layers"].values() for x in L[n]["final_recall"]]
         summary[n] = dict(mean_recall=sum(rs) / len(rs), min_recall=min(rs),
+                          final_recall=sum(fs) / len(fs), min_final_recall=min(fs),
                           heads_below_0_9=sum(r < 0.9 for r in rs), mean_density=sum(ds) / len(ds))
     result["summary"] = summary
     print(json.dumps(summary, indent=1))
