@@ -99,11 +99,18 @@ def output_agreement(raw_rows: list[dict]) -> list[dict]:
     return rows
 
 
+def short_label(cfg: str) -> str:
+    """A configuration label for plot legends: the adaptive floors in a few words."""
+    return (cfg.replace(" adaptive_local=1024 adaptive_sinks=128", " + A-shape floors")
+            .replace("adaptive_floor=", "fixed floor ×")
+            .replace("profile=qwen2.5-coder-0.5b-instruct-", "profile "))
+
+
 def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 6.5))
     dense = sorted({r["seq_len"]: r["dense_s"] for r in rows
                     if r["kind"] == "ttft" and r["model"] == "real" and r["tp"] == 1}.items())
     if dense:
@@ -120,7 +127,8 @@ def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
         style = styles[(model, mode)]
         rs = sorted(rs, key=lambda r: r["seq_len"])
         x = [r["seq_len"] for r in rs]
-        label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + f", {cfg}"
+        label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + \
+            f", {short_label(cfg)}"
         a1.plot(x, [r["minference_s"] for r in rs], style, label=f"minference ({label})")
         if model != "real":
             a1.plot(x, [r["dense_s"] for r in rs], style[0] + "-", color="gray", alpha=0.6,
@@ -134,8 +142,8 @@ def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     a1.set_ylabel("time to first token (s)")
     a2.axhline(1.0, color="k", lw=0.8)
     a2.set_ylabel("speedup over FLASH_ATTN")
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
+    for ax in (a1, a2):  # below the axes: long configuration names must not hide points
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     fig.suptitle(f"vLLM 0.26 TTFT, minference vs FLASH_ATTN ({device.upper()})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -286,7 +294,7 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    names = ["FLASH_ATTN"] + cfgs
+    names = ["FLASH_ATTN"] + [short_label(c) for c in cfgs]
     ax.set_xticks(range(len(names)), names, fontsize=7, rotation=20)
     ax.set_yticks(range(len(cells)), [f"{t} @{fmt_len(n)}" for t, n in cells], fontsize=7)
     ax.set_title("Accuracy suite, Qwen2.5-Coder-0.5B (YaRN x4), % correct; minference forced "

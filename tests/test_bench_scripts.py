@@ -285,3 +285,10 @@ def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
     assert torch.equal(wl.tiles(), want.tiles())
     assert bench_kernels.mode_of("profile", args) == dict(mode="fixed", profile="default",
                                                           budget_scale=0.05)
+
+
+def test_plot_labels_name_the_floors_briefly():
+    long = "adaptive γ=0.95 adaptive_floor=0.25 adaptive_local=1024 adaptive_sinks=128"
+    assert summarize_results.short_label(long) == "adaptive γ=0.95 fixed floor ×0.25 + A-shape floors"
+    assert summarize_results.short_label(
+        "fixed profile=qwen2.5-coder-0.5b-instruct-searched") == "fixed profile searched"
