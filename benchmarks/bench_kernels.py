@@ -361,12 +361,11 @@ def plan_profile(args, layer: int, q, kv, layout):
     """(plan_fn, identity) for one layer of ``--profile`` at ``--budget-scale``: the plugin's
     own planning (every pattern of the profile, per-head budgets), timed as the estimate."""
     from vllm_minference.kernels import LayerPatterns, plan_layer
-    from vllm_minference.profiles import bundled_dir, default_profile, load_profile
+    from vllm_minference.profiles import default_profile, load_profile, locate_profile
     if args.profile == "default":  # MInference's budgets on every head
         profile = default_profile(layer + 1, q.shape[1])
     else:
-        path = args.profile if os.path.exists(args.profile) else bundled_dir() / args.profile
-        profile = load_profile(path)
+        profile = load_profile(locate_profile(args.profile))
     heads = profile.layer_patterns(layer, list(range(q.shape[1])), args.budget_scale)
     patterns = LayerPatterns.from_heads(heads, q.device)
     return (lambda: plan_layer(q, kv, layout, patterns)), (lambda wl: wl)

@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_lanes.sh H1|H2|H3|S1..S5    one-GPU machine (nvidia-h100-x1)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
-# compares two GPUs.  One-GPU calls run the same functions one after the other.  Results are JSON files under $OUT; all logs go into one $OUT/logs-<call>.tgz
-# (the device tool brings back at most 8 files).  Modes are explicit: the 2026-11-25 run was
+# compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
+# are JSON files under $OUT; all logs go into one $OUT/logs-<call>.tgz (the device tool
+# brings back at most 8 files).  Modes are explicit: the 2026-11-25 run was
 # made when adaptive was the default (see README, Results).
 . benchmarks/gpu_prelude.sh
 export PYTHONUNBUFFERED=1 VLLM_ALLOW_LONG_MAX_MODEL_LEN=1

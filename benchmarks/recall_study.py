@@ -35,7 +35,8 @@ from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slas
 from vllm_minference.kernels.vertical_slash.reference import (  # noqa: E402
     estimate_reference, merge_diagonals_reference as merge_diagonals,
     select_adaptive_reference)
-from vllm_minference.search import block_recalls, capture_attention, sample_blocks  # noqa: E402
+from vllm_minference.search import (block_recalls, capture_attention, sample_blocks,  # noqa: E402
+                                    weighted_recall)
 
 BUDGET = (1000, 6096)
 
@@ -240,7 +241,7 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
     # the search's own recall: true causal softmax of the sampled blocks, fp32
     per_block = block_recalls(q, k, scale, layout, blocks, keys)  # [C, H, S]
     recall = per_block.mean(dim=-1)  # [C, H]
-    final = per_block[..., -2:].mean(dim=-1)  # the prompt's last two blocks: its question
+    final = weighted_recall(per_block, 1.0)  # the prompt's last blocks only: its question
     # key density: computed keys over the mean causal keys of each block's rows
     ends = torch.tensor([min(N, (b + 1) * BLOCK_M) for b in blocks])
     n_rows = ends - torch.tensor(blocks) * BLOCK_M
@@ -316,9 +317,9 @@ def main() -> None:
     fns = rules(args.gammas, args.scales, args.floor_scales)
     if args.only:
         fns = {n: fn for n, fn in fns.items() if any(o in n for o in args.only)}
-    from vllm_minference.profiles import bundled_dir, load_profile
-    profiles = {f"profile {os.path.basename(p)}": load_profile(
-        p if os.path.exists(p) else bundled_dir() / p) for p in args.profiles}
+    from vllm_minference.profiles import load_profile, locate_profile
+    profiles = {f"profile {os.path.basename(p)}": load_profile(locate_profile(p))
+                for p in args.profiles}
     result = dict(model=args.model, prompt=args.prompt, length=len(ids), chunk=args.chunk,
                   layers={})
     for li in sorted(captured):

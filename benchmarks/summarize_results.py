@@ -4,10 +4,10 @@
 
 ``RAW_DIR`` holds what the device calls wrote (``kernels.json``, ``ttft*.json``,
 ``decode.json``, ``accuracy.json``, ``serving.json``); a ``L<n>-`` prefix names the machine
-lease a file came from, and TTFT rows pair with the dense row of their own lease first.  Writes into ``benchmarks/results/``:
-``kernels-<device>.json``, ``ttft-<device>.json``, ``accuracy-qwen2.5-coder-0.5b-<device>.json``,
-``serving-<device>.json``, a PNG per table, and ``RESULTS-<device>.md`` with the markdown
-tables.
+lease a file came from, and TTFT rows pair with the dense row of their own lease first.
+Writes into ``benchmarks/results/``: ``kernels-<device>.json``, ``ttft-<device>.json``,
+``accuracy-qwen2.5-coder-0.5b-<device>.json``, ``serving-<device>.json``, a PNG per table,
+and ``RESULTS-<device>.md`` with the markdown tables.
 Every number comes from the raw files; nothing is computed here but pairing and ratios.
 """
 

@@ -217,6 +217,15 @@ def _match_bundled(model_names: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def locate_profile(name: str | Path) -> Path:
+    """A profile file: ``name`` as a path if it exists, else the bundled profile of that name
+    if there is one, else ``name`` as given (loading it then names the missing file)."""
+    path = Path(name)
+    if not path.exists() and (bundled_dir() / name).exists():
+        return bundled_dir() / name
+    return path
+
+
 def resolve_profile(explicit: str | None, model_names: list[str], num_layers: int,
                     num_heads: int) -> tuple[Profile, str]:
     """Pick the profile: explicit choice, then a bundled match, then the default.
@@ -225,9 +234,7 @@ def resolve_profile(explicit: str | None, model_names: list[str], num_layers: in
     matched profile that does not fit the model raises (never a silent fallback).
     """
     if explicit:
-        path = Path(explicit)
-        if not path.exists() and (bundled_dir() / explicit).exists():
-            path = bundled_dir() / explicit
+        path = locate_profile(explicit)
         profile = load_profile(path)
         profile.check_fits(num_layers, num_heads)
         return profile, f"profile {path} (explicitly chosen)"

@@ -66,11 +66,10 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 MIN_LENGTH = 2 * BLOCK_M
 DEFAULT_LENGTH = 32768
 
-# MInference's search space (A-shape = StreamingLLM; Vertical-Slash; Block-Sparse top-k)
-DEFAULT_A_SHAPE = ((128, 1024), (128, 2048), (128, 3968))
 # MInference's search space (A-shape = StreamingLLM; Vertical-Slash; Block-Sparse top-k), and
 # cheaper dynamic candidates: at 32K only A-shape 128/1024 and Vertical-Slash 3500/100 fit a
 # density of 0.1 among MInference's, which left retrieval heads no dynamic choice
+DEFAULT_A_SHAPE = ((128, 1024), (128, 2048), (128, 3968))
 DEFAULT_VERTICAL_SLASH = ((30, 800), (100, 800), (500, 700), (1000, 6096), (3500, 100),
                           (1000, 2000), (100, 300), (500, 300), (1000, 300), (2000, 150))
 DEFAULT_BLOCK_SPARSE = (25, 50, 100)
