@@ -94,6 +94,8 @@ def make_llm(args, max_len: int):
               tensor_parallel_size=args.tp)
     if args.backend != "default":
         kw["attention_backend"] = args.backend
+    if args.max_num_batched_tokens:  # vLLM's prefill chunk (default 16K for LLM on an H100)
+        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if minference_config(args):
         kw["additional_config"] = {"minference": minference_config(args)}
     if args.model_kind == "real":
@@ -109,7 +111,9 @@ def make_llm(args, max_len: int):
 def base_row(args) -> dict:
     return dict(backend=args.backend, mode=mode_of(args), gamma=args.gamma, tp=args.tp,
                 model=args.model_kind, layers=args.layers if args.model_kind != "real" else 24,
-                config=minference_config(args) if args.backend.lower() == "minference" else {})
+                config=minference_config(args) if args.backend.lower() == "minference" else {},
+                **({"max_num_batched_tokens": args.max_num_batched_tokens}
+                   if args.max_num_batched_tokens else {}))
 
 
 def append_rows(path: str, rows: list[dict], indent: int = 1) -> None:
@@ -221,6 +225,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any other plugin setting (e.g. adaptive_local=1024), repeatable")
     ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="vLLM engine argument: tokens per step, i.e. the prefill chunk")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     decode_rows(args) if args.decode else ttft_rows(args)

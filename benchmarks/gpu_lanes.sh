@@ -142,6 +142,43 @@ S5_dummy() {  # random attention (dummy Llama-3-8B shape, 32 layers): the densit
   done
 }
 
+# session of 2026-11-26 (fourth): the one-gather estimate timed, kernel launch options
+# (warp specialisation, 8 warps), the prefill chunk size at 1M, RULER with 12 samples a cell
+P1_plan() {
+  timeout 90 python3 $B/profile_plan.py --kv 131072 1048576 --chunk 16384 --no-table \
+    > $OUT/profile_plan.log 2>&1
+  timeout 120 python3 $B/tune_kernels.py --seq-lens 131072 --heads 14 --kv-heads 2 \
+    --head-dim 64 --pages 64 --configs w4s3c2,w4s3c2ws,w8s3c2,w8s3c1,w4s4c2 \
+    --out $OUT/tune_d64.json
+  timeout 90 python3 $B/tune_kernels.py --seq-lens 32768 --pages 64 \
+    --configs w4s3c1,w4s3c1ws,w8s3c1,w8s3c2,w4s4c1 --out $OUT/tune_d128.json
+  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 1048576 --out $OUT/ttft.json
+  timeout 110 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft.json
+}
+P2_dense() {
+  timeout 250 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --out $OUT/ttft.json
+  timeout 200 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft.json
+}
+RULER12="--lengths 16384 32768 --ruler-lengths 16384 32768 --ruler-samples 12"
+R1_tight() {  # issue 7 at a tight budget, and the dense reference, 12 RULER samples a cell
+  timeout 110 python3 $B/bench_accuracy.py --backend FLASH_ATTN $RULER12 \
+    --out $OUT/accuracy12.json
+  for cfg in "budget_scale=0.05" "profile=qwen2.5-coder-0.5b-instruct-searched.json"; do
+    timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+      --mode fixed --set $cfg $RULER12 --out $OUT/accuracy12.json
+  done
+}
+R2_adaptive() {  # issue 6 at 16K/32K, 12 RULER samples a cell
+  timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS $RULER12 --out $OUT/accuracy12.json
+  timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $AFLOOR $RULER12 --out $OUT/accuracy12.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -186,6 +223,10 @@ case "$1" in
   S3) lane 0 S3_long; wait_lanes 420; jit_check ;;
   S4) lane 0 S4_kernels; wait_lanes 440 ;;
   S5) lane 0 S5_dummy; wait_lanes 420; jit_check ;;
+  P1) lane 0 P1_plan; wait_lanes 570; jit_check ;;
+  P2) lane 0 P2_dense; wait_lanes 460 ;;
+  R1) lane 0 R1_tight; wait_lanes 350; jit_check ;;
+  R2) lane 0 R2_adaptive; wait_lanes 240; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
