@@ -103,7 +103,7 @@ S1_search() {
     --mode fixed --lengths 16384 32768 --ruler-lengths 16384 32768 --set profile=$NEWPROF \
     --out $OUT/accuracy_tight.json
   for cfg in "profile=$NEWPROF" "budget_scale=0.05"; do
-    timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed --set $cfg \
+    timeout 75 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode fixed --set $cfg \
       --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
   done
   timeout 100 python3 $B/bench_kernels.py --seq-lens 131072 --no-random --patterns profile \
@@ -116,14 +116,14 @@ S2_floor() {
     --mode adaptive $AFLOOR --out $OUT/accuracy_floor.json
   timeout 100 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 4096 8192 32768 131072 \
     --out $OUT/ttft_floor.json
-  timeout 170 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+  timeout 170 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
     --lengths 4096 8192 32768 131072 524288 --out $OUT/ttft_floor.json
   # the dense first 64K (min_sparse_len) are ~0.4 s of a 128K prefill: sparse from 16K
-  timeout 90 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+  timeout 90 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
     --min-sparse-len 16384 --lengths 4096 8192 32768 131072 --out $OUT/ttft_floor.json
 }
 S3_long() {
-  timeout 130 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+  timeout 130 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
     --lengths 1048576 --out $OUT/ttft_floor_long.json
   timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
     --out $OUT/ttft_floor_long.json
@@ -179,6 +179,28 @@ R2_adaptive() {  # issue 6 at 16K/32K, 12 RULER samples a cell
     --mode adaptive $AFLOOR $RULER12 --out $OUT/accuracy12.json
 }
 
+# second lease: the 128K cells with 12 samples (where both tight profiles are below 10%
+# density), and 64K prefill chunks at 128K/512K (the 1M adaptive run gained 1.6x from them)
+RULER128="--lengths 131072 --ruler-lengths 131072 --ruler-samples 12"
+Q1_dense128() {
+  timeout 330 python3 $B/bench_accuracy.py --backend FLASH_ATTN $RULER128 \
+    --out $OUT/accuracy12_128k.json
+}
+Q2_tight128() {
+  for cfg in "budget_scale=0.05" "profile=qwen2.5-coder-0.5b-instruct-searched.json"; do
+    timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 --mode fixed --set $cfg \
+      $RULER128 --out $OUT/accuracy12_128k.json
+  done
+}
+Q3_adaptive128() {
+  timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
+    $RULER128 --out $OUT/accuracy12_128k.json
+  timeout 150 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 524288 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft.json
+  timeout 120 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 524288 --max-num-batched-tokens 65536 --out $OUT/ttft.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -227,6 +249,9 @@ case "$1" in
   P2) lane 0 P2_dense; wait_lanes 460 ;;
   R1) lane 0 R1_tight; wait_lanes 350; jit_check ;;
   R2) lane 0 R2_adaptive; wait_lanes 240; jit_check ;;
+  Q1) lane 0 Q1_dense128; wait_lanes 340 ;;
+  Q2) lane 0 Q2_tight128; wait_lanes 470; jit_check ;;
+  Q3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
