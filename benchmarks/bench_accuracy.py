@@ -28,6 +28,10 @@ import time
 
 from bench_ttft import append_rows, parse_settings, plugin_mode
 
+# YaRN x4 over the model's 32K: positions past 131072 index outside vLLM's rope table (a
+# device-side assert that kills the engine, seen on the H100 with a 131K prompt + answer)
+ROPE_LIMIT = 4 * 32768
+ANSWER_ROOM = 128  # prompt tokens left free for the answer (max_tokens <= 60) and the template
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 WORDS = ("apple river stone cloud music paper garden window silver orange planet forest candle "
          "bridge mirror rocket pencil island thunder copper violet marble falcon harbor meadow "
@@ -141,20 +145,27 @@ def score(answer: str, expect: list[str]) -> float:
     return sum(e in answer for e in expect) / len(expect)
 
 
-def build_suite(tok, lengths, depths, seeds, ruler_lengths, ruler_samples) -> list[dict]:
+def build_suite(tok, lengths, depths, seeds, ruler_lengths, ruler_samples,
+                max_len: int = ROPE_LIMIT) -> list[dict]:
+    """Every prompt of the suite; a length at the engine's limit gets prompts ``ANSWER_ROOM``
+    tokens shorter (prompt + answer must stay inside the rope table)."""
     pm = PromptMaker(tok)
     items = []
+
+    def fit(n: int) -> int:
+        return min(n, max_len - ANSWER_ROOM)
+
     for n in lengths:
         for d in depths:
             for s in seeds:
-                it = passkey(pm, n, d / 100, random.Random(f"pk-{n}-{d}-{s}"))
+                it = passkey(pm, fit(n), d / 100, random.Random(f"pk-{n}-{d}-{s}"))
                 items.append(dict(it, length=n, depth=d, seed=s))
     makers = {"multikey": multikey, "multivalue": multivalue,
               "variable_tracking": variable_tracking, "common_words": common_words}
     for n in ruler_lengths:
         for name, make in makers.items():
             for s in range(ruler_samples):
-                it = make(pm, n, random.Random(f"{name}-{n}-{s}"))
+                it = make(pm, fit(n), random.Random(f"{name}-{n}-{s}"))
                 items.append(dict(it, length=n, depth=None, seed=s))
     return items
 
@@ -183,7 +194,9 @@ def main() -> None:
                                  min_sparse_len=args.min_sparse_len).items() if v is not None}
     cfg.update(parse_settings(args.set))
     longest = max(args.lengths + args.ruler_lengths)
-    max_len = 131072 + 512 if longest <= 131072 else longest + 512
+    if longest > ROPE_LIMIT:
+        raise SystemExit(f"lengths above {ROPE_LIMIT} need a larger YaRN factor than 4")
+    max_len = ROPE_LIMIT
     os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0,
               attention_backend=args.backend,
@@ -195,7 +208,7 @@ def main() -> None:
         kw["additional_config"] = {"minference": cfg}
     llm = LLM(model=args.model, **kw)
     items = build_suite(llm.get_tokenizer(), args.lengths, args.depths, args.seeds,
-                        args.ruler_lengths, args.ruler_samples)
+                        args.ruler_lengths, args.ruler_samples, max_len)
     too_long = [it for it in items if len(llm.get_tokenizer().encode(it["prompt"]))
                 > max_len - it["max_tokens"]]
     if too_long:  # never let one prompt fail the whole batch

@@ -33,6 +33,17 @@ def test_accuracy_prompts_fit_their_length_and_hold_the_answer():
     assert [a["prompt"] for a in again] == [a["prompt"] for a in items]  # fixed seeds
 
 
+def test_accuracy_prompts_at_the_rope_limit_leave_room_for_the_answer():
+    """A 131K prompt + its answer ran past YaRN x4's 131072 positions and killed vLLM's
+    engine (device-side assert, H100): prompts at the limit are built shorter."""
+    tok = WordTokenizer()
+    limit = 8192
+    items = bench_accuracy.build_suite(tok, [limit], [50], [0], [limit], 1, max_len=limit)
+    for it in items:
+        assert it["length"] == limit  # still labelled by the requested length
+        assert len(tok.encode(it["prompt"])) + it["max_tokens"] <= limit, it["task"]
+
+
 def test_passkey_depth_places_the_needle():
     pm = bench_accuracy.PromptMaker(WordTokenizer())
     early = bench_accuracy.passkey(pm, 4000, 0.1, random.Random(0))["prompt"]
@@ -84,6 +95,18 @@ def test_ttft_rows_pair_with_dense_of_their_own_lease(tmp_path):
     # L1 pairs with 2.0, L2 with 3.0, the untagged file with the last dense row seen
     assert sorted((r["mode"], r["speedup"]) for r in rows) == [
         ("adaptive", 2.0), ("fixed", 1.5), ("fixed", 2.0)]
+
+
+def test_ttft_rows_pair_within_the_same_prefill_chunk():
+    """The prefill chunk (vLLM's max_num_batched_tokens) is shared by both backends: a
+    64K-chunk row pairs with the 64K-chunk dense row, not the default one."""
+    raw = [_ttft("dense", 1, 1024, 2.0), dict(_ttft("dense", 1, 1024, 1.6),
+                                              max_num_batched_tokens=65536),
+           dict(_ttft("adaptive", 1, 1024, 0.4), max_num_batched_tokens=65536),
+           _ttft("adaptive", 1, 1024, 1.0)]
+    rows = summarize_results.pair_ttft(raw)
+    assert sorted((r["max_num_batched_tokens"] or 0, r["speedup"]) for r in rows) == [
+        (0, 2.0), (65536, 4.0)]
 
 
 def test_output_agreement_reports_the_first_divergence():
