@@ -35,21 +35,22 @@ def fmt_len(n: int) -> str:
 # ------------------------------------------------------------------------------- TTFT
 def pair_ttft(raw_rows: list[dict]) -> list[dict]:
     """One row per (model, tp, seq_len, minference mode/config): dense vs minference."""
-    dense = {(r["model"], r["tp"], r["seq_len"]): r for r in raw_rows
-             if r["kind"] == "ttft" and r["mode"] == "dense"}
+    def key(r):  # the prefill chunk is an engine setting both backends share
+        return (r["model"], r["tp"], r["seq_len"], r.get("max_num_batched_tokens"))
+    dense = {key(r): r for r in raw_rows if r["kind"] == "ttft" and r["mode"] == "dense"}
     # a dense row of the same machine lease (rows tagged by their file, see lease_of) first
-    dense_lease = {(r["model"], r["tp"], r["seq_len"], r.get("lease")): r for r in raw_rows
+    dense_lease = {(*key(r), r.get("lease")): r for r in raw_rows
                    if r["kind"] == "ttft" and r["mode"] == "dense"}
     out = []
     for r in raw_rows:
         if r["kind"] != "ttft" or r["mode"] == "dense":
             continue
-        d = dense_lease.get((r["model"], r["tp"], r["seq_len"], r.get("lease"))) or dense.get(
-            (r["model"], r["tp"], r["seq_len"]))
+        d = dense_lease.get((*key(r), r.get("lease"))) or dense.get(key(r))
         if d is None:
             continue
         out.append(dict(kind="ttft", model=r["model"], layers=r["layers"], tp=r["tp"],
                         seq_len=r["seq_len"], mode=r["mode"], config=r["config"],
+                        max_num_batched_tokens=r.get("max_num_batched_tokens"),
                         dense_s=round(d["seconds"], 4), minference_s=round(r["seconds"], 4),
                         speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"]))
     dec = {r["mode"]: r for r in raw_rows if r["kind"] == "decode"}
@@ -122,7 +123,10 @@ def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     for r in rows:
         if (r["kind"] == "ttft" and r["tp"] == 1 and (r["model"], r["mode"]) in styles
                 and "min_sparse_len" not in r["config"]):
-            lines[(r["model"], r["mode"], config_label(r["mode"], r["config"]))].append(r)
+            chunk = r.get("max_num_batched_tokens")
+            cfg = config_label(r["mode"], r["config"]) + (
+                f", {fmt_len(chunk)} chunks" if chunk else "")
+            lines[(r["model"], r["mode"], cfg)].append(r)
     for (model, mode, cfg), rs in sorted(lines.items()):
         style = styles[(model, mode)]
         rs = sorted(rs, key=lambda r: r["seq_len"])
@@ -335,11 +339,14 @@ def main() -> None:
             json.dump(dict(rows=rows, output_agreement=agree, raw=raw_ttft), f, indent=1)
         plot_ttft(rows, os.path.join(RESULTS, f"ttft-{dev}.png"), dev)
         md += ["### TTFT through vLLM", "",
-               "| model | tp | tokens | mode | FLASH_ATTN s | minference s | speedup |",
-               "|---|---|---|---|---|---|---|"]
+               "| model | tp | tokens | prefill chunk | mode | FLASH_ATTN s | minference s | "
+               "speedup |", "|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in rows if r["kind"] == "ttft"),
-                        key=lambda r: (r["model"] != "real", r["tp"], r["mode"], r["seq_len"])):
-            md.append(f"| {r['model']} | {r['tp']} | {fmt_len(r['seq_len'])} | {r['mode']}"
+                        key=lambda r: (r["model"] != "real", r["tp"], r["mode"],
+                                       r.get("max_num_batched_tokens") or 0, r["seq_len"])):
+            chunk = r.get("max_num_batched_tokens")
+            md.append(f"| {r['model']} | {r['tp']} | {fmt_len(r['seq_len'])} | "
+                      f"{fmt_len(chunk) if chunk else 'default'} | {r['mode']}"
                       f"{' ' + json.dumps(r['config']) if r['config'] else ''} | "
                       f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x |")
         for r in (r for r in rows if r["kind"] == "decode"):
