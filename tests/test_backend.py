@@ -29,8 +29,8 @@ from vllm_minference.kernels.attention.reference import (masked_attention_refere
                                                           worklist_mask)
 from vllm_minference.layer_plan import planned_page_size  # noqa: E402
 from vllm_minference.backend import (MInferenceBackend, MInferenceImpl,  # noqa: E402
-                                     MInferenceMetadataBuilder, classify_requests, runs_of,
-                                     warn_dense_layers)
+                                     MInferenceMetadataBuilder, chunk_hint, classify_requests,
+                                     runs_of, warn_dense_layers)
 
 LAYER = "model.layers.1.self_attn.attn"
 
@@ -226,6 +226,21 @@ def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):
     assert len(messages) == 1 and "2 attention layer(s)" in messages[0]
     assert "sliding-window" in messages[0]
     assert warn_dense_layers(vc, names) == []  # said once
+
+
+def test_chunk_hint_once_for_long_context_with_small_chunks():
+    from types import SimpleNamespace
+
+    def config(max_len, chunk):
+        return SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_len),
+                               scheduler_config=SimpleNamespace(max_num_batched_tokens=chunk))
+    assert chunk_hint(config(32768, 8192)) is None  # short context: nothing to gain
+    assert chunk_hint(config(1 << 20, 65536)) is None  # already large chunks
+    assert chunk_hint(config(131072, 131072)) is None  # no chunking at all
+    msg = chunk_hint(config(1 << 20, 16384))
+    assert msg is not None and "16384" in msg and "--max-num-batched-tokens 65536" in msg
+    assert chunk_hint(config(1 << 20, 16384)) is None  # said once per process
+    assert chunk_hint(SimpleNamespace()) is None  # a config without these parts
 
 
 def test_weights_loaded_hook_warms_up_sparse_layers_only(model_dir, monkeypatch):

@@ -92,6 +92,7 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.settings = MInferenceSettings.from_sources(vllm_config.additional_config)
         warn_dense_layers(vllm_config, layer_names)
+        chunk_hint(vllm_config)
 
     def use_cascade_attention(self, *args, **kwargs) -> bool:
         return False
@@ -246,3 +247,32 @@ def warn_dense_layers(vllm_config, layer_names: list[str]) -> list[str]:
             logger.warning(msg)
             issued.append(msg)
     return issued
+
+
+LONG_CONTEXT = 131072  # a deployment whose prompts can reach this gets the chunk hint
+HINT_CHUNK = 65536
+
+
+def chunk_hint(vllm_config) -> str | None:
+    """One start-up hint when long prompts would prefill in small chunks.
+
+    Every prefill chunk pays one Vertical-Slash estimate over all earlier keys, so a 1M-token
+    prompt in vLLM's default 16K chunks pays 64 of them (H100, adaptive mode: TTFT 8.2 s;
+    with 64K chunks 5.0 s, FLASH_ATTN 109 s and 103 s).  The chunk is vLLM's scheduler
+    setting, shared with every other request, so this only says so once.
+    """
+    sched = getattr(vllm_config, "scheduler_config", None)
+    model = getattr(vllm_config, "model_config", None)
+    if sched is None or model is None:
+        return None
+    chunk = sched.max_num_batched_tokens
+    if model.max_model_len < LONG_CONTEXT or chunk >= min(HINT_CHUNK, model.max_model_len):
+        return None
+    msg = (f"minference: prefill chunks of {chunk} tokens; long prompts prefill faster with "
+           f"--max-num-batched-tokens {HINT_CHUNK} (fewer sparse-pattern estimates: a 1M-token "
+           f"prompt took 5.0 s instead of 8.2 s on an H100 in adaptive mode)")
+    if msg in _warned:
+        return None
+    _warned.add(msg)
+    logger.info(msg)
+    return msg
