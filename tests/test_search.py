@@ -186,6 +186,18 @@ def test_too_long_prompt_is_a_clear_error(tmp_path, capsys):
     assert "longer than the model's context" in capsys.readouterr().err
 
 
+def test_out_of_memory_forward_is_a_clear_error(monkeypatch):
+    """A model or prompt too large for the GPU: the forward's OOM becomes a SearchError that
+    says so (and suggests a shorter prompt) instead of a raw CUDA traceback."""
+    model = tiny_model()
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+    monkeypatch.setattr(model.model, "forward", oom)
+    with pytest.raises(SearchError, match="does not fit on the GPU.*shorter"):
+        search_model(model, torch.zeros(384, dtype=torch.long), SMALL)
+
+
 def test_yarn_override_extends_context():
     cfg = tiny_config()
     override = apply_yarn(cfg, 2.0)
