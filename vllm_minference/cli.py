@@ -1,6 +1,7 @@
 """``vllm-minference`` command line: start serving, or show sparse prefill on a CPU.
 
     vllm-minference quickstart [MODEL]   # GPU: vllm serve MODEL --attention-backend minference
+                                         # (the default model at 128K context, YaRN x4)
                                          # no GPU: the CPU demo below
     vllm-minference demo                 # sparse vs dense prefill under the Triton interpreter
 """
@@ -8,10 +9,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+# The default model's native context (32K) ends below `min_sparse_len` (64K), where sparse
+# prefill starts to pay: quickstart serves it at 128K with YaRN x4 (the scaling Qwen
+# documents for long inputs; it found a passkey at 125K in our suite) and in 64K prefill
+# chunks (each chunk pays one pattern estimate: README, "Prefill chunk").
+LONG_CONTEXT = 131072
+DEFAULT_MODEL_LONG_CONTEXT = [
+    "--max-model-len", str(LONG_CONTEXT),
+    "--hf-overrides", json.dumps({
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1000000.0,
+                            "original_max_position_embeddings": 32768},
+        "max_position_embeddings": LONG_CONTEXT}),
+    "--max-num-batched-tokens", "65536",
+]
+
+
+def serve_command(model: str, extra: list[str]) -> list[str]:
+    """The `vllm serve` command quickstart runs; the user's own arguments come last, so
+    they override these (argparse keeps the last value)."""
+    defaults = DEFAULT_MODEL_LONG_CONTEXT if model == DEFAULT_MODEL else []
+    return ["vllm", "serve", model, "--attention-backend", "minference", *defaults, *extra]
 
 
 def demo(seq_len: int = 2048, seed: int = 0) -> dict:
@@ -66,16 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["search"]:  # forwarded whole: its options (and --help) are search.py's
         from vllm_minference.search import main as search_main
         return search_main(argv[1:])
-    args = ap.parse_args(argv)
-
-    if args.cmd == "quickstart":
+    if argv[:1] == ["quickstart"] and not {"-h", "--help"} & set(argv[1:2]):
+        # by hand: argparse's REMAINDER after an optional MODEL drops a leading `--flag`
+        rest = argv[1:]
+        model = rest.pop(0) if rest and not rest[0].startswith("-") else DEFAULT_MODEL
         import torch
         if torch.cuda.is_available():
-            cmd = ["vllm", "serve", args.model, "--attention-backend", "minference",
-                   *args.serve_args]
+            cmd = serve_command(model, rest)
             print("+", " ".join(cmd), flush=True)
             os.execvp(cmd[0], cmd)
+            return 0  # only reached when execvp is replaced (tests)
         print("no GPU found: running the CPU demo (Triton interpreter) instead of serving")
+        argv = ["demo"]
+    args = ap.parse_args(argv)
     r = demo(getattr(args, "seq_len", 2048))
     print(f"Vertical-Slash prefill of {r['seq_len']} tokens x {r['heads']} heads on {r['device']}:"
           f" computes {r['density']:.0%} of the causal attention tiles,"
