@@ -184,6 +184,9 @@ def main() -> None:
     ap.add_argument("--budget-scale", type=float, default=None)
     ap.add_argument("--min-sparse-len", type=int, default=None)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="vLLM's prefill chunk (each chunk of a sparse prefill has its own "
+                         "estimate, so the chunk can change answers)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any other plugin setting (e.g. profile=..., adaptive_local=1024)")
     ap.add_argument("--out", required=True)
@@ -206,6 +209,8 @@ def main() -> None:
                             "max_position_embeddings": max_len})
     if args.backend.lower() == "minference" and cfg:
         kw["additional_config"] = {"minference": cfg}
+    if args.max_num_batched_tokens:
+        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     llm = LLM(model=args.model, **kw)
     items = build_suite(llm.get_tokenizer(), args.lengths, args.depths, args.seeds,
                         args.ruler_lengths, args.ruler_samples, max_len)
@@ -228,7 +233,9 @@ def main() -> None:
             new.append(dict(task=it["task"], length=n, depth=it["depth"], seed=it["seed"],
                             prompt_tokens=len(o.prompt_token_ids),
                             score=score(ans, it["expect"]), answer=ans[:80],
-                            backend=args.backend, mode=mode, config=cfg))
+                            backend=args.backend, mode=mode, config=cfg,
+                            **({"max_num_batched_tokens": args.max_num_batched_tokens}
+                               if args.max_num_batched_tokens else {})))
         append_rows(args.out, new, indent=0)
         rows += new
     elapsed = time.perf_counter() - t0

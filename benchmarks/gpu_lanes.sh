@@ -201,6 +201,16 @@ Q3_adaptive128() {
     --lengths 131072 524288 --max-num-batched-tokens 65536 --out $OUT/ttft.json
 }
 
+# next session: does the 64K prefill chunk (20.5x at 1M) keep the adaptive answers? Each
+# chunk's estimate then covers 4x as many rows; dense rows with the same chunk for reference
+N1_chunk_accuracy() {
+  for b in "FLASH_ATTN" "minference --min-sparse-len 4096 --mode adaptive $FLOORS"; do
+    timeout 280 python3 $B/bench_accuracy.py --backend $b --max-num-batched-tokens 65536 \
+      --lengths 32768 131072 --ruler-lengths 32768 131072 --ruler-samples 12 \
+      --out $OUT/accuracy_chunk64k.json
+  done
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -252,6 +262,7 @@ case "$1" in
   Q1) lane 0 Q1_dense128; wait_lanes 340 ;;
   Q2) lane 0 Q2_tight128; wait_lanes 470; jit_check ;;
   Q3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
+  N1) lane 0 N1_chunk_accuracy; wait_lanes 570; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -233,7 +233,10 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
     cfgs = defaultdict(lambda: defaultdict(list))
     for r in raw:  # the row's mode is what the plugin ran (its default may have changed)
         if r["mode"] != "dense":
-            cfgs[(r["mode"], json.dumps(r["config"], sort_keys=True))][key(r)].append(r["score"])
+            cfg = dict(r["config"])  # a prefill chunk of its own is a configuration of its own
+            if r.get("max_num_batched_tokens"):
+                cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
+            cfgs[(r["mode"], json.dumps(cfg, sort_keys=True))][key(r)].append(r["score"])
     out = []
     for (mode, cfg), scores in cfgs.items():
         c = json.loads(cfg)

@@ -129,6 +129,12 @@ def test_accuracy_rows_average_seeds_against_dense():
            r("adaptive", {"mode": "adaptive", "gamma": 0.8}, 1, 0.0)]
     (row,) = summarize_results.pair_accuracy(raw)
     assert row["dense"] == 100.0 and row["minference"] == 50.0 and row["gamma"] == 0.8
+    # the same settings in 64K prefill chunks: a column of its own
+    raw.append(dict(r("adaptive", {"mode": "adaptive", "gamma": 0.8}, 0, 1.0),
+                    max_num_batched_tokens=65536))
+    rows = summarize_results.pair_accuracy(raw)
+    assert sorted((row["label"], row["minference"]) for row in rows) == [
+        ("adaptive γ=0.8", 50.0), ("adaptive γ=0.8 max_num_batched_tokens=65536", 100.0)]
 
 
 def test_recall_study_key_sets_match_the_index_builder(device):
