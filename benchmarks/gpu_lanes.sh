@@ -211,6 +211,13 @@ N1_chunk_accuracy() {
   done
 }
 
+N2_floor_chunk() {  # adaptive over the x0.25 fixed floor (closest to dense answers) in 64K chunks
+  timeout 250 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
+    --lengths 131072 524288 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 300 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 524288 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -263,6 +270,7 @@ case "$1" in
   Q2) lane 0 Q2_tight128; wait_lanes 470; jit_check ;;
   Q3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
   N1) lane 0 N1_chunk_accuracy; wait_lanes 570; jit_check ;;
+  N2) lane 0 N2_floor_chunk; wait_lanes 570; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
