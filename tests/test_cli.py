@@ -7,7 +7,7 @@ import pytest
 from vllm_minference import cli
 
 
-def test_quickstart_serves_the_default_model_long_enough_to_be_sparse(monkeypatch):
+def test_quickstart_serves_the_default_model_long_enough_to_be_sparse(monkeypatch, capsys):
     """At its native 32K the default model never reaches min_sparse_len (64K): quickstart
     serves it at 128K with YaRN x4 in 64K chunks; the user's arguments come last."""
     import torch
@@ -16,6 +16,8 @@ def test_quickstart_serves_the_default_model_long_enough_to_be_sparse(monkeypatc
     monkeypatch.setattr(cli.os, "execvp", lambda f, cmd: ran.setdefault("cmd", cmd))
     cli.main(["quickstart", "--port", "8001"])
     cmd = ran["cmd"]
+    import shlex
+    assert shlex.split(capsys.readouterr().out.split("+ ", 1)[1]) == cmd  # printed runnable
     assert cmd[:6] == ["vllm", "serve", cli.DEFAULT_MODEL, "--attention-backend", "minference",
                        "--max-model-len"]
     assert int(cmd[6]) >= 2 * 65536  # past the default min_sparse_len

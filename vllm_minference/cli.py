@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         if torch.cuda.is_available():
             cmd = serve_command(model, rest)
-            print("+", " ".join(cmd), flush=True)
+            print("+", shlex.join(cmd), flush=True)  # copy-pasteable (the JSON is quoted)
             os.execvp(cmd[0], cmd)
             return 0  # only reached when execvp is replaced (tests)
         print("no GPU found: running the CPU demo (Triton interpreter) instead of serving")
