@@ -218,6 +218,12 @@ N2_floor_chunk() {  # adaptive over the x0.25 fixed floor (closest to dense answ
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
 
+N3_default_settings() {  # issue 5's "default budgets" with every default (min_sparse_len 64K:
+  # the first half of a 128K prompt dense); the 12-sample run of 2026-11-26 forced sparse from 4K
+  timeout 250 python3 $B/bench_accuracy.py --backend minference --mode fixed $RULER128 \
+    --out $OUT/accuracy12_128k_defaults.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -271,6 +277,7 @@ case "$1" in
   Q3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
   N1) lane 0 N1_chunk_accuracy; wait_lanes 570; jit_check ;;
   N2) lane 0 N2_floor_chunk; wait_lanes 570; jit_check ;;
+  N3) lane 0 N3_default_settings; wait_lanes 260; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
