@@ -103,7 +103,7 @@ S1_search() {
     --mode fixed --lengths 16384 32768 --ruler-lengths 16384 32768 --set profile=$NEWPROF \
     --out $OUT/accuracy_tight.json
   for cfg in "profile=$NEWPROF" "budget_scale=0.05"; do
-    timeout 75 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode fixed --set $cfg \
+    timeout 75 python3 $B/bench_ttft.py --backend minference --mode fixed --set $cfg \
       --lengths 131072 --reps 2 --out $OUT/ttft_tight.json
   done
   timeout 100 python3 $B/bench_kernels.py --seq-lens 131072 --no-random --patterns profile \
@@ -116,14 +116,14 @@ S2_floor() {
     --mode adaptive $AFLOOR --out $OUT/accuracy_floor.json
   timeout 100 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 4096 8192 32768 131072 \
     --out $OUT/ttft_floor.json
-  timeout 170 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
+  timeout 170 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
     --lengths 4096 8192 32768 131072 524288 --out $OUT/ttft_floor.json
   # the dense first 64K (min_sparse_len) are ~0.4 s of a 128K prefill: sparse from 16K
-  timeout 90 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
+  timeout 90 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
     --min-sparse-len 16384 --lengths 4096 8192 32768 131072 --out $OUT/ttft_floor.json
 }
 S3_long() {
-  timeout 130 python3 $B/bench_ttft.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
+  timeout 130 python3 $B/bench_ttft.py --backend minference --mode adaptive $AFLOOR \
     --lengths 1048576 --out $OUT/ttft_floor_long.json
   timeout 260 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
     --out $OUT/ttft_floor_long.json
@@ -164,10 +164,11 @@ P2_dense() {
     --max-num-batched-tokens 65536 --out $OUT/ttft.json
 }
 RULER12="--lengths 16384 32768 --ruler-lengths 16384 32768 --ruler-samples 12"
+TIGHT="budget_scale=0.05 profile=qwen2.5-coder-0.5b-instruct-searched.json"  # issue 7's pair
 R1_tight() {  # issue 7 at a tight budget, and the dense reference, 12 RULER samples a cell
   timeout 110 python3 $B/bench_accuracy.py --backend FLASH_ATTN $RULER12 \
     --out $OUT/accuracy12.json
-  for cfg in "budget_scale=0.05" "profile=qwen2.5-coder-0.5b-instruct-searched.json"; do
+  for cfg in $TIGHT; do
     timeout 110 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
       --mode fixed --set $cfg $RULER12 --out $OUT/accuracy12.json
   done
@@ -187,14 +188,14 @@ Q1_dense128() {
     --out $OUT/accuracy12_128k.json
 }
 Q2_tight128() {
-  for cfg in "budget_scale=0.05" "profile=qwen2.5-coder-0.5b-instruct-searched.json"; do
-    timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 --mode fixed --set $cfg \
-      $RULER128 --out $OUT/accuracy12_128k.json
+  for cfg in $TIGHT; do
+    timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+      --mode fixed --set $cfg $RULER128 --out $OUT/accuracy12_128k.json
   done
 }
 Q3_adaptive128() {
-  timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 --mode adaptive $AFLOOR \
-    $RULER128 --out $OUT/accuracy12_128k.json
+  timeout 230 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $AFLOOR $RULER128 --out $OUT/accuracy12_128k.json
   timeout 150 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 524288 \
     --max-num-batched-tokens 65536 --out $OUT/ttft.json
   timeout 120 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
