@@ -208,12 +208,6 @@ def worklist_block_masks(wl: WorkList, layout: SeqLayout, blocks: torch.Tensor) 
 
 
 # ------------------------------------------------------------------------- one layer
-def block_recall(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
-                 blocks: list[int], keys: torch.Tensor) -> torch.Tensor:
-    """Mean attention mass inside each candidate's key set over the blocks, ``[C, H]``."""
-    return block_recalls(q, k, scale, layout, blocks, keys).mean(dim=-1)
-
-
 def weighted_recall(per_block: torch.Tensor, final_weight: float, n_final: int = 2
                     ) -> torch.Tensor:
     """``[C, H]`` from ``[C, H, S]``: the last ``n_final`` blocks weigh ``final_weight``
