@@ -26,7 +26,7 @@ import os
 import random
 import time
 
-from bench_ttft import append_rows, parse_settings, plugin_mode
+from bench_ttft import append_rows, chunk_setting, parse_settings, plugin_mode
 
 # YaRN x4 over the model's 32K: positions past 131072 index outside vLLM's rope table (a
 # device-side assert that kills the engine, seen on the H100 with a 131K prompt + answer)
@@ -209,8 +209,7 @@ def main() -> None:
                             "max_position_embeddings": max_len})
     if args.backend.lower() == "minference" and cfg:
         kw["additional_config"] = {"minference": cfg}
-    if args.max_num_batched_tokens:
-        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
+    kw.update(chunk_setting(args))
     llm = LLM(model=args.model, **kw)
     items = build_suite(llm.get_tokenizer(), args.lengths, args.depths, args.seeds,
                         args.ruler_lengths, args.ruler_samples, max_len)
@@ -234,8 +233,7 @@ def main() -> None:
                             prompt_tokens=len(o.prompt_token_ids),
                             score=score(ans, it["expect"]), answer=ans[:80],
                             backend=args.backend, mode=mode, config=cfg,
-                            **({"max_num_batched_tokens": args.max_num_batched_tokens}
-                               if args.max_num_batched_tokens else {})))
+                            **chunk_setting(args)))
         append_rows(args.out, new, indent=0)
         rows += new
     elapsed = time.perf_counter() - t0

@@ -88,14 +88,20 @@ def mode_of(args) -> str:
     return plugin_mode(args.backend, minference_config(args))
 
 
+def chunk_setting(args) -> dict:
+    """``max_num_batched_tokens`` (vLLM's prefill chunk) when the run sets it: an engine
+    argument and a field of every row, so results pair with runs of the same chunk."""
+    n = args.max_num_batched_tokens
+    return {"max_num_batched_tokens": n} if n else {}
+
+
 def make_llm(args, max_len: int):
     from vllm import LLM
     kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0,
               tensor_parallel_size=args.tp)
     if args.backend != "default":
         kw["attention_backend"] = args.backend
-    if args.max_num_batched_tokens:  # vLLM's prefill chunk (default 16K for LLM on an H100)
-        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
+    kw.update(chunk_setting(args))  # default: 16K for LLM on an H100
     if minference_config(args):
         kw["additional_config"] = {"minference": minference_config(args)}
     if args.model_kind == "real":
@@ -112,8 +118,7 @@ def base_row(args) -> dict:
     return dict(backend=args.backend, mode=mode_of(args), gamma=args.gamma, tp=args.tp,
                 model=args.model_kind, layers=args.layers if args.model_kind != "real" else 24,
                 config=minference_config(args) if args.backend.lower() == "minference" else {},
-                **({"max_num_batched_tokens": args.max_num_batched_tokens}
-                   if args.max_num_batched_tokens else {}))
+                **chunk_setting(args))
 
 
 def append_rows(path: str, rows: list[dict], indent: int = 1) -> None:
