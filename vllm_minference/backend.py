@@ -31,7 +31,7 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
 
 from vllm_minference.kernels import SeqLayout
 
-from .config import MInferenceSettings
+from .config import LONG_PROMPT_CHUNK, MInferenceSettings
 from .layer_plan import PREFERRED_PAGE_SIZE, LayerPlanner, unsupported_reason
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
@@ -250,7 +250,6 @@ def warn_dense_layers(vllm_config, layer_names: list[str]) -> list[str]:
 
 
 LONG_CONTEXT = 131072  # a deployment whose prompts can reach this gets the chunk hint
-HINT_CHUNK = 65536
 
 
 def chunk_hint(vllm_config) -> str | None:
@@ -266,11 +265,12 @@ def chunk_hint(vllm_config) -> str | None:
     if sched is None or model is None:
         return None
     chunk = sched.max_num_batched_tokens
-    if model.max_model_len < LONG_CONTEXT or chunk >= min(HINT_CHUNK, model.max_model_len):
+    if model.max_model_len < LONG_CONTEXT or chunk >= min(LONG_PROMPT_CHUNK,
+                                                          model.max_model_len):
         return None
     msg = (f"minference: prefill chunks of {chunk} tokens; long prompts prefill faster with "
-           f"--max-num-batched-tokens {HINT_CHUNK} (fewer sparse-pattern estimates: a 1M-token "
-           f"prompt took 5.0 s instead of 8.2 s on an H100 in adaptive mode)")
+           f"--max-num-batched-tokens {LONG_PROMPT_CHUNK} (fewer sparse-pattern estimates: a "
+           f"1M-token prompt took 5.0 s instead of 8.2 s on an H100 in adaptive mode)")
     if msg in _warned:
         return None
     _warned.add(msg)

@@ -14,6 +14,8 @@ import os
 import shlex
 import sys
 
+from vllm_minference.config import LONG_PROMPT_CHUNK
+
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 # The default model's native context (32K) ends below `min_sparse_len` (64K), where sparse
 # prefill starts to pay: quickstart serves it at 128K with YaRN x4 (the scaling Qwen
@@ -26,7 +28,7 @@ DEFAULT_MODEL_LONG_CONTEXT = [
         "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1000000.0,
                             "original_max_position_embeddings": 32768},
         "max_position_embeddings": LONG_CONTEXT}),
-    "--max-num-batched-tokens", "65536",
+    "--max-num-batched-tokens", str(LONG_PROMPT_CHUNK),
 ]
 
 

@@ -15,6 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "MINFERENCE_"
+# vLLM's --max-num-batched-tokens for long prompts: each prefill chunk pays one pattern
+# estimate (README, "Prefill chunk"); the start-up hint and quickstart both use it
+LONG_PROMPT_CHUNK = 65536
 
 
 class MInferenceSettings(BaseModel):
