@@ -4,16 +4,14 @@ vLLM's FlashAttention kernels cannot run on a CPU, so the dense path is replaced
 PyTorch stand-in; the sparse path runs the real Triton kernels (interpreter).
 """
 
-import os
 import pickle
-import subprocess
-import sys
 from importlib.metadata import entry_points
 
 import pytest
 import torch
 
-from vllm_fixtures import dense_reference_forward, make_paged_batch, make_vllm_config, tiny_model_dir
+from vllm_fixtures import (ENGINE_ARGS_ON_CPU, dense_reference_forward, make_paged_batch,
+                           make_vllm_config, run_python, tiny_model_dir)
 
 pytest.importorskip("vllm")
 
@@ -59,22 +57,7 @@ def test_backend_flag_resolves_to_this_backend():
     assert AttentionBackendEnum[MInferenceBackend.get_name()] is AttentionBackendEnum.CUSTOM
 
 
-def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
-CLI_CHECK = """
-import sys
-import vllm.platforms
-from vllm.platforms.cpu import CpuPlatform
-vllm.platforms.current_platform = CpuPlatform()
-from vllm.engine.arg_utils import EngineArgs
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.plugins import load_general_plugins
-load_general_plugins()
-parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+CLI_CHECK = ENGINE_ARGS_ON_CPU + """
 args = parser.parse_args(["--model", sys.argv[1], "--attention-backend", "minference",
                           "--skip-tokenizer-init", "--max-model-len", "1024",
                           "--additional-config.minference.min_sparse_len", "4096"])
@@ -87,10 +70,10 @@ def test_cli_flag_and_plugin_filter(model_dir):
     """`--attention-backend minference` parses through vLLM's own CLI path; VLLM_PLUGINS
     that leaves the plugin out makes the name unknown again."""
     code = CLI_CHECK.replace("sys.argv[1]", repr(model_dir))
-    ok = _run_python(code, {"VLLM_PLUGINS": "minference"})
+    ok = run_python(code, {"VLLM_PLUGINS": "minference"})
     assert "BACKEND CUSTOM" in ok.stdout, ok.stderr[-3000:]
     assert "'min_sparse_len': '4096'" in ok.stdout or "'min_sparse_len': 4096" in ok.stdout
-    off = _run_python(code, {"VLLM_PLUGINS": "some_other_plugin"})
+    off = run_python(code, {"VLLM_PLUGINS": "some_other_plugin"})
     assert off.returncode != 0
     assert "Unknown attention backend: 'MINFERENCE'" in off.stderr
 

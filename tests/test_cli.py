@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from vllm_fixtures import ENGINE_ARGS_ON_CPU, run_python
 from vllm_minference import cli
 
 
@@ -57,18 +58,9 @@ def test_quickstart_without_a_gpu_runs_the_cpu_demo(monkeypatch, capsys):
     assert "no GPU found" in out and "computes 25% of the causal attention tiles" in out
 
 
-SERVE_CHECK = """
-import json, sys
-import vllm.platforms
-from vllm.platforms.cpu import CpuPlatform
-vllm.platforms.current_platform = CpuPlatform()
-from vllm.engine.arg_utils import EngineArgs
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.plugins import load_general_plugins
+SERVE_CHECK = ENGINE_ARGS_ON_CPU + """
 from vllm_minference import cli
-load_general_plugins()
 flags = cli.serve_command(cli.DEFAULT_MODEL, [])[3:]  # what follows `vllm serve MODEL`
-parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
 args = parser.parse_args(["--model", sys.argv[1], "--skip-tokenizer-init", *flags])
 config = EngineArgs.from_cli_args(args).create_engine_config()
 print("SERVE", config.attention_config.backend.name, config.model_config.max_model_len,
@@ -80,15 +72,11 @@ print("SERVE", config.attention_config.backend.name, config.model_config.max_mod
 def test_quickstart_flags_pass_vllms_own_checks(tmp_path):
     """vLLM itself parses quickstart's flags and accepts 128K for a 32K-native Qwen2 config
     with YaRN x4 (its derived length is original x factor: no VLLM_ALLOW_LONG_MAX_MODEL_LEN)."""
-    import os
-    import subprocess
-    import sys
     cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 128,
            "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1,
            "num_hidden_layers": 1, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
            "vocab_size": 1000, "torch_dtype": "bfloat16", "rope_theta": 1000000.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ALLOW_LONG_MAX_MODEL_LEN"}
-    run = subprocess.run([sys.executable, "-c", SERVE_CHECK, str(tmp_path)], capture_output=True,
-                         text=True, env={**env, "VLLM_PLUGINS": "minference"}, timeout=300)
+    run = run_python(SERVE_CHECK, {"VLLM_PLUGINS": "minference",
+                                   "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "0"}, str(tmp_path))
     assert "SERVE CUSTOM 131072 65536 yarn" in run.stdout, run.stderr[-3000:]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,28 @@ TINY_LLAMA = {
     "num_hidden_layers": 2, "head_dim": 64, "max_position_embeddings": 4096,
     "rms_norm_eps": 1e-5, "vocab_size": 1000, "torch_dtype": "float16", "rope_theta": 10000.0,
 }
+
+
+# Prologue of a fresh-interpreter script that parses vLLM CLI flags on a CPU machine: the
+# CPU platform, the general plugins (this one) loaded, EngineArgs' own parser in `parser`.
+ENGINE_ARGS_ON_CPU = """
+import sys
+import vllm.platforms
+from vllm.platforms.cpu import CpuPlatform
+vllm.platforms.current_platform = CpuPlatform()
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+"""
+
+
+def run_python(code: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (platform and plugin state of its own) with ``env``
+    over this process's environment."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
 
 
 def tiny_model_dir(root: Path, **overrides) -> str:
