@@ -14,8 +14,11 @@ model's own modules (HF weights) with FA3 attention.  From them:
 Worst case: ``random`` rows, random Q/K at Llama-3-8B shape (what dummy weights give), with
 the density guard of the vLLM backend (dense FA3 when the lists cover too much).
 
-K/V are read from a paged cache by our kernels: 64-token pages, what the plugin asks vLLM for
-(``--page`` 16 measures vLLM's generic default).  Writes JSON rows
+K/V are read from a paged cache by our kernels: 64-token pages in HND order, what the plugin
+asks vLLM for (``--page`` 16 measures vLLM's generic default).  ``--kernels`` picks what
+computes the key tiles: ``triton`` (this package's kernel), ``fa3`` (FlashAttention-3 over
+per-(head, row group) page lists, :mod:`vllm_minference.kernels.page_lists`), or both (rows
+with ``kernel`` = each; ``page_density`` = keys FA3 computes over the causal area).  Writes JSON rows
 (see README "Kernel results") and prints a table.
 
     python benchmarks/bench_kernels.py --seq-lens 32768 131072 --out kernels.json
@@ -39,6 +42,7 @@ from vllm_minference.kernels import (KVSource, SeqLayout, block_sparse_scores,
                                      build_vertical_slash_worklist, estimate_vertical_slash,
                                      select_vertical_slash, sparse_attention)
 from vllm_minference.kernels.attention.reference import block_attention_reference
+from vllm_minference.kernels.page_lists import page_list_attention
 from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive
 from vllm_minference.kernels.worklist import WorkList
 
@@ -145,8 +149,9 @@ def capture_qkv(model_path: str, tokens: torch.Tensor, layers: list[int]) -> dic
     return out
 
 
-def paged(k: torch.Tensor, v: torch.Tensor) -> KVSource:
-    """The same keys/values in a vLLM-style paged cache (``PAGE`` tokens, shuffled pages)."""
+def paged(k: torch.Tensor, v: torch.Tensor) -> tuple[KVSource, torch.Tensor]:
+    """The same keys/values in the backend's paged cache (``PAGE`` tokens, shuffled pages,
+    HND order ``[pages, kv_heads, PAGE, 2 * D]``): its KVSource view, and the cache."""
     L, hk, d = k.shape
     n_pages = math.ceil(L / PAGE)
     pad = n_pages * PAGE - L
@@ -154,10 +159,11 @@ def paged(k: torch.Tensor, v: torch.Tensor) -> KVSource:
         k = torch.cat([k, k.new_zeros(pad, hk, d)])
         v = torch.cat([v, v.new_zeros(pad, hk, d)])
     perm = torch.randperm(n_pages, device=k.device) + 1
-    cache = torch.empty(n_pages + 1, PAGE, hk, 2 * d, dtype=k.dtype, device=k.device)
-    cache[perm, :, :, :d] = k.view(n_pages, PAGE, hk, d)
-    cache[perm, :, :, d:] = v.view(n_pages, PAGE, hk, d)
-    return KVSource.paged(cache[..., :d], cache[..., d:], perm[None].int())
+    cache = torch.empty(n_pages + 1, hk, PAGE, 2 * d, dtype=k.dtype, device=k.device)
+    cache[perm, :, :, :d] = k.view(n_pages, PAGE, hk, d).transpose(1, 2)
+    cache[perm, :, :, d:] = v.view(n_pages, PAGE, hk, d).transpose(1, 2)
+    nhd = cache.transpose(1, 2)
+    return KVSource.paged(nhd[..., :d], nhd[..., d:], perm[None].int()), cache
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -253,7 +259,17 @@ def spot_error(q, k, v, wl, layout, out, scale, samples=6, seed=0) -> float:
 
 
 def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn, index_fn,
-            wl_override=None, fa2=False, guard=None, extra=None):
+            wl_override=None, fa2=False, guard=None, extra=None, cache=None,
+            kernels=("triton",)):
+    for kernel in kernels:
+        measure_kernel(rows, kernel, input_kind=input_kind, pattern=pattern, q=q, k=k, v=v,
+                       kv=kv, layout=layout, dense_ms=dense_ms, est_fn=est_fn,
+                       index_fn=index_fn, wl_override=wl_override,
+                       fa2=fa2 and kernel == kernels[0], guard=guard, extra=extra, cache=cache)
+
+
+def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn,
+                   index_fn, wl_override=None, fa2=False, guard=None, extra=None, cache=None):
     n_heads, d = q.shape[1], q.shape[2]
     scale = d ** -0.5
     est_ms = time_ms(est_fn) if est_fn is not None else 0.0
@@ -262,12 +278,24 @@ def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn,
     wl = wl_override if wl_override is not None else index_fn(est)
     dens = density(wl, layout)
     out = torch.empty_like(q)
-    attn_ms = time_ms(lambda: sparse_attention(q, kv, layout, wl, scale, out=out))
-    err = spot_error(q, k, v, wl, layout, out, scale)
+    page_density = None
+    if kernel == "fa3":
+        stats: dict = {}
+        page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats)
+        causal = n_heads * sum(ql * (kl - ql) + ql * (ql + 1) // 2
+                               for ql, kl in zip(layout.q_lens_host, layout.kv_lens_host))
+        page_density = round(float(stats["key_rows"]) / causal, 4)
+        attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
+                                                      scale, out=out))
+        err = None  # a superset of the list's keys: checked in tests/test_page_lists.py
+    else:
+        attn_ms = time_ms(lambda: sparse_attention(q, kv, layout, wl, scale, out=out))
+        err = spot_error(q, k, v, wl, layout, out, scale)
     row = dict(input=input_kind, pattern=pattern, seq_len=q.shape[0], q_heads=n_heads,
                kv_heads=k.shape[1], head_dim=d, density=round(dens, 4), dense_ms=dense_ms,
                estimate_ms=est_ms, index_ms=index_ms, attn_ms=attn_ms,
-               total_ms=est_ms + index_ms + attn_ms, max_abs_err=err, kv=f"paged{PAGE}")
+               total_ms=est_ms + index_ms + attn_ms, max_abs_err=err, kv=f"paged{PAGE}",
+               kernel=kernel, page_density=page_density)
     if guard is not None and dens > guard:  # the backend's density guard: FA3 instead
         row["pattern"] = pattern + "+guard"
         row["attn_ms"] = dense_ms
@@ -286,10 +314,10 @@ def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn,
     if extra:
         row.update(extra)
     rows.append(row)
-    print(f"{row['input']:6s} {row['pattern']:22s} L={row['seq_len']:8d} "
+    print(f"{row['input']:6s} {row['pattern']:22s} {kernel:6s} L={row['seq_len']:8d} "
           f"h={n_heads}/{k.shape[1]} d={d} dens={dens:.3f} dense={dense_ms:9.2f} "
           f"est={est_ms:7.2f} idx={row['index_ms']:7.2f} attn={row['attn_ms']:9.2f} "
-          f"x{row['speedup']:.2f} eff={row['efficiency']:.2f} err={err:.2e}"
+          f"x{row['speedup']:.2f} eff={row['efficiency']:.2f} err={err}"
           + (f" fa2_sparse={row.get('fa2_sparse_ms')}" if fa2 else ""), flush=True)
     del wl, est
     torch.cuda.empty_cache()
@@ -306,7 +334,7 @@ def bench_length(L: int, args, tokens_all, rows):
               flush=True)
         replay = {}
         for li, (q, k, v) in cap.items():
-            kv = paged(k, v)
+            kv, cache = paged(k, v)
             dense_ms = time_ms(fa3(q, k, v))
             for pattern in patterns:
                 if pattern == "block_sparse" and L > args.max_bs_len:
@@ -318,10 +346,11 @@ def bench_length(L: int, args, tokens_all, rows):
                                                     args.gamma)
                 measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                         layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
+                        cache=cache, kernels=args.kernels,
                         extra=dict(layer=li, model="Qwen2.5-Coder-0.5B", **mode_of(pattern, args)))
                 if pattern in VS_PATTERNS:
                     replay.setdefault(pattern, []).append(est_fn())
-            del kv
+            del kv, cache
         del cap
         torch.cuda.empty_cache()
         # ---------------- the same Vertical-Slash lists at Llama-3-8B shape
@@ -330,30 +359,30 @@ def bench_length(L: int, args, tokens_all, rows):
             heads = torch.arange(LLAMA["q_heads"], device=pooled[0].device) % pooled[0].shape[1]
             sel = [x[:, heads].contiguous() for x in pooled]
             q, k, v = rand_qkv(L)
-            kv = paged(k, v)
+            kv, cache = paged(k, v)
             dense_ms = time_ms(fa3(q, k, v))
             g = args.gamma if pattern == "vertical_slash_adaptive" else None
             est_fn = lambda: vs_select(q, kv, layout, LLAMA["q_heads"], g)  # noqa: E731 (cost only)
             measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                     layout=layout, dense_ms=dense_ms, est_fn=est_fn,
                     index_fn=lambda _: build_vertical_slash_worklist(*sel, layout),
-                    fa2=L <= args.max_fa2_len,
+                    fa2=L <= args.max_fa2_len, cache=cache, kernels=args.kernels,
                     extra=dict(model="Llama-3-8B shape, Qwen lists replayed",
                                layers=args.layers, **mode_of(pattern, args)))
-            del q, k, v, kv, sel, pooled
+            del q, k, v, kv, cache, sel, pooled
             torch.cuda.empty_cache()
     # ---------------- random attention at Llama-3-8B shape (dummy weights)
     if args.random:
         q, k, v = rand_qkv(L)
-        kv = paged(k, v)
+        kv, cache = paged(k, v)
         dense_ms = time_ms(fa3(q, k, v))
         for pattern in VS_PATTERNS:
             est_fn, index_fn = plan_pattern(pattern, q, kv, layout, LLAMA["q_heads"], args.gamma)
             measure(rows, input_kind="random", pattern=pattern, q=q, k=k, v=v, kv=kv,
                     layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
-                    guard=args.guard, extra=dict(model="Llama-3-8B shape, random",
-                                                 **mode_of(pattern, args)))
-        del q, k, v, kv
+                    guard=args.guard, cache=cache, kernels=args.kernels,
+                    extra=dict(model="Llama-3-8B shape, random", **mode_of(pattern, args)))
+        del q, k, v, kv, cache
         torch.cuda.empty_cache()
 
 
@@ -410,11 +439,16 @@ def main() -> None:
     ap.add_argument("--guard", type=float, default=0.45,
                     help="density above which the backend runs dense FA3 instead")
     ap.add_argument("--page", type=int, default=64, help="KV page size (tokens)")
+    ap.add_argument("--kernels", default=None,
+                    help="comma list: triton (this package's kernel), fa3 (page lists); "
+                         "default both on a GPU, triton on a CPU")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")
     ap.add_argument("--random-tokens", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.kernels = tuple((args.kernels or ("triton,fa3" if args.device == "cuda" else "triton")
+                          ).split(","))
     global DEVICE, PAGE
     DEVICE, PAGE = args.device, args.page
     tokens = None

@@ -2,6 +2,7 @@
 # One device call after the gpu-kit is installed:
 #   bash benchmarks/gpu_lanes.sh A|B|C|D|E|F|G      two-GPU machine (nvidia-h100-x2)
 #   bash benchmarks/gpu_lanes.sh H1|H2|H3|S1..S5    one-GPU machine (nvidia-h100-x1)
+#   bash benchmarks/gpu_lanes.sh K1..K5             one GPU: FA3 page lists vs Triton vs dense
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -202,6 +203,45 @@ Q3_adaptive128() {
     --lengths 131072 524288 --max-num-batched-tokens 65536 --out $OUT/ttft.json
 }
 
+# Session of 2026-11-26 (fifth): the key tiles on FlashAttention-3 page lists (attention_kernel
+# auto = fa3 on Hopper) against the Triton kernel (--set attention_kernel=triton) and
+# FLASH_ATTN, all in the same lease
+TRITON="--set attention_kernel=triton"
+K1_check() {  # GPU tests (real FA3 against the reference; one compile per kernel) + kernels
+  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
+     $OLDPWD/tests/test_page_lists.py $OLDPWD/tests/test_compile_variants.py) \
+    > $OUT/gpu_tests.log 2>&1
+  timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
+}
+K2_ttft() {  # vLLM's default 16K chunks; decode over the HND cache
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed $TRITON"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
+  done
+  timeout 70 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 --out $OUT/ttft.json
+  for b in FLASH_ATTN minference; do
+    timeout 80 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  done
+}
+K3_long() {  # 1M in 64K chunks
+  timeout 200 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  for cfg in "--mode fixed" "--mode adaptive $FLOORS" "--mode fixed $TRITON"; do
+    timeout 110 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 1048576 \
+      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+}
+K4_accuracy() {  # fixed budgets forced sparse from 4K at 128K (the Triton run gave 56.2 vs 57.5)
+  timeout 280 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode fixed $RULER128 --out $OUT/accuracy12_128k_fa3.json
+}
+K5_kernels_1m() {
+  timeout 420 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
+}
+
 # next session: does the 64K prefill chunk (20.5x at 1M) keep the adaptive answers? Each
 # chunk's estimate then covers 4x as many rows; dense rows with the same chunk for reference
 N1_chunk_accuracy() {
@@ -279,6 +319,11 @@ case "$1" in
   N1) lane 0 N1_chunk_accuracy; wait_lanes 570; jit_check ;;
   N2) lane 0 N2_floor_chunk; wait_lanes 570; jit_check ;;
   N3) lane 0 N3_default_settings; wait_lanes 260; jit_check ;;
+  K1) lane 0 K1_check; wait_lanes 470 ;;
+  K2) lane 0 K2_ttft; wait_lanes 560; jit_check ;;
+  K3) lane 0 K3_long; wait_lanes 560; jit_check ;;
+  K4) lane 0 K4_accuracy; wait_lanes 290; jit_check ;;
+  K5) lane 0 K5_kernels_1m; wait_lanes 430 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_minference.kernels import KVSource, SeqLayout
+from vllm_minference.kernels import KVSource, SeqLayout, WorkList
 
 
 @dataclass
@@ -63,3 +63,47 @@ def make_batch(q_lens, kv_lens, num_heads=4, num_kv_heads=2, head_dim=64,
 
 def tolerance(dtype: torch.dtype) -> float:
     return {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
+
+
+def random_worklist(layout, num_heads, seed):
+    """Arbitrary (but well-formed) lists: relative/absolute chunks and columns per block."""
+    g = torch.Generator().manual_seed(seed)
+    desc, chunks, cols = [], [], []
+    qs_all = layout.block_first_pos().cpu()
+    last_all = layout.block_last_pos().cpu()
+    for h in range(num_heads):
+        row = []
+        for i in range(layout.num_blocks):
+            qs, last = int(qs_all[i]), int(last_all[i])
+            relative = bool(torch.randint(2, (1,), generator=g))
+            base = qs if relative else 0
+            # disjoint 64-key chunks at random non-overlapping offsets, with a masking floor
+            starts, pos = [], -qs - 63 if relative else 0
+            limit = 0 if relative else last
+            while True:
+                pos += int(torch.randint(0, 90, (1,), generator=g))
+                if pos > limit:
+                    break
+                starts.append(pos)
+                pos += 64
+            chunk_ptr = len(chunks)
+            covered = set()
+            for s in starts:
+                lo = s + int(torch.randint(0, 20, (1,), generator=g))
+                chunks.append((s, lo))
+                covered.update(range(base + lo, base + s + 64))
+            free = [k for k in range(0, last + 1) if k not in covered]
+            pick = torch.randperm(len(free), generator=g)[: int(torch.randint(0, 70, (1,), generator=g))]
+            picked = sorted(free[int(p)] for p in pick)
+            row.append((chunk_ptr, len(starts), base, len(cols), len(picked)))
+            cols.extend(picked)
+        desc.append(row)
+    dev = layout.q_len.device
+    return WorkList(torch.tensor(desc, dtype=torch.int32, device=dev),
+                    torch.tensor(chunks + [(0, 0)], dtype=torch.int32, device=dev),
+                    torch.tensor(cols + [0], dtype=torch.int32, device=dev))
+
+
+def hnd_cache(paged: KVSource) -> torch.Tensor:
+    """The paged K/V as vLLM's packed cache in HND order, ``[pages, kv_heads, page, 2 * D]``."""
+    return torch.cat([paged.key, paged.value], dim=-1).transpose(1, 2).contiguous()

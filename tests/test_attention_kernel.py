@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import kernel_dtypes
-from kernel_inputs import make_batch, tolerance
-from vllm_minference.kernels import WorkList, dense_worklist, sparse_attention
+from kernel_inputs import make_batch, random_worklist, tolerance
+from vllm_minference.kernels import dense_worklist, sparse_attention
 from vllm_minference.kernels.attention.reference import (masked_attention_reference,
                                                           worklist_mask, worklist_overlaps)
 
@@ -51,50 +51,11 @@ def test_lse_matches_logsumexp(device, dtype):
                                        atol=2e-3, rtol=1e-3)
 
 
-def _random_worklist(layout, num_heads, seed):
-    """Arbitrary (but well-formed) lists: relative/absolute chunks and columns per block."""
-    g = torch.Generator().manual_seed(seed)
-    desc, chunks, cols = [], [], []
-    qs_all = layout.block_first_pos().cpu()
-    last_all = layout.block_last_pos().cpu()
-    for h in range(num_heads):
-        row = []
-        for i in range(layout.num_blocks):
-            qs, last = int(qs_all[i]), int(last_all[i])
-            relative = bool(torch.randint(2, (1,), generator=g))
-            base = qs if relative else 0
-            # disjoint 64-key chunks at random non-overlapping offsets, with a masking floor
-            starts, pos = [], -qs - 63 if relative else 0
-            limit = 0 if relative else last
-            while True:
-                pos += int(torch.randint(0, 90, (1,), generator=g))
-                if pos > limit:
-                    break
-                starts.append(pos)
-                pos += 64
-            chunk_ptr = len(chunks)
-            covered = set()
-            for s in starts:
-                lo = s + int(torch.randint(0, 20, (1,), generator=g))
-                chunks.append((s, lo))
-                covered.update(range(base + lo, base + s + 64))
-            free = [k for k in range(0, last + 1) if k not in covered]
-            pick = torch.randperm(len(free), generator=g)[: int(torch.randint(0, 70, (1,), generator=g))]
-            picked = sorted(free[int(p)] for p in pick)
-            row.append((chunk_ptr, len(starts), base, len(cols), len(picked)))
-            cols.extend(picked)
-        desc.append(row)
-    dev = layout.q_len.device
-    return WorkList(torch.tensor(desc, dtype=torch.int32, device=dev),
-                    torch.tensor(chunks + [(0, 0)], dtype=torch.int32, device=dev),
-                    torch.tensor(cols + [0], dtype=torch.int32, device=dev))
-
-
 @pytest.mark.parametrize("dtype", kernel_dtypes())
 @pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES)
 def test_any_worklist_equals_masked_attention(device, dtype, q_lens, kv_lens, h, hkv, d):
     batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, seed=3)
-    wl = _random_worklist(batch.layout, h, seed=5)
+    wl = random_worklist(batch.layout, h, seed=5)
     for b in range(batch.layout.num_seqs):
         for hh in range(h):
             assert worklist_overlaps(wl, batch.layout, b, hh) == 0

@@ -177,6 +177,54 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("memory_order", ["HND", "NHD"])
+def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
+    """With attention_kernel fa3 the sparse rows come from the page lists (FA3 emulated on
+    the CPU) over an HND cache; an NHD cache (not what the backend allocates) falls back to
+    the Triton kernel on the work lists themselves."""
+    from vllm_minference.kernels.page_lists import attention as page_attention
+    from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen,
+                                                             page_list_mask)
+    monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
+    q_lens, seq_lens = [1, 130, 200], [300, 400, 200]
+    batch = make_paged_batch(q_lens, seq_lens, seed=2, device=device, memory_order=memory_order)
+    builder, vc = _builder(model_dir, device)
+    impl = _impl(vc, monkeypatch)
+    impl.planner.kernel = "fa3"
+    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
+    md = builder.build(0, batch.cam)
+    sb = md.minference
+    out = torch.full_like(batch.query, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
+    key_cache, value_cache = batch.kv_cache.transpose(1, 2).split(64, dim=-1)
+    kv = KVSource.paged(key_cache, value_cache, sb.block_table)
+    wl = plan_layer(batch.query, kv, sb.layout, impl.planner.patterns(_Layer(), device))
+    assert float(wl.density(sb.layout).max()) < 0.9  # really sparse
+    if memory_order == "HND":
+        mask = lambda b, h, ql, kl: page_list_mask(wl, sb.layout, 192, b, h)  # noqa: E731
+        assert sb._geometry  # the step's page geometry, shared by its layers
+    else:
+        mask = lambda b, h, ql, kl: worklist_mask(wl, sb.layout, b, h)  # noqa: E731
+    expect = masked_attention_reference(batch.query, kv, sb.layout, mask)
+    rows = torch.arange(1, 331, device=out.device)
+    assert not out[rows].isnan().any()
+    assert float((out[rows].double() - expect[rows]).norm() / expect[rows].norm()) < 1e-2
+
+
+def test_kernel_choice_and_hnd_cache():
+    from vllm_minference.layer_plan import resolve_kernel
+    assert resolve_kernel("auto", 3) == "fa3"
+    assert resolve_kernel("auto", 2) == "triton"
+    assert resolve_kernel("auto", None) == "triton"
+    assert resolve_kernel("triton", 3) == "triton"
+    assert resolve_kernel("fa3", 2) == "triton"  # with one warning (no FA3 here)
+    shape = MInferenceBackend.get_kv_cache_shape(10, 64, 2, 64)
+    order = MInferenceBackend.get_kv_cache_stride_order()
+    assert shape == (10, 2, 64, 128) and order == (0, 1, 2, 3)  # logical order = memory order
+    assert MInferenceBackend.get_kv_cache_stride_order(include_num_layers_dimension=True) == (
+        1, 2, 0, 3, 4)
+
+
 def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):
     from vllm.config import set_current_vllm_config
     builder, vc = _builder(model_dir)

@@ -19,6 +19,9 @@ import torch
 
 from vllm_minference.kernels import (HeadPattern, KVSource, LayerPatterns, SeqLayout, plan_layer,
                                      sparse_attention)
+from vllm_minference.kernels.page_lists import attention as page_attention
+from vllm_minference.kernels.page_lists import page_list_attention
+from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
 
 KERNEL_MODULES = [
     "vllm_minference.kernels.attention.kernel",
@@ -26,6 +29,8 @@ KERNEL_MODULES = [
     "vllm_minference.kernels.vertical_slash.adaptive",
     "vllm_minference.kernels.vertical_slash.index",
     "vllm_minference.kernels.block_sparse.index",
+    "vllm_minference.kernels.page_lists.index",
+    "vllm_minference.kernels.page_lists.attention",
 ]
 
 
@@ -69,16 +74,16 @@ def recorded(monkeypatch):
     return calls
 
 
-def run_layer(q_len: int, kv_len: int, mode: str, device: str) -> None:
-    """Plan + attention of one chunk at the end of ``kv_len`` keys, in vLLM's cache layout
-    (K and V packed in the last dim) with a block table as wide as vLLM makes it for a
-    128K model with 64-token pages (2049: not a multiple of 16)."""
+def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> None:
+    """Plan + attention of one chunk at the end of ``kv_len`` keys, in the backend's cache
+    layout (HND, K and V packed in the last dim) with a block table as wide as vLLM makes it
+    for a 128K model with 64-token pages (2049: not a multiple of 16)."""
     H, Hk, D, page, table_width = 4, 2, 64, 64, 2049
     g = torch.Generator().manual_seed(kv_len)
     q = torch.randn(q_len, H, D, generator=g).to(device, torch.float16)
     n_pages = -(-kv_len // page)
-    cache = torch.randn(n_pages + 1, page, Hk, 2 * D, generator=g).to(device, torch.float16)
-    kc, vc = cache.split(D, dim=-1)
+    cache = torch.randn(n_pages + 1, Hk, page, 2 * D, generator=g).to(device, torch.float16)
+    kc, vc = cache.transpose(1, 2).split(D, dim=-1)
     bt = torch.zeros(1, table_width, dtype=torch.int32)
     bt[0, :n_pages] = torch.arange(1, n_pages + 1)
     kv = KVSource.paged(kc, vc, bt.to(device))
@@ -88,22 +93,28 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str) -> None:
         HeadPattern("block_sparse", 8), HeadPattern("stream_llm", 64, 256)]
     patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
-    sparse_attention(q, kv, layout, wl)
+    if kernel == "fa3":
+        page_list_attention(q, cache, kv.block_table, layout, wl)
+    else:
+        sparse_attention(q, kv, layout, wl)
 
 
 MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
          "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25}}
 
 
+@pytest.mark.parametrize("kernel", ["triton", "fa3"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_kernels_compile_once_whatever_the_length(recorded, device, mode, monkeypatch):
+def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel, monkeypatch):
     from vllm_minference import warmup
     monkeypatch.setattr(warmup, "_done", set())
+    if device != "cuda":
+        monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
     # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
-                                  **MODES[mode])
-    run_layer(64, 700, mode, device)
-    run_layer(256, 9000, mode, device)  # > one estimate split (4096 keys); 4 query blocks
+                                  kernel=kernel, **MODES[mode])
+    run_layer(64, 700, mode, device, kernel)
+    run_layer(256, 9000, mode, device, kernel)  # > one estimate split (4096 keys); 4 blocks
     assert recorded, "no kernel launch was recorded"
     for name, calls in recorded.items():
         keys = {c[0] for c in calls}

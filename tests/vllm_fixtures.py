@@ -64,13 +64,16 @@ class PagedBatch:
     query: torch.Tensor  # [T, H, D]
     key: torch.Tensor  # [T, Hkv, D] (this step's new keys; the cache holds them too)
     value: torch.Tensor
-    kv_cache: torch.Tensor  # logical (blocks, Hkv, block_size, 2D), NHD memory
+    kv_cache: torch.Tensor  # logical (blocks, Hkv, block_size, 2D), HND (or NHD) memory
     keys_full: list[torch.Tensor]  # per request, all keys [seq_len, Hkv, D]
     values_full: list[torch.Tensor]
 
 
 def make_paged_batch(q_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=64,
-                     block_size=16, dtype=torch.float16, seed=0, device="cpu") -> PagedBatch:
+                     block_size=16, dtype=torch.float16, seed=0, device="cpu",
+                     memory_order: str = "HND") -> PagedBatch:
+    """``memory_order``: HND is what the backend allocates (its stride order); NHD is
+    vLLM's FlashAttention default."""
     from vllm.v1.attention.backend import CommonAttentionMetadata
     g = torch.Generator().manual_seed(seed)
     n = len(q_lens)
@@ -108,8 +111,11 @@ def make_paged_batch(q_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=64,
         max_seq_len=max(seq_lens), block_table_tensor=table.to(device),
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device), causal=True,
         seq_lens_cpu_upper_bound=seq.clone())
+    kv_cache = cache.permute(0, 2, 1, 3)
+    if memory_order == "HND":
+        kv_cache = kv_cache.contiguous()
     return PagedBatch(cam, query.to(device), torch.cat(new_k).to(device),
-                      torch.cat(new_v).to(device), cache.permute(0, 2, 1, 3).to(device),
+                      torch.cat(new_v).to(device), kv_cache.to(device),
                       keys_full, values_full)
 
 

@@ -19,7 +19,7 @@ graphs.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from vllm.config import get_current_vllm_config_or_none
@@ -30,6 +30,7 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
                                                    FlashAttentionMetadataBuilder)
 
 from vllm_minference.kernels import SeqLayout
+from vllm_minference.kernels.page_lists import PageGeometry
 
 from .config import LONG_PROMPT_CHUNK, MInferenceSettings
 from .layer_plan import PREFERRED_PAGE_SIZE, LayerPlanner, unsupported_reason
@@ -57,6 +58,14 @@ class SparseBatch:
     block_table: torch.Tensor  # [n_sparse, max_pages] rows of the step's block table
     dense_runs: list[DenseRun]  # the other requests
     sparse_runs: list[DenseRun]  # the sparse requests, for a layer that falls back to dense
+    _geometry: dict[tuple[int, int], PageGeometry] = field(default_factory=dict)
+
+    def page_geometry(self, num_heads: int, rows_per_group: int) -> PageGeometry:
+        """FA3 page-list geometry of the step (built by the first layer that asks)."""
+        key = (num_heads, rows_per_group)
+        if key not in self._geometry:
+            self._geometry[key] = PageGeometry.build(self.layout, num_heads, rows_per_group)
+        return self._geometry[key]
 
 
 @dataclass
@@ -165,7 +174,8 @@ class MInferenceImpl(FlashAttentionImpl):
         self.planner: LayerPlanner | None = None
         if self.dense_reason is None:
             self.planner = LayerPlanner.for_current_model(
-                get_current_vllm_config_or_none(), num_heads, num_kv_heads)
+                get_current_vllm_config_or_none(), num_heads, num_kv_heads,
+                fa_version=self.vllm_flash_attn_version)
 
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         super().process_weights_after_loading(act_dtype)
@@ -181,8 +191,7 @@ class MInferenceImpl(FlashAttentionImpl):
                                    output_scale, output_block_scale)
         for run in batch.dense_runs:
             self._dense(layer, query, key, value, kv_cache, run, output)
-        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
-        done = self.planner.run(layer, query, key_cache, value_cache, batch, self.scale, output)
+        done = self.planner.run(layer, query, kv_cache, batch, self.scale, output)
         if not done:  # the layer's work lists were too dense: FlashAttention is faster
             for run in batch.sparse_runs:
                 self._dense(layer, query, key, value, kv_cache, run, output)
@@ -212,6 +221,18 @@ class MInferenceBackend(FlashAttentionBackend):
         FlashAttention (dense rows, decode) takes any multiple of 16.
         """
         return max(default_block_size, PREFERRED_PAGE_SIZE)
+
+    @staticmethod
+    def get_kv_cache_stride_order(include_num_layers_dimension: bool = False
+                                  ) -> tuple[int, ...]:
+        """Always HND (``[pages, kv_heads, page_size, 2 * head_size]`` in memory).
+
+        The FA3 page lists address 16-key sub-pages of one KV head, which needs a head's keys
+        of a page contiguous; vLLM's FlashAttention reads either order through strides.
+        """
+        if include_num_layers_dimension:
+            return (1, 2, 0, 3, 4)  # (num_blocks, num_kv_heads, num_layers, block_size, 2D)
+        return (0, 1, 2, 3)
 
     @staticmethod
     def get_impl_cls() -> type[MInferenceImpl]:

@@ -49,6 +49,12 @@ class MInferenceSettings(BaseModel):
         description="adaptive mode: also keep MInference's fixed top-k columns/diagonals at "
                     "this fraction of the profile budgets (recall where the estimate misjudges "
                     "other query blocks; see README)")
+    attention_kernel: Literal["auto", "fa3", "triton"] = Field(
+        "auto",
+        description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
+                    "per-(head, row group) page lists (Hopper; 1.5x the Triton kernel's speed "
+                    "per tile on an H100), triton = this package's kernel (any GPU); auto "
+                    "picks fa3 where vLLM runs FlashAttention 3")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")

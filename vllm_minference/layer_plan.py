@@ -16,6 +16,7 @@ from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
 from vllm_minference.kernels import KVSource, LayerPatterns, plan_layer, sparse_attention
+from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
 
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
@@ -90,6 +91,23 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
 
 
 _first_step_logged = False
+_warned_kernel = False
+
+
+def resolve_kernel(setting: str, fa_version: int | None) -> str:
+    """``fa3`` or ``triton``: what computes the sparse tiles (``auto`` picks FA3 when vLLM
+    runs FlashAttention 3; asking for FA3 without it falls back to Triton, warned once)."""
+    global _warned_kernel
+    if setting == "triton":
+        return "triton"
+    if fa_version == 3:
+        return "fa3"
+    if setting == "fa3" and not _warned_kernel:
+        _warned_kernel = True
+        logger.warning("minference: attention_kernel=fa3 needs vLLM's FlashAttention 3 "
+                       "(Hopper GPUs); this engine runs FlashAttention %s, so the sparse "
+                       "tiles use the Triton kernel", fa_version)
+    return "triton"
 
 
 class DensityGuard:
@@ -154,8 +172,10 @@ class LayerPlanner:
     """Profile lookup and sparse launch for one attention layer."""
 
     def __init__(self, settings: MInferenceSettings, profile: Profile, head_ids: list[int],
-                 num_kv_heads: int, page_size: int = PREFERRED_PAGE_SIZE):
+                 num_kv_heads: int, page_size: int = PREFERRED_PAGE_SIZE,
+                 fa_version: int | None = None):
         self.settings = settings
+        self.kernel = resolve_kernel(settings.attention_kernel, fa_version)
         self.page_size = page_size
         self.profile = profile
         self.head_ids = head_ids
@@ -165,7 +185,8 @@ class LayerPlanner:
         self.guard = DensityGuard(settings.max_density)
 
     @staticmethod
-    def for_current_model(vllm_config, num_heads: int, num_kv_heads: int) -> "LayerPlanner":
+    def for_current_model(vllm_config, num_heads: int, num_kv_heads: int,
+                          fa_version: int | None = None) -> "LayerPlanner":
         settings = MInferenceSettings.from_sources(
             vllm_config.additional_config if vllm_config is not None else None)
         page_size = PREFERRED_PAGE_SIZE
@@ -186,7 +207,7 @@ class LayerPlanner:
             profile = default_profile(1, total_heads)
         else:
             profile = _profile_for(settings.profile, names, total_layers, total_heads)
-        return LayerPlanner(settings, profile, heads, num_kv_heads, page_size)
+        return LayerPlanner(settings, profile, heads, num_kv_heads, page_size, fa_version)
 
     def warm_up(self, head_size: int, dtype: torch.dtype, scale: float) -> None:
         """Compile the sparse kernels now (model load) rather than in the first long prefill.
@@ -197,10 +218,11 @@ class LayerPlanner:
             return
         try:
             if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
-                               self.page_size, scale, **self.settings.plan_options()):
+                               self.page_size, scale, kernel=self.kernel,
+                               **self.settings.plan_options()):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
-                            "%s, page %d", len(self.head_ids), self.num_kv_heads, head_size,
-                            dtype, self.page_size)
+                            "%s, page %d, key tiles on %s", len(self.head_ids),
+                            self.num_kv_heads, head_size, dtype, self.page_size, self.kernel)
         except Exception as e:  # noqa: BLE001 - a warm-up must not stop start-up
             logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
                            "compile on the first sparse prefill", type(e).__name__, e)
@@ -216,9 +238,11 @@ class LayerPlanner:
                 device, **self.settings.plan_options())
         return self._patterns
 
-    def run(self, layer, query: torch.Tensor, key_cache: torch.Tensor,
-            value_cache: torch.Tensor, batch, scale: float, output: torch.Tensor) -> bool:
+    def run(self, layer, query: torch.Tensor, kv_cache: torch.Tensor, batch, scale: float,
+            output: torch.Tensor) -> bool:
         """Sparse attention of the batch's sparse requests into ``output``.
+
+        ``kv_cache`` is the layer's packed cache (``[pages, kv_heads, page, 2 * head_size]``).
 
         Returns False (having written nothing) when this layer's work lists lately covered
         more than ``max_density`` of the causal area: dense FlashAttention is then faster
@@ -227,6 +251,8 @@ class LayerPlanner:
         if not self.guard.should_plan():
             return False
         layout = batch.layout
+        head_size = query.shape[-1]
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
         kv = KVSource.paged(key_cache, value_cache, batch.block_table)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
         sparse = self.guard.decide(wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads))
@@ -239,5 +265,10 @@ class LayerPlanner:
                         self.guard.known, "sparse" if sparse else "dense")
         if not sparse:
             return False
-        sparse_attention(query, kv, layout, wl, scale, out=output)
+        if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size):
+            geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
+            page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
+                                out=output, geometry=geometry)
+        else:
+            sparse_attention(query, kv, layout, wl, scale, out=output)
         return True

@@ -4,7 +4,7 @@ Triton compiles a kernel on its first call for each set of compile-time constant
 size, GQA group, page size, dtype, ...).  Without a warm-up that happens inside the first
 sparse prefill step (about 5 s on an H100, flagged by vLLM's JIT monitor as a latency
 spike).  ``warm_up_kernels`` runs the whole sparse path once on a tiny batch laid out like
-vLLM's FlashAttention KV cache (``[pages, page_size, kv_heads, 2 * head_size]``, keys then
+the backend's KV cache (HND: ``[pages, kv_heads, page_size, 2 * head_size]``, keys then
 values in the last dim), with one head of each pattern, so every kernel is compiled for the
 layer's shapes.  Integer sizes that vary per step are not specialised on (see the kernels'
 ``do_not_specialize``), so the compiled variants are the ones serving uses.
@@ -17,6 +17,7 @@ import torch
 from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern,
                                      KVSource, LayerPatterns, SeqLayout, plan_layer,
                                      sparse_attention)
+from vllm_minference.kernels.page_lists import page_list_attention
 
 _done: set[tuple] = set()
 
@@ -27,17 +28,21 @@ _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its
 
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
-                    device: torch.device | str = "cuda", **plan_options) -> bool:
-    """Run plan + attention once for these shapes; False if already done in this process."""
-    key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device),
+                    device: torch.device | str = "cuda", kernel: str = "triton",
+                    **plan_options) -> bool:
+    """Run plan + attention once for these shapes; False if already done in this process.
+
+    ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3).
+    """
+    key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
            tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)
     n_pages = -(-_KV_LEN // page_size)
-    cache = 0.1 * torch.randn(n_pages + 1, page_size, num_kv_heads, 2 * head_size,
+    cache = 0.1 * torch.randn(n_pages + 1, num_kv_heads, page_size, 2 * head_size,
                               dtype=dtype, device=device)
-    key_cache, value_cache = cache.split(head_size, dim=-1)
+    key_cache, value_cache = cache.transpose(1, 2).split(head_size, dim=-1)
     table = torch.zeros(1, max(_TABLE_WIDTH, n_pages), dtype=torch.int32, device=device)
     table[0, :n_pages] = torch.arange(1, n_pages + 1, dtype=torch.int32, device=device)
     kv = KVSource.paged(key_cache, value_cache, table)
@@ -49,7 +54,10 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
     wl = plan_layer(query, kv, layout, patterns, scale)  # as LayerPlanner.run plans
     out = torch.empty_like(query)
-    sparse_attention(query, kv, layout, wl, scale, out=out)
+    if kernel == "fa3":
+        page_list_attention(query, cache, table, layout, wl, scale, out=out)
+    else:
+        sparse_attention(query, kv, layout, wl, scale, out=out)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return True

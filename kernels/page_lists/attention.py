@@ -1,0 +1,177 @@
+"""Sparse attention on FlashAttention-3: page lists for the key tiles, Triton for the columns.
+
+On an H100 the Triton kernel of :mod:`..attention` computes a key tile at 0.55-0.59 of
+FA3's speed, while FA3 itself runs the per-(head, row group) page lists of :mod:`.index` at
+0.85-0.91 of its dense speed (``benchmarks/probe_fa3_pages.py``, dense lists, 128K keys).
+So the tiles go to FA3, and a small Triton pass continues each row's online softmax from
+FA3's output and log-sum-exp over the work list's gathered columns (the few not already in
+the row's pages), then writes the final rows in the query tensor's order.
+
+FA3 (``vllm.vllm_flash_attn``) is looked up at call time; tests pass an emulation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from ..attention.kernel import LOG2E, _attend_tile, _kv_args, dot_precision
+from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets
+from ..worklist import WorkList
+from .index import SUB, TABLE_BYTES, PageGeometry, compact_pages, group_rows, mark_pages
+
+
+def fa3_varlen() -> Callable:
+    """vLLM's FlashAttention varlen entry point (FA3 on Hopper)."""
+    from vllm.vllm_flash_attn import flash_attn_varlen_func
+    return flash_attn_varlen_func
+
+
+def hnd_cache_ok(kv_cache: torch.Tensor, head_dim: int) -> bool:
+    """Is ``kv_cache`` vLLM's packed cache in HND order, ``[pages, kv_heads, page, 2 * D]``
+    contiguous, with pages of a multiple of 16 keys?  (The page lists need it.)"""
+    return (kv_cache.dim() == 4 and kv_cache.shape[-1] == 2 * head_dim
+            and kv_cache.shape[2] % SUB == 0 and kv_cache.is_contiguous())
+
+
+@triton.jit(do_not_specialize=["t0", "stride_bits", "stride_bt", "stride_dh", "row0", "NG",
+                               "N"])
+def _column_pass_kernel(
+    Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
+    K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
+    DESC, stride_dh, stride_db, COLS,
+    G_SEQ, G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_M,
+    row0, NG, N, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
+    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr,
+):
+    """Block ``j`` of a row's group: resume FA3's softmax state, add the uncovered columns."""
+    pid = tl.program_id(0)
+    r_loc = pid // BPG
+    j = pid % BPG
+    r = row0 + r_loc
+    h = r // NG
+    g = r % NG
+    if j < tl.load(G_NBLK + g):
+        blk = tl.load(G_BLK0 + g) + j
+        b = tl.load(G_SEQ + g)
+        m = tl.load(BLK_M + blk)
+        q_start = tl.load(Q_START + b)
+        q_len = tl.load(Q_LEN + b)
+        kv_len = tl.load(KV_LEN + b)
+        rows = m * 64 + tl.arange(0, 64)
+        row_ok = rows < q_len
+        q_pos = kv_len - q_len + rows
+        d = tl.arange(0, HEAD_DIM)
+        prow = (h * N + tl.load(SEQ_ROW0 + b) + rows - t0).to(tl.int64)
+        acc = tl.load(OP + prow[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None],
+                      other=0.0).to(tl.float32)
+        lse = tl.load(LSE + prow, mask=row_ok, other=float("-inf"))
+        m_i = lse * 1.4426950408889634  # FA3's state: max = lse (log2 units), sum = 1
+        l_i = tl.where(lse == float("-inf"), 0.0, 1.0)
+        q_rows = (q_start + rows).to(tl.int64)
+        q = tl.load(Q + q_rows[:, None] * stride_qt + h * stride_qh + d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        desc = DESC + h.to(tl.int64) * stride_dh + blk.to(tl.int64) * stride_db
+        col_ptr = tl.load(desc + 3)
+        col_cnt = tl.load(desc + 4)
+        kvh = h // GROUP
+        bits = BITS + r_loc.to(tl.int64) * stride_bits
+        offs = tl.arange(0, 64)
+        for c0 in range(0, col_cnt, 64):
+            c_ok = c0 + offs < col_cnt
+            keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
+            inside = c_ok & (keys >= 0) & (keys < kv_len)
+            covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+            valid = inside & (covered == 0)
+            k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+            off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
+                                 stride_kt, PAGE, PAGED)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, c_ok,
+                                         q_pos, qk_scale, K, V, stride_kh, stride_vh,
+                                         HEAD_DIM, PREC)
+        out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+        tl.store(O + q_rows[:, None] * stride_ot + h * stride_oh + d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+def page_list_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    layout: SeqLayout,
+    worklist: WorkList,
+    sm_scale: float | None = None,
+    out: torch.Tensor | None = None,
+    geometry: PageGeometry | None = None,
+    varlen_fn: Callable | None = None,
+    table_bytes: int = TABLE_BYTES,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """Attention of ``q`` (``[tokens, heads, D]``) over (a superset of) its work list's keys.
+
+    ``kv_cache`` is vLLM's packed cache in HND order (``[pages, kv_heads, page, 2 * D]``,
+    keys then values in the last dim) and ``block_table`` its ``[B, max_pages]`` rows in the
+    layout's sequence order.  Rows outside the layout's query rows are left untouched.
+    ``stats`` (benchmarks) receives ``key_rows``: query rows x keys FA3 computes (0-d tensor).
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    kv_heads = kv_cache.shape[1]
+    if not hnd_cache_ok(kv_cache, head_dim):
+        raise ValueError(f"page lists need a contiguous HND cache [pages, kv_heads, page, "
+                         f"2 * {head_dim}] with 16-key multiples, got {tuple(kv_cache.shape)}")
+    if worklist.desc.shape[:2] != (num_heads, layout.num_blocks):
+        raise ValueError(f"work list is {tuple(worklist.desc.shape[:2])}, expected "
+                         f"({num_heads}, {layout.num_blocks})")
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    if out is None:
+        out = torch.empty_like(q)
+    if block_table.dtype != torch.int32:
+        block_table = block_table.to(torch.int32)
+    geo = geometry or PageGeometry.build(layout, num_heads, group_rows(head_dim))
+    varlen_fn = varlen_fn or fa3_varlen()
+    page = kv_cache.shape[2]
+    subs = kv_cache.view(-1, SUB, 2 * head_dim)
+    k_sub, v_sub = subs[:, :, None, :head_dim], subs[:, :, None, head_dim:]
+    key_cache, value_cache = kv_cache.transpose(1, 2).split(head_dim, dim=-1)
+    kv_args = _kv_args(KVSource.paged(key_cache, value_cache, block_table))
+
+    q_perm = q[geo.token_index].transpose(0, 1).reshape(-1, 1, head_dim)
+    o_perm = torch.empty_like(q_perm)
+    starts = torch.tensor(geo.row_starts, dtype=torch.int32).to(q.device, non_blocking=True)
+    slices = geo.slices(table_bytes)
+    n_max = max(r1 - r0 for r0, r1 in slices)
+    bits = torch.empty(n_max, geo.width, dtype=torch.int8, device=q.device)
+    table = torch.empty(n_max, geo.width, dtype=torch.int32, device=q.device)
+    seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
+    bpg = geo.rows_per_group // BLOCK_M
+    for r0, r1 in slices:
+        n = r1 - r0
+        mark_pages(bits, geo, layout, worklist, r0, r1)
+        compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1)
+        t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
+        _, lse = varlen_fn(
+            q_perm[t0:t1], k_sub, v_sub, max_seqlen_q=geo.rows_per_group,
+            cu_seqlens_q=starts[r0:r1 + 1] - t0, max_seqlen_k=layout.max_kv_len,
+            seqused_k=seqused[:n], block_table=table[:n], softmax_scale=sm_scale, causal=True,
+            out=o_perm[t0:t1], return_softmax_lse=True, num_splits=1, fa_version=3)
+        if stats is not None:
+            rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
+            stats["key_rows"] = stats.get("key_rows", 0) + (seqused[:n].long() * rows).sum()
+        _column_pass_kernel[(n * bpg,)](
+            q, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+            o_perm[t0:t1], lse.reshape(-1), t0, bits, bits.stride(0),
+            **kv_args,
+            DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
+            stride_db=worklist.desc.stride(1), COLS=worklist.cols,
+            G_SEQ=geo.g_seq, G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
+            Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
+            BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups, N=geo.num_tokens,
+            qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, num_warps=4, num_stages=2)
+    return out

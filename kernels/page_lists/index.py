@@ -1,0 +1,208 @@
+"""Work lists -> FlashAttention-3 page lists: one virtual sequence per (query head, row group).
+
+FA3 runs any key set that is a list of KV pages, through its block table.  So each
+(query head ``h``, group of ``R`` consecutive query rows of one sequence) becomes a virtual
+sequence of its own: one head, the group's ``R`` query rows, and a block table listing, in
+ascending key order, the 16-key sub-pages that hold the keys its 64-row blocks' work lists
+name, plus the group's own rows.  FA3 aligns the causal mask to the bottom right, so with
+the group's own keys last and ``seqused_k`` ending at the group's last row, its mask is
+exactly the causal mask.  Sub-pages of one KV head need the cache in vLLM's HND layout
+(``[pages, kv_heads, page_size, 2 * head_dim]``): 16-key sub-page ``s`` of page ``P`` and
+KV head ``k`` is then sub-page ``(P * kv_heads + k) * (page_size // 16) + s`` of the
+cache viewed as ``[-1, 16, 2 * head_dim]``.
+
+The key set is a superset of the work list's (whole sub-pages, the union over the group's
+blocks, and its own rows); gathered columns stay with the Triton kernel, which skips those
+the pages already hold (``covered`` bitmap).  ``R`` is FA3's query tile (192 rows at head
+dim 64, 128 at 128), so no tile computes padding rows.
+
+Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
+compact it into the block table); shapes depend on host sizes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import BLOCK_M, SeqLayout, _aligned_rows
+from ..worklist import WorkList
+
+SUB = 16  # keys per FA3 page (a sub-page of a vLLM cache page)
+TABLE_BYTES = 256 << 20  # block table + bitmap of one slice stay under this
+
+
+def group_rows(head_dim: int) -> int:
+    """FA3's query tile on Hopper (hopper/tile_size.h): 192 rows at head dim 64, else 128."""
+    return 192 if head_dim <= 64 else 128
+
+
+@dataclass(frozen=True)
+class PageGeometry:
+    """Host-side shape of a batch's virtual sequences (built once per step, like the layout).
+
+    Row ``r = h * num_groups + g`` is query head ``h`` of group ``g``; its query rows are
+    rows ``h * num_tokens + g_row0[g] ...`` of the head-major permuted query tensor.
+    """
+
+    rows_per_group: int
+    num_heads: int
+    num_groups: int
+    num_tokens: int  # query rows of the batch (all sequences)
+    width: int  # sub-pages of the longest sequence: block-table width
+    g_seq: torch.Tensor  # [G] int32 sequence of each group
+    g_m: torch.Tensor  # [G] int32 group index inside its sequence
+    g_blk0: torch.Tensor  # [G] int32 first flat 64-row block
+    g_nblk: torch.Tensor  # [G] int32 blocks in the group
+    seq_row0: torch.Tensor  # [B] int32 first row of each sequence in the permuted order
+    token_index: torch.Tensor  # [num_tokens] int64 query-tensor row of each permuted row
+    row_starts: tuple[int, ...]  # permuted first row of every virtual sequence, + the end
+
+    @staticmethod
+    def build(layout: SeqLayout, num_heads: int, rows_per_group: int) -> "PageGeometry":
+        if rows_per_group % BLOCK_M:
+            raise ValueError(f"rows_per_group must be a multiple of {BLOCK_M}")
+        bpg = rows_per_group // BLOCK_M
+        g_seq, g_m, g_blk0, g_nblk, g_row0, seq_row0, tokens = [], [], [], [], [], [], []
+        blk0 = row0 = 0
+        for b, (ql, qs) in enumerate(zip(layout.q_lens_host, layout.q_starts_host)):
+            seq_row0.append(row0)
+            nblk = triton.cdiv(ql, BLOCK_M)
+            for g in range(triton.cdiv(ql, rows_per_group)):
+                g_seq.append(b)
+                g_m.append(g)
+                g_blk0.append(blk0 + g * bpg)
+                g_nblk.append(min(bpg, nblk - g * bpg))
+                g_row0.append(row0 + g * rows_per_group)
+            tokens.append(torch.arange(qs, qs + ql))
+            blk0 += nblk
+            row0 += ql
+        n = row0
+        starts = [h * n + r for h in range(num_heads) for r in g_row0] + [num_heads * n]
+        dev = layout.q_len.device
+        rows = _aligned_rows([g_seq, g_m, g_blk0, g_nblk], dev)
+        G = len(g_seq)
+        return PageGeometry(
+            rows_per_group=rows_per_group, num_heads=num_heads, num_groups=G, num_tokens=n,
+            width=triton.cdiv(layout.max_kv_len, SUB),
+            g_seq=rows[0, :G], g_m=rows[1, :G], g_blk0=rows[2, :G], g_nblk=rows[3, :G],
+            seq_row0=_aligned_rows([seq_row0], dev)[0, :layout.num_seqs],
+            token_index=torch.cat(tokens).to(dev, non_blocking=True),
+            row_starts=tuple(starts))
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_heads * self.num_groups
+
+    def slices(self, table_bytes: int = TABLE_BYTES) -> list[tuple[int, int]]:
+        """Row ranges whose block table (int32) and bitmap (int8) fit ``table_bytes``."""
+        per = max(1, table_bytes // (5 * self.width))
+        return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
+
+
+@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "row0", "NG"])
+def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS,
+                 G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
+                 row0, NG,
+                 BPG: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr, OWN: tl.constexpr,
+                 CB: tl.constexpr):
+    """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
+    also sets the group's own rows: FA3's causal mask must find them last)."""
+    pid = tl.program_id(0)
+    r_loc = pid // BPG
+    j = pid % BPG
+    r = row0 + r_loc
+    h = r // NG
+    g = r % NG
+    b = tl.load(G_SEQ + g)
+    q_len = tl.load(Q_LEN + b)
+    ctx = tl.load(KV_LEN + b) - q_len
+    bits = BITS + r_loc.to(tl.int64) * stride_bits
+    if j == 0:
+        gm = tl.load(G_M + g)
+        g_first = ctx + gm * R
+        g_last = ctx + tl.minimum(gm * R + R, q_len) - 1
+        s = g_first // SUB_ + tl.arange(0, OWN)
+        tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=s <= g_last // SUB_)
+    if j < tl.load(G_NBLK + g):
+        blk = tl.load(G_BLK0 + g) + j
+        m = tl.load(BLK_M + blk)
+        last = ctx + tl.minimum(m * 64 + 64, q_len) - 1  # keys past it are never used
+        desc = DESC + h.to(tl.int64) * stride_dh + blk.to(tl.int64) * stride_db
+        ptr = tl.load(desc + 0)
+        cnt = tl.load(desc + 1)
+        base = tl.load(desc + 2)
+        span = tl.arange(0, 8)  # a 64-key chunk touches at most 5 sub-pages
+        for c0 in range(0, cnt, CB):
+            idx = c0 + tl.arange(0, CB)
+            ok = idx < cnt
+            cp = CHUNKS + 2 * (ptr + idx).to(tl.int64)
+            start = tl.load(cp, mask=ok, other=0)
+            lo = tl.load(cp + 1, mask=ok, other=0)
+            k_lo = tl.maximum(base + tl.maximum(lo, start), 0)
+            k_hi = tl.minimum(base + start + 63, last)
+            ok = ok & (k_lo <= k_hi)
+            s = (k_lo // SUB_)[:, None] + span[None, :]
+            keep = ok[:, None] & (s <= (k_hi // SUB_)[:, None])
+            tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=keep)
+
+
+@triton.jit(do_not_specialize=["stride_bits", "stride_tab", "stride_bt", "row0", "NG"])
+def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt,
+                    G_SEQ, G_M, Q_LEN, KV_LEN, row0, NG, KV_HEADS,
+                    GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
+                    SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr):
+    """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k."""
+    r_loc = tl.program_id(0)
+    r = row0 + r_loc
+    h = r // NG
+    g = r % NG
+    kvh = h // GROUP
+    b = tl.load(G_SEQ + g)
+    gm = tl.load(G_M + g)
+    q_len = tl.load(Q_LEN + b)
+    ctx = tl.load(KV_LEN + b) - q_len
+    g_last = ctx + tl.minimum(gm * R + R, q_len) - 1
+    n_sub = g_last // SUB_ + 1
+    bits = BITS + r_loc.to(tl.int64) * stride_bits
+    table = TABLE + r_loc.to(tl.int64) * stride_tab
+    bt = BT + b.to(tl.int64) * stride_bt
+    count = tl.zeros([], tl.int32)
+    for s0 in range(0, n_sub, BS):
+        s = s0 + tl.arange(0, BS)
+        on = (tl.load(bits + s, mask=s < n_sub, other=0) != 0).to(tl.int32)
+        pos = count + tl.cumsum(on, axis=0) - 1
+        page = tl.load(bt + s // SUBS_PER_PAGE, mask=on != 0, other=0)
+        sub_id = (page * KV_HEADS + kvh) * SUBS_PER_PAGE + s % SUBS_PER_PAGE
+        tl.store(table + pos, sub_id, mask=on != 0)
+        count += tl.sum(on, axis=0)
+    tl.store(SEQUSED + r_loc, (count - 1) * SUB_ + g_last % SUB_ + 1)
+
+
+def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: WorkList,
+               row0: int, row1: int) -> None:
+    """Zero ``bits[: row1 - row0]`` and mark the sub-pages rows ``[row0, row1)`` need."""
+    n = row1 - row0
+    bits[:n].zero_()
+    bpg = geo.rows_per_group // BLOCK_M
+    _mark_kernel[(n * bpg,)](
+        bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
+        geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk, layout.blk_m, layout.q_len, layout.kv_len,
+        row0, geo.num_groups, BPG=bpg, R=geo.rows_per_group, SUB_=SUB,
+        OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64)
+
+
+def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor,
+                  geo: PageGeometry, layout: SeqLayout, block_table: torch.Tensor,
+                  page_size: int, kv_heads: int, row0: int, row1: int) -> None:
+    """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap."""
+    if page_size % SUB:
+        raise ValueError(f"KV page size {page_size} is not a multiple of {SUB}")
+    _compact_kernel[(row1 - row0,)](
+        bits, bits.stride(0), table, table.stride(0), seqused, block_table,
+        block_table.stride(0), geo.g_seq, geo.g_m, layout.q_len, layout.kv_len, row0,
+        geo.num_groups, kv_heads, GROUP=geo.num_heads // kv_heads, R=geo.rows_per_group,
+        SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024)

@@ -1,0 +1,88 @@
+"""Plain references for the page-list path: the key sets it computes, and FA3's varlen call.
+
+``page_list_mask`` is the key set, read naively off the work list's descriptors, that
+:func:`..page_lists.attention.page_list_attention` computes: whole 16-key sub-pages of the
+group's chunk keys and own rows, plus each block's columns.  ``emulate_fa3_varlen`` is
+FlashAttention's paged varlen forward (bottom-right causal, log-sum-exp) in a Python loop,
+for CPU tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import BLOCK_M, SeqLayout
+from ..worklist import WorkList
+from .index import SUB
+
+
+def _block_keys(desc_row, chunks, cols, last: int) -> tuple[set[int], list[int]]:
+    """Chunk keys (up to the block's last row) and column keys of one descriptor."""
+    cp, cc, base, colp, colc = (int(x) for x in desc_row)
+    keys: set[int] = set()
+    for start, lo in chunks[cp:cp + cc].tolist():
+        keys.update(range(max(base + max(lo, start), 0), min(base + start + 63, last) + 1))
+    return keys, [int(c) for c in cols[colp:colp + colc]]
+
+
+def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
+                    g: int) -> list[int]:
+    """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence."""
+    q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
+    ctx = kv_len - q_len
+    first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
+    desc, chunks, cols = wl.desc[h].cpu(), wl.chunks.cpu(), wl.cols.cpu()
+    g_first, g_last = ctx + g * rows_per_group, ctx + min((g + 1) * rows_per_group, q_len) - 1
+    subs = set(range(g_first // SUB, g_last // SUB + 1))
+    bpg = rows_per_group // BLOCK_M
+    for m in range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M)):
+        last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
+        keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last)
+        subs.update(k // SUB for k in keys)
+    return sorted(subs)
+
+
+def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
+                   h: int) -> torch.Tensor:
+    """``[q_len, kv_len]`` keys each row of sequence ``b``, head ``h`` sees (before causality)."""
+    q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
+    ctx = kv_len - q_len
+    first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
+    desc, chunks, cols = wl.desc[h].cpu(), wl.chunks.cpu(), wl.cols.cpu()
+    mask = torch.zeros(q_len, kv_len, dtype=torch.bool)
+    for g in range((q_len + rows_per_group - 1) // rows_per_group):
+        r0, r1 = g * rows_per_group, min((g + 1) * rows_per_group, q_len)
+        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g):
+            mask[r0:r1, s * SUB:min((s + 1) * SUB, kv_len)] = True
+        for m in range(r0 // BLOCK_M, (r1 + BLOCK_M - 1) // BLOCK_M):
+            last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
+            _, col_keys = _block_keys(desc[first_blk + m], chunks, cols, last)
+            mask[m * BLOCK_M:min((m + 1) * BLOCK_M, q_len), col_keys] = True
+    return mask
+
+
+def emulate_fa3_varlen(q, k, v, max_seqlen_q, cu_seqlens_q, max_seqlen_k, seqused_k=None,
+                       block_table=None, softmax_scale=None, causal=False, out=None,
+                       return_softmax_lse=False, **_ignored):
+    """FlashAttention's paged varlen forward, one sequence at a time (tests only)."""
+    assert causal and block_table is not None and seqused_k is not None
+    page, head_dim = k.shape[1], q.shape[-1]
+    cu = cu_seqlens_q.tolist()
+    used = seqused_k.tolist()
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32,
+                     device=q.device)
+    out = torch.empty_like(q) if out is None else out
+    for s in range(len(cu) - 1):
+        q0, q1, nk = cu[s], cu[s + 1], used[s]
+        pages = block_table[s, :(nk + page - 1) // page].long()
+        ks = k[pages].reshape(-1, k.shape[-2], head_dim)[:nk]
+        vs = v[pages].reshape(-1, v.shape[-2], head_dim)[:nk]
+        for hh in range(q.shape[1]):
+            sc = q[q0:q1, hh].double() @ ks[:, hh // (q.shape[1] // k.shape[-2])].double().T
+            sc = sc * softmax_scale
+            pos = torch.arange(nk - (q1 - q0), nk, device=q.device)[:, None]
+            sc = sc.masked_fill(torch.arange(nk, device=q.device)[None, :] > pos, float("-inf"))
+            lse[hh, q0:q1] = torch.logsumexp(sc, -1).float()
+            p = torch.softmax(sc, -1).nan_to_num(0.0)
+            out[q0:q1, hh] = (p @ vs[:, hh // (q.shape[1] // k.shape[-2])].double()).to(q.dtype)
+    return (out, lse) if return_softmax_lse else out

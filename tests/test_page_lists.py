@@ -1,0 +1,116 @@
+"""Page lists for FA3: block tables against a naive reading of the work lists, and the
+attention (FA3 emulated on CPU; the real FA3 too when a GPU and vLLM are there) against
+plain masked attention over the same key sets."""
+
+import pytest
+import torch
+
+from conftest import kernel_dtypes
+from kernel_inputs import hnd_cache, make_batch, random_worklist, tolerance
+from vllm_minference.kernels import dense_worklist
+from vllm_minference.kernels.attention.reference import masked_attention_reference
+from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
+from vllm_minference.kernels.page_lists.index import SUB, compact_pages, mark_pages
+from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_sub_pages,
+                                                         page_list_mask)
+
+SHAPES = [
+    # q_lens, kv_lens, heads, kv_heads, head_dim
+    ([100], [100], 4, 2, 64),          # one sequence, not a multiple of 64
+    ([37], [37], 2, 2, 128),           # shorter than a block, head_dim 128
+    ([64, 130, 5], [64, 200, 77], 4, 1, 64),  # varlen batch, q_len < kv_len, MQA
+    ([200], [333], 4, 2, 128),         # chunk at the end of a longer sequence, two groups
+]
+
+
+def _varlen_fns(device):
+    fns = [("emulated", emulate_fa3_varlen)]
+    if device == "cuda":
+        try:
+            from vllm.vllm_flash_attn import flash_attn_varlen_func
+            fns.append(("fa3", flash_attn_varlen_func))
+        except ImportError:
+            pass
+    return fns
+
+
+def _rel_err(out, ref):
+    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("page_size", [16, 64])
+@pytest.mark.parametrize("rows_per_group", [64, 128, 192])
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
+def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group, q_lens,
+                                               kv_lens, h, hkv, d):
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, torch.float16, device, page_size=page_size)
+    layout, bt = batch.layout, batch.paged.block_table
+    wl = random_worklist(layout, h, seed=7)
+    geo = PageGeometry.build(layout, h, rows_per_group)
+    slices = geo.slices(table_bytes=5 * geo.width * 3)  # three rows per slice
+    assert len(slices) > 1
+    spp = page_size // SUB
+    bt_cpu = bt.cpu()
+    g_seq, g_m = geo.g_seq.tolist(), geo.g_m.tolist()
+    for r0, r1 in slices:
+        bits = torch.empty(r1 - r0, geo.width, dtype=torch.int8, device=device)
+        table = torch.full((r1 - r0, geo.width), -1, dtype=torch.int32, device=device)
+        used = torch.empty(r1 - r0, dtype=torch.int32, device=device)
+        mark_pages(bits, geo, layout, wl, r0, r1)
+        compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1)
+        for r in range(r0, r1):
+            hh, g = divmod(r, geo.num_groups)
+            b, gm = g_seq[g], g_m[g]
+            want = group_sub_pages(wl, layout, rows_per_group, b, hh, gm)
+            row = table[r - r0, :len(want)].cpu().tolist()
+            logical = []
+            for sid in row:
+                rest, s_in = divmod(sid, spp)
+                phys, kvh = divmod(rest, hkv)
+                assert kvh == hh // (h // hkv)
+                lp = int((bt_cpu[b] == phys).nonzero()[0, 0])
+                logical.append(lp * spp + s_in)
+            assert logical == want
+            q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
+            g_last = kv_len - q_len + min((gm + 1) * rows_per_group, q_len) - 1
+            assert int(used[r - r0]) == (len(want) - 1) * SUB + g_last % SUB + 1
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES)
+def test_attention_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hkv, d):
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=64, seed=3)
+    wl = random_worklist(batch.layout, h, seed=5)
+    cache = hnd_cache(batch.paged)
+    for rows in sorted({64, group_rows(d)}):
+        ref = masked_attention_reference(
+            batch.q, batch.kv, batch.layout,
+            lambda b, hh, ql, kl: page_list_mask(wl, batch.layout, rows, b, hh))
+        geo = PageGeometry.build(batch.layout, h, rows)
+        for name, fn in _varlen_fns(device):
+            if name == "fa3" and dtype == torch.float32:
+                continue  # FA3 takes fp16/bf16 only
+            out = torch.full_like(batch.q, float("nan"))
+            page_list_attention(batch.q, cache, batch.paged.block_table, batch.layout, wl,
+                                out=out, geometry=geo, varlen_fn=fn,
+                                table_bytes=5 * geo.width * 2)
+            assert _rel_err(out, ref) < tolerance(dtype), (name, rows)
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+def test_dense_list_equals_causal_attention(device, dtype):
+    """A dense work list through page lists is plain causal attention (no columns at all)."""
+    batch = make_batch([150, 64], [300, 64], 4, 2, 64, dtype, device, page_size=16, seed=1)
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout)
+    out = page_list_attention(batch.q, hnd_cache(batch.paged), batch.paged.block_table,
+                              batch.layout, dense_worklist(batch.layout, 4),
+                              varlen_fn=emulate_fa3_varlen)
+    assert _rel_err(out, ref) < tolerance(dtype)
+
+
+def test_rejects_a_cache_not_in_hnd_order(device):
+    batch = make_batch([64], [64], 4, 2, 64, torch.float16, device, page_size=16)
+    nhd = torch.cat([batch.paged.key, batch.paged.value], dim=-1).transpose(1, 2)  # a view
+    with pytest.raises(ValueError, match="HND"):
+        page_list_attention(batch.q, nhd, batch.paged.block_table, batch.layout,
+                            dense_worklist(batch.layout, 4), varlen_fn=emulate_fa3_varlen)
