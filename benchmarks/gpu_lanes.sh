@@ -237,6 +237,16 @@ K4_accuracy() {  # fixed budgets forced sparse from 4K at 128K (the Triton run g
   timeout 280 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode fixed $RULER128 --out $OUT/accuracy12_128k_fa3.json
 }
+K6_ttft() {  # second lease: FA3 lists only where a layer's density >= 0.15 (adaptive -> Triton)
+  timeout 200 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 90 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
+    --out $OUT/ttft.json
+  timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+    --out $OUT/ttft.json
+}
 K5_kernels_1m() {
   timeout 420 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
@@ -324,6 +334,7 @@ case "$1" in
   K3) lane 0 K3_long; wait_lanes 560; jit_check ;;
   K4) lane 0 K4_accuracy; wait_lanes 290; jit_check ;;
   K5) lane 0 K5_kernels_1m; wait_lanes 430 ;;
+  K6) lane 0 K6_ttft; wait_lanes 570; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

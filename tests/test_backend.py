@@ -211,8 +211,8 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
     assert float((out[rows].double() - expect[rows]).norm() / expect[rows].norm()) < 1e-2
 
 
-def test_kernel_choice_and_hnd_cache():
-    from vllm_minference.layer_plan import resolve_kernel
+def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
+    from vllm_minference.layer_plan import FA3_MIN_DENSITY, resolve_kernel
     assert resolve_kernel("auto", 3) == "fa3"
     assert resolve_kernel("auto", 2) == "triton"
     assert resolve_kernel("auto", None) == "triton"
@@ -223,6 +223,21 @@ def test_kernel_choice_and_hnd_cache():
     assert shape == (10, 2, 64, 128) and order == (0, 1, 2, 3)  # logical order = memory order
     assert MInferenceBackend.get_kv_cache_stride_order(include_num_layers_dimension=True) == (
         1, 2, 0, 3, 4)
+    # per step: FA3 lists only for an HND cache and lists dense enough to pay for them
+    _, vc = _builder(model_dir)
+    planner = _impl(vc, monkeypatch).planner
+    planner.kernel = "fa3"
+    hnd = make_paged_batch([64], [64]).kv_cache
+    nhd = make_paged_batch([64], [64], memory_order="NHD").kv_cache
+    assert planner.tile_kernel(hnd, 64) == "triton"  # no density known yet
+    planner.guard.known = FA3_MIN_DENSITY
+    assert planner.tile_kernel(hnd, 64) == "fa3"
+    assert planner.tile_kernel(nhd, 64) == "triton"
+    planner.guard.known = FA3_MIN_DENSITY / 2
+    assert planner.tile_kernel(hnd, 64) == "triton"
+    planner.kernel = "triton"
+    planner.guard.known = 1.0
+    assert planner.tile_kernel(hnd, 64) == "triton"
 
 
 def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):

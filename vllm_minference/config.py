@@ -52,9 +52,11 @@ class MInferenceSettings(BaseModel):
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
-                    "per-(head, row group) page lists (Hopper; 1.5x the Triton kernel's speed "
-                    "per tile on an H100), triton = this package's kernel (any GPU); auto "
-                    "picks fa3 where vLLM runs FlashAttention 3")
+                    "per-(head, row group) page lists (Hopper; 1.3x faster than the Triton "
+                    "kernel on fixed-budget lists on an H100, slower on very sparse ones, so a "
+                    "layer whose lists cover < 15% of the causal area still uses Triton), "
+                    "triton = this package's kernel (any GPU); auto picks fa3 where vLLM "
+                    "runs FlashAttention 3")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")

@@ -93,6 +93,13 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
 _first_step_logged = False
 _warned_kernel = False
 
+# Below this density (computed 64-key tiles over dense causal tiles) the Triton kernel beats
+# the FA3 page lists.  H100, 128K keys, real Qwen2.5-Coder-0.5B lists (bench_kernels.py,
+# 2026-11-26): at density 0.34-0.39 (fixed budgets) FA3 lists took 0.68-0.77x the Triton
+# time; at 0.004-0.037 (adaptive) 1.4-1.8x, each FA3 virtual sequence then holding too few
+# keys to hide its set-up.  The crossover from those costs is ~0.13.
+FA3_MIN_DENSITY = 0.15
+
 
 def resolve_kernel(setting: str, fa_version: int | None) -> str:
     """``fa3`` or ``triton``: what computes the sparse tiles (``auto`` picks FA3 when vLLM
@@ -238,6 +245,14 @@ class LayerPlanner:
                 device, **self.settings.plan_options())
         return self._patterns
 
+    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
+        """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
+        layer's lists are dense enough (the guard's latest density) for them to pay."""
+        if (self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size)
+                and self.guard.known is not None and self.guard.known >= FA3_MIN_DENSITY):
+            return "fa3"
+        return "triton"
+
     def run(self, layer, query: torch.Tensor, kv_cache: torch.Tensor, batch, scale: float,
             output: torch.Tensor) -> bool:
         """Sparse attention of the batch's sparse requests into ``output``.
@@ -265,7 +280,7 @@ class LayerPlanner:
                         self.guard.known, "sparse" if sparse else "dense")
         if not sparse:
             return False
-        if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size):
+        if self.tile_kernel(kv_cache, head_size) == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry)

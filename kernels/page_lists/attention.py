@@ -91,7 +91,7 @@ def _column_pass_kernel(
             k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
             off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
                                  stride_kt, PAGE, PAGED)
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, c_ok,
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, c0 >= 0,
                                          q_pos, qk_scale, K, V, stride_kh, stride_vh,
                                          HEAD_DIM, PREC)
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
