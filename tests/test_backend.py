@@ -186,6 +186,7 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
     from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen,
                                                              page_list_mask)
     monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
+    monkeypatch.setattr("vllm_minference.layer_plan.FA3_MIN_KEYS", 0)  # short test rows
     q_lens, seq_lens = [1, 130, 200], [300, 400, 200]
     batch = make_paged_batch(q_lens, seq_lens, seed=2, device=device, memory_order=memory_order)
     builder, vc = _builder(model_dir, device)
@@ -212,7 +213,8 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
 
 
 def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
-    from vllm_minference.layer_plan import FA3_MIN_DENSITY, resolve_kernel
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import FA3_MIN_KEYS, mean_causal_keys, resolve_kernel
     assert resolve_kernel("auto", 3) == "fa3"
     assert resolve_kernel("auto", 2) == "triton"
     assert resolve_kernel("auto", None) == "triton"
@@ -229,15 +231,18 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     planner.kernel = "fa3"
     hnd = make_paged_batch([64], [64]).kv_cache
     nhd = make_paged_batch([64], [64], memory_order="NHD").kv_cache
-    assert planner.tile_kernel(hnd, 64) == "triton"  # no density known yet
-    planner.guard.known = FA3_MIN_DENSITY
-    assert planner.tile_kernel(hnd, 64) == "fa3"
-    assert planner.tile_kernel(nhd, 64) == "triton"
-    planner.guard.known = FA3_MIN_DENSITY / 2
-    assert planner.tile_kernel(hnd, 64) == "triton"
+    layout = SeqLayout.from_lengths([65536], [131072], "cpu")  # rows see 98304.5 keys
+    assert mean_causal_keys(layout) == 98304.5
+    assert mean_causal_keys(SeqLayout.from_lengths([4, 2], [4, 10], "cpu")) == (1 + 2 + 3 + 4 + 9 + 10) / 6
+    assert planner.tile_kernel(hnd, 64, layout) == "triton"  # no density known yet
+    planner.guard.known = FA3_MIN_KEYS / 98304.5
+    assert planner.tile_kernel(hnd, 64, layout) == "fa3"
+    assert planner.tile_kernel(nhd, 64, layout) == "triton"
+    planner.guard.known = FA3_MIN_KEYS / 98304.5 / 2  # too few keys per virtual sequence
+    assert planner.tile_kernel(hnd, 64, layout) == "triton"
     planner.kernel = "triton"
     planner.guard.known = 1.0
-    assert planner.tile_kernel(hnd, 64) == "triton"
+    assert planner.tile_kernel(hnd, 64, layout) == "triton"
 
 
 def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):

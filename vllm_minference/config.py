@@ -52,9 +52,9 @@ class MInferenceSettings(BaseModel):
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
-                    "per-(head, row group) page lists (Hopper; 1.3x faster than the Triton "
+                    "per-(head, row group) page lists (Hopper; 1.1-1.3x faster than the Triton "
                     "kernel on fixed-budget lists on an H100, slower on very sparse ones, so a "
-                    "layer whose lists cover < 15% of the causal area still uses Triton), "
+                    "layer whose rows keep < 8192 keys on average still uses Triton), "
                     "triton = this package's kernel (any GPU); auto picks fa3 where vLLM "
                     "runs FlashAttention 3")
     max_density: float = Field(

@@ -93,12 +93,12 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
 _first_step_logged = False
 _warned_kernel = False
 
-# Below this density (computed 64-key tiles over dense causal tiles) the Triton kernel beats
-# the FA3 page lists.  H100, 128K keys, real Qwen2.5-Coder-0.5B lists (bench_kernels.py,
-# 2026-11-26): at density 0.34-0.39 (fixed budgets) FA3 lists took 0.68-0.77x the Triton
-# time; at 0.004-0.037 (adaptive) 1.4-1.8x, each FA3 virtual sequence then holding too few
-# keys to hide its set-up.  The crossover from those costs is ~0.13.
-FA3_MIN_DENSITY = 0.15
+# FA3 page lists pay once each (head, row group) virtual sequence holds enough keys to hide
+# FA3's set-up per tile row.  H100, real Qwen2.5-Coder-0.5B lists (bench_kernels.py,
+# 2026-11-26), FA3 lists over the Triton kernel, keys per query row in brackets: 128K fixed
+# budgets 1.30-1.33x faster (~22K), 1M fixed 1.08-1.24x faster (~42K); 128K adaptive
+# 1.4-1.8x slower (~2.4K), 1M adaptive 1.2-1.4x slower (~5K).
+FA3_MIN_KEYS = 8192
 
 
 def resolve_kernel(setting: str, fa_version: int | None) -> str:
@@ -115,6 +115,13 @@ def resolve_kernel(setting: str, fa_version: int | None) -> str:
                        "(Hopper GPUs); this engine runs FlashAttention %s, so the sparse "
                        "tiles use the Triton kernel", fa_version)
     return "triton"
+
+
+def mean_causal_keys(layout) -> float:
+    """Keys a query row of the batch sees under dense causal attention, on average."""
+    area = sum(q * (k - q) + q * (q + 1) // 2
+               for q, k in zip(layout.q_lens_host, layout.kv_lens_host))
+    return area / max(1, sum(layout.q_lens_host))
 
 
 class DensityGuard:
@@ -245,11 +252,13 @@ class LayerPlanner:
                 device, **self.settings.plan_options())
         return self._patterns
 
-    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
+    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int, layout) -> str:
         """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
-        layer's lists are dense enough (the guard's latest density) for them to pay."""
+        layer's lists (the guard's latest density) give each query row at least
+        ``FA3_MIN_KEYS`` keys on average, so that they pay."""
         if (self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size)
-                and self.guard.known is not None and self.guard.known >= FA3_MIN_DENSITY):
+                and self.guard.known is not None
+                and self.guard.known * mean_causal_keys(layout) >= FA3_MIN_KEYS):
             return "fa3"
         return "triton"
 
@@ -280,7 +289,7 @@ class LayerPlanner:
                         self.guard.known, "sparse" if sparse else "dense")
         if not sparse:
             return False
-        if self.tile_kernel(kv_cache, head_size) == "fa3":
+        if self.tile_kernel(kv_cache, head_size, layout) == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry)

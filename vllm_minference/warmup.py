@@ -32,7 +32,8 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
                     **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
 
-    ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3).
+    ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3, and
+    the sparse kernel, which layers with few keys per row keep using).
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
            tuple(sorted(plan_options.items())))
@@ -54,10 +55,9 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
     wl = plan_layer(query, kv, layout, patterns, scale)  # as LayerPlanner.run plans
     out = torch.empty_like(query)
+    sparse_attention(query, kv, layout, wl, scale, out=out)  # fa3 layers use it too
     if kernel == "fa3":
         page_list_attention(query, cache, table, layout, wl, scale, out=out)
-    else:
-        sparse_attention(query, kv, layout, wl, scale, out=out)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return True
