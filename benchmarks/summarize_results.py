@@ -53,8 +53,13 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
                         max_num_batched_tokens=r.get("max_num_batched_tokens"),
                         dense_s=round(d["seconds"], 4), minference_s=round(r["seconds"], 4),
                         speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"]))
-    dec = {r["mode"]: r for r in raw_rows if r["kind"] == "decode"}
-    if "dense" in dec:
+    by_file = defaultdict(dict)  # decode runs pair within their file (one call, one machine)
+    for r in raw_rows:
+        if r["kind"] == "decode":
+            by_file[r.get("file")][r["mode"]] = r
+    for dec in by_file.values():
+        if "dense" not in dec:
+            continue
         for mode, r in dec.items():
             if mode == "dense":
                 continue
@@ -77,7 +82,8 @@ def lease_of(path: str) -> str | None:
 def load_tagged(path: str) -> list[dict]:
     rows = load(path)
     lease = lease_of(path)
-    return [dict(r, lease=lease) if lease else r for r in rows]
+    name = os.path.basename(path)
+    return [dict(r, lease=lease, file=name) if lease else dict(r, file=name) for r in rows]
 
 
 def output_agreement(raw_rows: list[dict]) -> list[dict]:
@@ -160,17 +166,18 @@ def plot_kernels(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     groups = defaultdict(list)
     for r in rows:
-        key = (r["input"], r["pattern"], r["q_heads"])
+        key = (r["input"], r["pattern"], r["q_heads"], r.get("kernel", "triton"))
         groups[key].append(r)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for (inp, pat, qh), rs in sorted(groups.items()):
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for (inp, pat, qh, kern), rs in sorted(groups.items()):
         by_len = defaultdict(list)
         for r in rs:
             by_len[r["seq_len"]].append(r["speedup"])
         x = sorted(by_len)
         shape = "Qwen 14/2 d64" if qh == 14 else "Llama 32/8 d128"
-        ax.plot(x, [sum(by_len[n]) / len(by_len[n]) for n in x], "o-",
-                label=f"{inp}, {pat}, {shape}")
+        ax.plot(x, [sum(by_len[n]) / len(by_len[n]) for n in x],
+                "o-" if kern == "triton" else "s--", label=f"{inp}, {pat}, {shape}, {kern}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.8)
@@ -183,9 +190,9 @@ def plot_kernels(rows: list[dict], path: str) -> None:
 
 
 def kernel_table(rows: list[dict]) -> str:
-    lines = ["| input | pattern | shape | seq | density | FA3 ms | est ms | index ms | attn ms | "
-             "total ms | speedup | efficiency | vLLM sparse_attn_func ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| input | pattern | tiles on | shape | seq | density | FA3 ms | est ms | index ms | "
+             "attn ms | total ms | speedup | efficiency | vLLM sparse_attn_func ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     agg = defaultdict(list)
     for r in rows:
         pat = r["pattern"]
@@ -193,13 +200,16 @@ def kernel_table(rows: list[dict]) -> str:
             pat = f"profile {r.get('profile', '?').removesuffix('.json')}"
             if r.get("budget_scale", 1.0) != 1.0:
                 pat += f" ×{r['budget_scale']}"
-        agg[(r["input"], pat, r["q_heads"], r["kv_heads"], r["head_dim"], r["seq_len"])].append(r)
-    for (inp, pat, qh, kh, d, n), rs in sorted(agg.items(), key=lambda kv: (kv[0][5], kv[0][0], kv[0][2], kv[0][1])):
+        agg[(r["input"], pat, r.get("kernel", "triton"), r["q_heads"], r["kv_heads"], r["head_dim"],
+             r["seq_len"])].append(r)
+    for (inp, pat, kern, qh, kh, d, n), rs in sorted(
+            agg.items(), key=lambda kv: (kv[0][6], kv[0][0], kv[0][3], kv[0][1], kv[0][2])):
         def m(k):
             vals = [r[k] for r in rs if r.get(k) is not None]
             return sum(vals) / len(vals) if vals else None
         fa2 = m("fa2_sparse_ms")
-        lines.append(f"| {inp} | {pat} | {qh}/{kh} d{d} | {fmt_len(n)} | {m('density'):.3f} | "
+        lines.append(f"| {inp} | {pat} | {kern} | {qh}/{kh} d{d} | {fmt_len(n)} | "
+                     f"{m('density'):.3f} | "
                      f"{m('dense_ms'):.1f} | {m('estimate_ms'):.2f} | {m('index_ms'):.2f} | "
                      f"{m('attn_ms'):.1f} | {m('total_ms'):.1f} | {m('speedup'):.2f}x | "
                      f"{m('efficiency'):.2f} | {'' if fa2 is None else f'{fa2:.1f}'} |")
@@ -323,9 +333,10 @@ def main() -> None:
     md = []
     dev = args.device
 
-    kpath = os.path.join(args.raw, "kernels.json")
-    if os.path.exists(kpath):
-        k = load(kpath)
+    kpaths = sorted(glob.glob(os.path.join(args.raw, "*kernels*.json")))
+    if kpaths:
+        ks = [load(p) for p in kpaths]
+        k = dict(ks[0], rows=[r for kk in ks for r in kk["rows"]])
         with open(os.path.join(RESULTS, f"kernels-{dev}.json"), "w") as f:
             json.dump(k, f, indent=1)
         plot_kernels(k["rows"], os.path.join(RESULTS, f"kernels-{dev}.png"))

@@ -288,6 +288,7 @@ def test_chunk_hint_once_for_long_context_with_small_chunks():
     assert chunk_hint(config(32768, 8192)) is None  # short context: nothing to gain
     assert chunk_hint(config(1 << 20, 65536)) is None  # already large chunks
     assert chunk_hint(config(131072, 131072)) is None  # no chunking at all
+    assert chunk_hint(config(1 << 20, 16384), "fixed") is None  # measured gain: adaptive only
     msg = chunk_hint(config(1 << 20, 16384))
     assert msg is not None and "16384" in msg and "--max-num-batched-tokens 65536" in msg
     assert chunk_hint(config(1 << 20, 16384)) is None  # said once per process

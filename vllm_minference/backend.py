@@ -101,7 +101,7 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.settings = MInferenceSettings.from_sources(vllm_config.additional_config)
         warn_dense_layers(vllm_config, layer_names)
-        chunk_hint(vllm_config)
+        chunk_hint(vllm_config, self.settings.mode)
 
     def use_cascade_attention(self, *args, **kwargs) -> bool:
         return False
@@ -273,8 +273,8 @@ def warn_dense_layers(vllm_config, layer_names: list[str]) -> list[str]:
 LONG_CONTEXT = 131072  # a deployment whose prompts can reach this gets the chunk hint
 
 
-def chunk_hint(vllm_config) -> str | None:
-    """One start-up hint when long prompts would prefill in small chunks.
+def chunk_hint(vllm_config, mode: str = "adaptive") -> str | None:
+    """One start-up hint when long prompts would prefill in small chunks (adaptive mode).
 
     Every prefill chunk pays one Vertical-Slash estimate over all earlier keys, so a 1M-token
     prompt in vLLM's default 16K chunks pays 64 of them (H100, adaptive mode: TTFT 8.2 s;
@@ -283,8 +283,9 @@ def chunk_hint(vllm_config) -> str | None:
     """
     sched = getattr(vllm_config, "scheduler_config", None)
     model = getattr(vllm_config, "model_config", None)
-    if sched is None or model is None:
-        return None
+    if sched is None or model is None or mode != "adaptive":
+        return None  # fixed budgets: no gain measured (H100, 1M: 2.4x in 64K chunks, 3.3x
+        # in 16K chunks in an earlier lease)
     chunk = sched.max_num_batched_tokens
     if model.max_model_len < LONG_CONTEXT or chunk >= min(LONG_PROMPT_CHUNK,
                                                           model.max_model_len):
