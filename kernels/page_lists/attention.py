@@ -22,7 +22,8 @@ import triton.language as tl
 from ..attention.kernel import LOG2E, _attend_tile, _kv_args, dot_precision
 from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets
 from ..worklist import WorkList
-from .index import SUB, TABLE_BYTES, PageGeometry, compact_pages, group_rows, mark_pages
+from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
+                    mark_pages)
 
 
 def fa3_varlen() -> Callable:
@@ -50,12 +51,7 @@ def _column_pass_kernel(
     PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr,
 ):
     """Block ``j`` of a row's group: resume FA3's softmax state, add the uncovered columns."""
-    pid = tl.program_id(0)
-    r_loc = pid // BPG
-    j = pid % BPG
-    r = row0 + r_loc
-    h = r // NG
-    g = r % NG
+    r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
         b = tl.load(G_SEQ + g)

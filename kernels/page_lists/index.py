@@ -103,6 +103,16 @@ class PageGeometry:
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
 
 
+@triton.jit
+def group_block(row0, NG, BPG: tl.constexpr):
+    """Program -> (row in the slice, block ``j`` of the group, query head, group): the
+    launches over (virtual sequence, 64-row block) pairs of a slice share this order."""
+    pid = tl.program_id(0)
+    r_loc = pid // BPG
+    r = row0 + r_loc
+    return r_loc, pid % BPG, r // NG, r % NG
+
+
 @triton.jit(do_not_specialize=["stride_bits", "stride_dh", "row0", "NG"])
 def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS,
                  G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
@@ -111,12 +121,7 @@ def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS,
                  CB: tl.constexpr):
     """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
     also sets the group's own rows: FA3's causal mask must find them last)."""
-    pid = tl.program_id(0)
-    r_loc = pid // BPG
-    j = pid % BPG
-    r = row0 + r_loc
-    h = r // NG
-    g = r % NG
+    r_loc, j, h, g = group_block(row0, NG, BPG)
     b = tl.load(G_SEQ + g)
     q_len = tl.load(Q_LEN + b)
     ctx = tl.load(KV_LEN + b) - q_len
