@@ -139,7 +139,7 @@ def page_list_attention(
 
     q_perm = q[geo.token_index].transpose(0, 1).reshape(-1, 1, head_dim)
     o_perm = torch.empty_like(q_perm)
-    starts = torch.tensor(geo.row_starts, dtype=torch.int32).to(q.device, non_blocking=True)
+    starts = geo.row_starts_dev
     slices = geo.slices(table_bytes)
     n_max = max(r1 - r0 for r0, r1 in slices)
     bits = torch.empty(n_max, geo.width, dtype=torch.int8, device=q.device)

@@ -60,6 +60,7 @@ class PageGeometry:
     seq_row0: torch.Tensor  # [B] int32 first row of each sequence in the permuted order
     token_index: torch.Tensor  # [num_tokens] int64 query-tensor row of each permuted row
     row_starts: tuple[int, ...]  # permuted first row of every virtual sequence, + the end
+    row_starts_dev: torch.Tensor  # the same, int32 on the device (FA3's cu_seqlens_q)
 
     @staticmethod
     def build(layout: SeqLayout, num_heads: int, rows_per_group: int) -> "PageGeometry":
@@ -91,7 +92,8 @@ class PageGeometry:
             g_seq=rows[0, :G], g_m=rows[1, :G], g_blk0=rows[2, :G], g_nblk=rows[3, :G],
             seq_row0=_aligned_rows([seq_row0], dev)[0, :layout.num_seqs],
             token_index=torch.cat(tokens).to(dev, non_blocking=True),
-            row_starts=tuple(starts))
+            row_starts=tuple(starts),
+            row_starts_dev=torch.tensor(starts, dtype=torch.int32).to(dev, non_blocking=True))
 
     @property
     def num_rows(self) -> int:
