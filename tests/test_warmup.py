@@ -46,3 +46,23 @@ def test_planner_warm_up_failure_only_warns(monkeypatch):
     monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels", boom)
     planner = LayerPlanner(MInferenceSettings(), default_profile(1, 4), [0, 1, 2, 3], 2)
     planner.warm_up(64, torch.bfloat16, 0.125)  # must not raise
+
+
+def test_fa3_warm_up_failure_falls_back_to_triton(monkeypatch):
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.layer_plan import LayerPlanner
+    from vllm_minference.profiles import default_profile
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    kernels = []
+
+    def fa3_fails(*a, kernel, **k):
+        kernels.append(kernel)
+        if kernel == "fa3":
+            raise RuntimeError("FA3 rejects the page lists")
+        return True
+    monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels", fa3_fails)
+    planner = LayerPlanner(MInferenceSettings(), default_profile(1, 4), [0, 1, 2, 3], 2,
+                           fa_version=3)
+    assert planner.kernel == "fa3"
+    planner.warm_up(64, torch.bfloat16, 0.125)
+    assert kernels == ["fa3", "triton"] and planner.kernel == "triton"

@@ -227,6 +227,8 @@ class LayerPlanner:
         """Compile the sparse kernels now (model load) rather than in the first long prefill.
 
         Never fatal: if it fails, the kernels compile on first use as they would anyway.
+        If only the FA3 page lists fail (an FA3 build that rejects them), the layer keeps
+        the Triton kernel rather than failing in the middle of serving.
         """
         if not torch.cuda.is_available():
             return
@@ -237,9 +239,17 @@ class LayerPlanner:
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d, key tiles on %s", len(self.head_ids),
                             self.num_kv_heads, head_size, dtype, self.page_size, self.kernel)
+            return
         except Exception as e:  # noqa: BLE001 - a warm-up must not stop start-up
-            logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
-                           "compile on the first sparse prefill", type(e).__name__, e)
+            failed = e
+        if self.kernel == "fa3":
+            self.kernel = "triton"
+            logger.warning("minference: FA3 page lists failed at warm-up (%s: %s); the sparse "
+                           "key tiles use the Triton kernel", type(failed).__name__, failed)
+            self.warm_up(head_size, dtype, scale)
+            return
+        logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
+                       "compile on the first sparse prefill", type(failed).__name__, failed)
 
     def patterns(self, layer, device: torch.device) -> LayerPatterns:
         if self._patterns is None:
