@@ -279,14 +279,16 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
     dens = density(wl, layout)
     out = torch.empty_like(q)
     page_density = None
-    if kernel == "fa3":
+    if kernel.startswith("fa3"):  # "fa3" or "fa3/runN": chunks of runs < N stay on Triton
+        min_run = int(kernel.partition("/run")[2] or 1)
         stats: dict = {}
-        page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats)
+        page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats,
+                            min_run=min_run)
         causal = n_heads * sum(ql * (kl - ql) + ql * (ql + 1) // 2
                                for ql, kl in zip(layout.q_lens_host, layout.kv_lens_host))
         page_density = round(float(stats["key_rows"]) / causal, 4)
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
-                                                      scale, out=out))
+                                                      scale, out=out, min_run=min_run))
         err = None  # a superset of the list's keys: checked in tests/test_page_lists.py
     else:
         attn_ms = time_ms(lambda: sparse_attention(q, kv, layout, wl, scale, out=out))
@@ -440,8 +442,9 @@ def main() -> None:
                     help="density above which the backend runs dense FA3 instead")
     ap.add_argument("--page", type=int, default=64, help="KV page size (tokens)")
     ap.add_argument("--kernels", default=None,
-                    help="comma list: triton (this package's kernel), fa3 (page lists); "
-                         "default both on a GPU, triton on a CPU")
+                    help="comma list: triton (this package's kernel), fa3 (page lists), "
+                         "fa3/runN (runs of < N chunks on Triton); default triton,fa3 on a "
+                         "GPU, triton on a CPU")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")

@@ -247,6 +247,15 @@ K6_ttft() {  # second lease: FA3 lists only where a layer's density >= 0.15 (ada
   timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
     --out $OUT/ttft.json
 }
+K7_short_runs() {  # next: isolated diagonals on Triton (fa3_min_run), kernels and TTFT
+  timeout 200 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash --kernels triton,fa3,fa3/run2,fa3/run4 --out $OUT/kernels.json
+  timeout 150 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --out $OUT/ttft.json
+  for cfg in "" "--set fa3_min_run=2" "--set fa3_min_run=4"; do
+    timeout 150 python3 $B/bench_ttft.py --backend minference --mode fixed $cfg \
+      --lengths 131072 --out $OUT/ttft.json
+  done
+}
 K5_kernels_1m() {
   timeout 420 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 \
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels_1m.json
@@ -335,6 +344,7 @@ case "$1" in
   K4) lane 0 K4_accuracy; wait_lanes 290; jit_check ;;
   K5) lane 0 K5_kernels_1m; wait_lanes 430 ;;
   K6) lane 0 K6_ttft; wait_lanes 570; jit_check ;;
+  K7) lane 0 K7_short_runs; wait_lanes 570; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -93,8 +93,8 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
         HeadPattern("block_sparse", 8), HeadPattern("stream_llm", 64, 256)]
     patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
-    if kernel == "fa3":
-        page_list_attention(q, cache, kv.block_table, layout, wl)
+    if kernel.startswith("fa3"):
+        page_list_attention(q, cache, kv.block_table, layout, wl, min_run=min_run_of(kernel))
     else:
         sparse_attention(q, kv, layout, wl)
 
@@ -103,7 +103,11 @@ MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
          "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25}}
 
 
-@pytest.mark.parametrize("kernel", ["triton", "fa3"])
+def min_run_of(kernel: str) -> int:
+    return int(kernel.partition("/run")[2] or 1)
+
+
+@pytest.mark.parametrize("kernel", ["triton", "fa3", "fa3/run2"])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel, monkeypatch):
     from vllm_minference import warmup
@@ -112,7 +116,8 @@ def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel
         monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
     # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
-                                  kernel=kernel, **MODES[mode])
+                                  kernel=kernel.partition("/")[0],
+                                  fa3_min_run=min_run_of(kernel), **MODES[mode])
     run_layer(64, 700, mode, device, kernel)
     run_layer(256, 9000, mode, device, kernel)  # > one estimate split (4096 keys); 4 blocks
     assert recorded, "no kernel launch was recorded"

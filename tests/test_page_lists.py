@@ -10,9 +10,10 @@ from kernel_inputs import hnd_cache, make_batch, random_worklist, tolerance
 from vllm_minference.kernels import dense_worklist
 from vllm_minference.kernels.attention.reference import masked_attention_reference
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
-from vllm_minference.kernels.page_lists.index import SUB, compact_pages, mark_pages
+from vllm_minference.kernels.page_lists.index import (SUB, compact_pages, long_run_flags,
+                                                     mark_pages)
 from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_sub_pages,
-                                                         page_list_mask)
+                                                         page_list_mask, run_lengths)
 
 SHAPES = [
     # q_lens, kv_lens, heads, kv_heads, head_dim
@@ -106,6 +107,39 @@ def test_dense_list_equals_causal_attention(device, dtype):
                               batch.layout, dense_worklist(batch.layout, 4),
                               varlen_fn=emulate_fa3_varlen)
     assert _rel_err(out, ref) < tolerance(dtype)
+
+
+def test_long_run_flags_match_the_naive_runs(device):
+    g = torch.Generator().manual_seed(4)
+    starts = torch.randint(-5, 5, (300,), generator=g).cumsum(0) * 64  # runs of +64 steps
+    starts[::7] += 3  # and breaks
+    chunks = torch.stack([starts, starts], 1).to(torch.int32).to(device)
+    runs = run_lengths(chunks.cpu())
+    assert max(runs) > 2
+    for min_run in (1, 2, 3):
+        want = [int(r >= min_run) for r in runs]
+        assert long_run_flags(chunks, min_run).cpu().tolist() == want
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
+def test_short_runs_on_triton_equal_masked_reference(device, dtype, q_lens, kv_lens, h, hkv,
+                                                     d):
+    """min_run > 1: chunks of short runs go through the Triton pass, keys counted once."""
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=64, seed=8)
+    wl = random_worklist(batch.layout, h, seed=9)
+    cache = hnd_cache(batch.paged)
+    rows = group_rows(d)
+    for min_run in (2, 1000):
+        ref = masked_attention_reference(
+            batch.q, batch.kv, batch.layout,
+            lambda b, hh, ql, kl: page_list_mask(wl, batch.layout, rows, b, hh, min_run))
+        for name, fn in _varlen_fns(device):
+            if name == "fa3" and dtype == torch.float32:
+                continue
+            out = page_list_attention(batch.q, cache, batch.paged.block_table, batch.layout,
+                                      wl, varlen_fn=fn, min_run=min_run)
+            assert _rel_err(out, ref) < tolerance(dtype), (name, min_run)
 
 
 def test_rejects_a_cache_not_in_hnd_order(device):

@@ -57,6 +57,12 @@ class MInferenceSettings(BaseModel):
                     "layer whose rows keep < 8192 keys on average still uses Triton), "
                     "triton = this package's kernel (any GPU); auto picks fa3 where vLLM "
                     "runs FlashAttention 3")
+    fa3_min_run: int = Field(
+        1, ge=1,
+        description="fa3 key tiles: chunks of a diagonal run shorter than this many 64-key "
+                    "chunks (isolated diagonals) stay on the Triton kernel, whose cost per row "
+                    "is 64 keys where a 192-row FA3 group pays ~208; 1 = all on FA3 (what was "
+                    "measured; larger values are not yet measured on a GPU)")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")

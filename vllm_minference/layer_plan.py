@@ -235,6 +235,7 @@ class LayerPlanner:
         try:
             if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
                                self.page_size, scale, kernel=self.kernel,
+                               fa3_min_run=self.settings.fa3_min_run,
                                **self.settings.plan_options()):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d, key tiles on %s", len(self.head_ids),
@@ -302,7 +303,8 @@ class LayerPlanner:
         if self.tile_kernel(kv_cache, head_size, layout) == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
-                                out=output, geometry=geometry)
+                                out=output, geometry=geometry,
+                                min_run=self.settings.fa3_min_run)
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True

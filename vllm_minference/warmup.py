@@ -29,14 +29,14 @@ _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
-                    **plan_options) -> bool:
+                    fa3_min_run: int = 1, **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
 
     ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3, and
     the sparse kernel, which layers with few keys per row keep using).
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
-           tuple(sorted(plan_options.items())))
+           fa3_min_run, tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)
@@ -57,7 +57,8 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     out = torch.empty_like(query)
     sparse_attention(query, kv, layout, wl, scale, out=out)  # fa3 layers use it too
     if kernel == "fa3":
-        page_list_attention(query, cache, table, layout, wl, scale, out=out)
+        page_list_attention(query, cache, table, layout, wl, scale, out=out,
+                            min_run=fa3_min_run)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return True

@@ -23,7 +23,7 @@ from ..attention.kernel import LOG2E, _attend_tile, _kv_args, dot_precision
 from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets
 from ..worklist import WorkList
 from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
-                    mark_pages)
+                    long_run_flags, mark_pages)
 
 
 def fa3_varlen() -> Callable:
@@ -44,13 +44,14 @@ def hnd_cache_ok(kv_cache: torch.Tensor, head_dim: int) -> bool:
 def _column_pass_kernel(
     Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-    DESC, stride_dh, stride_db, COLS,
+    DESC, stride_dh, stride_db, CHUNKS, FLAGS, COLS,
     G_SEQ, G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
-    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr,
+    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, HAS_FLAGS: tl.constexpr,
 ):
-    """Block ``j`` of a row's group: resume FA3's softmax state, add the uncovered columns."""
+    """Block ``j`` of a row's group: resume FA3's softmax state, add the chunks of short runs
+    (with ``HAS_FLAGS``) and the columns, each key only if the pages do not hold it."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -78,6 +79,24 @@ def _column_pass_kernel(
         kvh = h // GROUP
         bits = BITS + r_loc.to(tl.int64) * stride_bits
         offs = tl.arange(0, 64)
+        if HAS_FLAGS:
+            chunk_ptr = tl.load(desc + 0)
+            base = tl.load(desc + 2)
+            for c in range(0, tl.load(desc + 1)):
+                if tl.load(FLAGS + chunk_ptr + c) == 0:
+                    cp = CHUNKS + 2 * (chunk_ptr + c).to(tl.int64)
+                    start = tl.load(cp)
+                    floor = base + tl.maximum(tl.load(cp + 1), start)
+                    keys = base + start + offs
+                    inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
+                    covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+                    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+                    off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START,
+                                         stride_kp, stride_kt, PAGE, PAGED)
+                    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
+                                                 inside & (covered == 0), c >= 0, q_pos,
+                                                 qk_scale, K, V, stride_kh, stride_vh,
+                                                 HEAD_DIM, PREC)
         for c0 in range(0, col_cnt, 64):
             c_ok = c0 + offs < col_cnt
             keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
@@ -107,6 +126,7 @@ def page_list_attention(
     varlen_fn: Callable | None = None,
     table_bytes: int = TABLE_BYTES,
     stats: dict | None = None,
+    min_run: int = 1,
 ) -> torch.Tensor:
     """Attention of ``q`` (``[tokens, heads, D]``) over (a superset of) its work list's keys.
 
@@ -114,6 +134,7 @@ def page_list_attention(
     keys then values in the last dim) and ``block_table`` its ``[B, max_pages]`` rows in the
     layout's sequence order.  Rows outside the layout's query rows are left untouched.
     ``stats`` (benchmarks) receives ``key_rows``: query rows x keys FA3 computes (0-d tensor).
+    ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass.
     """
     num_tokens, num_heads, head_dim = q.shape
     kv_heads = kv_cache.shape[1]
@@ -146,9 +167,10 @@ def page_list_attention(
     table = torch.empty(n_max, geo.width, dtype=torch.int32, device=q.device)
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
     bpg = geo.rows_per_group // BLOCK_M
+    flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
     for r0, r1 in slices:
         n = r1 - r0
-        mark_pages(bits, geo, layout, worklist, r0, r1)
+        mark_pages(bits, geo, layout, worklist, r0, r1, flags)
         compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1)
         t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
         _, lse = varlen_fn(
@@ -164,10 +186,12 @@ def page_list_attention(
             o_perm[t0:t1], lse.reshape(-1), t0, bits, bits.stride(0),
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
-            stride_db=worklist.desc.stride(1), COLS=worklist.cols,
+            stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks,
+            FLAGS=worklist.chunks if flags is None else flags, COLS=worklist.cols,
             G_SEQ=geo.g_seq, G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
             BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups, N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
-            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, num_warps=4, num_stages=2)
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=flags is not None,
+            num_warps=4, num_stages=2)
     return out

@@ -13,7 +13,10 @@ cache viewed as ``[-1, 16, 2 * head_dim]``.
 
 The key set is a superset of the work list's (whole sub-pages, the union over the group's
 blocks, and its own rows); gathered columns stay with the Triton kernel, which skips those
-the pages already hold (``covered`` bitmap).  ``R`` is FA3's query tile (192 rows at head
+the pages already hold (``covered`` bitmap).  A short run of chunks (an isolated diagonal)
+costs a group of ``R`` rows about ``R + 16`` keys per row on FA3 but 64 on the Triton
+kernel, so with ``min_run`` > 1 only chunks in runs of at least that many contiguous chunks
+go to the pages and the Triton pass takes the rest (:func:`long_run_flags`).  ``R`` is FA3's query tile (192 rows at head
 dim 64, 128 at 128), so no tile computes padding rows.
 
 Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
@@ -105,6 +108,20 @@ class PageGeometry:
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
 
 
+def long_run_flags(chunks: torch.Tensor, min_run: int) -> torch.Tensor:
+    """int8 per chunk of the pool: 1 if it lies in a run of >= ``min_run`` chunks whose
+    starts follow each other by 64 keys (a merged diagonal segment, dense tiles), else 0.
+    Fixed shapes, no host sync (run lengths by scatter-add over run ids)."""
+    start = chunks[:, 0]
+    n = start.numel()
+    brk = torch.ones(n, dtype=torch.bool, device=start.device)
+    brk[1:] = start[1:] != start[:-1] + 64
+    run = torch.cumsum(brk.to(torch.int64), 0) - 1
+    length = torch.zeros(n, dtype=torch.int32, device=start.device).scatter_add_(
+        0, run, torch.ones(n, dtype=torch.int32, device=start.device))
+    return (length[run] >= min_run).to(torch.int8)
+
+
 @triton.jit
 def group_block(row0, NG, BPG: tl.constexpr):
     """Program -> (row in the slice, block ``j`` of the group, query head, group): the
@@ -116,11 +133,11 @@ def group_block(row0, NG, BPG: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["stride_bits", "stride_dh", "row0", "NG"])
-def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS,
+def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
                  G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
                  row0, NG,
                  BPG: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr, OWN: tl.constexpr,
-                 CB: tl.constexpr):
+                 CB: tl.constexpr, HAS_FLAGS: tl.constexpr):
     """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
     also sets the group's own rows: FA3's causal mask must find them last)."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
@@ -149,6 +166,8 @@ def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS,
             cp = CHUNKS + 2 * (ptr + idx).to(tl.int64)
             start = tl.load(cp, mask=ok, other=0)
             lo = tl.load(cp + 1, mask=ok, other=0)
+            if HAS_FLAGS:  # chunks of short runs stay with the Triton pass
+                ok = ok & (tl.load(FLAGS + ptr + idx, mask=ok, other=0) != 0)
             k_lo = tl.maximum(base + tl.maximum(lo, start), 0)
             k_hi = tl.minimum(base + start + 63, last)
             ok = ok & (k_lo <= k_hi)
@@ -190,16 +209,18 @@ def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt
 
 
 def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: WorkList,
-               row0: int, row1: int) -> None:
-    """Zero ``bits[: row1 - row0]`` and mark the sub-pages rows ``[row0, row1)`` need."""
+               row0: int, row1: int, flags: torch.Tensor | None = None) -> None:
+    """Zero ``bits[: row1 - row0]`` and mark the sub-pages rows ``[row0, row1)`` need
+    (only the chunks ``flags`` marks, if given)."""
     n = row1 - row0
     bits[:n].zero_()
     bpg = geo.rows_per_group // BLOCK_M
     _mark_kernel[(n * bpg,)](
         bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
-        geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk, layout.blk_m, layout.q_len, layout.kv_len,
+        wl.chunks if flags is None else flags, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk, layout.blk_m, layout.q_len, layout.kv_len,
         row0, geo.num_groups, BPG=bpg, R=geo.rows_per_group, SUB_=SUB,
-        OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64)
+        OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64,
+        HAS_FLAGS=flags is not None)
 
 
 def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor,

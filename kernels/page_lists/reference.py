@@ -16,17 +16,37 @@ from ..worklist import WorkList
 from .index import SUB
 
 
-def _block_keys(desc_row, chunks, cols, last: int) -> tuple[set[int], list[int]]:
-    """Chunk keys (up to the block's last row) and column keys of one descriptor."""
+def run_lengths(chunks) -> list[int]:
+    """For each chunk of the pool, the length of its run of chunks 64 keys apart."""
+    starts = [int(s) for s in chunks[:, 0].tolist()]
+    out, i = [0] * len(starts), 0
+    while i < len(starts):
+        j = i + 1
+        while j < len(starts) and starts[j] == starts[j - 1] + 64:
+            j += 1
+        out[i:j] = [j - i] * (j - i)
+        i = j
+    return out
+
+
+def _block_keys(desc_row, chunks, cols, last: int, runs: list[int] | None = None,
+                min_run: int = 1) -> tuple[set[int], list[int]]:
+    """Keys of one descriptor up to the block's last row: those of chunks in runs of at
+    least ``min_run`` (the pages' part), and the others with the columns (Triton's part)."""
     cp, cc, base, colp, colc = (int(x) for x in desc_row)
-    keys: set[int] = set()
-    for start, lo in chunks[cp:cp + cc].tolist():
-        keys.update(range(max(base + max(lo, start), 0), min(base + start + 63, last) + 1))
-    return keys, [int(c) for c in cols[colp:colp + colc]]
+    paged: set[int] = set()
+    rest = [int(c) for c in cols[colp:colp + colc]]
+    for i, (start, lo) in enumerate(chunks[cp:cp + cc].tolist()):
+        keys = range(max(base + max(lo, start), 0), min(base + start + 63, last) + 1)
+        if runs is None or runs[cp + i] >= min_run:
+            paged.update(keys)
+        else:
+            rest.extend(keys)
+    return paged, rest
 
 
 def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
-                    g: int) -> list[int]:
+                    g: int, min_run: int = 1) -> list[int]:
     """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
@@ -35,29 +55,31 @@ def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int
     g_first, g_last = ctx + g * rows_per_group, ctx + min((g + 1) * rows_per_group, q_len) - 1
     subs = set(range(g_first // SUB, g_last // SUB + 1))
     bpg = rows_per_group // BLOCK_M
+    runs = run_lengths(chunks)
     for m in range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M)):
         last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
-        keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last)
+        keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
         subs.update(k // SUB for k in keys)
     return sorted(subs)
 
 
 def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
-                   h: int) -> torch.Tensor:
+                   h: int, min_run: int = 1) -> torch.Tensor:
     """``[q_len, kv_len]`` keys each row of sequence ``b``, head ``h`` sees (before causality)."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
     desc, chunks, cols = wl.desc[h].cpu(), wl.chunks.cpu(), wl.cols.cpu()
     mask = torch.zeros(q_len, kv_len, dtype=torch.bool)
+    runs = run_lengths(chunks)
     for g in range((q_len + rows_per_group - 1) // rows_per_group):
         r0, r1 = g * rows_per_group, min((g + 1) * rows_per_group, q_len)
-        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g):
+        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g, min_run):
             mask[r0:r1, s * SUB:min((s + 1) * SUB, kv_len)] = True
         for m in range(r0 // BLOCK_M, (r1 + BLOCK_M - 1) // BLOCK_M):
             last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
-            _, col_keys = _block_keys(desc[first_blk + m], chunks, cols, last)
-            mask[m * BLOCK_M:min((m + 1) * BLOCK_M, q_len), col_keys] = True
+            _, rest = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
+            mask[m * BLOCK_M:min((m + 1) * BLOCK_M, q_len), rest] = True
     return mask
 
 
