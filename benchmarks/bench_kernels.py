@@ -284,9 +284,7 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
         stats: dict = {}
         page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats,
                             min_run=min_run)
-        causal = n_heads * sum(ql * (kl - ql) + ql * (ql + 1) // 2
-                               for ql, kl in zip(layout.q_lens_host, layout.kv_lens_host))
-        page_density = round(float(stats["key_rows"]) / causal, 4)
+        page_density = round(float(stats["key_rows"]) / (n_heads * layout.causal_keys()), 4)
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
                                                       scale, out=out, min_run=min_run))
         err = None  # a superset of the list's keys: checked in tests/test_page_lists.py

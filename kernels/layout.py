@@ -111,6 +111,12 @@ class SeqLayout:
             self.__dict__["_dense_tiles"] = cached
         return cached
 
+    def causal_keys(self) -> int:
+        """Keys dense causal attention computes over all query rows (one head), from the
+        host sizes: row ``i`` of a chunk at the end of ``kv_len`` keys sees ``ctx + i + 1``."""
+        return sum(q * (k - q) + q * (q + 1) // 2
+                   for q, k in zip(self.q_lens_host, self.kv_lens_host))
+
     def total_dense_tiles(self) -> torch.Tensor:
         """Sum of :meth:`dense_tiles` (0-d, on the device), also computed once."""
         cached = self.__dict__.get("_total_dense_tiles")

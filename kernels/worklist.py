@@ -41,6 +41,12 @@ class WorkList:
     def num_heads(self) -> int:
         return self.desc.shape[0]
 
+    def check_shape(self, num_heads: int, layout: SeqLayout) -> None:
+        """Raise unless the list has one descriptor per (query head, block of the layout)."""
+        if self.desc.shape[:2] != (num_heads, layout.num_blocks):
+            raise ValueError(f"work list is {tuple(self.desc.shape[:2])}, expected "
+                             f"({num_heads}, {layout.num_blocks})")
+
     def tiles(self) -> torch.Tensor:
         """64-key tiles computed per (head, block), ``[H, NB]`` int64: the cost of the list."""
         d = self.desc.long()

@@ -119,9 +119,7 @@ def resolve_kernel(setting: str, fa_version: int | None) -> str:
 
 def mean_causal_keys(layout) -> float:
     """Keys a query row of the batch sees under dense causal attention, on average."""
-    area = sum(q * (k - q) + q * (q + 1) // 2
-               for q, k in zip(layout.q_lens_host, layout.kv_lens_host))
-    return area / max(1, sum(layout.q_lens_host))
+    return layout.causal_keys() / max(1, sum(layout.q_lens_host))
 
 
 class DensityGuard:

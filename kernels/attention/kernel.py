@@ -220,9 +220,7 @@ def sparse_attention(
         raise ValueError(f"head_dim must be 64 or 128 for q and k/v, got {head_dim}/{kv.head_dim}")
     if num_heads % kv.num_kv_heads:
         raise ValueError(f"{num_heads} query heads are not a multiple of {kv.num_kv_heads} KV heads")
-    if worklist.desc.shape[:2] != (num_heads, layout.num_blocks):
-        raise ValueError(f"work list is {tuple(worklist.desc.shape[:2])}, expected "
-                         f"({num_heads}, {layout.num_blocks})")
+    worklist.check_shape(num_heads, layout)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
     if chunks_per_iter is None:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..attention.kernel import LOG2E, _attend_tile, _kv_args, dot_precision
-from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets
+from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import WorkList
 from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
                     long_run_flags, mark_pages)
@@ -39,29 +39,41 @@ def hnd_cache_ok(kv_cache: torch.Tensor, head_dim: int) -> bool:
             and kv_cache.shape[2] % SUB == 0 and kv_cache.is_contiguous())
 
 
+@triton.jit
+def _attend_uncovered(acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_pos, qk_scale,
+                      K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt,
+                      KV_START, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
+                      PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr):
+    """One online-softmax step over 64 gathered ``keys``: those ``inside`` whose sub-page the
+    row group's FA3 pages do not hold (``bits``), so no key is counted twice."""
+    covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
+    off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
+                         stride_kt, PAGE, PAGED)
+    return _attend_tile(acc, m_i, l_i, q, kvh, off, keys, inside & (covered == 0),
+                        kv_len > 0, q_pos, qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM,
+                        PREC)
+
+
 @triton.jit(do_not_specialize=["t0", "stride_bits", "stride_bt", "stride_dh", "row0", "NG",
                                "N"])
 def _column_pass_kernel(
     Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
     DESC, stride_dh, stride_db, CHUNKS, FLAGS, COLS,
-    G_SEQ, G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_M,
+    G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
     PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, HAS_FLAGS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """Block ``j`` of a row's group: resume FA3's softmax state, add the chunks of short runs
     (with ``HAS_FLAGS``) and the columns, each key only if the pages do not hold it."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
-        b = tl.load(G_SEQ + g)
-        m = tl.load(BLK_M + blk)
-        q_start = tl.load(Q_START + b)
-        q_len = tl.load(Q_LEN + b)
-        kv_len = tl.load(KV_LEN + b)
-        rows = m * 64 + tl.arange(0, 64)
-        row_ok = rows < q_len
+        b, m, q_start, q_len, kv_len, rows, row_ok = query_block(
+            blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M)
         q_pos = kv_len - q_len + rows
         d = tl.arange(0, HEAD_DIM)
         prow = (h * N + tl.load(SEQ_ROW0 + b) + rows - t0).to(tl.int64)
@@ -89,26 +101,18 @@ def _column_pass_kernel(
                     floor = base + tl.maximum(tl.load(cp + 1), start)
                     keys = base + start + offs
                     inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
-                    covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
-                    k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
-                    off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START,
-                                         stride_kp, stride_kt, PAGE, PAGED)
-                    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
-                                                 inside & (covered == 0), c >= 0, q_pos,
-                                                 qk_scale, K, V, stride_kh, stride_vh,
-                                                 HEAD_DIM, PREC)
+                    acc, m_i, l_i = _attend_uncovered(
+                        acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_pos, qk_scale,
+                        K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt,
+                        KV_START, HEAD_DIM, PAGE, PAGED, PREC, SUB_)
         for c0 in range(0, col_cnt, 64):
             c_ok = c0 + offs < col_cnt
             keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
             inside = c_ok & (keys >= 0) & (keys < kv_len)
-            covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
-            valid = inside & (covered == 0)
-            k_load = tl.minimum(tl.maximum(keys, 0), kv_len - 1)
-            off = kv_row_offsets(b, k_load, k_load >= 0, BT, stride_bt, KV_START, stride_kp,
-                                 stride_kt, PAGE, PAGED)
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys, valid, c0 >= 0,
-                                         q_pos, qk_scale, K, V, stride_kh, stride_vh,
-                                         HEAD_DIM, PREC)
+            acc, m_i, l_i = _attend_uncovered(
+                acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_pos, qk_scale,
+                K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
+                HEAD_DIM, PAGE, PAGED, PREC, SUB_)
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
         tl.store(O + q_rows[:, None] * stride_ot + h * stride_oh + d[None, :],
                  out.to(O.dtype.element_ty), mask=row_ok[:, None])
@@ -141,9 +145,7 @@ def page_list_attention(
     if not hnd_cache_ok(kv_cache, head_dim):
         raise ValueError(f"page lists need a contiguous HND cache [pages, kv_heads, page, "
                          f"2 * {head_dim}] with 16-key multiples, got {tuple(kv_cache.shape)}")
-    if worklist.desc.shape[:2] != (num_heads, layout.num_blocks):
-        raise ValueError(f"work list is {tuple(worklist.desc.shape[:2])}, expected "
-                         f"({num_heads}, {layout.num_blocks})")
+    worklist.check_shape(num_heads, layout)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
     if out is None:
@@ -188,10 +190,12 @@ def page_list_attention(
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks,
             FLAGS=worklist.chunks if flags is None else flags, COLS=worklist.cols,
-            G_SEQ=geo.g_seq, G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
+            G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
-            BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups, N=geo.num_tokens,
+            BLK_SEQ=layout.blk_seq, BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups,
+            N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
             BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=flags is not None,
+            BLOCK_M=BLOCK_M,
             num_warps=4, num_stages=2)
     return out

@@ -16,8 +16,8 @@ blocks, and its own rows); gathered columns stay with the Triton kernel, which s
 the pages already hold (``covered`` bitmap).  A short run of chunks (an isolated diagonal)
 costs a group of ``R`` rows about ``R + 16`` keys per row on FA3 but 64 on the Triton
 kernel, so with ``min_run`` > 1 only chunks in runs of at least that many contiguous chunks
-go to the pages and the Triton pass takes the rest (:func:`long_run_flags`).  ``R`` is FA3's query tile (192 rows at head
-dim 64, 128 at 128), so no tile computes padding rows.
+go to the pages and the Triton pass takes the rest (:func:`long_run_flags`).  ``R`` is
+FA3's query tile (192 rows at head dim 64, 128 at 128), so no tile computes padding rows.
 
 Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
 compact it into the block table); shapes depend on host sizes only.
@@ -182,10 +182,7 @@ def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt
                     GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
                     SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr):
     """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k."""
-    r_loc = tl.program_id(0)
-    r = row0 + r_loc
-    h = r // NG
-    g = r % NG
+    r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row
     kvh = h // GROUP
     b = tl.load(G_SEQ + g)
     gm = tl.load(G_M + g)
@@ -217,8 +214,9 @@ def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: Wor
     bpg = geo.rows_per_group // BLOCK_M
     _mark_kernel[(n * bpg,)](
         bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
-        wl.chunks if flags is None else flags, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk, layout.blk_m, layout.q_len, layout.kv_len,
-        row0, geo.num_groups, BPG=bpg, R=geo.rows_per_group, SUB_=SUB,
+        wl.chunks if flags is None else flags, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
+        layout.blk_m, layout.q_len, layout.kv_len, row0, geo.num_groups, BPG=bpg,
+        R=geo.rows_per_group, SUB_=SUB,
         OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64,
         HAS_FLAGS=flags is not None)
 
