@@ -234,15 +234,15 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     layout = SeqLayout.from_lengths([65536], [131072], "cpu")  # rows see 98304.5 keys
     assert mean_causal_keys(layout) == 98304.5
     assert mean_causal_keys(SeqLayout.from_lengths([4, 2], [4, 10], "cpu")) == (1 + 2 + 3 + 4 + 9 + 10) / 6
-    assert planner.tile_kernel(hnd, 64, layout) == "triton"  # no density known yet
-    planner.guard.known = FA3_MIN_KEYS / 98304.5
-    assert planner.tile_kernel(hnd, 64, layout) == "fa3"
-    assert planner.tile_kernel(nhd, 64, layout) == "triton"
-    planner.guard.known = FA3_MIN_KEYS / 98304.5 / 2  # too few keys per virtual sequence
-    assert planner.tile_kernel(hnd, 64, layout) == "triton"
+    assert planner.tile_kernel(hnd, 64) == "triton"  # nothing known yet
+    planner.guard.known_keys = FA3_MIN_KEYS
+    assert planner.tile_kernel(hnd, 64) == "fa3"
+    assert planner.tile_kernel(nhd, 64) == "triton"
+    planner.guard.known_keys = FA3_MIN_KEYS / 2  # too few keys per virtual sequence
+    assert planner.tile_kernel(hnd, 64) == "triton"
     planner.kernel = "triton"
-    planner.guard.known = 1.0
-    assert planner.tile_kernel(hnd, 64, layout) == "triton"
+    planner.guard.known_keys = 98304.5
+    assert planner.tile_kernel(hnd, 64) == "triton"
 
 
 def test_unsupported_layers_stay_dense_with_one_warning(model_dir, monkeypatch):
@@ -320,14 +320,35 @@ def test_backend_asks_for_64_token_pages_unless_the_user_chose():
 
 
 def test_density_guard_decides_from_the_previous_step_and_reprobes():
+    from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import DensityGuard
+    layout = SeqLayout.from_lengths([1024], [1024], "cpu")  # rows see 512.5 keys on average
     g = DensityGuard(max_density=0.45, reprobe_steps=4)
-    assert g.should_plan()
-    assert g.decide(torch.tensor(0.9)) is False  # first step: its own density, waited for
+    assert g.should_plan(layout)
+    assert g.decide(torch.tensor(0.9), layout) is False  # first step: its own density, waited for
+    assert g.known_keys == pytest.approx(0.9 * 512.5)  # what carries over: keys per row
     # dense lately: no planning for reprobe_steps - 1 steps, then one re-measuring plan
-    assert [g.should_plan() for _ in range(4)] == [False, False, False, True]
-    assert g.decide(torch.tensor(0.1)) is False  # decided by the previous density (0.9)
-    assert g.should_plan() and g.decide(torch.tensor(0.2)) is True  # 0.1 arrived
-    assert g.decide(torch.tensor(0.8)) is True  # still the previous one (0.2)
-    assert g.decide(torch.tensor(0.8)) is False
-    assert g.known == pytest.approx(0.8)
+    assert [g.should_plan(layout) for _ in range(4)] == [False, False, False, True]
+    assert g.decide(torch.tensor(0.1), layout) is False  # decided by the previous step (0.9)
+    assert g.should_plan(layout) and g.decide(torch.tensor(0.2), layout) is True  # 0.1 arrived
+    assert g.decide(torch.tensor(0.8), layout) is True  # still the previous one (0.2)
+    assert g.decide(torch.tensor(0.8), layout) is False
+    assert g.expected_density(layout) == pytest.approx(0.8)
+
+
+def test_density_guard_carries_keys_per_row_across_growing_chunks():
+    """Chunked prefill: the same budgets are a smaller share of a longer causal area, so a
+    layer too dense on its first chunk is sparse again a few chunks later, without waiting
+    for a re-probe."""
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import DensityGuard
+    chunk = 65536
+    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(4)]
+    g = DensityGuard(max_density=0.45, reprobe_steps=16)
+    assert g.should_plan(layouts[0])
+    assert g.decide(torch.tensor(0.6), layouts[0]) is False  # 0.6 x 32768.5 keys per row
+    assert g.should_plan(layouts[1])  # 19661 / 98304.5 = 0.2 expected at 128K
+    assert g.decide(torch.tensor(0.25), layouts[1]) is True
+    assert g.expected_density(layouts[2]) == pytest.approx(0.25 * 98304.5 / 163840.5)
+    # the other way: a long prompt's lists judged against a short prompt's causal area
+    assert not g.should_plan(SeqLayout.from_lengths([chunk], [chunk], "cpu"))

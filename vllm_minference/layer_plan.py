@@ -127,30 +127,43 @@ class DensityGuard:
 
     The work lists' density (computed tiles over dense causal tiles) is known only on the
     device.  Reading it at once would stall the host in every layer of every sparse step and
-    serialise the planning launches with the GPU work.  Instead each step's density is
-    copied to pinned memory in the background and decides the *next* step of this layer;
-    only the layer's first sparse step waits for it.  A stale value costs speed, never
-    correctness: both paths compute the same attention.  Once a layer has gone dense it
-    skips planning altogether and re-measures every ``reprobe_steps`` steps.
+    serialise the planning launches with the GPU work.  Instead each step's lists are copied
+    to pinned memory in the background and decide the *next* step of this layer; only the
+    layer's first sparse step waits for them.  A stale value costs speed, never correctness:
+    both paths compute the same attention.
+
+    What carries over from one step to the next is the keys each query row computed, not
+    the density: a profile's budgets are keys per row, while dense attention grows with the
+    keys a row sees.  Chunked prefill of a long prompt sees more keys every chunk, so a layer
+    whose first 64K chunk is too dense (0.5) is sparse a few chunks later (0.1 at 320K);
+    carrying the density itself kept such layers dense for the whole prompt.  A layer that
+    is expected too dense skips planning and re-measures every ``reprobe_steps`` steps.
     """
 
     def __init__(self, max_density: float, reprobe_steps: int = 16):
         self.max_density = max_density
         self.reprobe_steps = reprobe_steps
-        self.known: float | None = None  # latest density that reached the host
+        self.known_keys: float | None = None  # keys per query row, latest step on the host
         self._host: torch.Tensor | None = None
         self._event = None
         self._dense_steps = 0
 
     def _collect(self) -> None:
         if self._event is not None and self._event.query():
-            self.known = float(self._host[0])
+            self.known_keys = float(self._host[0])
             self._event = None
 
-    def should_plan(self) -> bool:
-        """False: run this step dense without planning (the layer was too dense lately)."""
+    def expected_density(self, layout) -> float | None:
+        """This step's density if its rows compute as many keys as the latest step's did."""
         self._collect()
-        if self.known is None or self.known <= self.max_density:
+        if self.known_keys is None:
+            return None
+        return self.known_keys / mean_causal_keys(layout)
+
+    def should_plan(self, layout) -> bool:
+        """False: run this step dense without planning (the layer is expected too dense)."""
+        expected = self.expected_density(layout)
+        if expected is None or expected <= self.max_density:
             return True
         self._dense_steps += 1
         if self._dense_steps >= self.reprobe_steps:
@@ -158,24 +171,24 @@ class DensityGuard:
             return True  # plan once more to re-measure; this step still runs dense
         return False
 
-    def decide(self, density: torch.Tensor) -> bool:
+    def decide(self, density: torch.Tensor, layout) -> bool:
         """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
-        self._collect()
-        if self.known is None:  # the layer's first step: wait for it, once
-            self.known = float(density)
-            return self.known <= self.max_density
-        previous = self.known
-        self._post(density)
-        return previous <= self.max_density
+        keys = density * mean_causal_keys(layout)
+        expected = self.expected_density(layout)
+        if expected is None:  # the layer's first step: wait for it, once
+            self.known_keys = float(keys)
+            return float(density) <= self.max_density
+        self._post(keys)
+        return expected <= self.max_density
 
-    def _post(self, density: torch.Tensor) -> None:
-        """Send this step's density to the host in the background (at once off the GPU)."""
-        if density.device.type != "cuda":
-            self.known = float(density)
+    def _post(self, keys: torch.Tensor) -> None:
+        """Send this step's keys per row to the host in the background (at once off the GPU)."""
+        if keys.device.type != "cuda":
+            self.known_keys = float(keys)
             return
         if self._host is None:
             self._host = torch.empty(1, dtype=torch.float32, pin_memory=True)
-        self._host.copy_(density.reshape(1), non_blocking=True)
+        self._host.copy_(keys.reshape(1), non_blocking=True)
         self._event = torch.cuda.Event()
         self._event.record()
 
@@ -195,6 +208,7 @@ class LayerPlanner:
         self._patterns: LayerPatterns | None = None
         self._layer_index: int | None = None
         self.guard = DensityGuard(settings.max_density)
+        self._dense_logged = False
 
     @staticmethod
     def for_current_model(vllm_config, num_heads: int, num_kv_heads: int,
@@ -261,13 +275,13 @@ class LayerPlanner:
                 device, **self.settings.plan_options())
         return self._patterns
 
-    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int, layout) -> str:
+    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
         """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
-        layer's lists (the guard's latest density) give each query row at least
-        ``FA3_MIN_KEYS`` keys on average, so that they pay."""
+        layer's lists (the guard's latest) give each query row at least ``FA3_MIN_KEYS``
+        keys on average, so that they pay."""
         if (self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size)
-                and self.guard.known is not None
-                and self.guard.known * mean_causal_keys(layout) >= FA3_MIN_KEYS):
+                and self.guard.known_keys is not None
+                and self.guard.known_keys >= FA3_MIN_KEYS):
             return "fa3"
         return "triton"
 
@@ -281,24 +295,27 @@ class LayerPlanner:
         more than ``max_density`` of the causal area: dense FlashAttention is then faster
         (see :class:`DensityGuard`).
         """
-        if not self.guard.should_plan():
-            return False
         layout = batch.layout
+        if not self.guard.should_plan(layout):
+            return False
         head_size = query.shape[-1]
         key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
         kv = KVSource.paged(key_cache, value_cache, batch.block_table)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
-        sparse = self.guard.decide(wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads))
+        density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
+        sparse = self.guard.decide(density, layout)
         global _first_step_logged
         if not _first_step_logged:  # one line per process, not one per layer
             _first_step_logged = True
             logger.info("minference: first sparse prefill step (%d request(s), longest %d "
                         "tokens, %s mode): density of the first layer %.3f, %s",
                         layout.num_seqs, layout.max_kv_len, self.settings.mode,
-                        self.guard.known, "sparse" if sparse else "dense")
+                        self.guard.known_keys / mean_causal_keys(layout),
+                        "sparse" if sparse else "dense")
         if not sparse:
+            self._log_dense_once(layout)
             return False
-        if self.tile_kernel(kv_cache, head_size, layout) == "fa3":
+        if self.tile_kernel(kv_cache, head_size) == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry,
@@ -306,3 +323,14 @@ class LayerPlanner:
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True
+
+    def _log_dense_once(self, layout) -> None:
+        """Say (once per layer and process) that a layer fell back to dense, and why."""
+        if self._dense_logged:
+            return
+        self._dense_logged = True
+        logger.info("minference: layer %s runs dense at %d keys: its lists would compute "
+                    "%.2f of the causal area (max_density %.2f); it is sparse again once "
+                    "prompts are long enough for its budgets", self._layer_index,
+                    layout.max_kv_len, self.guard.expected_density(layout),
+                    self.settings.max_density)
