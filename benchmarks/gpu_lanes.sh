@@ -2,7 +2,8 @@
 # One device call after the gpu-kit is installed:
 #   bash benchmarks/gpu_lanes.sh A|B|C|D|E|F|G      two-GPU machine (nvidia-h100-x2)
 #   bash benchmarks/gpu_lanes.sh H1|H2|H3|S1..S5    one-GPU machine (nvidia-h100-x1)
-#   bash benchmarks/gpu_lanes.sh K1..K5             one GPU: FA3 page lists vs Triton vs dense
+#   bash benchmarks/gpu_lanes.sh K1..K7             one GPU: FA3 page lists vs Triton vs dense
+#   bash benchmarks/gpu_lanes.sh M1..M5             one GPU: keys-per-row guard, fa3_min_run
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -284,6 +285,45 @@ N3_default_settings() {  # issue 5's "default budgets" with every default (min_s
     --out $OUT/accuracy12_128k_defaults.json
 }
 
+# Session of 2026-11-26 (sixth): the density guard carries keys per row from step to step
+# (a layer too dense on a prompt's first 64K chunk used to stay dense for the whole prompt);
+# isolated diagonals on the Triton pass (fa3_min_run).  MIN_RUN picks fa3_min_run for M2/M3.
+MIN_RUN="--set fa3_min_run=${MIN_RUN:-1}"
+M1_check() {  # GPU tests (real FA3 against the reference) + kernels 128K, fa3_min_run 1/2/4
+  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
+     $OLDPWD/tests/test_page_lists.py $OLDPWD/tests/test_compile_variants.py) \
+    > $OUT/gpu_tests.log 2>&1
+  timeout 260 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash --kernels triton,fa3,fa3/run2,fa3/run4 --out $OUT/kernels.json
+}
+M2_ttft() {  # vLLM's default 16K chunks: 4K/8K (never slower) and 128K
+  for cfg in "FLASH_ATTN" "minference --mode fixed $MIN_RUN" "minference --mode fixed $TRITON"; do
+    timeout 120 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
+  done
+  [ "${MIN_RUN:-1}" = 1 ] || timeout 90 python3 $B/bench_ttft.py --backend minference \
+    --mode fixed --set fa3_min_run=1 --lengths 131072 --out $OUT/ttft.json
+}
+M3_long() {  # 128K and 1M in 64K chunks: FLASH_ATTN, fixed, adaptive + floors
+  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  for cfg in "--mode fixed $MIN_RUN" "--mode adaptive $FLOORS"; do
+    timeout 150 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 1048576 \
+      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+}
+M4_defaults() {  # accuracy at 128K with every default (dense 128K cells: L0 of 2026-11-26d)
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed $RULER128 \
+    --out $OUT/accuracy12_128k_defaults.json
+  for b in FLASH_ATTN minference; do
+    timeout 90 python3 $B/bench_ttft.py --backend $b --decode --out $OUT/decode.json
+  done
+}
+M5_kernels_1m() {  # kernels at 1M, fa3_min_run 1/2 (Llama-3-8B shape replay included)
+  timeout 450 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
+    --patterns vertical_slash --kernels fa3,fa3/run2 --out $OUT/kernels_1m.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -345,6 +385,11 @@ case "$1" in
   K5) lane 0 K5_kernels_1m; wait_lanes 430 ;;
   K6) lane 0 K6_ttft; wait_lanes 570; jit_check ;;
   K7) lane 0 K7_short_runs; wait_lanes 570; jit_check ;;
+  M1) lane 0 M1_check; wait_lanes 450 ;;
+  M2) lane 0 M2_ttft; wait_lanes 570; jit_check ;;
+  M3) lane 0 M3_long; wait_lanes 570; jit_check ;;
+  M4) lane 0 M4_defaults; wait_lanes 500; jit_check ;;
+  M5) lane 0 M5_kernels_1m; wait_lanes 480 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
