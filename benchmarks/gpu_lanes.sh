@@ -288,7 +288,7 @@ N3_default_settings() {  # issue 5's "default budgets" with every default (min_s
 # Session of 2026-11-26 (sixth): the density guard carries keys per row from step to step
 # (a layer too dense on a prompt's first 64K chunk used to stay dense for the whole prompt);
 # isolated diagonals on the Triton pass (fa3_min_run).  MIN_RUN picks fa3_min_run for M2/M3.
-MIN_RUN="--set fa3_min_run=${MIN_RUN:-1}"
+RUN_SET="--set fa3_min_run=${MIN_RUN:-1}"
 M1_check() {  # GPU tests (real FA3 against the reference) + kernels 128K, fa3_min_run 1/2/4
   (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
      $OLDPWD/tests/test_page_lists.py $OLDPWD/tests/test_compile_variants.py) \
@@ -297,7 +297,7 @@ M1_check() {  # GPU tests (real FA3 against the reference) + kernels 128K, fa3_m
     --patterns vertical_slash --kernels triton,fa3,fa3/run2,fa3/run4 --out $OUT/kernels.json
 }
 M2_ttft() {  # vLLM's default 16K chunks: 4K/8K (never slower) and 128K
-  for cfg in "FLASH_ATTN" "minference --mode fixed $MIN_RUN" "minference --mode fixed $TRITON"; do
+  for cfg in "FLASH_ATTN" "minference --mode fixed $RUN_SET" "minference --mode fixed $TRITON"; do
     timeout 120 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
       --out $OUT/ttft.json
   done
@@ -307,7 +307,7 @@ M2_ttft() {  # vLLM's default 16K chunks: 4K/8K (never slower) and 128K
 M3_long() {  # 128K and 1M in 64K chunks: FLASH_ATTN, fixed, adaptive + floors
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  for cfg in "--mode fixed $MIN_RUN" "--mode adaptive $FLOORS"; do
+  for cfg in "--mode fixed $RUN_SET" "--mode adaptive $FLOORS"; do
     timeout 150 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 1048576 \
       --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
   done
@@ -322,6 +322,15 @@ M4_defaults() {  # accuracy at 128K with every default (dense 128K cells: L0 of 
 M5_kernels_1m() {  # kernels at 1M, fa3_min_run 1/2 (Llama-3-8B shape replay included)
   timeout 450 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
     --patterns vertical_slash --kernels fa3,fa3/run2 --out $OUT/kernels_1m.json
+}
+M6_profile() {  # where the fa3 time goes (stages of one call, 128K); random attention
+  # (dummy Llama-3-8B shape, 32 layers) at 128K with the keys-per-row guard
+  timeout 110 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash --kernels fa3 --out $OUT/kernels_stages.json
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 95 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama \
+      --lengths 131072 --reps 1 --out $OUT/ttft_dummy.json
+  done
 }
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
@@ -390,6 +399,7 @@ case "$1" in
   M3) lane 0 M3_long; wait_lanes 570; jit_check ;;
   M4) lane 0 M4_defaults; wait_lanes 500; jit_check ;;
   M5) lane 0 M5_kernels_1m; wait_lanes 480 ;;
+  M6) lane 0 M6_profile; wait_lanes 295 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

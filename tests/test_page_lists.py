@@ -109,6 +109,27 @@ def test_dense_list_equals_causal_attention(device, dtype):
     assert _rel_err(out, ref) < tolerance(dtype)
 
 
+def test_stats_count_the_keys_fa3_computes_and_time_stages_on_a_gpu(device):
+    """Benchmarks read ``stats``: FA3's query-row x key count (a dense list: at least the
+    causal area, at most whole groups over whole sub-pages) and, on a GPU, the stage times."""
+    h, rows = 4, 64
+    batch = make_batch([150, 64], [300, 64], h, 2, 64, torch.float16, device, page_size=16,
+                       seed=1)
+    stats: dict = {}
+    page_list_attention(batch.q, hnd_cache(batch.paged), batch.paged.block_table, batch.layout,
+                        dense_worklist(batch.layout, h),
+                        geometry=PageGeometry.build(batch.layout, h, rows),
+                        varlen_fn=emulate_fa3_varlen, stats=stats)
+    causal = h * batch.layout.causal_keys()
+    whole = h * (150 * 304 + 64 * 64)  # every row over its sequence's sub-pages
+    assert causal <= int(stats["key_rows"]) <= whole
+    if device == "cuda":
+        assert set(stats["stage_ms"]) == {"gather", "tables", "fa3", "columns", "stats"}
+        assert all(v >= 0 for v in stats["stage_ms"].values())
+    else:
+        assert "stage_ms" not in stats
+
+
 def test_long_run_flags_match_the_naive_runs(device):
     g = torch.Generator().manual_seed(4)
     starts = torch.randint(-5, 5, (300,), generator=g).cumsum(0) * 64  # runs of +64 steps

@@ -118,6 +118,32 @@ def _column_pass_kernel(
                  out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
+class _StageClock:
+    """Benchmark-only: GPU milliseconds per stage of one call (CUDA events, one sync at the
+    end); a no-op unless ``stats`` was given and the tensors are on a GPU."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and torch.cuda.is_available()
+        self._marks: list[tuple[str, object]] = []
+        self.lap("start")
+
+    def lap(self, stage: str) -> None:
+        """Close the stage that ends here (its time runs from the previous lap)."""
+        if self.enabled:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append((stage, event))
+
+    def totals(self) -> dict[str, float]:
+        if not self.enabled:
+            return {}
+        self._marks[-1][1].synchronize()
+        out: dict[str, float] = {}
+        for (_, a), (stage, b) in zip(self._marks, self._marks[1:]):
+            out[stage] = out.get(stage, 0.0) + a.elapsed_time(b)
+        return out
+
+
 def page_list_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -137,7 +163,9 @@ def page_list_attention(
     ``kv_cache`` is vLLM's packed cache in HND order (``[pages, kv_heads, page, 2 * D]``,
     keys then values in the last dim) and ``block_table`` its ``[B, max_pages]`` rows in the
     layout's sequence order.  Rows outside the layout's query rows are left untouched.
-    ``stats`` (benchmarks) receives ``key_rows``: query rows x keys FA3 computes (0-d tensor).
+    ``stats`` (benchmarks) receives ``key_rows``: query rows x keys FA3 computes (0-d tensor),
+    and on a GPU ``stage_ms``: milliseconds spent gathering rows, building the page tables,
+    in FA3 and in the column pass.
     ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass.
     """
     num_tokens, num_heads, head_dim = q.shape
@@ -160,6 +188,7 @@ def page_list_attention(
     key_cache, value_cache = kv_cache.transpose(1, 2).split(head_dim, dim=-1)
     kv_args = _kv_args(KVSource.paged(key_cache, value_cache, block_table))
 
+    clock = _StageClock(stats is not None and q.is_cuda)
     q_perm = q[geo.token_index].transpose(0, 1).reshape(-1, 1, head_dim)
     o_perm = torch.empty_like(q_perm)
     starts = geo.row_starts_dev
@@ -170,19 +199,19 @@ def page_list_attention(
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
     bpg = geo.rows_per_group // BLOCK_M
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
+    clock.lap("gather")
     for r0, r1 in slices:
         n = r1 - r0
         mark_pages(bits, geo, layout, worklist, r0, r1, flags)
         compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1)
+        clock.lap("tables")
         t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
         _, lse = varlen_fn(
             q_perm[t0:t1], k_sub, v_sub, max_seqlen_q=geo.rows_per_group,
             cu_seqlens_q=starts[r0:r1 + 1] - t0, max_seqlen_k=layout.max_kv_len,
             seqused_k=seqused[:n], block_table=table[:n], softmax_scale=sm_scale, causal=True,
             out=o_perm[t0:t1], return_softmax_lse=True, num_splits=1, fa_version=3)
-        if stats is not None:
-            rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
-            stats["key_rows"] = stats.get("key_rows", 0) + (seqused[:n].long() * rows).sum()
+        clock.lap("fa3")
         _column_pass_kernel[(n * bpg,)](
             q, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
             o_perm[t0:t1], lse.reshape(-1), t0, bits, bits.stride(0),
@@ -198,4 +227,11 @@ def page_list_attention(
             BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=flags is not None,
             BLOCK_M=BLOCK_M,
             num_warps=4, num_stages=2)
+        clock.lap("columns")
+        if stats is not None:
+            rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
+            stats["key_rows"] = stats.get("key_rows", 0) + (seqused[:n].long() * rows).sum()
+            clock.lap("stats")
+    if stats is not None and clock.enabled:
+        stats["stage_ms"] = clock.totals()
     return out
