@@ -42,7 +42,7 @@ from vllm_minference.kernels import (KVSource, SeqLayout, block_sparse_scores,
                                      build_vertical_slash_worklist, estimate_vertical_slash,
                                      select_vertical_slash, sparse_attention)
 from vllm_minference.kernels.attention.reference import block_attention_reference
-from vllm_minference.kernels.page_lists import page_list_attention
+from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive
 from vllm_minference.kernels.worklist import WorkList
 
@@ -281,8 +281,10 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
     page_density, stages = None, None
     if kernel.startswith("fa3"):  # "fa3" or "fa3/runN": chunks of runs < N stay on Triton
         min_run = int(kernel.partition("/run")[2] or 1)
+        geo = PageGeometry.build(layout, n_heads, group_rows(d))  # once per step, as in vLLM
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
-                                                      scale, out=out, min_run=min_run))
+                                                      scale, out=out, min_run=min_run,
+                                                      geometry=geo))
         stats: dict = {}  # after the timing: compiled and warm, so the stages time the GPU
         page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats,
                             min_run=min_run)
