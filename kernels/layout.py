@@ -137,6 +137,16 @@ def _aligned_rows(rows: list[Sequence[int]], device: torch.device | str) -> torc
     t = torch.zeros(len(rows), width, dtype=torch.int32)
     for i, r in enumerate(rows):
         t[i, :len(r)] = torch.tensor(r, dtype=torch.int32)
+    return host_to_device(t, device)
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device`` without stopping the host for the GPU.
+
+    A copy from pageable memory makes CUDA wait for everything queued on the stream first,
+    so the GPU then idles while the host prepares the next launches; from pinned memory the
+    copy is queued like a kernel.
+    """
     if torch.device(device).type == "cuda":
         t = t.pin_memory()
     return t.to(device, non_blocking=True)

@@ -30,6 +30,7 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
                                                    FlashAttentionMetadataBuilder)
 
 from vllm_minference.kernels import SeqLayout
+from vllm_minference.kernels.layout import host_to_device
 from vllm_minference.kernels.page_lists import PageGeometry
 
 from .config import LONG_PROMPT_CHUNK, MInferenceSettings
@@ -121,11 +122,12 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
         if not any(sparse):
             return md
         ids = [r for r in range(n) if sparse[r]]
+        rows = host_to_device(torch.tensor(ids), md.block_table.device)
         batch = SparseBatch(
             req_ids=ids,
             layout=SeqLayout.from_lengths([q_lens[r] for r in ids], [seq_lens[r] for r in ids],
                                           self.device, q_starts=[qsl[r] for r in ids]),
-            block_table=md.block_table[torch.tensor(ids, device=md.block_table.device)],
+            block_table=md.block_table[rows],
             dense_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)
                         for r0, r1 in runs_of(sparse, False)],
             sparse_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)

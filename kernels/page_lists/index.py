@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, SeqLayout, _aligned_rows
+from ..layout import BLOCK_M, SeqLayout, _aligned_rows, host_to_device
 from ..worklist import WorkList
 
 SUB = 16  # keys per FA3 page (a sub-page of a vLLM cache page)
@@ -94,9 +94,9 @@ class PageGeometry:
             width=triton.cdiv(layout.max_kv_len, SUB),
             g_seq=rows[0, :G], g_m=rows[1, :G], g_blk0=rows[2, :G], g_nblk=rows[3, :G],
             seq_row0=_aligned_rows([seq_row0], dev)[0, :layout.num_seqs],
-            token_index=torch.cat(tokens).to(dev, non_blocking=True),
+            token_index=host_to_device(torch.cat(tokens), dev),
             row_starts=tuple(starts),
-            row_starts_dev=torch.tensor(starts, dtype=torch.int32).to(dev, non_blocking=True))
+            row_starts_dev=host_to_device(torch.tensor(starts, dtype=torch.int32), dev))
 
     @property
     def num_rows(self) -> int:
