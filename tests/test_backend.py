@@ -4,6 +4,7 @@ vLLM's FlashAttention kernels cannot run on a CPU, so the dense path is replaced
 PyTorch stand-in; the sparse path runs the real Triton kernels (interpreter).
 """
 
+import math
 import pickle
 from importlib.metadata import entry_points
 
@@ -349,6 +350,26 @@ def test_density_guard_carries_keys_per_row_across_growing_chunks():
     assert g.decide(torch.tensor(0.6), layouts[0]) is False  # 0.6 x 32768.5 keys per row
     assert g.should_plan(layouts[1])  # 19661 / 98304.5 = 0.2 expected at 128K
     assert g.decide(torch.tensor(0.25), layouts[1]) is True
-    assert g.expected_density(layouts[2]) == pytest.approx(0.25 * 98304.5 / 163840.5)
+    # keys per row grew 1.25x while the causal keys grew 3x: growth log 1.25 / log 3
+    assert g.growth == pytest.approx(math.log(1.25) / math.log(3), rel=1e-4)  # fp32 density
+    keys = 0.25 * 98304.5 * (163840.5 / 98304.5) ** g.growth
+    assert g.expected_density(layouts[2]) == pytest.approx(keys / 163840.5, rel=1e-4)
     # the other way: a long prompt's lists judged against a short prompt's causal area
     assert not g.should_plan(SeqLayout.from_lengths([chunk], [chunk], "cpu"))
+
+
+def test_density_guard_keeps_random_like_layers_dense_once_it_sees_them_grow():
+    """Random-like attention: the lists cover a fixed share whatever the length, so keys
+    per row grow with the causal keys.  One step at a new length may run sparse on the
+    keys-per-row guess; once two lengths are seen the layer stays dense."""
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import DensityGuard
+    chunk = 65536
+    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(5)]
+    g = DensityGuard(max_density=0.45, reprobe_steps=16)
+    assert g.decide(torch.tensor(0.95), layouts[0]) is False
+    assert g.should_plan(layouts[1])  # 0.32 expected: the one guess that misses
+    assert g.decide(torch.tensor(0.95), layouts[1]) is True
+    assert g.growth == pytest.approx(1.0, rel=1e-4)
+    assert [g.should_plan(lay) for lay in layouts[2:]] == [False, False, False]
+    assert g.expected_density(layouts[4]) == pytest.approx(0.95, rel=1e-4)
