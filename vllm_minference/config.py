@@ -61,8 +61,9 @@ class MInferenceSettings(BaseModel):
         1, ge=1,
         description="fa3 key tiles: chunks of a diagonal run shorter than this many 64-key "
                     "chunks (isolated diagonals) stay on the Triton kernel, whose cost per row "
-                    "is 64 keys where a 192-row FA3 group pays ~208; 1 = all on FA3 (what was "
-                    "measured; larger values are not yet measured on a GPU)")
+                    "is 64 keys where a 192-row FA3 group pays ~208; 1 = all on FA3, the "
+                    "fastest measured: on an H100 at 128K, 2 and 4 were 1.1-1.7x slower, "
+                    "as the Triton pass computes a tile at ~0.55 of FA3's speed)")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
