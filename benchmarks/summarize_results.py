@@ -216,6 +216,29 @@ def kernel_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(rows: list[dict]) -> str:
+    """Where the FA3 page-list time goes (rows of bench_kernels runs that timed the stages)."""
+    staged = [r for r in rows if r.get("fa3_stages_ms")]
+    if not staged:
+        return ""
+    names = ["gather", "tables", "fa3", "columns"]
+    lines = ["| shape | seq | layer | density | in pages | FA3 dense ms | "
+             + " | ".join(f"{n} ms" for n in names) + " | stage sum ms | timed attn ms | "
+             "FA3 speed on pages |",
+             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for r in staged:
+        st = r["fa3_stages_ms"]
+        speed = r["page_density"] * r["dense_ms"] / st["fa3"] if st.get("fa3") else None
+        layer = r.get("layer", ",".join(str(x) for x in r.get("layers", [])))
+        lines.append(
+            f"| {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | {fmt_len(r['seq_len'])} | "
+            f"{layer} | {r['density']:.3f} | {r['page_density']:.3f} | {r['dense_ms']:.1f} | "
+            + " | ".join(f"{st.get(n, 0.0):.1f}" for n in names)
+            + f" | {sum(st.get(n, 0.0) for n in names):.1f} | {r['attn_ms']:.1f} | "
+            f"{'' if speed is None else f'{speed:.2f}'} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------- accuracy
 def config_label(mode: str, cfg: dict) -> str:
     """Column name of a minference configuration: mode, gamma, budget scale, other settings."""
@@ -341,6 +364,11 @@ def main() -> None:
             json.dump(k, f, indent=1)
         plot_kernels(k["rows"], os.path.join(RESULTS, f"kernels-{dev}.png"))
         md += [f"### Kernels ({k['device']}, torch {k['torch']})", "", kernel_table(k["rows"]), ""]
+        stages = stage_table(k["rows"])
+        if stages:
+            md += ["Where the FA3 page-list time goes (one call timed stage by stage with CUDA "
+                   "events; speed = FA3 dense ms x key share in pages / FA3 stage ms):", "",
+                   stages, ""]
 
     raw_ttft = []
     for p in sorted(glob.glob(os.path.join(args.raw, "*ttft*.json")) +

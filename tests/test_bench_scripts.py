@@ -137,6 +137,16 @@ def test_accuracy_rows_average_seeds_against_dense():
         ("adaptive γ=0.8", 50.0), ("adaptive γ=0.8 max_num_batched_tokens=65536", 100.0)]
 
 
+def test_stage_table_reads_fa3_speed_from_the_stages():
+    row = dict(q_heads=32, kv_heads=8, head_dim=128, seq_len=131072, layers=[3, 9],
+               density=0.365, page_density=0.4, dense_ms=200.0, attn_ms=110.0,
+               fa3_stages_ms={"gather": 2.0, "tables": 1.0, "fa3": 100.0, "columns": 4.0})
+    assert summarize_results.stage_table([dict(row, fa3_stages_ms=None)]) == ""
+    last = summarize_results.stage_table([row]).splitlines()[-1]
+    assert last == ("| 32/8 d128 | 128K | 3,9 | 0.365 | 0.400 | 200.0 | 2.0 | 1.0 | 100.0 | "
+                    "4.0 | 107.0 | 110.0 | 0.80 |")
+
+
 def test_recall_study_key_sets_match_the_index_builder(device):
     """The study's torch reading of a selection equals what the kernels' work list computes."""
     import torch
