@@ -286,6 +286,28 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
     return out
 
 
+def paired_changes(raw: list[dict]) -> list[dict]:
+    """Per configuration, task and length: prompts (same task, length, depth and seed) that
+    scored higher / lower than dense.  With 12 samples a cell moves by one answer in 12, so
+    the count says whether a cell's difference is one answer or a trend."""
+    def key(r):
+        return (r["task"], r["length"], r["depth"], r["seed"])
+    dense = {key(r): r["score"] for r in raw if r["mode"] == "dense"}
+    counts = defaultdict(lambda: [0, 0, 0])
+    for r in raw:
+        if r["mode"] == "dense" or key(r) not in dense:
+            continue
+        cfg = dict(r["config"])
+        if r.get("max_num_batched_tokens"):
+            cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
+        c = counts[(config_label(r["mode"], cfg), r["task"], r["length"])]
+        c[0] += r["score"] > dense[key(r)] + 1e-9
+        c[1] += r["score"] < dense[key(r)] - 1e-9
+        c[2] += 1
+    return [dict(label=k[0], task=k[1], length=k[2], better=v[0], worse=v[1], prompts=v[2])
+            for k, v in sorted(counts.items())]
+
+
 def accuracy_table(rows: list[dict]) -> str:
     cfgs = sorted({r["label"] for r in rows})
     by = defaultdict(lambda: defaultdict(list))
@@ -410,6 +432,15 @@ def main() -> None:
             json.dump(rows, f, indent=0)
         plot_accuracy(rows, os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.png"))
         md += ["### Accuracy (% correct, mean over depths and seeds)", "", accuracy_table(rows), ""]
+        changes = [c for c in paired_changes([r for p in apaths for r in load(p)])
+                   if c["better"] or c["worse"]]
+        if changes:
+            md += ["Prompts that scored higher / lower than dense (same prompt, greedy):", "",
+                   "| configuration | task | length | higher | lower | prompts |",
+                   "|---|---|---|---|---|---|"]
+            md += [f"| {c['label']} | {c['task']} | {fmt_len(c['length'])} | {c['better']} | "
+                   f"{c['worse']} | {c['prompts']} |" for c in changes]
+            md.append("")
 
     spath = os.path.join(args.raw, "serving.json")
     if os.path.exists(spath):

@@ -137,6 +137,16 @@ def test_accuracy_rows_average_seeds_against_dense():
         ("adaptive γ=0.8", 50.0), ("adaptive γ=0.8 max_num_batched_tokens=65536", 100.0)]
 
 
+def test_paired_changes_count_prompts_against_the_same_dense_prompt():
+    def r(mode, seed, score, task="multivalue"):
+        return dict(task=task, length=131072, depth=None, seed=seed, score=score, mode=mode,
+                    config={} if mode == "dense" else {"mode": mode})
+    raw = [r("dense", 0, 0.5), r("dense", 1, 0.75), r("dense", 2, 1.0),
+           r("fixed", 0, 0.75), r("fixed", 1, 0.5), r("fixed", 2, 0.5), r("fixed", 3, 1.0)]
+    (c,) = summarize_results.paired_changes(raw)  # seed 3 has no dense prompt: not counted
+    assert (c["label"], c["better"], c["worse"], c["prompts"]) == ("fixed", 1, 2, 3)
+
+
 def test_stage_table_reads_fa3_speed_from_the_stages():
     row = dict(q_heads=32, kv_heads=8, head_dim=128, seq_len=131072, layers=[3, 9],
                density=0.365, page_density=0.4, dense_ms=200.0, attn_ms=110.0,
