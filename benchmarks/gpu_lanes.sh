@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_lanes.sh A|B|C|D|E|F|G      two-GPU machine (nvidia-h100-x2)
 #   bash benchmarks/gpu_lanes.sh H1|H2|H3|S1..S5    one-GPU machine (nvidia-h100-x1)
 #   bash benchmarks/gpu_lanes.sh K1..K7             one GPU: FA3 page lists vs Triton vs dense
-#   bash benchmarks/gpu_lanes.sh M1..M5             one GPU: keys-per-row guard, fa3_min_run
+#   bash benchmarks/gpu_lanes.sh M1..M6             one GPU: keys-per-row guard, fa3_min_run
+#   bash benchmarks/gpu_lanes.sh X1                 one GPU: chunked prefill at kernel level
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -332,6 +333,13 @@ M6_profile() {  # where the fa3 time goes (stages of one call, 128K); random att
       --lengths 131072 --reps 1 --out $OUT/ttft_dummy.json
   done
 }
+X1_steps() {  # next session: a 1M prompt step by step in 64K chunks (kernel level) against
+  # one pass (6.3x) and vLLM (4.3x); kernels 128K with the geometry built once per step
+  timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels fa3,triton --out $OUT/chunked_1m.json
+  timeout 200 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash --kernels triton,fa3 --out $OUT/kernels.json
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -400,6 +408,7 @@ case "$1" in
   M4) lane 0 M4_defaults; wait_lanes 500; jit_check ;;
   M5) lane 0 M5_kernels_1m; wait_lanes 480 ;;
   M6) lane 0 M6_profile; wait_lanes 295 ;;
+  X1) lane 0 X1_steps; wait_lanes 560 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

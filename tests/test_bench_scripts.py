@@ -336,6 +336,30 @@ def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
                                                           budget_scale=0.05)
 
 
+def test_chunked_bench_times_every_step_and_sums_the_prompt(device, monkeypatch):
+    """``bench_chunked``: one row per prefill step (dense below min_sparse_len or over the
+    guard, else sparse) and a prompt row that sums them."""
+    import torch
+    import bench_chunked
+    import bench_kernels
+    monkeypatch.setattr(bench_kernels, "DEVICE", device)
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(300, h, 64, device=device, generator=g, dtype=torch.float16)
+               for h in (4, 1, 1))
+    assert bench_chunked.chunk_bounds(300, 128) == [(0, 128), (128, 256), (256, 300)]
+    for guard, sparse_path in ((1.0, "sparse"), (0.0, "dense (guard)")):
+        rows: list[dict] = []
+        bench_chunked.run_layer(rows, q, k, v, chunk=128, kernels=("triton",),
+                                pattern="vertical_slash", gamma=0.95, guard=guard,
+                                min_sparse_len=200, extra=dict(input="random"))
+        steps, (prompt,) = rows[:-1], rows[-1:]
+        assert [r["path"] for r in steps] == ["dense (short)", sparse_path, sparse_path]
+        assert [r["chunk_end"] for r in steps] == [128, 256, 300]
+        assert prompt["total_ms"] == pytest.approx(sum(r["step_ms"] for r in steps))
+        assert prompt["sparse_steps"] == (2 if guard == 1.0 else 0)
+        assert all(0 < r["density"] <= 1 for r in steps[1:])
+
+
 def test_plot_labels_name_the_floors_briefly():
     long = "adaptive γ=0.95 adaptive_floor=0.25 adaptive_local=1024 adaptive_sinks=128"
     assert summarize_results.short_label(long) == "adaptive γ=0.95 fixed floor ×0.25 + A-shape floors"
