@@ -162,7 +162,8 @@ def ttft_rows(args) -> None:
     if max(args.lengths) >= 65536:  # the sparse path's kernels compile on first use too
         llm.generate([prompt(min(args.lengths[-1], 70000))], one, use_tqdm=False)
     for n in args.lengths:
-        reps = args.reps if n <= 131072 else 1
+        # short prompts: ~20 ms each, where one slow run of three moved a ratio by 0.1-0.3
+        reps = max(args.reps, 11) if n <= 16384 else args.reps if n <= 131072 else 1
         times = []
         for _ in range(reps):
             p = prompt(n)
