@@ -373,3 +373,9 @@ def test_density_guard_keeps_random_like_layers_dense_once_it_sees_them_grow():
     assert g.growth == pytest.approx(1.0, rel=1e-4)
     assert [g.should_plan(lay) for lay in layouts[2:]] == [False, False, False]
     assert g.expected_density(layouts[4]) == pytest.approx(0.95, rel=1e-4)
+    # issue 5's worst case: dummy weights at 128K in vLLM's 16K chunks, sparse from 64K keys
+    # (the 4th chunk on): every step of such a layer runs dense, the guesses included
+    g = DensityGuard(max_density=0.45, reprobe_steps=16)
+    steps = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(4, 9)]
+    assert g.decide(torch.tensor(1.0), steps[0]) is False
+    assert [g.should_plan(lay) for lay in steps[1:]] == [False] * 4
