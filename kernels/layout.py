@@ -178,6 +178,13 @@ class KVSource:
         return KVSource(key_cache, value_cache, block_table=block_table)
 
     @staticmethod
+    def packed(kv_cache: torch.Tensor, block_table: torch.Tensor) -> "KVSource":
+        """Views of the backend's packed cache ``[pages, kv_heads, page_size, 2 * D]`` (HND,
+        keys then values in the last dim) as paged key/value caches."""
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(kv_cache.shape[-1] // 2, dim=-1)
+        return KVSource.paged(key_cache, value_cache, block_table)
+
+    @staticmethod
     def contiguous(key: torch.Tensor, value: torch.Tensor,
                    kv_lens: Sequence[int]) -> "KVSource":
         if key.dim() != 3 or value.shape != key.shape:

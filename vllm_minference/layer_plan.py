@@ -320,8 +320,7 @@ class LayerPlanner:
         if not self.guard.should_plan(layout):
             return False
         head_size = query.shape[-1]
-        key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
-        kv = KVSource.paged(key_cache, value_cache, batch.block_table)
+        kv = KVSource.packed(kv_cache, batch.block_table)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
         density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
         sparse = self.guard.decide(density, layout)

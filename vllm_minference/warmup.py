@@ -43,10 +43,9 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     n_pages = -(-_KV_LEN // page_size)
     cache = 0.1 * torch.randn(n_pages + 1, num_kv_heads, page_size, 2 * head_size,
                               dtype=dtype, device=device)
-    key_cache, value_cache = cache.transpose(1, 2).split(head_size, dim=-1)
     table = torch.zeros(1, max(_TABLE_WIDTH, n_pages), dtype=torch.int32, device=device)
     table[0, :n_pages] = torch.arange(1, n_pages + 1, dtype=torch.int32, device=device)
-    kv = KVSource.paged(key_cache, value_cache, table)
+    kv = KVSource.packed(cache, table)
     layout = SeqLayout.from_lengths([_Q_LEN], [_KV_LEN], device)
     kinds = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 2),
              HeadPattern(A_SHAPE, 16, 64)]

@@ -185,8 +185,7 @@ def page_list_attention(
     page = kv_cache.shape[2]
     subs = kv_cache.view(-1, SUB, 2 * head_dim)
     k_sub, v_sub = subs[:, :, None, :head_dim], subs[:, :, None, head_dim:]
-    key_cache, value_cache = kv_cache.transpose(1, 2).split(head_dim, dim=-1)
-    kv_args = _kv_args(KVSource.paged(key_cache, value_cache, block_table))
+    kv_args = _kv_args(KVSource.packed(kv_cache, block_table))
 
     clock = _StageClock(stats is not None and q.is_cuda)
     q_perm = q[geo.token_index].transpose(0, 1).reshape(-1, 1, head_dim)
