@@ -33,7 +33,7 @@ from vllm_minference.kernels import SeqLayout
 from vllm_minference.kernels.layout import host_to_device
 from vllm_minference.kernels.page_lists import PageGeometry
 
-from .config import LONG_PROMPT_CHUNK, MInferenceSettings
+from .config import LONG_CONTEXT, LONG_PROMPT_CHUNK, MInferenceSettings
 from .layer_plan import PREFERRED_PAGE_SIZE, LayerPlanner, unsupported_reason
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
@@ -270,9 +270,6 @@ def warn_dense_layers(vllm_config, layer_names: list[str]) -> list[str]:
             logger.warning(msg)
             issued.append(msg)
     return issued
-
-
-LONG_CONTEXT = 131072  # a deployment whose prompts can reach this gets the chunk hint
 
 
 def chunk_hint(vllm_config, mode: str = "adaptive") -> str | None:

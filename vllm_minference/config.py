@@ -18,6 +18,9 @@ ENV_PREFIX = "MINFERENCE_"
 # vLLM's --max-num-batched-tokens for long prompts: each prefill chunk pays one pattern
 # estimate (README, "Prefill chunk"); the start-up hint and quickstart both use it
 LONG_PROMPT_CHUNK = 65536
+# a long-context deployment: quickstart serves the default model at this context, and a
+# model allowed prompts this long gets the start-up chunk hint
+LONG_CONTEXT = 131072
 
 
 class MInferenceSettings(BaseModel):
