@@ -29,29 +29,13 @@ import time
 import torch
 
 import bench_kernels as bk
-from vllm_minference.kernels import KVSource, SeqLayout, dense_worklist, sparse_attention
+from vllm_minference.kernels import KVSource, SeqLayout, sparse_attention
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 
 
 def chunk_bounds(seq_len: int, chunk: int) -> list[tuple[int, int]]:
     """The prefill steps of one prompt: ``[start, end)`` query rows, the last one shorter."""
     return [(s, min(s + chunk, seq_len)) for s in range(0, seq_len, chunk)]
-
-
-def dense_step(q_c: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int):
-    """FA3 over the step's rows and its ``end`` keys (causal, bottom-right aligned)."""
-    n = q_c.shape[0]
-    if bk.DEVICE == "cpu":  # smoke test: no FlashAttention on a CPU, time our dense list
-        layout = SeqLayout.from_lengths([n], [end], bk.DEVICE)
-        kv = KVSource.contiguous(k[:end], v[:end], [end])
-        wl = dense_worklist(layout, q_c.shape[1])
-        return lambda: sparse_attention(q_c, kv, layout, wl)
-    from vllm.vllm_flash_attn import flash_attn_varlen_func
-    cu_q = torch.tensor([0, n], dtype=torch.int32, device=q_c.device)
-    cu_k = torch.tensor([0, end], dtype=torch.int32, device=q_c.device)
-    return lambda: flash_attn_varlen_func(q_c, k[:end], v[:end], max_seqlen_q=n,
-                                          cu_seqlens_q=cu_q, max_seqlen_k=end,
-                                          cu_seqlens_k=cu_k, causal=True, fa_version=3)
 
 
 def sparse_step(kernel: str, q_c, kv: KVSource, cache, layout: SeqLayout, wl):
@@ -72,7 +56,7 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
     steps = []
     for s, e in chunk_bounds(L, chunk):
         q_c = q[s:e]
-        dense_ms = bk.time_ms(dense_step(q_c, k, v, e))
+        dense_ms = bk.time_ms(bk.fa3(q_c, k[:e], v[:e]))  # FA3 over the step's rows
         step = dict(chunk_start=s, chunk_end=e, dense_ms=dense_ms)
         if e >= min_sparse_len:
             layout = SeqLayout.from_lengths([e - s], [e], bk.DEVICE)
@@ -114,9 +98,6 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
         print(f"{pattern} {kernel:6s} L={L} chunk={chunk} {extra}: dense {total_dense:.1f} ms, "
               f"chunked sparse {total:.1f} ms, x{r['speedup']:.2f} "
               f"({r['sparse_steps']}/{len(steps)} steps sparse)", flush=True)
-    for st in steps:
-        st.pop("wl", None)
-    del kv, cache
 
 
 def main() -> None:

@@ -168,16 +168,19 @@ def paged(k: torch.Tensor, v: torch.Tensor) -> tuple[KVSource, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- baselines
 def fa3(q, k, v):
-    n = q.shape[0]
+    """Dense causal FA3 of one sequence; ``q`` may be the last rows of ``k``'s sequence (a
+    prefill chunk: causal is bottom-right aligned)."""
+    nq, nk = q.shape[0], k.shape[0]
     if DEVICE == "cpu":  # smoke test: no FlashAttention on a CPU, time our dense list
         from vllm_minference.kernels import dense_worklist
-        layout = SeqLayout.from_lengths([n], [n], DEVICE)
-        kv, wl = KVSource.contiguous(k, v, [n]), dense_worklist(layout, q.shape[1])
+        layout = SeqLayout.from_lengths([nq], [nk], DEVICE)
+        kv, wl = KVSource.contiguous(k, v, [nk]), dense_worklist(layout, q.shape[1])
         return lambda: sparse_attention(q, kv, layout, wl)
     from vllm.vllm_flash_attn import flash_attn_varlen_func
-    cu = torch.tensor([0, n], dtype=torch.int32, device=q.device)
-    return lambda: flash_attn_varlen_func(q, k, v, max_seqlen_q=n, cu_seqlens_q=cu,
-                                          max_seqlen_k=n, cu_seqlens_k=cu, causal=True,
+    cu_q = torch.tensor([0, nq], dtype=torch.int32, device=q.device)
+    cu_k = torch.tensor([0, nk], dtype=torch.int32, device=q.device)
+    return lambda: flash_attn_varlen_func(q, k, v, max_seqlen_q=nq, cu_seqlens_q=cu_q,
+                                          max_seqlen_k=nk, cu_seqlens_k=cu_k, causal=True,
                                           fa_version=3)
 
 
@@ -287,7 +290,7 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
                                                       geometry=geo))
         stats: dict = {}  # after the timing: compiled and warm, so the stages time the GPU
         page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats,
-                            min_run=min_run)
+                            min_run=min_run, geometry=geo)
         page_density = round(float(stats["key_rows"]) / (n_heads * layout.causal_keys()), 4)
         stages = {k: round(v, 3) for k, v in stats.get("stage_ms", {}).items() if k != "stats"}
         err = None  # a superset of the list's keys: checked in tests/test_page_lists.py

@@ -255,6 +255,15 @@ def config_label(mode: str, cfg: dict) -> str:
     return " ".join(parts)
 
 
+def run_config(r: dict) -> dict:
+    """A minference row's settings; a prefill chunk of its own makes a configuration of its
+    own (it changes each chunk's estimate, so it can change answers)."""
+    cfg = dict(r["config"])
+    if r.get("max_num_batched_tokens"):
+        cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
+    return cfg
+
+
 def pair_accuracy(raw: list[dict]) -> list[dict]:
     """Mean score over seeds per (task, length, depth), dense vs each minference config."""
     def key(r):
@@ -266,10 +275,8 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
     cfgs = defaultdict(lambda: defaultdict(list))
     for r in raw:  # the row's mode is what the plugin ran (its default may have changed)
         if r["mode"] != "dense":
-            cfg = dict(r["config"])  # a prefill chunk of its own is a configuration of its own
-            if r.get("max_num_batched_tokens"):
-                cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
-            cfgs[(r["mode"], json.dumps(cfg, sort_keys=True))][key(r)].append(r["score"])
+            cfgs[(r["mode"], json.dumps(run_config(r), sort_keys=True))][key(r)].append(
+                r["score"])
     out = []
     for (mode, cfg), scores in cfgs.items():
         c = json.loads(cfg)
@@ -297,10 +304,7 @@ def paired_changes(raw: list[dict]) -> list[dict]:
     for r in raw:
         if r["mode"] == "dense" or key(r) not in dense:
             continue
-        cfg = dict(r["config"])
-        if r.get("max_num_batched_tokens"):
-            cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
-        c = counts[(config_label(r["mode"], cfg), r["task"], r["length"])]
+        c = counts[(config_label(r["mode"], run_config(r)), r["task"], r["length"])]
         c[0] += r["score"] > dense[key(r)] + 1e-9
         c[1] += r["score"] < dense[key(r)] - 1e-9
         c[2] += 1
@@ -426,14 +430,13 @@ def main() -> None:
 
     apaths = sorted(glob.glob(os.path.join(args.raw, "*accuracy*.json")))
     if apaths:
-        rows = [r for r in pair_accuracy([r for p in apaths for r in load(p)])
-                if r["mode"] not in args.exclude_mode]
+        raw_accuracy = [r for p in apaths for r in load(p)]
+        rows = [r for r in pair_accuracy(raw_accuracy) if r["mode"] not in args.exclude_mode]
         with open(os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.json"), "w") as f:
             json.dump(rows, f, indent=0)
         plot_accuracy(rows, os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.png"))
         md += ["### Accuracy (% correct, mean over depths and seeds)", "", accuracy_table(rows), ""]
-        changes = [c for c in paired_changes([r for p in apaths for r in load(p)])
-                   if c["better"] or c["worse"]]
+        changes = [c for c in paired_changes(raw_accuracy) if c["better"] or c["worse"]]
         if changes:
             md += ["Prompts that scored higher / lower than dense (same prompt, greedy):", "",
                    "| configuration | task | length | higher | lower | prompts |",
