@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_lanes.sh K1..K7             one GPU: FA3 page lists vs Triton vs dense
 #   bash benchmarks/gpu_lanes.sh M1..M6             one GPU: keys-per-row guard, fa3_min_run
 #   bash benchmarks/gpu_lanes.sh X1                 one GPU: chunked prefill at kernel level
+#   bash benchmarks/gpu_lanes.sh T1                 one GPU: per-step trace of vLLM prefills
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -340,6 +341,16 @@ X1_steps() {  # next session: a 1M prompt step by step in 64K chunks (kernel lev
   timeout 200 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
     --patterns vertical_slash --kernels triton,fa3 --out $OUT/kernels.json
 }
+T1_trace() {  # seventh session: where TTFT goes, per step and layer (the backend's trace)
+  for cfg in "fixed_1m --mode fixed" "adaptive_1m --mode adaptive $FLOORS"; do
+    set -- $cfg
+    timeout 170 python3 $B/bench_ttft.py --backend minference ${@:2} --lengths 1048576 \
+      --max-num-batched-tokens 65536 --set trace=$LOGS/trace_$1.jsonl --out $OUT/ttft_trace.json
+  done
+  timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 131072 \
+    --set trace=$LOGS/trace_fixed_128k.jsonl --out $OUT/ttft_trace.json
+  for t in $LOGS/trace_*.jsonl; do python3 $B/trace_steps.py $t > ${t%.jsonl}.md; done
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -409,6 +420,7 @@ case "$1" in
   M5) lane 0 M5_kernels_1m; wait_lanes 480 ;;
   M6) lane 0 M6_profile; wait_lanes 295 ;;
   X1) lane 0 X1_steps; wait_lanes 560 ;;
+  T1) lane 0 T1_trace; wait_lanes 500 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

@@ -87,10 +87,10 @@ def test_classification_and_runs():
     assert runs_of([True, False, True], True) == [(0, 1), (2, 3)]
 
 
-def _builder(model_dir, device="cpu", min_sparse_len=128):
+def _builder(model_dir, device="cpu", min_sparse_len=128, **settings):
     # max_density 1: these short sequences are nearly dense; keep them on the sparse path
     vc = make_vllm_config(model_dir, {"minference": {"min_sparse_len": min_sparse_len,
-                                                     "max_density": 1.0}})
+                                                     "max_density": 1.0, **settings}})
     spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.float16)
     return MInferenceMetadataBuilder(spec, [LAYER], vc, torch.device(device)), vc
 
@@ -176,6 +176,46 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     out3 = torch.full_like(reference, float("nan"))
     impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out3)
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
+
+
+def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_path):
+    """With the trace setting each forward of a sparse step becomes one JSON line: the path
+    the layer took (sparse, or dense because its lists or its prediction were too dense),
+    its density and time; a step's lines are written once its last layer ran."""
+    import json
+    path = tmp_path / "trace.jsonl"
+    builder, vc = _builder(model_dir, trace=str(path))
+    impl = _impl(vc, monkeypatch)
+    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
+    assert len(impl.planner.profile.layers) == 2  # LAYER (index 1) ends a step
+    batch = make_paged_batch([1, 130, 200], [300, 400, 200], seed=3)
+    md = builder.build(0, batch.cam)
+    out = torch.zeros_like(batch.query)
+    for max_density in (1.0, 0.01, 0.01):
+        impl.planner.guard.max_density = max_density
+        impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["layer"], r["path"]) for r in lines] == [
+        (0, 1, "sparse"), (1, 1, "dense (expected)"), (2, 1, "dense (expected)")]
+    first = lines[0]
+    assert first["kernel"] == "triton" and first["expected"] is None
+    assert 0 < first["density"] < 0.9 and first["ms"] >= 0
+    assert (first["seqs"], first["rows"], first["kv_len"], first["dense_rows"]) == (2, 330, 400, 1)
+    assert lines[1]["expected"] == pytest.approx(first["density"], rel=1e-3)
+    assert lines[1]["density"] is None and lines[1]["kernel"] is None
+
+
+def test_trace_flushes_a_step_when_the_next_one_starts(tmp_path):
+    from vllm_minference.trace import StepTrace
+    trace = StepTrace(str(tmp_path / "t.jsonl"), num_layers=4)
+    for layer in (0, 1, 0):  # a step cut short (its later layers had nothing sparse)
+        trace.end(trace.begin(torch.device("cpu")), layer, path="sparse",
+                  density=torch.tensor(0.25))
+    written = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert len(written) == 2 and '"density": 0.25' in written[0]
+    trace.flush()
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
+    assert trace.step == 1
 
 
 @pytest.mark.parametrize("memory_order", ["HND", "NHD"])

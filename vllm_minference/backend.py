@@ -191,12 +191,20 @@ class MInferenceImpl(FlashAttentionImpl):
                 or output_scale is not None or output_block_scale is not None):
             return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                                    output_scale, output_block_scale)
+        trace = self.planner.trace
+        start = trace.begin(query.device) if trace is not None else None
         for run in batch.dense_runs:
             self._dense(layer, query, key, value, kv_cache, run, output)
         done = self.planner.run(layer, query, kv_cache, batch, self.scale, output)
         if not done:  # the layer's work lists were too dense: FlashAttention is faster
             for run in batch.sparse_runs:
                 self._dense(layer, query, key, value, kv_cache, run, output)
+        if trace is not None:
+            layout = batch.layout
+            trace.end(start, self.planner.layer_index(layer), seqs=layout.num_seqs,
+                      rows=sum(layout.q_lens_host), kv_len=layout.max_kv_len,
+                      dense_rows=sum(r.token_end - r.token_start for r in batch.dense_runs),
+                      **self.planner.last_step)
         return output
 
     def _dense(self, layer, query, key, value, kv_cache, run: DenseRun, output):

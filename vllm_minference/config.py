@@ -70,6 +70,10 @@ class MInferenceSettings(BaseModel):
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
+    trace: str | None = Field(
+        None, description="diagnostics: append one JSON line per layer of every sparse "
+                          "prefill step (path, kernel, density, ms) to this file ('{pid}' "
+                          "becomes the process id); costs one wait for the GPU per step")
 
     def plan_options(self) -> dict:
         """Keyword arguments of ``LayerPatterns.from_heads`` for the selection mode."""

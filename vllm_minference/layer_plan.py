@@ -21,6 +21,7 @@ from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_li
 
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
+from .trace import trace_for
 from .warmup import warm_up_kernels
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
@@ -156,6 +157,7 @@ class DensityGuard:
         self._pending_causal = 0.0
         self._event = None
         self._dense_steps = 0
+        self.expected: float | None = None  # the latest step's prediction (for the trace)
 
     def _observe(self, keys: float, causal: float) -> None:
         """A step's keys per row reached the host: update the growth exponent and the state."""
@@ -182,7 +184,7 @@ class DensityGuard:
 
     def should_plan(self, layout) -> bool:
         """False: run this step dense without planning (the layer is expected too dense)."""
-        expected = self.expected_density(layout)
+        expected = self.expected = self.expected_density(layout)
         if expected is None or expected <= self.max_density:
             return True
         self._dense_steps += 1
@@ -230,6 +232,9 @@ class LayerPlanner:
         self._layer_index: int | None = None
         self.guard = DensityGuard(settings.max_density)
         self._dense_logged = False
+        self.trace = trace_for(settings.trace, len(profile.layers))
+        # what the latest step did: the trace's fields (a GPU density tensor is read late)
+        self.last_step: dict = {}
 
     @staticmethod
     def for_current_model(vllm_config, num_heads: int, num_kv_heads: int,
@@ -285,12 +290,18 @@ class LayerPlanner:
         logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
                        "compile on the first sparse prefill", type(failed).__name__, failed)
 
-    def patterns(self, layer, device: torch.device) -> LayerPatterns:
-        if self._patterns is None:
+    def layer_index(self, layer) -> int:
+        """This layer's row in the profile."""
+        if self._layer_index is None:
             index = extract_layer_index(layer.layer_name)
             if index >= len(self.profile.layers):  # default profile built without a model
                 index = 0
             self._layer_index = index
+        return self._layer_index
+
+    def patterns(self, layer, device: torch.device) -> LayerPatterns:
+        if self._patterns is None:
+            index = self.layer_index(layer)
             self._patterns = LayerPatterns.from_heads(
                 self.profile.layer_patterns(index, self.head_ids, self.settings.budget_scale),
                 device, **self.settings.plan_options())
@@ -317,13 +328,17 @@ class LayerPlanner:
         (see :class:`DensityGuard`).
         """
         layout = batch.layout
-        if not self.guard.should_plan(layout):
+        planned = self.guard.should_plan(layout)
+        self.last_step = dict(expected=self.guard.expected, density=None,
+                              path="planned" if planned else "dense (expected)", kernel=None)
+        if not planned:
             return False
         head_size = query.shape[-1]
         kv = KVSource.packed(kv_cache, batch.block_table)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
         density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
         sparse = self.guard.decide(density, layout)
+        self.last_step.update(density=density, path="sparse" if sparse else "dense (lists)")
         global _first_step_logged
         if not _first_step_logged:  # one line per process, not one per layer
             _first_step_logged = True
@@ -335,7 +350,8 @@ class LayerPlanner:
         if not sparse:
             self._log_dense_once(layout)
             return False
-        if self.tile_kernel(kv_cache, head_size) == "fa3":
+        self.last_step["kernel"] = self.tile_kernel(kv_cache, head_size)
+        if self.last_step["kernel"] == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry,
