@@ -38,13 +38,15 @@ def chunk_bounds(seq_len: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, seq_len)) for s in range(0, seq_len, chunk)]
 
 
-def sparse_step(kernel: str, q_c, kv: KVSource, cache, layout: SeqLayout, wl):
-    """The step's sparse attention on ``kernel`` (``fa3`` page lists or ``triton``)."""
+def sparse_step(kernel: str, q_c, kv: KVSource, cache, layout: SeqLayout, wl,
+                stats: dict | None = None):
+    """The step's sparse attention on ``kernel`` (``fa3`` page lists or ``triton``);
+    ``stats`` (fa3) receives the stage times of a call."""
     out = torch.empty_like(q_c)
     if kernel == "fa3":
         geo = PageGeometry.build(layout, q_c.shape[1], group_rows(q_c.shape[2]))  # per step
         return lambda: page_list_attention(q_c, cache, kv.block_table, layout, wl, out=out,
-                                           geometry=geo)
+                                           geometry=geo, stats=stats)
     return lambda: sparse_attention(q_c, kv, layout, wl, out=out)
 
 
@@ -80,6 +82,11 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
             else:
                 q_c = q[st["chunk_start"]:st["chunk_end"]]
                 attn_ms = bk.time_ms(sparse_step(kernel, q_c, kv, cache, st["layout"], st["wl"]))
+                if kernel == "fa3" and bk.DEVICE == "cuda":  # one more call, stage by stage
+                    stats: dict = {}
+                    sparse_step(kernel, q_c, kv, cache, st["layout"], st["wl"], stats)()
+                    row["fa3_stages_ms"] = {k: round(v, 3) for k, v in
+                                            stats.get("stage_ms", {}).items()}
                 sparse_ms = st["estimate_ms"] + st["index_ms"] + attn_ms
                 dense = st["density"] > guard
                 row.update(density=round(st["density"], 4), estimate_ms=st["estimate_ms"],

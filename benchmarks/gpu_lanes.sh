@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_lanes.sh M1..M6             one GPU: keys-per-row guard, fa3_min_run
 #   bash benchmarks/gpu_lanes.sh X1                 one GPU: chunked prefill at kernel level
 #   bash benchmarks/gpu_lanes.sh T1                 one GPU: per-step trace of vLLM prefills
+#   bash benchmarks/gpu_lanes.sh V1..V3             one GPU: guard that waits when unsure
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -351,6 +352,34 @@ T1_trace() {  # seventh session: where TTFT goes, per step and layer (the backen
     --set trace=$LOGS/trace_fixed_128k.jsonl --out $OUT/ttft_trace.json
   for t in $LOGS/trace_*.jsonl; do python3 $B/trace_steps.py $t > ${t%.jsonl}.md; done
 }
+# Seventh session, after the trace: the guard waits for a step's own density where its
+# prediction is unsure (new prompt, large jump, close call) instead of fitting a growth.
+V1_long() {  # 128K and 1M in 64K chunks: FLASH_ATTN, fixed, adaptive + floors (traced)
+  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  for cfg in "fixed --mode fixed" "adaptive --mode adaptive $FLOORS"; do
+    set -- $cfg
+    timeout 150 python3 $B/bench_ttft.py --backend minference ${@:2} --lengths 131072 1048576 \
+      --max-num-batched-tokens 65536 --set trace=$LOGS/trace_$1.jsonl --out $OUT/ttft_chunk64k.json
+    python3 $B/trace_steps.py $LOGS/trace_$1.jsonl > $LOGS/trace_$1.md
+  done
+}
+V2_short() {  # vLLM's default 16K chunks (4K/8K/128K); random attention (dummy Llama 128K)
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 110 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
+  done
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 95 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama \
+      --lengths 131072 --reps 1 --out $OUT/ttft_dummy.json
+  done
+}
+V3_steps() {  # a 1M prompt step by step at kernel level: fixed on fa3, adaptive on triton
+  timeout 200 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels fa3 --out $OUT/chunked_1m_fixed.json
+  timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels triton --pattern vertical_slash_adaptive --out $OUT/chunked_1m_adaptive.json
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -421,6 +450,9 @@ case "$1" in
   M6) lane 0 M6_profile; wait_lanes 295 ;;
   X1) lane 0 X1_steps; wait_lanes 560 ;;
   T1) lane 0 T1_trace; wait_lanes 500 ;;
+  V1) lane 0 V1_long; wait_lanes 540; jit_check ;;
+  V2) lane 0 V2_short; wait_lanes 420; jit_check ;;
+  V3) lane 0 V3_steps; wait_lanes ${V3_DEADLINE:-360} ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

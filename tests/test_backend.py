@@ -380,42 +380,60 @@ def test_density_guard_decides_from_the_previous_step_and_reprobes():
 def test_density_guard_carries_keys_per_row_across_growing_chunks():
     """Chunked prefill: the same budgets are a smaller share of a longer causal area, so a
     layer too dense on its first chunk is sparse again a few chunks later, without waiting
-    for a re-probe."""
+    for a re-probe.  Large jumps in the keys a row sees wait for the step's own density."""
     from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import DensityGuard
     chunk = 65536
-    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(4)]
+    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(6)]
     g = DensityGuard(max_density=0.45, reprobe_steps=16)
     assert g.should_plan(layouts[0])
     assert g.decide(torch.tensor(0.6), layouts[0]) is False  # 0.6 x 32768.5 keys per row
+    assert g.waited == 1
     assert g.should_plan(layouts[1])  # 19661 / 98304.5 = 0.2 expected at 128K
-    assert g.decide(torch.tensor(0.25), layouts[1]) is True
-    # keys per row grew 1.25x while the causal keys grew 3x: growth log 1.25 / log 3
-    assert g.growth == pytest.approx(math.log(1.25) / math.log(3), rel=1e-4)  # fp32 density
-    keys = 0.25 * 98304.5 * (163840.5 / 98304.5) ** g.growth
-    assert g.expected_density(layouts[2]) == pytest.approx(keys / 163840.5, rel=1e-4)
-    # the other way: a long prompt's lists judged against a short prompt's causal area
-    assert not g.should_plan(SeqLayout.from_lengths([chunk], [chunk], "cpu"))
+    assert g.decide(torch.tensor(0.25), layouts[1]) is True  # 3x the keys: waited for
+    assert g.waited == 2 and g.known_keys == pytest.approx(0.25 * 98304.5)
+    assert g.decide(torch.tensor(0.2), layouts[2]) is True  # 1.67x: waited for
+    assert g.waited == 3
+    # 1.4x the keys and clearly sparse (0.14 expected): trusted, not waited for
+    assert g.expected_density(layouts[3]) == pytest.approx(0.2 * 163840.5 / 229376.5)
+    assert g.decide(torch.tensor(0.3), layouts[3]) is True and g.waited == 3
+    # the step's own density arrives for the next prediction
+    assert g.expected_density(layouts[4]) == pytest.approx(0.3 * 229376.5 / 294912.5)
+    # a close call waits: 0.4 expected, 0.6 found
+    g.known_keys = 0.4 * 360448.5 / 0.999999
+    assert g.decide(torch.tensor(0.6), layouts[5]) is False and g.waited == 4
+    # a new (shorter) prompt plans and waits: its lists are not this prompt's
+    short = SeqLayout.from_lengths([chunk], [chunk], "cpu")
+    assert g.should_plan(short)
+    assert g.decide(torch.tensor(0.1), short) is True and g.waited == 5
 
 
-def test_density_guard_keeps_random_like_layers_dense_once_it_sees_them_grow():
+def test_density_guard_keeps_random_like_layers_dense():
     """Random-like attention: the lists cover a fixed share whatever the length, so keys
-    per row grow with the causal keys.  One step at a new length may run sparse on the
-    keys-per-row guess; once two lengths are seen the layer stays dense."""
+    per row grow with the keys a row sees.  Falling predictions reach the margin (or a large
+    jump) before they pass below it, and there the step's own density decides."""
     from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import DensityGuard
     chunk = 65536
-    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(5)]
+    layouts = [SeqLayout.from_lengths([chunk], [chunk * (i + 1)], "cpu") for i in range(6)]
     g = DensityGuard(max_density=0.45, reprobe_steps=16)
     assert g.decide(torch.tensor(0.95), layouts[0]) is False
-    assert g.should_plan(layouts[1])  # 0.32 expected: the one guess that misses
-    assert g.decide(torch.tensor(0.95), layouts[1]) is True
-    assert g.growth == pytest.approx(1.0, rel=1e-4)
-    assert [g.should_plan(lay) for lay in layouts[2:]] == [False, False, False]
-    assert g.expected_density(layouts[4]) == pytest.approx(0.95, rel=1e-4)
+    assert g.should_plan(layouts[1])  # 0.32 expected, but 3x the keys: wait
+    assert g.decide(torch.tensor(0.95), layouts[1]) is False
+    plans = []
+    for lay in layouts[2:]:
+        plans.append(g.should_plan(lay))
+        if plans[-1]:
+            assert g.decide(torch.tensor(0.95), lay) is False
+    assert plans == [False, True, False, False]  # 0.57, 0.41 (margin: planned), 0.74, 0.6
     # issue 5's worst case: dummy weights at 128K in vLLM's 16K chunks, sparse from 64K keys
-    # (the 4th chunk on): every step of such a layer runs dense, the guesses included
+    # (the 4th chunk on): every step runs dense, two of five planned
     g = DensityGuard(max_density=0.45, reprobe_steps=16)
     steps = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(4, 9)]
     assert g.decide(torch.tensor(1.0), steps[0]) is False
-    assert [g.should_plan(lay) for lay in steps[1:]] == [False] * 4
+    plans = []
+    for lay in steps[1:]:
+        plans.append(g.should_plan(lay))
+        if plans[-1]:
+            assert g.decide(torch.tensor(1.0), lay) is False
+    assert plans == [False, False, True, False]

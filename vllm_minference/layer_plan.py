@@ -8,7 +8,6 @@ runs the sparse kernel over all the step's sparse requests in one launch.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
@@ -125,47 +124,45 @@ def mean_causal_keys(layout) -> float:
 
 
 class DensityGuard:
-    """Dense or sparse for one layer, decided without stopping the host for the GPU.
+    """Dense or sparse for one layer, mostly decided without stopping the host for the GPU.
 
     The work lists' density (computed tiles over dense causal tiles) is known only on the
-    device.  Reading it at once would stall the host in every layer of every sparse step and
-    serialise the planning launches with the GPU work.  Instead each step's lists are copied
-    to pinned memory in the background and decide the *next* step of this layer; only the
-    layer's first sparse step waits for them.  A stale value costs speed, never correctness:
-    both paths compute the same attention.
+    device, and reading it stalls the host until the layer's planning is done, serialising
+    the launches with the GPU work.  So the guard predicts it: a profile's budgets fix the
+    keys each query row computes, not the density, so this step's density is about the
+    latest step's keys per row over the keys this step's rows see (chunked prefill of a long
+    prompt sees more keys every chunk, and a layer too dense on its first 64K chunk is
+    sparse a few chunks later).  The step's own lists go to the host in the background and
+    refine the next prediction.
 
-    What carries over from one step to the next is the keys each query row computed, not
-    the density: a profile's budgets are keys per row, while dense attention grows with the
-    keys a row sees.  Chunked prefill of a long prompt sees more keys every chunk, so a layer
-    whose first 64K chunk is too dense (0.5) is sparse a few chunks later (0.1 at 320K);
-    carrying the density itself kept such layers dense for the whole prompt (H100, 1M
-    tokens in 64K chunks: 2.38x -> 4.32x over FLASH_ATTN).  Keys per row do grow with the
-    keys a row sees, a little for real attention and in proportion for random-like
-    attention (whose lists stay near-dense), so two observations at different lengths give
-    the growth exponent (keys ~ causal keys ** growth, 0 <= growth <= 1) the next step is
-    predicted with.  A layer that is expected too dense skips planning and re-measures
-    every ``reprobe_steps`` steps.
+    A prediction is trusted only where it cannot be far off: the layer's latest known step
+    belongs to the same prompt and saw at least 1/``max_ratio`` of the keys this step sees,
+    and the prediction lies more than ``margin`` from ``max_density``.  Otherwise (a layer's
+    first step, a new prompt, a large jump, or a close call) the step waits for its own
+    density.  Random-like attention, whose keys per row grow in proportion to the keys it
+    sees, is caught that way: its falling predictions reach the margin, or a large jump,
+    before they can pass below it.  (A fitted growth exponent did that job before; fitted on a
+    warm-up prompt's short last chunk it kept 6 of 24 real layers dense for a whole 1M prompt:
+    H100, 39.0 s instead of 23.7 s.)  A layer expected clearly too dense skips planning and
+    re-measures every ``reprobe_steps`` steps or when its prediction comes within the margin.
     """
 
-    def __init__(self, max_density: float, reprobe_steps: int = 16):
+    def __init__(self, max_density: float, margin: float = 0.1, max_ratio: float = 1.5,
+                 reprobe_steps: int = 16):
         self.max_density = max_density
+        self.margin = margin
+        self.max_ratio = max_ratio
         self.reprobe_steps = reprobe_steps
         self.known_keys: float | None = None  # keys per query row, latest step on the host
         self.known_causal = 0.0  # keys a row of that step could see (dense causal)
-        self.growth = 0.0  # exponent of keys per row over causal keys, from two steps
+        self.expected: float | None = None  # the latest step's prediction (for the trace)
+        self.waited = 0  # steps that waited for their own density
         self._host: torch.Tensor | None = None
         self._pending_causal = 0.0
         self._event = None
         self._dense_steps = 0
-        self.expected: float | None = None  # the latest step's prediction (for the trace)
 
     def _observe(self, keys: float, causal: float) -> None:
-        """A step's keys per row reached the host: update the growth exponent and the state."""
-        if self.known_keys is not None and self.known_keys > 0 and keys > 0:
-            ratio = causal / self.known_causal
-            if ratio >= 1.25 or ratio <= 0.8:  # lengths far enough apart to tell
-                growth = math.log(keys / self.known_keys) / math.log(ratio)
-                self.growth = min(1.0, max(0.0, growth))
         self.known_keys, self.known_causal = keys, causal
 
     def _collect(self) -> None:
@@ -174,32 +171,41 @@ class DensityGuard:
             self._event = None
 
     def expected_density(self, layout) -> float | None:
-        """This step's density, from the latest step's keys per row and the growth."""
+        """This step's density, from the latest known step's keys per row."""
         self._collect()
         if self.known_keys is None:
             return None
-        causal = mean_causal_keys(layout)
-        keys = self.known_keys * (causal / self.known_causal) ** self.growth
-        return keys / causal
+        return self.known_keys / mean_causal_keys(layout)
+
+    def _trusted(self, expected: float | None, layout) -> bool:
+        if expected is None:
+            return False
+        ratio = mean_causal_keys(layout) / self.known_causal
+        return (1.0 <= ratio <= self.max_ratio
+                and abs(expected - self.max_density) > self.margin)
 
     def should_plan(self, layout) -> bool:
         """False: run this step dense without planning (the layer is expected too dense)."""
         expected = self.expected = self.expected_density(layout)
-        if expected is None or expected <= self.max_density:
+        if (expected is None or expected <= self.max_density + self.margin
+                or mean_causal_keys(layout) < self.known_causal):  # a new prompt
             return True
         self._dense_steps += 1
         if self._dense_steps >= self.reprobe_steps:
             self._dense_steps = 0
-            return True  # plan once more to re-measure; this step still runs dense
+            return True  # plan once more to re-measure
         return False
 
     def decide(self, density: torch.Tensor, layout) -> bool:
         """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
         causal = mean_causal_keys(layout)
         expected = self.expected_density(layout)
-        if expected is None:  # the layer's first step: wait for it, once
-            self._observe(float(density) * causal, causal)
-            return float(density) <= self.max_density
+        if not self._trusted(expected, layout):
+            own = float(density)  # waits for this layer's planning
+            self._event = None  # an older step still on its way must not overwrite this
+            self._observe(own * causal, causal)
+            self.waited += 1
+            return own <= self.max_density
         self._post(density * causal, causal)
         return expected <= self.max_density
 
@@ -337,8 +343,10 @@ class LayerPlanner:
         kv = KVSource.packed(kv_cache, batch.block_table)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
         density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
+        waited = self.guard.waited
         sparse = self.guard.decide(density, layout)
-        self.last_step.update(density=density, path="sparse" if sparse else "dense (lists)")
+        self.last_step.update(density=density, path="sparse" if sparse else "dense (lists)",
+                              waited=self.guard.waited > waited)
         global _first_step_logged
         if not _first_step_logged:  # one line per process, not one per layer
             _first_step_logged = True
