@@ -370,6 +370,31 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
 
 
 # ------------------------------------------------------------------------------- main
+def chunked_table(rows: list[dict]) -> str:
+    """Per-step rows of bench_chunked: where each step's sparse time goes against FA3 dense on
+    the same rows (efficiency = dense ms x density / sparse ms), then each prompt's total."""
+    out = ["| pattern | kernel | keys | path | density | FA3 dense ms | est ms | index ms | "
+           "attn ms | of which FA3 / columns / tables ms | efficiency |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r["kind"] == "step"):
+        if "attn_ms" not in r:
+            out.append(f"| {r['pattern']} | {r['kernel']} | {fmt_len(r['chunk_end'])} | "
+                       f"{r['path']} | | {r['dense_ms']:.1f} | | | | | |")
+            continue
+        st = r.get("fa3_stages_ms") or {}
+        stages = " / ".join(f"{st[k]:.1f}" for k in ("fa3", "columns", "tables") if k in st)
+        eff = r["dense_ms"] * r["density"] / r["sparse_ms"]
+        out.append(f"| {r['pattern']} | {r['kernel']} | {fmt_len(r['chunk_end'])} | {r['path']} | "
+                   f"{r['density']:.3f} | {r['dense_ms']:.1f} | {r['estimate_ms']:.2f} | "
+                   f"{r['index_ms']:.2f} | {r['attn_ms']:.1f} | {stages} | {eff:.2f} |")
+    for r in (r for r in rows if r["kind"] == "prompt"):
+        out.append(f"| {r['pattern']} | {r['kernel']} | prompt {fmt_len(r['seq_len'])} in "
+                   f"{fmt_len(r['chunk'])} chunks | {r['sparse_steps']}/{r['steps']} steps sparse "
+                   f"| | {r['dense_ms']:.1f} | | | {r['total_ms']:.1f} | | "
+                   f"{r['speedup']:.2f}x |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("raw", help="folder with the raw JSON of the device calls")
@@ -444,6 +469,17 @@ def main() -> None:
             md += [f"| {c['label']} | {c['task']} | {fmt_len(c['length'])} | {c['better']} | "
                    f"{c['worse']} | {c['prompts']} |" for c in changes]
             md.append("")
+
+    cpaths = sorted(glob.glob(os.path.join(args.raw, "*chunked*.json")))
+    if cpaths:
+        md += ["### A long prompt step by step (kernel level, one layer, bench_chunked.py)", "",
+               chunked_table([r for p in cpaths for r in load(p)["rows"]]), ""]
+    for p in sorted(glob.glob(os.path.join(args.raw, "*trace*.jsonl"))):
+        import trace_steps
+        prompt = trace_steps.prompts_of(trace_steps.steps_of(trace_steps.load(p)))[-1]
+        md += [f"Trace `{os.path.basename(p)}` (last prompt; ms of all layers per step, one "
+               "host wait per step):", "",
+               trace_steps.markdown([trace_steps.step_row(st) for st in prompt]), ""]
 
     spath = os.path.join(args.raw, "serving.json")
     if os.path.exists(spath):

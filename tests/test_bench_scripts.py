@@ -389,3 +389,19 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
     assert rows[1]["dense_expected"] == 1 and rows[1]["sparse_density"] == 0.2
     assert rows[1]["guard_error"] == pytest.approx(0.05)
     assert "| total | | | | 6.5 | 1.5 | 5.0 |" in trace_steps.markdown(rows)
+
+
+def test_chunked_table_reports_each_step_and_the_prompt():
+    rows = [dict(kind="step", pattern="vertical_slash", kernel="fa3", chunk_end=65536,
+                 path="dense (short)", dense_ms=15.0),
+            dict(kind="step", pattern="vertical_slash", kernel="fa3", chunk_end=131072,
+                 path="sparse", density=0.25, dense_ms=40.0, estimate_ms=1.0, index_ms=0.5,
+                 attn_ms=18.5, sparse_ms=20.0, fa3_stages_ms={"fa3": 16.0, "columns": 1.5,
+                                                              "tables": 0.5}),
+            dict(kind="prompt", pattern="vertical_slash", kernel="fa3", seq_len=131072,
+                 chunk=65536, sparse_steps=1, steps=2, dense_ms=55.0, total_ms=35.0,
+                 speedup=55 / 35)]
+    lines = summarize_results.chunked_table(rows).splitlines()
+    assert len(lines) == 5
+    assert "| 128K | sparse | 0.250 | 40.0 | 1.00 | 0.50 | 18.5 | 16.0 / 1.5 / 0.5 | 0.50 |" in lines[3]
+    assert "1/2 steps sparse" in lines[4] and "1.57x" in lines[4]
