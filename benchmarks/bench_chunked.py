@@ -64,6 +64,10 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
             layout = SeqLayout.from_lengths([e - s], [e], bk.DEVICE)
             est_fn, index_fn = bk.plan_pattern(pattern, q_c, kv, layout, n_heads, gamma)
             step["estimate_ms"] = bk.time_ms(est_fn)
+            if pattern in bk.VS_PATTERNS:  # of which the two estimate passes (the rest: top-k)
+                heads = torch.arange(n_heads, device=q.device)
+                step["estimate_passes_ms"] = bk.time_ms(
+                    lambda: bk.estimate_vertical_slash(q_c, kv, layout, heads))  # noqa: B023
             est = est_fn()
             step["index_ms"] = bk.time_ms(lambda: index_fn(est))  # noqa: B023 (called now)
             wl = index_fn(est)
@@ -89,6 +93,8 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
                                             stats.get("stage_ms", {}).items()}
                 sparse_ms = st["estimate_ms"] + st["index_ms"] + attn_ms
                 dense = st["density"] > guard
+                if "estimate_passes_ms" in st:
+                    row["estimate_passes_ms"] = st["estimate_passes_ms"]
                 row.update(density=round(st["density"], 4), estimate_ms=st["estimate_ms"],
                            index_ms=st["index_ms"], attn_ms=attn_ms, sparse_ms=sparse_ms,
                            path="dense (guard)" if dense else "sparse",
