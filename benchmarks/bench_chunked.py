@@ -67,7 +67,7 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
             if pattern in bk.VS_PATTERNS:  # of which the two estimate passes (the rest: top-k)
                 heads = torch.arange(n_heads, device=q.device)
                 step["estimate_passes_ms"] = bk.time_ms(
-                    lambda: bk.estimate_vertical_slash(q_c, kv, layout, heads))  # noqa: B023
+                    lambda: bk.vs_estimate(q_c, kv, layout, heads))  # noqa: B023
             est = est_fn()
             step["index_ms"] = bk.time_ms(lambda: index_fn(est))  # noqa: B023 (called now)
             wl = index_fn(est)
@@ -125,11 +125,14 @@ def main() -> None:
     ap.add_argument("--kernels", default="fa3,triton")
     ap.add_argument("--guard", type=float, default=0.45)
     ap.add_argument("--min-sparse-len", type=int, default=65536)
+    ap.add_argument("--estimate-stats", choices=["triton", "fa3"], default="triton",
+                    help="the estimate rows' softmax statistics: first Triton pass, or one "
+                         "FA3 call")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test under TRITON_INTERPRET=1 (random Q/K, triton only)")
     args = ap.parse_args()
-    bk.DEVICE = args.device
+    bk.DEVICE, bk.ESTIMATE_STATS = args.device, args.estimate_stats
     kernels = tuple(args.kernels.split(","))
     rows: list[dict] = []
     opts = dict(chunk=args.chunk, kernels=kernels, pattern=args.pattern, gamma=args.gamma,
@@ -140,8 +143,8 @@ def main() -> None:
     finally:
         with open(args.out, "w") as f:
             name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke test)"
-            json.dump(dict(device=name, torch=torch.__version__, page=bk.PAGE, rows=rows), f,
-                      indent=1)
+            json.dump(dict(device=name, torch=torch.__version__, page=bk.PAGE,
+                           estimate_stats=args.estimate_stats, rows=rows), f, indent=1)
 
 
 def measure(args, rows: list[dict], opts: dict) -> None:

@@ -44,6 +44,7 @@ from vllm_minference.kernels import (KVSource, SeqLayout, block_sparse_scores,
 from vllm_minference.kernels.attention.reference import block_attention_reference
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive
+from vllm_minference.kernels.vertical_slash.row_stats import estimate_row_lse
 from vllm_minference.kernels.worklist import WorkList
 
 VS_BUDGET = (1000, 6096)
@@ -53,6 +54,7 @@ PAGE = 64  # the backend's preferred KV block size (see --page)
 LLAMA = dict(q_heads=32, kv_heads=8, head_dim=128)
 QWEN = dict(q_heads=14, kv_heads=2, head_dim=64)
 DEVICE = "cuda"
+ESTIMATE_STATS = "triton"  # where the estimate's row statistics come from (--estimate-stats)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -211,10 +213,17 @@ def fa2_sparse(q, k, v, lists):
 
 
 # ---------------------------------------------------------------------------- pipeline
+def vs_estimate(q, kv, layout, heads):
+    """The Vertical-Slash estimate, its row statistics from ``ESTIMATE_STATS``: ``triton``
+    (the first pass) or ``fa3`` (one FlashAttention-3 call, ``--estimate-stats fa3``)."""
+    row_lse = estimate_row_lse(q, kv, layout, heads) if ESTIMATE_STATS == "fa3" else None
+    return estimate_vertical_slash(q, kv, layout, heads, row_lse=row_lse)
+
+
 def vs_select(q, kv, layout, n_heads, gamma=None):
     """Estimate + selection; ``gamma`` set: adaptive tile-aware selection, budgets as ceilings."""
     heads = torch.arange(n_heads, device=q.device)
-    vert, slash = estimate_vertical_slash(q, kv, layout, heads)
+    vert, slash = vs_estimate(q, kv, layout, heads)
     b = torch.full((n_heads,), VS_BUDGET[0], device=q.device), torch.full(
         (n_heads,), VS_BUDGET[1], device=q.device)
     if gamma is not None:
@@ -452,6 +461,9 @@ def main() -> None:
                     help="comma list: triton (this package's kernel), fa3 (page lists), "
                          "fa3/runN (runs of < N chunks on Triton); default triton,fa3 on a "
                          "GPU, triton on a CPU")
+    ap.add_argument("--estimate-stats", choices=["triton", "fa3"], default="triton",
+                    help="the estimate rows' softmax statistics: first Triton pass, or one "
+                         "FA3 call (paged K/V)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")
@@ -459,8 +471,8 @@ def main() -> None:
     args = ap.parse_args()
     args.kernels = tuple((args.kernels or ("triton,fa3" if args.device == "cuda" else "triton")
                           ).split(","))
-    global DEVICE, PAGE
-    DEVICE, PAGE = args.device, args.page
+    global DEVICE, PAGE, ESTIMATE_STATS
+    DEVICE, PAGE, ESTIMATE_STATS = args.device, args.page, args.estimate_stats
     tokens = None
     if args.model and args.random_tokens:  # smoke tests with a tiny random model
         tokens = torch.randint(0, 1000, (max(args.seq_lens),))
@@ -483,8 +495,8 @@ def main() -> None:
     finally:
         with open(args.out, "w") as f:
             name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
-            json.dump(dict(device=name, torch=torch.__version__, page=PAGE, rows=rows), f,
-                      indent=1)
+            json.dump(dict(device=name, torch=torch.__version__, page=PAGE,
+                           estimate_stats=ESTIMATE_STATS, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

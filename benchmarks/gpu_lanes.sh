@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_lanes.sh M1..M6             one GPU: keys-per-row guard, fa3_min_run
 #   bash benchmarks/gpu_lanes.sh X1                 one GPU: chunked prefill at kernel level
 #   bash benchmarks/gpu_lanes.sh T1                 one GPU: per-step trace of vLLM prefills
-#   bash benchmarks/gpu_lanes.sh V1..V3             one GPU: guard that waits when unsure
+#   bash benchmarks/gpu_lanes.sh V1..V4             one GPU: guard that waits when unsure
+#   bash benchmarks/gpu_lanes.sh W1                 one GPU: estimate statistics from FA3
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -386,6 +387,16 @@ V3_steps() {  # a 1M prompt step by step at kernel level: fixed on fa3, adaptive
   timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
     --kernels triton --pattern vertical_slash_adaptive --out $OUT/chunked_1m_adaptive.json
 }
+W1_estimate() {  # next session: the estimate's row statistics from one FA3 call vs the
+  # first Triton pass (GPU test against the two passes, then a 1M prompt step by step)
+  (cd /tmp && timeout 120 python3 -m pytest -q -x -p no:cacheprovider \
+     $OLDPWD/tests/test_vertical_slash.py -k "fa3_row or estimate") > $OUT/gpu_tests.log 2>&1
+  for stats in triton fa3; do
+    timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+      --kernels triton --pattern vertical_slash_adaptive --estimate-stats $stats \
+      --out $OUT/chunked_1m_adaptive_$stats.json
+  done
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -460,6 +471,7 @@ case "$1" in
   V2) lane 0 V2_short; wait_lanes 420; jit_check ;;
   V3) lane 0 V3_steps; wait_lanes ${V3_DEADLINE:-360} ;;
   V4) lane 0 V4_dummy; wait_lanes 360; jit_check ;;
+  W1) lane 0 W1_estimate; wait_lanes 430 ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

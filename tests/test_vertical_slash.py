@@ -148,3 +148,35 @@ def test_covering_budgets_equal_dense(device, dtype):
     out = sparse_attention(batch.q, batch.kv, batch.layout, wl)
     ref = sparse_attention(batch.q, batch.kv, batch.layout, dense_worklist(batch.layout, 4))
     torch.testing.assert_close(out, ref, atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+def _varlen_fns(device):
+    from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
+    fns = [emulate_fa3_varlen]
+    if device == "cuda":  # the real FA3 too (vLLM's build, Hopper)
+        try:
+            from vllm.vllm_flash_attn import flash_attn_varlen_func
+            fns.append(flash_attn_varlen_func)
+        except ImportError:
+            pass
+    return fns
+
+
+@pytest.mark.parametrize("q_lens,kv_lens", CASES + [([64, 200], [5000, 4200])])
+def test_estimate_from_fa3_row_statistics(device, q_lens, kv_lens):
+    """One FA3 call's log-sum-exp in place of the first pass gives the same estimate as the
+    two Triton passes (FA3 emulated on the CPU, real on a GPU; chunks shorter than 64 rows
+    and several key splits included)."""
+    from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
+    from vllm_minference.kernels.vertical_slash.row_stats import estimate_row_lse
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float16, device, structured=True)
+    heads = torch.tensor([0, 3, 1], device=device)
+    two_pass = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads)
+    for varlen_fn in _varlen_fns(device):
+        lse = estimate_row_lse(batch.q, batch.paged, batch.layout, heads, varlen_fn=varlen_fn)
+        assert lse.shape == (len(q_lens), 3, 64)
+        got = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads, row_lse=lse)
+        for g, t in zip(got, two_pass):
+            torch.testing.assert_close(g, t, atol=1e-4, rtol=2e-3)
+    with pytest.raises(ValueError, match="paged"):
+        estimate_row_lse(batch.q, batch.kv, batch.layout, heads, varlen_fn=emulate_fa3_varlen)

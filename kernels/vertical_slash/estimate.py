@@ -196,11 +196,14 @@ def estimate_vertical_slash(
     layout: SeqLayout,
     heads: torch.Tensor,
     sm_scale: float | None = None,
+    row_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Column and diagonal attention mass of the last 64 queries, for the query ``heads``.
 
     Returns ``(vertical, slash)``, each ``[B, len(heads), max_kv_len]`` float32; entries past
-    a sequence's ``kv_len`` are 0.
+    a sequence's ``kv_len`` are 0.  ``row_lse`` (``[B, len(heads), 64]``, natural log, e.g.
+    from :func:`.row_stats.estimate_row_lse`) replaces the first pass: the rows' softmax
+    statistics are then its log-sum-exp.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     n_est = heads.numel()
@@ -213,8 +216,6 @@ def estimate_vertical_slash(
         sm_scale = 1.0 / math.sqrt(head_dim)
     heads = heads.to(device=q.device, dtype=torch.int32)
     n_split = triton.cdiv(kv_max, KEYS_PER_SPLIT)
-    m_part = torch.empty(B, n_est, n_split, LAST_Q, dtype=torch.float32, device=q.device)
-    l_part = torch.empty_like(m_part)
     kv_args = kv.kernel_args()
     kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
@@ -223,14 +224,20 @@ def estimate_vertical_slash(
                   num_warps=4)
     grid = (n_split, n_est, B)
     qk_scale = sm_scale * 1.4426950408889634
-    _estimate_stats_kernel[grid](
-        q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
-        Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
-        M_OUT=m_part, L_OUT=l_part, **common)
-    m_row = torch.empty(B, n_est, LAST_Q, dtype=torch.float32, device=q.device)
-    l_row = torch.empty_like(m_row)
-    _estimate_combine_kernel[(n_est, B)](m_part, l_part, m_row, l_row, n_split, LAST=LAST_Q,
-                                         SB=16, num_warps=4)
+    if row_lse is not None:  # max = lse (log2 units), normaliser 1
+        m_row = (row_lse.to(device=q.device, dtype=torch.float32) * 1.4426950408889634).contiguous()
+        l_row = torch.where(row_lse == float("-inf"), 0.0, 1.0).to(m_row)
+    else:
+        m_part = torch.empty(B, n_est, n_split, LAST_Q, dtype=torch.float32, device=q.device)
+        l_part = torch.empty_like(m_part)
+        _estimate_stats_kernel[grid](
+            q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
+            Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
+            M_OUT=m_part, L_OUT=l_part, **common)
+        m_row = torch.empty(B, n_est, LAST_Q, dtype=torch.float32, device=q.device)
+        l_row = torch.empty_like(m_row)
+        _estimate_combine_kernel[(n_est, B)](m_part, l_part, m_row, l_row, n_split,
+                                             LAST=LAST_Q, SB=16, num_warps=4)
     _estimate_scores_kernel[grid](
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
