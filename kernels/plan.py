@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Callable
 
 import torch
 
@@ -107,12 +108,20 @@ class LayerPatterns:
 
 
 def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: LayerPatterns,
-               sm_scale: float | None = None, max_density: float | None = None) -> WorkList:
-    """Work list of every head of a layer for this batch (the "plan" half of the kernel)."""
+               sm_scale: float | None = None, max_density: float | None = None,
+               row_lse_fn: Callable | None = None) -> WorkList:
+    """Work list of every head of a layer for this batch (the "plan" half of the kernel).
+
+    ``row_lse_fn(q, kv, layout, heads, sm_scale)`` (e.g. FA3's
+    :func:`.vertical_slash.estimate_row_lse`) gives the Vertical-Slash estimate its rows'
+    log-sum-exp instead of its first pass.
+    """
     parts: list[tuple[torch.Tensor, WorkList]] = []
     for kind, heads in patterns.groups.items():
         if kind == VERTICAL_SLASH:
-            vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale)
+            row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
+            vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
+                                                      row_lse=row_lse)
             select = select_vertical_slash if patterns.gamma is None else partial(
                 select_adaptive, gamma=patterns.gamma)
             sel = select(

@@ -253,6 +253,42 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
     assert float((out[rows].double() - expect[rows]).norm() / expect[rows].norm()) < 1e-2
 
 
+def test_forward_with_fa3_estimate_statistics(model_dir, monkeypatch, device):
+    """estimate_stats fa3: the estimate's row statistics come from FA3 (emulated here) where
+    FA3 serves the layer, and the layer's output matches the two-pass estimate's."""
+    from vllm_minference.kernels.page_lists import attention as page_attention
+    from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
+    from vllm_minference.kernels.vertical_slash import estimate_row_lse
+    monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
+    monkeypatch.setattr("vllm_minference.layer_plan.FA3_MIN_KEYS", 0)
+    calls = []
+
+    def emulated(*args, **kwargs):
+        calls.append(args[2].num_seqs)
+        return estimate_row_lse(*args, varlen_fn=emulate_fa3_varlen, **kwargs)
+    monkeypatch.setattr("vllm_minference.layer_plan.estimate_row_lse", emulated)
+    batch = make_paged_batch([1, 130, 200], [300, 400, 200], seed=4, device=device)
+    builder, vc = _builder(model_dir, device, estimate_stats="fa3")
+    impl = _impl(vc, monkeypatch)
+    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
+    md = builder.build(0, batch.cam)
+    outs = []
+    for kernel in ("fa3", "triton"):  # the Triton kernel keeps the Triton statistics
+        impl.planner.kernel = kernel
+        out = torch.full_like(batch.query, float("nan"))
+        impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
+        outs.append(out)
+        assert calls == [2]  # once, for the fa3 layer's two sparse sequences
+    impl.planner.kernel = "fa3"
+    impl.planner.settings = impl.planner.settings.model_copy(update={"estimate_stats": "triton"})
+    two_pass = torch.full_like(batch.query, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, two_pass)
+    assert calls == [2]
+    rows = torch.arange(1, 331, device=device)
+    assert not outs[0][rows].isnan().any()
+    torch.testing.assert_close(outs[0][rows], two_pass[rows], atol=1e-3, rtol=1e-3)
+
+
 def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import FA3_MIN_KEYS, mean_causal_keys, resolve_kernel

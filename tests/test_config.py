@@ -55,3 +55,12 @@ def test_mode_and_gamma():
         MInferenceSettings.from_sources({"minference": {"mode": "fast"}}, environ={})
     with pytest.raises(ValueError, match="adaptive_local"):
         MInferenceSettings.from_sources({"minference": {"adaptive_local": 0}}, environ={})
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from vllm_minference.config import MInferenceSettings
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in MInferenceSettings.model_fields if f"`{name}`" not in readme]
+    assert not missing, f"settings missing from README: {missing}"

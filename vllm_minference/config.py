@@ -67,6 +67,12 @@ class MInferenceSettings(BaseModel):
                     "is 64 keys where a 192-row FA3 group pays ~208; 1 = all on FA3, the "
                     "fastest measured: on an H100 at 128K, 2 and 4 were 1.1-1.7x slower, "
                     "as the Triton pass computes a tile at ~0.55 of FA3's speed)")
+    estimate_stats: Literal["triton", "fa3"] = Field(
+        "triton",
+        description="where the Vertical-Slash estimate's softmax statistics (the last 64 "
+                    "queries over every key) come from: triton = the estimate's own first "
+                    "pass; fa3 = one FlashAttention-3 call over the paged cache (Hopper, with "
+                    "the fa3 key-tile kernel; CPU-tested, not yet timed end to end)")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")

@@ -17,6 +17,7 @@ from vllm.v1.attention.backend import AttentionType
 
 from vllm_minference.kernels import KVSource, LayerPatterns, plan_layer, sparse_attention
 from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
+from vllm_minference.kernels.vertical_slash import estimate_row_lse
 
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
@@ -267,6 +268,13 @@ class LayerPlanner:
             profile = _profile_for(settings.profile, names, total_layers, total_heads)
         return LayerPlanner(settings, profile, heads, num_kv_heads, page_size, fa_version)
 
+    @property
+    def row_lse_fn(self):
+        """FA3's log-sum-exp for the estimate rows where chosen and FA3 serves this layer."""
+        if self.settings.estimate_stats == "fa3" and self.kernel == "fa3":
+            return estimate_row_lse
+        return None
+
     def warm_up(self, head_size: int, dtype: torch.dtype, scale: float) -> None:
         """Compile the sparse kernels now (model load) rather than in the first long prefill.
 
@@ -280,7 +288,7 @@ class LayerPlanner:
             if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
                                self.page_size, scale, kernel=self.kernel,
                                fa3_min_run=self.settings.fa3_min_run,
-                               **self.settings.plan_options()):
+                               row_lse_fn=self.row_lse_fn, **self.settings.plan_options()):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d, key tiles on %s", len(self.head_ids),
                             self.num_kv_heads, head_size, dtype, self.page_size, self.kernel)
@@ -288,7 +296,7 @@ class LayerPlanner:
         except Exception as e:  # noqa: BLE001 - a warm-up must not stop start-up
             failed = e
         if self.kernel == "fa3":
-            self.kernel = "triton"
+            self.kernel = "triton"  # also takes the estimate statistics back to Triton
             logger.warning("minference: FA3 page lists failed at warm-up (%s: %s); the sparse "
                            "key tiles use the Triton kernel", type(failed).__name__, failed)
             self.warm_up(head_size, dtype, scale)
@@ -341,7 +349,8 @@ class LayerPlanner:
             return False
         head_size = query.shape[-1]
         kv = KVSource.packed(kv_cache, batch.block_table)
-        wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale)
+        wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale,
+                        row_lse_fn=self.row_lse_fn)
         density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
         waited = self.guard.waited
         sparse = self.guard.decide(density, layout)

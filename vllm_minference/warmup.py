@@ -29,14 +29,15 @@ _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
-                    fa3_min_run: int = 1, **plan_options) -> bool:
+                    fa3_min_run: int = 1, row_lse_fn=None, **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
 
     ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3, and
-    the sparse kernel, which layers with few keys per row keep using).
+    the sparse kernel, which layers with few keys per row keep using).  ``row_lse_fn``: as
+    :func:`plan_layer` takes it.
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
-           fa3_min_run, tuple(sorted(plan_options.items())))
+           fa3_min_run, row_lse_fn, tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)
@@ -52,7 +53,8 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
                                         gamma=gamma, **plan_options)
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
-    wl = plan_layer(query, kv, layout, patterns, scale)  # as LayerPlanner.run plans
+    wl = plan_layer(query, kv, layout, patterns, scale,  # as LayerPlanner.run plans
+                    row_lse_fn=row_lse_fn)
     out = torch.empty_like(query)
     sparse_attention(query, kv, layout, wl, scale, out=out)  # fa3 layers use it too
     if kernel == "fa3":
