@@ -91,6 +91,9 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
                     sparse_step(kernel, q_c, kv, cache, st["layout"], st["wl"], stats)()
                     row["fa3_stages_ms"] = {k: round(v, 3) for k, v in
                                             stats.get("stage_ms", {}).items()}
+                    # keys FA3 computes (whole sub-pages, union over a row group) vs causal
+                    row["page_density"] = round(float(stats["key_rows"]) / (
+                        n_heads * st["layout"].causal_keys()), 4)
                 sparse_ms = st["estimate_ms"] + st["index_ms"] + attn_ms
                 dense = st["density"] > guard
                 if "estimate_passes_ms" in st:

@@ -396,6 +396,8 @@ W1_estimate() {  # next session: the estimate's row statistics from one FA3 call
       --kernels triton --pattern vertical_slash_adaptive --estimate-stats $stats \
       --out $OUT/chunked_1m_adaptive_$stats.json
   done
+  timeout 170 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels fa3 --estimate-stats fa3 --out $OUT/chunked_1m_fixed_fa3.json  # + page density
 }
 W2_ttft() {  # next session: TTFT with the FA3 estimate statistics, 128K and 1M in 64K chunks
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
@@ -481,7 +483,7 @@ case "$1" in
   V2) lane 0 V2_short; wait_lanes 420; jit_check ;;
   V3) lane 0 V3_steps; wait_lanes ${V3_DEADLINE:-360} ;;
   V4) lane 0 V4_dummy; wait_lanes 360; jit_check ;;
-  W1) lane 0 W1_estimate; wait_lanes 430 ;;
+  W1) lane 0 W1_estimate; wait_lanes 560 ;;
   W2) lane 0 W2_ttft; wait_lanes 580; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;

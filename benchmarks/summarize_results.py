@@ -373,8 +373,8 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
 def chunked_table(rows: list[dict]) -> str:
     """Per-step rows of bench_chunked: where each step's sparse time goes against FA3 dense on
     the same rows (efficiency = dense ms x density / sparse ms), then each prompt's total."""
-    out = ["| pattern | kernel | keys | path | density | FA3 dense ms | est ms | index ms | "
-           "attn ms | of which FA3 / columns / tables ms | efficiency |",
+    out = ["| pattern | kernel | keys | path | density (in pages) | FA3 dense ms | est ms | "
+           "index ms | attn ms | of which FA3 / columns / tables ms | efficiency |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "step"):
         if "attn_ms" not in r:
@@ -384,8 +384,9 @@ def chunked_table(rows: list[dict]) -> str:
         st = r.get("fa3_stages_ms") or {}
         stages = " / ".join(f"{st[k]:.1f}" for k in ("fa3", "columns", "tables") if k in st)
         eff = r["dense_ms"] * r["density"] / r["sparse_ms"]
+        pages = f" ({r['page_density']:.3f})" if "page_density" in r else ""
         out.append(f"| {r['pattern']} | {r['kernel']} | {fmt_len(r['chunk_end'])} | {r['path']} | "
-                   f"{r['density']:.3f} | {r['dense_ms']:.1f} | {r['estimate_ms']:.2f} | "
+                   f"{r['density']:.3f}{pages} | {r['dense_ms']:.1f} | {r['estimate_ms']:.2f} | "
                    f"{r['index_ms']:.2f} | {r['attn_ms']:.1f} | {stages} | {eff:.2f} |")
     for r in (r for r in rows if r["kind"] == "prompt"):
         out.append(f"| {r['pattern']} | {r['kernel']} | prompt {fmt_len(r['seq_len'])} in "

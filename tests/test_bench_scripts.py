@@ -397,11 +397,13 @@ def test_chunked_table_reports_each_step_and_the_prompt():
             dict(kind="step", pattern="vertical_slash", kernel="fa3", chunk_end=131072,
                  path="sparse", density=0.25, dense_ms=40.0, estimate_ms=1.0, index_ms=0.5,
                  attn_ms=18.5, sparse_ms=20.0, fa3_stages_ms={"fa3": 16.0, "columns": 1.5,
-                                                              "tables": 0.5}),
+                                                              "tables": 0.5},
+                 page_density=0.31),
             dict(kind="prompt", pattern="vertical_slash", kernel="fa3", seq_len=131072,
                  chunk=65536, sparse_steps=1, steps=2, dense_ms=55.0, total_ms=35.0,
                  speedup=55 / 35)]
     lines = summarize_results.chunked_table(rows).splitlines()
     assert len(lines) == 5
-    assert "| 128K | sparse | 0.250 | 40.0 | 1.00 | 0.50 | 18.5 | 16.0 / 1.5 / 0.5 | 0.50 |" in lines[3]
+    assert ("| 128K | sparse | 0.250 (0.310) | 40.0 | 1.00 | 0.50 | 18.5 | 16.0 / 1.5 / 0.5 "
+            "| 0.50 |") in lines[3]
     assert "1/2 steps sparse" in lines[4] and "1.57x" in lines[4]
