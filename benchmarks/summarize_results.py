@@ -28,6 +28,12 @@ def load(path: str):
         return json.load(f)
 
 
+def other_lease(row: dict) -> str:
+    """Flag a TTFT ratio whose dense run came from another machine lease (its own had none):
+    two machines of one kind, not one run."""
+    return f" (dense of {row['dense_lease'] or 'an untagged file'})" if "dense_lease" in row else ""
+
+
 def fmt_len(n: int) -> str:
     return f"{n // 1048576}M" if n >= 1048576 and n % 1048576 == 0 else f"{round(n / 1024)}K"
 
@@ -52,7 +58,9 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
                         seq_len=r["seq_len"], mode=r["mode"], config=r["config"],
                         max_num_batched_tokens=r.get("max_num_batched_tokens"),
                         dense_s=round(d["seconds"], 4), minference_s=round(r["seconds"], 4),
-                        speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"]))
+                        speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"],
+                        **({"dense_lease": d.get("lease")}
+                           if d.get("lease") != r.get("lease") else {})))
     by_file = defaultdict(dict)  # decode runs pair within their file (one call, one machine)
     for r in raw_rows:
         if r["kind"] == "decode":
@@ -442,7 +450,8 @@ def main() -> None:
             md.append(f"| {r['model']} | {r['tp']} | {fmt_len(r['seq_len'])} | "
                       f"{fmt_len(chunk) if chunk else 'default'} | {r['mode']}"
                       f"{' ' + json.dumps(r['config']) if r['config'] else ''} | "
-                      f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x |")
+                      f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x"
+                      f"{other_lease(r)} |")
         for r in (r for r in rows if r["kind"] == "decode"):
             md.append(f"\nDecode at {fmt_len(r['seq_len'])} context: FLASH_ATTN "
                       f"{r['dense_tokens_per_s']} tok/s, minference {r['minference_tokens_per_s']} "

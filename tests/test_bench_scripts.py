@@ -95,6 +95,12 @@ def test_ttft_rows_pair_with_dense_of_their_own_lease(tmp_path):
     # L1 pairs with 2.0, L2 with 3.0, the untagged file with the last dense row seen
     assert sorted((r["mode"], r["speedup"]) for r in rows) == [
         ("adaptive", 2.0), ("fixed", 1.5), ("fixed", 2.0)]
+    # a lease without its own dense row pairs with another's, and the table says so
+    (tmp_path / "L3-ttft.json").write_text(json.dumps([_ttft("fixed", 1, 1024, 1.2)]))
+    rows = summarize_results.pair_ttft(
+        raw + summarize_results.load_tagged(str(tmp_path / "L3-ttft.json")))
+    flagged = [summarize_results.other_lease(r) for r in rows]
+    assert sorted(flagged) == ["", "", " (dense of L2)", " (dense of L2)"]  # untagged, L3
 
 
 def test_ttft_rows_pair_within_the_same_prefill_chunk():
