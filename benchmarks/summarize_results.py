@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 
@@ -320,6 +321,28 @@ def paired_changes(raw: list[dict]) -> list[dict]:
             for k, v in sorted(counts.items())]
 
 
+def sign_test_p(higher: int, lower: int) -> float:
+    """Two-sided exact sign test: how likely a split this uneven is when neither side is
+    better (ties left out).  With 12 prompts a cell, one or two answers apart is ~1.0."""
+    n = higher + lower
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(higher, lower) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def overall_changes(changes: list[dict]) -> list[dict]:
+    """Per configuration, all its tasks and lengths together (one sign test over them)."""
+    total = defaultdict(lambda: [0, 0, 0])
+    for c in changes:
+        t = total[c["label"]]
+        t[0] += c["better"]
+        t[1] += c["worse"]
+        t[2] += c["prompts"]
+    return [dict(label=k, better=v[0], worse=v[1], prompts=v[2], p=sign_test_p(v[0], v[1]))
+            for k, v in sorted(total.items())]
+
+
 def accuracy_table(rows: list[dict]) -> str:
     cfgs = sorted({r["label"] for r in rows})
     by = defaultdict(lambda: defaultdict(list))
@@ -471,13 +494,19 @@ def main() -> None:
             json.dump(rows, f, indent=0)
         plot_accuracy(rows, os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.png"))
         md += ["### Accuracy (% correct, mean over depths and seeds)", "", accuracy_table(rows), ""]
-        changes = [c for c in paired_changes(raw_accuracy) if c["better"] or c["worse"]]
+        all_changes = paired_changes(raw_accuracy)
+        changes = [c for c in all_changes if c["better"] or c["worse"]]
         if changes:
-            md += ["Prompts that scored higher / lower than dense (same prompt, greedy):", "",
-                   "| configuration | task | length | higher | lower | prompts |",
-                   "|---|---|---|---|---|---|"]
+            md += ["Prompts that scored higher / lower than dense (same prompt, greedy; p: "
+                   "two-sided sign test, the chance of a split this uneven if neither were "
+                   "better):", "",
+                   "| configuration | task | length | higher | lower | prompts | p |",
+                   "|---|---|---|---|---|---|---|"]
             md += [f"| {c['label']} | {c['task']} | {fmt_len(c['length'])} | {c['better']} | "
-                   f"{c['worse']} | {c['prompts']} |" for c in changes]
+                   f"{c['worse']} | {c['prompts']} | {sign_test_p(c['better'], c['worse']):.2f} |"
+                   for c in changes]
+            md += [f"| {c['label']} | all | | {c['better']} | {c['worse']} | {c['prompts']} | "
+                   f"{c['p']:.2f} |" for c in overall_changes(all_changes)]
             md.append("")
 
     cpaths = sorted(glob.glob(os.path.join(args.raw, "*chunked*.json")))

@@ -413,3 +413,14 @@ def test_chunked_table_reports_each_step_and_the_prompt():
     assert ("| 128K | sparse | 0.250 (0.310) | 40.0 | 1.00 | 0.50 | 18.5 | 16.0 / 1.5 / 0.5 "
             "| 0.50 |") in lines[3]
     assert "1/2 steps sparse" in lines[4] and "1.57x" in lines[4]
+
+
+def test_sign_test_says_when_a_few_answers_are_noise():
+    assert summarize_results.sign_test_p(3, 8) == pytest.approx(0.2266, abs=1e-4)
+    assert summarize_results.sign_test_p(0, 10) == pytest.approx(2 / 1024)
+    assert summarize_results.sign_test_p(0, 0) == 1.0 and summarize_results.sign_test_p(5, 5) == 1.0
+    changes = [dict(label="fixed", task="a", length=1, better=0, worse=3, prompts=12),
+               dict(label="fixed", task="b", length=1, better=3, worse=5, prompts=12)]
+    (total,) = summarize_results.overall_changes(changes)
+    assert (total["better"], total["worse"], total["prompts"]) == (3, 8, 24)
+    assert total["p"] == pytest.approx(0.2266, abs=1e-4)
