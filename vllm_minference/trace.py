@@ -31,7 +31,7 @@ class StepTrace:
         self.step = 0
         self._last_layer = -1
         self._pending: list[dict[str, Any]] = []
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
 
     def begin(self, device: torch.device):
         """A start mark for one forward (a recorded CUDA event, or the host clock on a CPU)."""
@@ -58,6 +58,13 @@ class StepTrace:
             self.flush()
             self.step += 1
             self._last_layer = -1
+
+    def _flush_at_exit(self) -> None:
+        """A step cut short by shutdown: write what can still be read, never fail the exit."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the CUDA context may already be gone
+            pass
 
     def flush(self) -> None:
         """Write the pending records (waits for the GPU to finish their forwards)."""
