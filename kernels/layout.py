@@ -113,9 +113,14 @@ class SeqLayout:
 
     def causal_keys(self) -> int:
         """Keys dense causal attention computes over all query rows (one head), from the
-        host sizes: row ``i`` of a chunk at the end of ``kv_len`` keys sees ``ctx + i + 1``."""
-        return sum(q * (k - q) + q * (q + 1) // 2
-                   for q, k in zip(self.q_lens_host, self.kv_lens_host))
+        host sizes: row ``i`` of a chunk at the end of ``kv_len`` keys sees ``ctx + i + 1``.
+        Computed once per layout (each layer's density guard asks)."""
+        cached = self.__dict__.get("_causal_keys")
+        if cached is None:
+            cached = sum(q * (k - q) + q * (q + 1) // 2
+                         for q, k in zip(self.q_lens_host, self.kv_lens_host))
+            self.__dict__["_causal_keys"] = cached
+        return cached
 
     def total_dense_tiles(self) -> torch.Tensor:
         """Sum of :meth:`dense_tiles` (0-d, on the device), also computed once."""

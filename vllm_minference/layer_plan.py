@@ -173,23 +173,25 @@ class DensityGuard:
 
     def expected_density(self, layout) -> float | None:
         """This step's density, from the latest known step's keys per row."""
-        self._collect()
-        if self.known_keys is None:
-            return None
-        return self.known_keys / mean_causal_keys(layout)
+        return self._expected(mean_causal_keys(layout))
 
-    def _trusted(self, expected: float | None, layout) -> bool:
+    def _expected(self, causal: float) -> float | None:
+        self._collect()
+        return None if self.known_keys is None else self.known_keys / causal
+
+    def _trusted(self, expected: float | None, causal: float) -> bool:
         if expected is None:
             return False
-        ratio = mean_causal_keys(layout) / self.known_causal
+        ratio = causal / self.known_causal
         return (1.0 <= ratio <= self.max_ratio
                 and abs(expected - self.max_density) > self.margin)
 
     def should_plan(self, layout) -> bool:
         """False: run this step dense without planning (the layer is expected too dense)."""
-        expected = self.expected = self.expected_density(layout)
+        causal = mean_causal_keys(layout)
+        expected = self.expected = self._expected(causal)
         if (expected is None or expected <= self.max_density + self.margin
-                or mean_causal_keys(layout) < self.known_causal):  # a new prompt
+                or causal < self.known_causal):  # a new prompt
             return True
         self._dense_steps += 1
         if self._dense_steps >= self.reprobe_steps:
@@ -200,8 +202,8 @@ class DensityGuard:
     def decide(self, density: torch.Tensor, layout) -> bool:
         """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
         causal = mean_causal_keys(layout)
-        expected = self.expected_density(layout)
-        if not self._trusted(expected, layout):
+        expected = self._expected(causal)
+        if not self._trusted(expected, causal):
             own = float(density)  # waits for this layer's planning
             self._event = None  # an older step still on its way must not overwrite this
             self._observe(own * causal, causal)
