@@ -128,9 +128,7 @@ def main() -> None:
     ap.add_argument("--kernels", default="fa3,triton")
     ap.add_argument("--guard", type=float, default=0.45)
     ap.add_argument("--min-sparse-len", type=int, default=65536)
-    ap.add_argument("--estimate-stats", choices=["triton", "fa3"], default="triton",
-                    help="the estimate rows' softmax statistics: first Triton pass, or one "
-                         "FA3 call")
+    bk.add_estimate_stats_arg(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test under TRITON_INTERPRET=1 (random Q/K, triton only)")

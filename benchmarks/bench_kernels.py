@@ -213,6 +213,13 @@ def fa2_sparse(q, k, v, lists):
 
 
 # ---------------------------------------------------------------------------- pipeline
+def add_estimate_stats_arg(ap: argparse.ArgumentParser) -> None:
+    """``--estimate-stats`` (this script and bench_chunked.py), read into ESTIMATE_STATS."""
+    ap.add_argument("--estimate-stats", choices=["triton", "fa3"], default="triton",
+                    help="the estimate rows' softmax statistics: first Triton pass, or one "
+                         "FA3 call (paged K/V)")
+
+
 def vs_estimate(q, kv, layout, heads):
     """The Vertical-Slash estimate, its row statistics from ``ESTIMATE_STATS``: ``triton``
     (the first pass) or ``fa3`` (one FlashAttention-3 call, ``--estimate-stats fa3``)."""
@@ -461,9 +468,7 @@ def main() -> None:
                     help="comma list: triton (this package's kernel), fa3 (page lists), "
                          "fa3/runN (runs of < N chunks on Triton); default triton,fa3 on a "
                          "GPU, triton on a CPU")
-    ap.add_argument("--estimate-stats", choices=["triton", "fa3"], default="triton",
-                    help="the estimate rows' softmax statistics: first Triton pass, or one "
-                         "FA3 call (paged K/V)")
+    add_estimate_stats_arg(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test of the script under TRITON_INTERPRET=1 (random only)")

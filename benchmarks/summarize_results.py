@@ -20,6 +20,8 @@ import math
 import os
 from collections import defaultdict
 
+import trace_steps  # a sibling script (this folder is first on the path when run)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
@@ -514,7 +516,6 @@ def main() -> None:
         md += ["### A long prompt step by step (kernel level, one layer, bench_chunked.py)", "",
                chunked_table([r for p in cpaths for r in load(p)["rows"]]), ""]
     for p in sorted(glob.glob(os.path.join(args.raw, "*trace*.jsonl"))):
-        import trace_steps
         prompt = trace_steps.prompts_of(trace_steps.steps_of(trace_steps.load(p)))[-1]
         md += [f"Trace `{os.path.basename(p)}` (last prompt; ms of all layers per step, one "
                "host wait per step):", "",

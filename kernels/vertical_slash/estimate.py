@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.kernel import dot_precision
+from ..attention.kernel import LOG2E, dot_precision
 from ..layout import KVSource, SeqLayout, kv_row_offsets
 
 LAST_Q = 64  # query rows the estimate uses
@@ -223,9 +223,9 @@ def estimate_vertical_slash(
                   KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype),
                   num_warps=4)
     grid = (n_split, n_est, B)
-    qk_scale = sm_scale * 1.4426950408889634
+    qk_scale = sm_scale * LOG2E
     if row_lse is not None:  # max = lse (log2 units), normaliser 1
-        m_row = (row_lse.to(device=q.device, dtype=torch.float32) * 1.4426950408889634).contiguous()
+        m_row = (row_lse.to(device=q.device, dtype=torch.float32) * LOG2E).contiguous()
         l_row = torch.where(row_lse == float("-inf"), 0.0, 1.0).to(m_row)
     else:
         m_part = torch.empty(B, n_est, n_split, LAST_Q, dtype=torch.float32, device=q.device)

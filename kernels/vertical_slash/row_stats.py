@@ -8,8 +8,8 @@ third of an adaptive layer's sparse time, 5 ms at 1M keys, two passes over all k
 second pass (column and diagonal sums) then starts from the log-sum-exp.
 
 FA3 reads the keys from vLLM's paged cache through the block table, so this needs a paged
-:class:`KVSource`.  ``varlen_fn`` defaults to vLLM's ``flash_attn_varlen_func`` (tests pass
-an emulation).
+:class:`KVSource`.  ``varlen_fn`` defaults to vLLM's FA3 entry point (tests pass an
+emulation).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from ..layout import KVSource, SeqLayout
+from ..page_lists.attention import fa3_varlen
 from .estimate import LAST_Q
 
 
@@ -46,8 +47,7 @@ def estimate_row_lse(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: to
     num_heads, head_dim = q.shape[1], q.shape[2]
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
-    if varlen_fn is None:
-        from vllm.vllm_flash_attn import flash_attn_varlen_func as varlen_fn
+    varlen_fn = varlen_fn or fa3_varlen()
     B = layout.num_seqs
     rows = estimate_rows(layout, q.device)
     q_last = q[rows.reshape(-1)]  # [B * 64, heads, D]
