@@ -40,13 +40,15 @@ def chunk_bounds(seq_len: int, chunk: int) -> list[tuple[int, int]]:
 
 def sparse_step(kernel: str, q_c, kv: KVSource, cache, layout: SeqLayout, wl,
                 stats: dict | None = None):
-    """The step's sparse attention on ``kernel`` (``fa3`` page lists or ``triton``);
-    ``stats`` (fa3) receives the stage times of a call."""
+    """The step's sparse attention on ``kernel`` (``fa3`` page lists, ``fa3/runN``: chunks of
+    diagonal runs shorter than N on the Triton pass, or ``triton``); ``stats`` (fa3)
+    receives the stage times of a call."""
     out = torch.empty_like(q_c)
-    if kernel == "fa3":
+    if kernel.startswith("fa3"):
+        min_run = bk.fa3_min_run(kernel)
         geo = PageGeometry.build(layout, q_c.shape[1], group_rows(q_c.shape[2]))  # per step
         return lambda: page_list_attention(q_c, cache, kv.block_table, layout, wl, out=out,
-                                           geometry=geo, stats=stats)
+                                           geometry=geo, stats=stats, min_run=min_run)
     return lambda: sparse_attention(q_c, kv, layout, wl, out=out)
 
 
@@ -86,7 +88,7 @@ def run_layer(rows: list[dict], q, k, v, *, chunk: int, kernels, pattern: str, g
             else:
                 q_c = q[st["chunk_start"]:st["chunk_end"]]
                 attn_ms = bk.time_ms(sparse_step(kernel, q_c, kv, cache, st["layout"], st["wl"]))
-                if kernel == "fa3" and bk.DEVICE == "cuda":  # one more call, stage by stage
+                if kernel.startswith("fa3"):  # one more call, stage by stage (on a GPU)
                     stats: dict = {}
                     sparse_step(kernel, q_c, kv, cache, st["layout"], st["wl"], stats)()
                     row["fa3_stages_ms"] = {k: round(v, 3) for k, v in

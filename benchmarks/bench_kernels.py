@@ -277,6 +277,12 @@ def spot_error(q, k, v, wl, layout, out, scale, samples=6, seed=0) -> float:
     return err
 
 
+def fa3_min_run(kernel: str) -> int:
+    """``fa3`` -> 1, ``fa3/runN`` -> N: chunks of diagonal runs shorter than N stay on the
+    Triton pass (``page_list_attention``'s ``min_run``)."""
+    return int(kernel.partition("/run")[2] or 1)
+
+
 def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn, index_fn,
             wl_override=None, fa2=False, guard=None, extra=None, cache=None,
             kernels=("triton",)):
@@ -298,8 +304,8 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
     dens = density(wl, layout)
     out = torch.empty_like(q)
     page_density, stages = None, None
-    if kernel.startswith("fa3"):  # "fa3" or "fa3/runN": chunks of runs < N stay on Triton
-        min_run = int(kernel.partition("/run")[2] or 1)
+    if kernel.startswith("fa3"):
+        min_run = fa3_min_run(kernel)
         geo = PageGeometry.build(layout, n_heads, group_rows(d))  # once per step, as in vLLM
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
                                                       scale, out=out, min_run=min_run,

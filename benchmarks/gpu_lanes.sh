@@ -396,8 +396,9 @@ W1_estimate() {  # next session: the estimate's row statistics from one FA3 call
       --kernels triton --pattern vertical_slash_adaptive --estimate-stats $stats \
       --out $OUT/chunked_1m_adaptive_$stats.json
   done
-  timeout 170 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
-    --kernels fa3 --estimate-stats fa3 --out $OUT/chunked_1m_fixed_fa3.json  # + page density
+  # fixed budgets, keys FA3 computes per step (page density), isolated diagonals on Triton
+  timeout 200 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels fa3,fa3/run2 --estimate-stats fa3 --out $OUT/chunked_1m_fixed_fa3.json
 }
 W2_ttft() {  # next session: TTFT with the FA3 estimate statistics, 128K and 1M in 64K chunks
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
