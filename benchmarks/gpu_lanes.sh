@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_lanes.sh X1                 one GPU: chunked prefill at kernel level
 #   bash benchmarks/gpu_lanes.sh T1                 one GPU: per-step trace of vLLM prefills
 #   bash benchmarks/gpu_lanes.sh V1..V4             one GPU: guard that waits when unsure
-#   bash benchmarks/gpu_lanes.sh W1, W2             one GPU: estimate statistics from FA3
+#   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -410,6 +410,12 @@ W2_ttft() {  # next session: TTFT with the FA3 estimate statistics, 128K and 1M 
   timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
     --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
+W3_default_chunks() {  # vLLM's default 16K chunks with the FA3 estimate statistics
+  for cfg in "FLASH_ATTN" "minference --mode fixed --set estimate_stats=fa3"; do
+    timeout 120 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
+  done
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -486,6 +492,7 @@ case "$1" in
   V4) lane 0 V4_dummy; wait_lanes 360; jit_check ;;
   W1) lane 0 W1_estimate; wait_lanes 560 ;;
   W2) lane 0 W2_ttft; wait_lanes 580; jit_check ;;
+  W3) lane 0 W3_default_chunks; wait_lanes 260; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac
