@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_lanes.sh T1                 one GPU: per-step trace of vLLM prefills
 #   bash benchmarks/gpu_lanes.sh V1..V4             one GPU: guard that waits when unsure
 #   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
+#   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -416,6 +417,22 @@ W3_default_chunks() {  # vLLM's default 16K chunks with the FA3 estimate statist
       --out $OUT/ttft.json
   done
 }
+# Eighth session, second lease: FA3 row statistics saved nothing (W1), so where does the
+# estimate's time go?  Each pass on its own for several launch options, the loop without its
+# branch (first tile's diagonals added after it) against the package before that change
+# (its wheel in .whl/old/), then TTFT in adaptive mode where the estimate is a third.
+E1_estimate() {
+  timeout 150 python3 $B/tune_estimate.py --seq-lens 131072 1048576 \
+    --out $OUT/tune_estimate.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 70 python3 $B/tune_estimate.py \
+    --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
+  timeout 110 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed \
+    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -493,6 +510,7 @@ case "$1" in
   W1) lane 0 W1_estimate; wait_lanes 560 ;;
   W2) lane 0 W2_ttft; wait_lanes 580; jit_check ;;
   W3) lane 0 W3_default_chunks; wait_lanes 260; jit_check ;;
+  E1) lane 0 E1_estimate; wait_lanes 390; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

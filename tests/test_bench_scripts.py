@@ -395,6 +395,24 @@ def test_chunked_bench_runs_the_fa3_kernels_with_short_runs_on_triton(device, mo
         assert 0 < b["page_density"] <= a["page_density"]  # > 1 possible: whole group squares
 
 
+def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
+    """``tune_estimate``: one row per launch option, each option's sums equal to the first
+    option's, and the estimate's module settings back as they were afterwards."""
+    import tune_estimate
+    from vllm_minference.kernels.vertical_slash import estimate
+    before = (estimate.KEYS_PER_SPLIT, dict(estimate.LAUNCH))
+    options = [tune_estimate.parse_option(o) for o in ("s128w4", "s256w8n2")]
+    assert options[1] == dict(name="s256w8n2", keys_per_split=256,
+                              launch=dict(num_warps=8, num_stages=2))
+    with pytest.raises(SystemExit, match="s<keys>"):
+        tune_estimate.parse_option("w4")
+    rows: list[dict] = []
+    tune_estimate.time_shape(rows, 2, 1, 64, 700, options, "current", device)
+    assert [r["option"] for r in rows] == ["s128w4", "s256w8n2"]
+    assert all(r["max_diff_vs_first"] < 1e-5 and r["pass2_ms"] > 0 for r in rows)
+    assert (estimate.KEYS_PER_SPLIT, estimate.LAUNCH) == before
+
+
 def test_plot_labels_name_the_floors_briefly():
     long = "adaptive γ=0.95 adaptive_floor=0.25 adaptive_local=1024 adaptive_sinks=128"
     assert summarize_results.short_label(long) == "adaptive γ=0.95 fixed floor ×0.25 + A-shape floors"

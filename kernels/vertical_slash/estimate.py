@@ -31,6 +31,7 @@ from ..layout import KVSource, SeqLayout, kv_row_offsets
 LAST_Q = 64  # query rows the estimate uses
 KEY_TILE = 64
 KEYS_PER_SPLIT = 4096  # keys per program in both passes
+LAUNCH = dict(num_warps=4)  # launch options of both passes (benchmarks/tune_estimate.py)
 INVALID = -1  # padding of selected index lists
 FORCED = 1.0e6  # score floor of always-kept columns/diagonals
 
@@ -156,7 +157,8 @@ def _estimate_scores_kernel(
     # stores.  Only the first tile's and the last carry's 64 diagonals are shared with the
     # neighbouring key splits and need atomics.  (H100, 1M keys, 14 heads: both passes took
     # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile, 3.7 ms with
-    # one gather per tile, 2026-11-26.)
+    # one gather per tile, 2026-11-26.)  The loop body has no branch: the first tile's
+    # diagonals are kept aside and added with the last carry after it.
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
@@ -168,6 +170,7 @@ def _estimate_scores_kernel(
     k_begin = split * SPLIT
     k_end = tl.minimum(k_begin + SPLIT, kv_len)
     carry = tl.zeros([KEY_TILE], tl.float32)
+    first = tl.zeros([KEY_TILE], tl.float32)  # the first tile's diagonals: atomics after the loop
     for k0 in range(k_begin, k_end, KEY_TILE):
         s, k_idx, k_ok = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
                                                K, stride_kp, stride_kt, stride_kh, BT,
@@ -180,12 +183,13 @@ def _estimate_scores_kernel(
         carry = tl.sum(tl.where(up_ok, 0.0, skewed), axis=0)
         dist = kv_len - LAST - k0 + u
         d_ok = (dist >= 0) & (dist < kv_len)
-        if k0 == k_begin:
-            tl.atomic_add(SLASH + out + dist, upper, mask=d_ok, sem="relaxed")
-        else:
-            tl.store(SLASH + out + dist, upper, mask=d_ok)
+        tl.store(SLASH + out + dist, upper, mask=d_ok & (k0 != k_begin))
+        first = tl.where(k0 == k_begin, upper, first)
     n_tiles = tl.cdiv(k_end - k_begin, KEY_TILE)
-    dist = kv_len - LAST - (k_begin + n_tiles * KEY_TILE) + u  # the last tile's D - 64 + u
+    dist = kv_len - LAST - k_begin + u  # the first tile's D + u
+    d_ok = (dist >= 0) & (dist < kv_len) & (n_tiles > 0)
+    tl.atomic_add(SLASH + out + dist, first, mask=d_ok, sem="relaxed")
+    dist = dist - n_tiles * KEY_TILE  # the last tile's D - 64 + u
     d_ok = (dist >= 0) & (dist < kv_len) & (n_tiles > 0)
     tl.atomic_add(SLASH + out + dist, carry, mask=d_ok, sem="relaxed")
 
@@ -221,7 +225,7 @@ def estimate_vertical_slash(
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
     common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
                   KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype),
-                  num_warps=4)
+                  **LAUNCH)
     grid = (n_split, n_est, B)
     qk_scale = sm_scale * LOG2E
     if row_lse is not None:  # max = lse (log2 units), normaliser 1

@@ -1,0 +1,154 @@
+"""Where the Vertical-Slash estimate's time goes, and its launch options (GPU).
+
+At 1M keys the estimate (the last 64 queries of a prefill chunk against every key) took
+4.8-5.1 ms per layer and step on an H100, a third of an adaptive layer's sparse time, and
+one FA3 call for the row statistics instead of the first pass saved nothing (3.80 vs 3.89
+ms for the passes, 2026-11-26).  So this times each part on its own — pass 1 (row
+statistics), pass 2 (column and diagonal sums), FA3's row statistics, the top-k selection —
+for several launch options of the two passes (keys per program, warps, pipeline stages),
+and checks that every option gives the default option's sums.
+
+Inputs are random: the estimate computes every score whatever the attention looks like, so
+its time does not depend on it.  One row per (shape, keys, option).
+
+    python benchmarks/tune_estimate.py --seq-lens 131072 1048576 --out tune_estimate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_kernels as bk  # noqa: E402
+from timing import bench_ms  # noqa: E402
+
+from vllm_minference.kernels import SeqLayout, select_vertical_slash  # noqa: E402
+from vllm_minference.kernels.vertical_slash import estimate  # noqa: E402
+from vllm_minference.kernels.vertical_slash.estimate import (LAST_Q,  # noqa: E402
+                                                             estimate_vertical_slash)
+
+
+def parse_option(text: str) -> dict:
+    """``s4096w4`` / ``s2048w8n2``: keys per program, warps, optional pipeline stages."""
+    import re
+    m = re.fullmatch(r"s(\d+)w(\d+)(?:n(\d+))?", text)
+    if not m:
+        raise SystemExit(f"option {text!r} is not s<keys>w<warps>[n<stages>]")
+    launch = dict(num_warps=int(m[2]))
+    if m[3]:
+        launch["num_stages"] = int(m[3])
+    return dict(name=text, keys_per_split=int(m[1]), launch=launch)
+
+
+def apply_option(opt: dict | None) -> None:
+    """Set the estimate's launch options (the module constants the backend uses)."""
+    if opt is None:
+        return
+    estimate.KEYS_PER_SPLIT = opt["keys_per_split"]
+    estimate.LAUNCH = dict(opt["launch"])
+
+
+def row_stats_fn(q, kv, layout, heads):
+    """FA3's row statistics of the estimate rows (None where vLLM's FA3 is missing)."""
+    try:
+        from vllm_minference.kernels.vertical_slash.row_stats import estimate_row_lse
+        estimate_row_lse(q, kv, layout, heads)
+    except Exception as e:  # no vLLM / no Hopper: leave the FA3 column empty
+        print(f"FA3 row statistics unavailable: {e}", flush=True)
+        return None
+    return lambda: estimate_row_lse(q, kv, layout, heads)
+
+
+def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq_len: int,
+               options: list[dict | None], label: str, device: str) -> None:
+    g = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    q = torch.randn(LAST_Q, n_heads, head_dim, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(seq_len, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
+            for _ in range(2))
+    kv, _cache = bk.paged(k, v)
+    layout = SeqLayout.from_lengths([LAST_Q], [seq_len], device)  # the chunk's last rows
+    heads = torch.arange(n_heads, device=device)
+    stats_fn = row_stats_fn(q, kv, layout, heads) if device == "cuda" else None
+    base = dict(label=label, q_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim,
+                seq_len=seq_len)
+    saved = (estimate.KEYS_PER_SPLIT, dict(getattr(estimate, "LAUNCH", {})))
+    reference = None
+    try:
+        for opt in options:
+            apply_option(opt)
+            vert, slash = estimate_vertical_slash(q, kv, layout, heads)
+            if reference is None:
+                reference = (vert, slash)
+            err = max(float((a - b).abs().max()) for a, b in zip((vert, slash), reference))
+            lse = stats_fn() if stats_fn is not None else _row_lse_reference(q, k, heads)
+            row = dict(base, option=opt["name"] if opt else "default",
+                       both_passes_ms=bench_ms(
+                           lambda: estimate_vertical_slash(q, kv, layout, heads)),
+                       pass2_ms=bench_ms(
+                           lambda: estimate_vertical_slash(q, kv, layout, heads, row_lse=lse)),
+                       max_diff_vs_first=err)
+            row["pass1_ms"] = row["both_passes_ms"] - row["pass2_ms"]
+            if stats_fn is not None:
+                row["fa3_row_stats_ms"] = bench_ms(stats_fn)
+            budget = torch.full((n_heads,), 1000, device=device), torch.full(
+                (n_heads,), 6096, device=device)
+            row["select_ms"] = bench_ms(lambda: select_vertical_slash(
+                vert, slash, layout, budget[0], budget[1], 1000, 6096))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        estimate.KEYS_PER_SPLIT = saved[0]
+        if hasattr(estimate, "LAUNCH"):
+            estimate.LAUNCH = saved[1]
+
+
+def _row_lse_reference(q, k, heads):
+    """Natural-log log-sum-exp of the estimate rows in PyTorch, where FA3 is missing (the
+    pass-2-only timing's input: CPU smoke tests)."""
+    n = k.shape[0]
+    group = q.shape[1] // k.shape[1]
+    kk = k.float().repeat_interleave(group, dim=1)[:, heads]  # [L, H, D]
+    s = torch.einsum("qhd,khd->hqk", q[:, heads].float(), kk) * q.shape[-1] ** -0.5
+    pos = torch.arange(n - LAST_Q, n, device=q.device)
+    s = s.masked_fill(torch.arange(n, device=q.device)[None, None, :] > pos[None, :, None],
+                      float("-inf"))
+    return torch.logsumexp(s, -1)[None]  # [1, H, 64]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[131072, 1048576])
+    ap.add_argument("--shapes", default="14/2/64,32/8/128",
+                    help="q_heads/kv_heads/head_dim, comma separated")
+    ap.add_argument("--options", default="s4096w4,s2048w4,s8192w4,s4096w8,s4096w4n1,s4096w4n2",
+                    help="launch options (first = reference for the sums); 'default' alone "
+                         "keeps the package's own (for an older package without LAUNCH)")
+    ap.add_argument("--label", default="current", help="names the package version in rows")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    bk.DEVICE = args.device
+    options = [None if o == "default" else parse_option(o) for o in args.options.split(",")]
+    rows: list[dict] = []
+    try:
+        for shape in args.shapes.split(","):
+            h, hk, d = (int(x) for x in shape.split("/"))
+            for n in args.seq_lens:
+                time_shape(rows, h, hk, d, n, options, args.label, args.device)
+    finally:
+        old = []
+        if os.path.exists(args.out):
+            with open(args.out) as f:
+                old = json.load(f)
+        with open(args.out, "w") as f:
+            json.dump(old + rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
