@@ -411,22 +411,45 @@ def chunked_table(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "step"):
         if "attn_ms" not in r:
-            out.append(f"| {r['pattern']} | {r['kernel']} | {fmt_len(r['chunk_end'])} | "
+            out.append(f"| {r['pattern']} | {kernel_label(r)} | {fmt_len(r['chunk_end'])} | "
                        f"{r['path']} | | {r['dense_ms']:.1f} | | | | | |")
             continue
         st = r.get("fa3_stages_ms") or {}
         stages = " / ".join(f"{st[k]:.1f}" for k in ("fa3", "columns", "tables") if k in st)
         eff = r["dense_ms"] * r["density"] / r["sparse_ms"]
         pages = f" ({r['page_density']:.3f})" if "page_density" in r else ""
-        out.append(f"| {r['pattern']} | {r['kernel']} | {fmt_len(r['chunk_end'])} | {r['path']} | "
+        out.append(f"| {r['pattern']} | {kernel_label(r)} | {fmt_len(r['chunk_end'])} | {r['path']} | "
                    f"{r['density']:.3f}{pages} | {r['dense_ms']:.1f} | {r['estimate_ms']:.2f} | "
                    f"{r['index_ms']:.2f} | {r['attn_ms']:.1f} | {stages} | {eff:.2f} |")
     for r in (r for r in rows if r["kind"] == "prompt"):
-        out.append(f"| {r['pattern']} | {r['kernel']} | prompt {fmt_len(r['seq_len'])} in "
+        out.append(f"| {r['pattern']} | {kernel_label(r)} | prompt {fmt_len(r['seq_len'])} in "
                    f"{fmt_len(r['chunk'])} chunks | {r['sparse_steps']}/{r['steps']} steps sparse "
                    f"| | {r['dense_ms']:.1f} | | | {r['total_ms']:.1f} | | "
                    f"{r['speedup']:.2f}x |")
     return "\n".join(out)
+
+
+def estimate_table(rows: list[dict]) -> str:
+    """tune_estimate rows: the estimate's parts per (package, shape, keys, launch option)."""
+    out = ["| package | shape | keys | option | pass 1 ms | pass 2 ms | both passes ms | "
+           "FA3 row stats ms | top-k selection ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fa3 = f"{r['fa3_row_stats_ms']:.2f}" if r.get("fa3_row_stats_ms") is not None else ""
+        out.append(f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
+                   f"{fmt_len(r['seq_len'])} | {r['option']} | {r['pass1_ms']:.2f} | "
+                   f"{r['pass2_ms']:.2f} | {r['both_passes_ms']:.2f} | {fa3} | "
+                   f"{r['select_ms']:.2f} |")
+    return "\n".join(out)
+
+
+def chunked_rows(path: str) -> list[dict]:
+    """bench_chunked rows, each tagged with its file's source of the row statistics."""
+    d = load(path)
+    return [dict(r, estimate_stats=d.get("estimate_stats", "triton")) for r in d["rows"]]
+
+
+def kernel_label(r: dict) -> str:
+    return r["kernel"] + (", FA3 row stats" if r.get("estimate_stats") == "fa3" else "")
 
 
 def main() -> None:
@@ -514,7 +537,12 @@ def main() -> None:
     cpaths = sorted(glob.glob(os.path.join(args.raw, "*chunked*.json")))
     if cpaths:
         md += ["### A long prompt step by step (kernel level, one layer, bench_chunked.py)", "",
-               chunked_table([r for p in cpaths for r in load(p)["rows"]]), ""]
+               chunked_table([r for p in cpaths for r in chunked_rows(p)]), ""]
+    epaths = sorted(glob.glob(os.path.join(args.raw, "*tune_estimate*.json")))
+    if epaths:
+        md += ["### The Vertical-Slash estimate, part by part (tune_estimate.py, random Q/K, "
+               "the last 64 queries against every key)", "",
+               estimate_table([r for p in epaths for r in load(p)]), ""]
     for p in sorted(glob.glob(os.path.join(args.raw, "*trace*.jsonl"))):
         prompt = trace_steps.prompts_of(trace_steps.steps_of(trace_steps.load(p)))[-1]
         md += [f"Trace `{os.path.basename(p)}` (last prompt; ms of all layers per step, one "

@@ -158,7 +158,9 @@ def _estimate_scores_kernel(
     # neighbouring key splits and need atomics.  (H100, 1M keys, 14 heads: both passes took
     # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile, 3.7 ms with
     # one gather per tile, 2026-11-26.)  The loop body has no branch: the first tile's
-    # diagonals are kept aside and added with the last carry after it.
+    # diagonals are kept aside and added with the last carry after it (same speed as the
+    # in-loop atomic, 3.70 vs 3.67 ms at 1M keys; more warps, other splits or pipeline
+    # stages were not faster either: benchmarks/tune_estimate.py).
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
