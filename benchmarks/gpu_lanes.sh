@@ -388,7 +388,7 @@ V3_steps() {  # a 1M prompt step by step at kernel level: fixed on fa3, adaptive
   timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
     --kernels triton --pattern vertical_slash_adaptive --out $OUT/chunked_1m_adaptive.json
 }
-W1_estimate() {  # next session: the estimate's row statistics from one FA3 call vs the
+W1_estimate() {  # eighth session: the estimate's row statistics from one FA3 call vs the
   # first Triton pass (GPU test against the two passes, then a 1M prompt step by step)
   (cd /tmp && timeout 120 python3 -m pytest -q -x -p no:cacheprovider \
      $OLDPWD/tests/test_vertical_slash.py -k "fa3_row or estimate") > $OUT/gpu_tests.log 2>&1
@@ -401,7 +401,7 @@ W1_estimate() {  # next session: the estimate's row statistics from one FA3 call
   timeout 200 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
     --kernels fa3,fa3/run2 --estimate-stats fa3 --out $OUT/chunked_1m_fixed_fa3.json
 }
-W2_ttft() {  # next session: TTFT with the FA3 estimate statistics, 128K and 1M in 64K chunks
+W2_ttft() {  # eighth session: TTFT with the FA3 estimate statistics, 128K and 1M in 64K chunks
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
   for cfg in "--mode adaptive $FLOORS" "--mode fixed"; do
