@@ -19,7 +19,7 @@ asks vLLM for (``--page`` 16 measures vLLM's generic default).  ``--kernels`` pi
 computes the key tiles: ``triton`` (this package's kernel), ``fa3`` (FlashAttention-3 over
 per-(head, row group) page lists, :mod:`vllm_minference.kernels.page_lists`), or both (rows
 with ``kernel`` = each; ``page_density`` = keys FA3 computes over the causal area).  Writes JSON rows
-(see README "Kernel results") and prints a table.
+(tables: ``summarize_results.py``, benchmarks/results/HISTORY.md) and prints a table.
 
     python benchmarks/bench_kernels.py --seq-lens 32768 131072 --out kernels.json
 """

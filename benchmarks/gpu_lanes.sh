@@ -14,7 +14,7 @@
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
 # are JSON files under $OUT; all logs go into one $OUT/logs-<call>.tgz (the device tool
 # brings back at most 8 files).  Modes are explicit: the 2026-11-25 run was
-# made when adaptive was the default (see README, Results).
+# made when adaptive was the default (see benchmarks/results/HISTORY.md).
 . benchmarks/gpu_prelude.sh
 export PYTHONUNBUFFERED=1 VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 LOGS=/tmp/lanelogs-$1
