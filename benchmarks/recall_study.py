@@ -41,11 +41,13 @@ from vllm_minference.search import (block_recalls, capture_attention, sample_blo
 BUDGET = (1000, 6096)
 
 
-def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[float] = ()) -> dict:
+def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[float] = (),
+          part_floors: bool = False) -> dict:
     """name -> select(vertical, slash, layout, H) returning (cols, n_cols, diags, n_diags)."""
-    def fixed_rule(scale):
+    def fixed_rule(scale, parts=(1.0, 1.0)):
         def fixed(v, s, layout, H):
-            a, b = round(BUDGET[0] * scale), round(BUDGET[1] * scale)
+            a = max(30, round(BUDGET[0] * scale * parts[0]))  # never below the forced lines
+            b = max(100, round(BUDGET[1] * scale * parts[1]))
             return select_vertical_slash(v, s, layout, torch.full((H,), a), torch.full((H,), b),
                                          a, b)
         return fixed
@@ -83,6 +85,14 @@ def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[floa
                                (gammas[1], 128, 1024, " + A-shape floor")):
             ad = adaptive_rule(g, keep_first=kf, keep_diag=kd)
             out[f"adaptive g={g}{tag} + fixed x{f} floor"] = (
+                lambda v, s, layout, H, ad=ad, floor=floor:
+                adaptive.union_selections(ad(v, s, layout, H), floor(v, s, layout, H)))
+    if part_floors:  # which half of MInference's top-k carries what the adaptive rule misses:
+        # its 1000 columns alone (a column costs a row one key) or its 6096 diagonals alone
+        ad = adaptive_rule(gammas[1], keep_first=128, keep_diag=1024)
+        for part, parts in (("columns", (1.0, 0.0)), ("diagonals", (0.0, 1.0))):
+            floor = fixed_rule(1.0, parts)
+            out[f"adaptive g={gammas[1]} + A-shape floor + fixed {part} part floor"] = (
                 lambda v, s, layout, H, ad=ad, floor=floor:
                 adaptive.union_selections(ad(v, s, layout, H), floor(v, s, layout, H)))
     return out
@@ -285,6 +295,9 @@ def main() -> None:
                     help="measure only the rules whose names contain one of these")
     ap.add_argument("--floor-scales", type=float, nargs="*", default=[],
                     help="adaptive selection over a fixed-budget floor at these scales")
+    ap.add_argument("--part-floors", action="store_true",
+                    help="adaptive + A-shape floors over MInference's columns alone and over "
+                         "its diagonals alone")
     ap.add_argument("--chunk", type=int, default=None,
                     help="estimate per prefill chunk of this many tokens, as vLLM's chunked "
                          "prefill does (default: one estimate from the prompt's last rows)")
@@ -314,7 +327,7 @@ def main() -> None:
     with torch.no_grad(), capture_attention(on_layer, attend=chunked_causal_attention):
         model.model(torch.tensor([ids]), use_cache=False)
     print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
-    fns = rules(args.gammas, args.scales, args.floor_scales)
+    fns = rules(args.gammas, args.scales, args.floor_scales, args.part_floors)
     if args.only:
         fns = {n: fn for n, fn in fns.items() if any(o in n for o in args.only)}
     from vllm_minference.profiles import load_profile, locate_profile

@@ -187,6 +187,32 @@ def test_recall_study_key_sets_match_the_index_builder(device):
     assert torch.equal(ours, theirs)
 
 
+def test_recall_study_part_floors_add_only_their_half_of_the_fixed_budget():
+    """``--part-floors``: the adaptive selection plus MInference's columns alone keeps the
+    adaptive diagonals and at least the fixed columns; plus its diagonals alone, the reverse."""
+    import torch
+    import recall_study
+    from vllm_minference.kernels import SeqLayout
+    g = torch.Generator().manual_seed(0)
+    N, H = 20000, 2
+    layout = SeqLayout.from_lengths([64], [N], "cpu")
+    v, s = (torch.rand(1, H, N, generator=g) ** 8 for _ in range(2))
+    fns = recall_study.rules([0.9, 0.95, 0.99], part_floors=True)
+    base = fns["A-shape floor only (128 + 1024)"](v, s, layout, H)
+    ad = recall_study.rules([0.9, 0.95, 0.99])["adaptive g=0.95 + A-shape floor"](v, s, layout, H)
+    cols = fns["adaptive g=0.95 + A-shape floor + fixed columns part floor"](v, s, layout, H)
+    diags = fns["adaptive g=0.95 + A-shape floor + fixed diagonals part floor"](v, s, layout, H)
+    def lines(sel, kind, h):  # kind 0: columns, 2: diagonals
+        return set(sel[kind][0, h, :int(sel[kind + 1][0, h])].tolist())
+    for h in range(H):
+        assert len(lines(cols, 0, h)) >= 1000 and lines(ad, 0, h) <= lines(cols, 0, h)
+        extra = lines(cols, 2, h) - lines(ad, 2, h)  # only the always-kept nearest diagonals
+        assert lines(ad, 2, h) <= lines(cols, 2, h) and all(d < 100 for d in extra)
+        assert lines(diags, 0, h) - lines(ad, 0, h) <= set(range(30))  # the forced first keys
+        assert len(lines(diags, 2, h) - lines(ad, 2, h)) > 1000
+    assert torch.all(base[1] <= ad[1])
+
+
 def test_recall_study_block_sparse_keys_match_the_block_sparse_lists(device):
     """The study's torch reading of Block-Sparse heads equals the kernels' work lists."""
     import torch
