@@ -146,9 +146,11 @@ def score(answer: str, expect: list[str]) -> float:
 
 
 def build_suite(tok, lengths, depths, seeds, ruler_lengths, ruler_samples,
-                max_len: int = ROPE_LIMIT) -> list[dict]:
+                max_len: int = ROPE_LIMIT, ruler_first: int = 0) -> list[dict]:
     """Every prompt of the suite; a length at the engine's limit gets prompts ``ANSWER_ROOM``
-    tokens shorter (prompt + answer must stay inside the rope table)."""
+    tokens shorter (prompt + answer must stay inside the rope table).  RULER samples are
+    ``ruler_first ... ruler_first + ruler_samples - 1``: a later run adds new prompts to a
+    cell instead of repeating the first ones."""
     pm = PromptMaker(tok)
     items = []
 
@@ -164,7 +166,7 @@ def build_suite(tok, lengths, depths, seeds, ruler_lengths, ruler_samples,
               "variable_tracking": variable_tracking, "common_words": common_words}
     for n in ruler_lengths:
         for name, make in makers.items():
-            for s in range(ruler_samples):
+            for s in range(ruler_first, ruler_first + ruler_samples):
                 it = make(pm, fit(n), random.Random(f"{name}-{n}-{s}"))
                 items.append(dict(it, length=n, depth=None, seed=s))
     return items
@@ -179,6 +181,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--ruler-lengths", type=int, nargs="*", default=[16384, 32768, 131072])
     ap.add_argument("--ruler-samples", type=int, default=3)
+    ap.add_argument("--ruler-first-sample", type=int, default=0,
+                    help="index of the first RULER sample (12 after a 12-sample run: new "
+                         "prompts, so that the two runs together have more samples per cell)")
     ap.add_argument("--mode", choices=["adaptive", "fixed"], default=None)
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--budget-scale", type=float, default=None)
@@ -212,7 +217,8 @@ def main() -> None:
     kw.update(chunk_setting(args))
     llm = LLM(model=args.model, **kw)
     items = build_suite(llm.get_tokenizer(), args.lengths, args.depths, args.seeds,
-                        args.ruler_lengths, args.ruler_samples, max_len)
+                        args.ruler_lengths, args.ruler_samples, max_len,
+                        args.ruler_first_sample)
     too_long = [it for it in items if len(llm.get_tokenizer().encode(it["prompt"]))
                 > max_len - it["max_tokens"]]
     if too_long:  # never let one prompt fail the whole batch

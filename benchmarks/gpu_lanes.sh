@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_lanes.sh V1..V4             one GPU: guard that waits when unsure
 #   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
 #   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
+#   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -433,6 +434,20 @@ E1_estimate() {
   timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed \
     --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
+# Next session: is fixed-budget accuracy at 128K within a point of dense?  12 samples per
+# cell (sixth session: 3 prompts higher, 8 lower of 70, p = 0.23) cannot tell; these add 24
+# new RULER samples and two new passkey seeds per cell (118 prompts), paired prompt by prompt
+# with the same prompts on FLASH_ATTN; copy L1-M4/L0 files of raw-h100x1-2026-11-26e next to
+# them so that summarize_results' sign test counts all 188 prompts.
+MORE128="--lengths 131072 --ruler-lengths 131072 --seeds 2 3 --ruler-first-sample 12 --ruler-samples 24"
+A1_dense128_more() {
+  timeout 560 python3 $B/bench_accuracy.py --backend FLASH_ATTN $MORE128 \
+    --out $OUT/accuracy_128k_more.json
+}
+A2_fixed128_more() {  # every default (min_sparse_len 64K, 16K chunks), as in M4
+  timeout 560 python3 $B/bench_accuracy.py --backend minference --mode fixed $MORE128 \
+    --out $OUT/accuracy_128k_more_defaults.json
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -511,6 +526,8 @@ case "$1" in
   W2) lane 0 W2_ttft; wait_lanes 580; jit_check ;;
   W3) lane 0 W3_default_chunks; wait_lanes 260; jit_check ;;
   E1) lane 0 E1_estimate; wait_lanes 390; jit_check ;;
+  A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
+  A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
   *) echo "unknown call $1"; exit 2 ;;
 esac

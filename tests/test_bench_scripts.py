@@ -33,6 +33,19 @@ def test_accuracy_prompts_fit_their_length_and_hold_the_answer():
     assert [a["prompt"] for a in again] == [a["prompt"] for a in items]  # fixed seeds
 
 
+def test_later_ruler_samples_are_new_prompts_that_extend_a_run():
+    """``--ruler-first-sample 2`` builds samples 2 and 3: the ones a 4-sample run would have
+    built after the first two, none of which a 2-sample run already had."""
+    tok = WordTokenizer()
+    first = bench_accuracy.build_suite(tok, [], [], [], [4096], 2)
+    later = bench_accuracy.build_suite(tok, [], [], [], [4096], 2, ruler_first=2)
+    whole = bench_accuracy.build_suite(tok, [], [], [], [4096], 4)
+    assert sorted({it["seed"] for it in later}) == [2, 3]
+    assert {it["prompt"] for it in first}.isdisjoint(it["prompt"] for it in later)
+    key = lambda it: (it["task"], it["seed"], it["prompt"])  # noqa: E731
+    assert sorted(map(key, first + later)) == sorted(map(key, whole))
+
+
 def test_accuracy_prompts_at_the_rope_limit_leave_room_for_the_answer():
     """A 131K prompt + its answer ran past YaRN x4's 131072 positions and killed vLLM's
     engine (device-side assert, H100): prompts at the limit are built shorter."""
