@@ -83,19 +83,21 @@ def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[floa
         floor = fixed_rule(f)
         for g, kf, kd, tag in ((gammas[1], 30, 100, ""),
                                (gammas[1], 128, 1024, " + A-shape floor")):
-            ad = adaptive_rule(g, keep_first=kf, keep_diag=kd)
-            out[f"adaptive g={g}{tag} + fixed x{f} floor"] = (
-                lambda v, s, layout, H, ad=ad, floor=floor:
-                adaptive.union_selections(ad(v, s, layout, H), floor(v, s, layout, H)))
+            out[f"adaptive g={g}{tag} + fixed x{f} floor"] = union_rule(
+                adaptive_rule(g, keep_first=kf, keep_diag=kd), floor)
     if part_floors:  # which half of MInference's top-k carries what the adaptive rule misses:
         # its 1000 columns alone (a column costs a row one key) or its 6096 diagonals alone
         ad = adaptive_rule(gammas[1], keep_first=128, keep_diag=1024)
         for part, parts in (("columns", (1.0, 0.0)), ("diagonals", (0.0, 1.0))):
-            floor = fixed_rule(1.0, parts)
             out[f"adaptive g={gammas[1]} + A-shape floor + fixed {part} part floor"] = (
-                lambda v, s, layout, H, ad=ad, floor=floor:
-                adaptive.union_selections(ad(v, s, layout, H), floor(v, s, layout, H)))
+                union_rule(ad, fixed_rule(1.0, parts)))
     return out
+
+
+def union_rule(rule, floor):
+    """A rule that keeps the lines of both ``rule`` and ``floor``."""
+    return lambda v, s, layout, H: adaptive.union_selections(rule(v, s, layout, H),
+                                                            floor(v, s, layout, H))
 
 
 MULTI = "[4-block estimate]"

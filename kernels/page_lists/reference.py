@@ -46,8 +46,9 @@ def _block_keys(desc_row, chunks, cols, last: int, runs: list[int] | None = None
 
 
 def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
-                    g: int, min_run: int = 1) -> list[int]:
-    """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence."""
+                    g: int, min_run: int = 1, runs: list[int] | None = None) -> list[int]:
+    """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence
+    (``runs``: the pool's :func:`run_lengths`, if the caller has them already)."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
@@ -55,7 +56,8 @@ def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int
     g_first, g_last = ctx + g * rows_per_group, ctx + min((g + 1) * rows_per_group, q_len) - 1
     subs = set(range(g_first // SUB, g_last // SUB + 1))
     bpg = rows_per_group // BLOCK_M
-    runs = run_lengths(chunks)
+    if runs is None and min_run > 1:  # with min_run 1 every chunk goes to the pages
+        runs = run_lengths(chunks)
     for m in range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M)):
         last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
         keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
@@ -71,10 +73,10 @@ def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
     desc, chunks, cols = wl.desc[h].cpu(), wl.chunks.cpu(), wl.cols.cpu()
     mask = torch.zeros(q_len, kv_len, dtype=torch.bool)
-    runs = run_lengths(chunks)
+    runs = run_lengths(chunks) if min_run > 1 else None  # once, not once per group
     for g in range((q_len + rows_per_group - 1) // rows_per_group):
         r0, r1 = g * rows_per_group, min((g + 1) * rows_per_group, q_len)
-        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g, min_run):
+        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g, min_run, runs):
             mask[r0:r1, s * SUB:min((s + 1) * SUB, kv_len)] = True
         for m in range(r0 // BLOCK_M, (r1 + BLOCK_M - 1) // BLOCK_M):
             last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
