@@ -33,16 +33,23 @@ from vllm_minference.kernels.vertical_slash.estimate import (LAST_Q,  # noqa: E4
                                                              estimate_vertical_slash)
 
 
+def _launch(warps: str, stages: str | None) -> dict:
+    launch = dict(num_warps=int(warps))
+    if stages:
+        launch["num_stages"] = int(stages)
+    return launch
+
+
 def parse_option(text: str) -> dict:
-    """``s4096w4`` / ``s2048w8n2``: keys per program, warps, optional pipeline stages."""
+    """``s4096w4`` / ``s2048w8n2`` / ``s4096w4:w2``: keys per program, warps, optional
+    pipeline stages; after ``:`` pass 2's own warps and stages (else pass 1's)."""
     import re
-    m = re.fullmatch(r"s(\d+)w(\d+)(?:n(\d+))?", text)
+    m = re.fullmatch(r"s(\d+)w(\d+)(?:n(\d+))?(?::w(\d+)(?:n(\d+))?)?", text)
     if not m:
-        raise SystemExit(f"option {text!r} is not s<keys>w<warps>[n<stages>]")
-    launch = dict(num_warps=int(m[2]))
-    if m[3]:
-        launch["num_stages"] = int(m[3])
-    return dict(name=text, keys_per_split=int(m[1]), launch=launch)
+        raise SystemExit(f"option {text!r} is not s<keys>w<warps>[n<stages>][:w<warps>[n<stages>]]")
+    stats = _launch(m[2], m[3])
+    sums = _launch(m[4], m[5]) if m[4] else dict(stats)
+    return dict(name=text, keys_per_split=int(m[1]), stats=stats, sums=sums)
 
 
 def apply_option(opt: dict | None) -> None:
@@ -50,7 +57,19 @@ def apply_option(opt: dict | None) -> None:
     if opt is None:
         return
     estimate.KEYS_PER_SPLIT = opt["keys_per_split"]
-    estimate.LAUNCH = dict(opt["launch"])
+    estimate.LAUNCH_STATS = dict(opt["stats"])
+    estimate.LAUNCH_SUMS = dict(opt["sums"])
+
+
+def _saved_options() -> tuple:
+    return (estimate.KEYS_PER_SPLIT, dict(getattr(estimate, "LAUNCH_STATS", {})),
+            dict(getattr(estimate, "LAUNCH_SUMS", {})))
+
+
+def _restore_options(saved: tuple) -> None:
+    estimate.KEYS_PER_SPLIT = saved[0]
+    if hasattr(estimate, "LAUNCH_STATS"):
+        estimate.LAUNCH_STATS, estimate.LAUNCH_SUMS = saved[1], saved[2]
 
 
 def row_stats_fn(q, kv, layout, heads):
@@ -78,7 +97,7 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
     base = dict(label=label, q_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim,
                 seq_len=seq_len)
     lse = stats_fn() if stats_fn is not None else _row_lse_reference(q, k, heads)
-    saved = (estimate.KEYS_PER_SPLIT, dict(getattr(estimate, "LAUNCH", {})))
+    saved = _saved_options()
     try:
         apply_option(options[0])
         reference = estimate_vertical_slash(q, kv, layout, heads)
@@ -103,9 +122,7 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        estimate.KEYS_PER_SPLIT = saved[0]
-        if hasattr(estimate, "LAUNCH"):
-            estimate.LAUNCH = saved[1]
+        _restore_options(saved)
 
 
 def _row_lse_reference(q, k, heads):
@@ -126,9 +143,9 @@ def main() -> None:
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[131072, 1048576])
     ap.add_argument("--shapes", default="14/2/64,32/8/128",
                     help="q_heads/kv_heads/head_dim, comma separated")
-    ap.add_argument("--options", default="s4096w4,s2048w4,s8192w4,s4096w8,s4096w4n1,s4096w4n2",
+    ap.add_argument("--options", default="s4096w4:w2,s4096w4,s4096w2,s4096w1,s2048w4:w2,s8192w4:w2",
                     help="launch options (first = reference for the sums); 'default' alone "
-                         "keeps the package's own (for an older package without LAUNCH)")
+                         "keeps the package's own (for an older package without LAUNCH_*)")
     ap.add_argument("--label", default="current", help="names the package version in rows")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)

@@ -439,17 +439,18 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     option's, and the estimate's module settings back as they were afterwards."""
     import tune_estimate
     from vllm_minference.kernels.vertical_slash import estimate
-    before = (estimate.KEYS_PER_SPLIT, dict(estimate.LAUNCH))
-    options = [tune_estimate.parse_option(o) for o in ("s128w4", "s256w8n2")]
-    assert options[1] == dict(name="s256w8n2", keys_per_split=256,
-                              launch=dict(num_warps=8, num_stages=2))
+    before = tune_estimate._saved_options()
+    options = [tune_estimate.parse_option(o) for o in ("s128w4", "s256w8n2:w2")]
+    assert options[1] == dict(name="s256w8n2:w2", keys_per_split=256,
+                              stats=dict(num_warps=8, num_stages=2), sums=dict(num_warps=2))
+    assert options[0]["sums"] == options[0]["stats"] == dict(num_warps=4)
     with pytest.raises(SystemExit, match="s<keys>"):
         tune_estimate.parse_option("w4")
     rows: list[dict] = []
     tune_estimate.time_shape(rows, 2, 1, 64, 700, options, "current", device)
-    assert [r["option"] for r in rows] == ["s128w4", "s256w8n2"]
+    assert [r["option"] for r in rows] == ["s128w4", "s256w8n2:w2"]
     assert all(r["max_diff_vs_first"] < 1e-5 and r["pass2_ms"] > 0 for r in rows)
-    assert (estimate.KEYS_PER_SPLIT, estimate.LAUNCH) == before
+    assert tune_estimate._saved_options() == before
 
 
 def test_plot_labels_name_the_floors_briefly():

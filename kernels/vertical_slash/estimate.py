@@ -31,7 +31,13 @@ from ..layout import KVSource, SeqLayout, kv_row_offsets
 LAST_Q = 64  # query rows the estimate uses
 KEY_TILE = 64
 KEYS_PER_SPLIT = 4096  # keys per program in both passes
-LAUNCH = dict(num_warps=4)  # launch options of both passes (benchmarks/tune_estimate.py)
+# Launch options of pass 1 (row statistics) and pass 2 (column and diagonal sums), from
+# benchmarks/tune_estimate.py on an H100 (2026-11-26): pass 2 is bound by its skewed gather
+# and its row reductions across warps, and runs 1.3-1.5x faster on 2 warps than on 4
+# (14/2 heads d64, 1M keys: 1.95 vs 2.86 ms; 32/8 d128: 5.5 vs 7.4 ms); pass 1 is
+# fastest on 4 (1 warp spills at head dim 128).
+LAUNCH_STATS = dict(num_warps=4)
+LAUNCH_SUMS = dict(num_warps=2)
 INVALID = -1  # padding of selected index lists
 FORCED = 1.0e6  # score floor of always-kept columns/diagonals
 
@@ -159,8 +165,10 @@ def _estimate_scores_kernel(
     # 4.9 ms with one atomic per diagonal, 4.1-4.2 ms with two gathers per tile, 3.7 ms with
     # one gather per tile, 2026-11-26.)  The loop body has no branch: the first tile's
     # diagonals are kept aside and added with the last carry after it (same speed as the
-    # in-loop atomic, 3.70 vs 3.67 ms at 1M keys; more warps, other splits or pipeline
-    # stages were not faster either: benchmarks/tune_estimate.py).
+    # in-loop atomic, 3.70 vs 3.67 ms at 1M keys; other splits or pipeline stages were not
+    # faster either, fewer warps were: LAUNCH_SUMS).  Neither a skew through a scratch tile
+    # in global memory, nor a gather of fp16 probabilities, nor four 16-row dots with
+    # shifted keys (a 16-row residual skew) beat the one gather (.probe, 2026-11-26).
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
@@ -226,8 +234,7 @@ def estimate_vertical_slash(
     kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
     common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
-                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype),
-                  **LAUNCH)
+                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype))
     grid = (n_split, n_est, B)
     qk_scale = sm_scale * LOG2E
     if row_lse is not None:  # max = lse (log2 units), normaliser 1
@@ -239,7 +246,7 @@ def estimate_vertical_slash(
         _estimate_stats_kernel[grid](
             q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
-            M_OUT=m_part, L_OUT=l_part, **common)
+            M_OUT=m_part, L_OUT=l_part, **common, **LAUNCH_STATS)
         m_row = torch.empty(B, n_est, LAST_Q, dtype=torch.float32, device=q.device)
         l_row = torch.empty_like(m_row)
         _estimate_combine_kernel[(n_est, B)](m_part, l_part, m_row, l_row, n_split,
@@ -248,7 +255,7 @@ def estimate_vertical_slash(
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
         M_ROW=m_row, L_ROW=l_row, VERT=vertical, SLASH=slash,
-        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common)
+        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common, **LAUNCH_SUMS)
     return vertical, slash
 
 
