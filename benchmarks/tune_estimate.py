@@ -4,9 +4,9 @@ At 1M keys the estimate (the last 64 queries of a prefill chunk against every ke
 4.8-5.1 ms per layer and step on an H100, a third of an adaptive layer's sparse time, and
 one FA3 call for the row statistics instead of the first pass saved nothing (3.80 vs 3.89
 ms for the passes, 2026-11-26).  So this times each part on its own — pass 1 (row
-statistics), pass 2 (column and diagonal sums), FA3's row statistics, the top-k selection —
-for several launch options of the two passes (keys per program, warps, pipeline stages),
-and checks that every option gives the default option's sums.
+statistics), pass 2 (column and diagonal sums), FA3's row statistics, the fixed top-k and
+the adaptive selections — for several launch options of the two passes (keys per program,
+warps, pipeline stages), and checks that every option gives the default option's sums.
 
 Inputs are random: the estimate computes every score whatever the attention looks like, so
 its time does not depend on it.  One row per (shape, keys, option).
@@ -29,8 +29,12 @@ from timing import bench_ms  # noqa: E402
 
 from vllm_minference.kernels import SeqLayout, select_vertical_slash  # noqa: E402
 from vllm_minference.kernels.vertical_slash import estimate  # noqa: E402
+from vllm_minference.kernels.vertical_slash.adaptive import select_adaptive  # noqa: E402
 from vllm_minference.kernels.vertical_slash.estimate import (LAST_Q,  # noqa: E402
                                                              estimate_vertical_slash)
+
+
+ADAPTIVE_GAMMA = 0.95  # the backend's default target (vllm_minference.config)
 
 
 def _launch(warps: str, stages: str | None) -> dict:
@@ -105,7 +109,10 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
         budget = torch.full((n_heads,), 1000, device=device), torch.full(
             (n_heads,), 6096, device=device)
         shared = dict(select_ms=bench_ms(lambda: select_vertical_slash(
-            *reference, layout, budget[0], budget[1], 1000, 6096)))
+            *reference, layout, budget[0], budget[1], 1000, 6096)),
+            adaptive_select_ms=bench_ms(lambda: select_adaptive(
+                *reference, layout, budget[0], budget[1], 1000, 6096, gamma=ADAPTIVE_GAMMA,
+                keep_first=128, keep_diag=1024)))  # the A-shape floors of the measured mode
         if stats_fn is not None:
             shared["fa3_row_stats_ms"] = bench_ms(stats_fn)
         for opt in options:

@@ -163,11 +163,22 @@ def select_vertical_slash_reference(vertical: torch.Tensor, slash: torch.Tensor,
 # each other at a cut, either may be kept (as between this code on CPU and on GPU).
 
 
-def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int
+def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int,
+                     ties_by_position: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``k_max`` entries by ``score``: (index, ranking key, mass), beyond-ceiling ones -inf."""
+    """Top ``k_max`` entries by ``score``: (index, ranking key, mass), beyond-ceiling ones -inf.
+
+    Equal scores rank in descending position with ``ties_by_position`` (the columns: the
+    kernel's radix select), else in ``torch.topk``'s order (the chunks: the kernel calls it).
+    """
     k = min(k_max, score.shape[-1])
-    key, idx = torch.topk(score, k, dim=-1, sorted=True)
+    if ties_by_position:
+        n = score.shape[-1]
+        order = torch.sort(score.flip(-1), dim=-1, descending=True, stable=True).indices
+        idx = (n - 1 - order)[..., :k]
+        key = score.gather(-1, idx)
+    else:
+        key, idx = torch.topk(score, k, dim=-1, sorted=True)
     rank = torch.arange(k, device=score.device)
     ok = (rank[None, None, :] < ceiling[..., None]) & (key > float("-inf"))
     key = torch.where(ok, key, float("-inf"))
@@ -228,7 +239,8 @@ def select_adaptive_reference(
     v_ceiling = v_ceiling.to(dev).clamp_min(keep_first)
     s_ceiling = s_ceiling.to(dev).clamp_min(c_forced + 1)
     v_max, s_max = max(v_max, keep_first), max(s_max, c_forced + 1)
-    v_idx, v_key, v_m = _adaptive_ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max)
+    v_idx, v_key, v_m = _adaptive_ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max,
+                                         ties_by_position=True)
     c_idx, c_key, c_m = _adaptive_ranked(c_score, c_mass, s_ceiling[None, :].expand(B, H), s_max)
 
     # joint ranking in mass per tile; the threshold key is the one where the target is reached

@@ -146,3 +146,28 @@ def select_vertical_slash(
         s_budget.to(dev), cols, n_cols, diags, n_diags, n, v_max, s_max, keep_first, keep_diag,
         BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, num_warps=8)
     return cols, n_cols, diags, n_diags
+
+
+def select_top_positions(score: torch.Tensor, kv_len: torch.Tensor, k: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best finite scores of each ``[B, H, n]`` row, ranked: ``(idx, key)``.
+
+    ``idx`` (int32) and ``key`` are ``[B, H, k]`` in descending score order, ties in
+    descending position (the same cut as :func:`select_vertical_slash`), padded with
+    ``INVALID`` / ``-inf`` where a row has fewer finite scores.  What ``torch.topk`` sorted
+    gives, with a fixed tie order, for the cost of one radix select plus a sort of ``k``.
+    """
+    B, H, n = score.shape
+    dev = score.device
+    idx = torch.empty(B, H, k, dtype=torch.int32, device=dev)
+    count = torch.empty(B, H, dtype=torch.int32, device=dev)
+    if B * H == 0 or k == 0:
+        return idx, torch.empty(B, H, k, dtype=score.dtype, device=dev)
+    score = score.contiguous()
+    budget = torch.full((H,), k, dtype=torch.int32, device=dev)
+    _select_topk_kernel[(H, B, 1)](
+        score, score, kv_len.to(dev), budget, budget, idx, count, idx, count, n, k, k, 0, 0,
+        BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, num_warps=8)
+    key = torch.where(idx >= 0, score.gather(-1, idx.clamp_min(0).long()), float("-inf"))
+    key, order = torch.sort(key, dim=-1, descending=True, stable=True)
+    return idx.gather(-1, order), key
