@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
 #   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
 #   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
+#   bash benchmarks/gpu_lanes.sh Z1..Z3             one GPU: radix-select top-k, 2-warp pass 2
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -449,6 +450,36 @@ A2_fixed128_more() {  # every default (min_sparse_len 64K, 16K chunks), as in M4
     --out $OUT/accuracy_128k_more_defaults.json
 }
 
+# Ninth session: pass 2 of the estimate on 2 warps, the fixed selection as one radix-select
+# kernel, adaptive columns ranked by the radix select.  GPU tests of the new kernels, each
+# part of the estimate against the package before (its wheel in .whl/old/, commit 5285a5c),
+# then TTFT against FLASH_ATTN in the same lease.
+Z1_estimate() {
+  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
+     $OLDPWD/tests/test_select_fixed.py $OLDPWD/tests/test_select_adaptive_fused.py \
+     $OLDPWD/tests/test_vertical_slash.py) > $OUT/gpu_tests.log 2>&1
+  timeout 120 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options s4096w4:w2 \
+    --label current --out $OUT/tune_estimate.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 100 python3 $B/tune_estimate.py \
+    --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
+}
+Z2_ttft() {  # 128K and 1M in 64K chunks: both modes
+  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  for cfg in "--mode adaptive $FLOORS" "--mode fixed"; do
+    timeout 150 python3 $B/bench_ttft.py --backend minference $cfg \
+      --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+}
+Z3_default_chunks() {  # vLLM's default 16K chunks, every default
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 120 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 131072 \
+      --out $OUT/ttft.json
+  done
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -526,6 +557,9 @@ case "$1" in
   W2) lane 0 W2_ttft; wait_lanes 580; jit_check ;;
   W3) lane 0 W3_default_chunks; wait_lanes 260; jit_check ;;
   E1) lane 0 E1_estimate; wait_lanes 390; jit_check ;;
+  Z1) lane 0 Z1_estimate; wait_lanes 390 ;;
+  Z2) lane 0 Z2_ttft; wait_lanes 540; jit_check ;;
+  Z3) lane 0 Z3_default_chunks; wait_lanes 260; jit_check ;;
   A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
   A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
