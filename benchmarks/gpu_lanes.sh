@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
 #   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
 #   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
-#   bash benchmarks/gpu_lanes.sh Z1..Z3             one GPU: radix-select top-k, 2-warp pass 2
+#   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: radix-select top-k, 2-warp pass 2
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -465,6 +465,12 @@ Z1_estimate() {
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 100 python3 $B/tune_estimate.py \
     --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
 }
+Z4_steps() {  # kernel level: a 1M prompt step by step (adaptive), issue 3's 128K table
+  timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels triton --pattern vertical_slash_adaptive --out $OUT/chunked_1m_adaptive.json
+  timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
+}
 Z2_ttft() {  # 128K and 1M in 64K chunks: both modes
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
@@ -560,6 +566,7 @@ case "$1" in
   Z1) lane 0 Z1_estimate; wait_lanes 390 ;;
   Z2) lane 0 Z2_ttft; wait_lanes 540; jit_check ;;
   Z3) lane 0 Z3_default_chunks; wait_lanes 260; jit_check ;;
+  Z4) lane 0 Z4_steps; wait_lanes 470 ;;
   A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
   A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
