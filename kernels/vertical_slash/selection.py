@@ -27,12 +27,12 @@ RADIX_BITS = 8
 
 
 @triton.jit
-def _forced_scores(row_ptr, pos, kv_len, keep):
+def _forced_scores(row_ptr, pos, kv_len, keep, FORCED_KEY: tl.constexpr):
     """A row's scores at ``pos``: the first ``keep`` forced above any mass (nearest first),
     ``-inf`` past ``kv_len``."""
     inside = (pos >= 0) & (pos < kv_len)
     x = tl.load(row_ptr + pos, mask=inside, other=float("-inf"))
-    x = tl.where(pos < keep, FORCED + (keep - pos).to(tl.float32), x)
+    x = tl.where(pos < keep, FORCED_KEY + (keep - pos).to(tl.float32), x)
     return tl.where(inside, x, float("-inf"))
 
 
@@ -49,7 +49,7 @@ def _order_key(x):
 def _select_topk_kernel(
     VERT, SLASH, KV_LEN, BUDGET_V, BUDGET_S, COLS, N_COLS, DIAGS, N_DIAGS,
     n, k_max_v, k_max_s, keep_v, keep_s,
-    BLOCK: tl.constexpr, BITS: tl.constexpr, INVALID_IDX: tl.constexpr,
+    BLOCK: tl.constexpr, BITS: tl.constexpr, INVALID_IDX: tl.constexpr, FORCED_KEY: tl.constexpr,
 ):
     h = tl.program_id(0)
     b = tl.program_id(1)
@@ -73,11 +73,11 @@ def _select_topk_kernel(
     pmask = tl.zeros([], tl.uint32)
     need = tl.minimum(budget, k_max).to(tl.int32)
     for p in tl.static_range(32 // BITS):
-        shift: tl.constexpr = 32 - BITS * (p + 1)
+        shift = 32 - BITS * (p + 1)
         hist = tl.zeros([NBINS], tl.int32)
         for k0 in range(0, end, BLOCK):
             pos = k0 + offs
-            x = _forced_scores(src, pos, kv_len, keep)
+            x = _forced_scores(src, pos, kv_len, keep, FORCED_KEY)
             key = _order_key(x)
             ok = (x > float("-inf")) & ((key & pmask) == prefix)
             hist += tl.histogram(((key >> shift) & (NBINS - 1)).to(tl.int32), NBINS, mask=ok)
@@ -96,7 +96,7 @@ def _select_topk_kernel(
     n_eq = tl.zeros([], tl.int32)
     for k0 in range(0, end, BLOCK):  # descending positions: the output comes out sorted
         pos = end - 1 - k0 - offs
-        x = _forced_scores(src, pos, kv_len, keep)
+        x = _forced_scores(src, pos, kv_len, keep, FORCED_KEY)
         key = _order_key(x)
         live = (pos >= 0) & (x > float("-inf"))
         eq = live & (key == prefix)
@@ -144,7 +144,7 @@ def select_vertical_slash(
     _select_topk_kernel[(H, B, 2)](
         vertical.contiguous(), slash.contiguous(), layout.kv_len.to(dev), v_budget.to(dev),
         s_budget.to(dev), cols, n_cols, diags, n_diags, n, v_max, s_max, keep_first, keep_diag,
-        BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, num_warps=8)
+        BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, FORCED_KEY=FORCED, num_warps=8)
     return cols, n_cols, diags, n_diags
 
 
@@ -167,7 +167,7 @@ def select_top_positions(score: torch.Tensor, kv_len: torch.Tensor, k: int
     budget = torch.full((H,), k, dtype=torch.int32, device=dev)
     _select_topk_kernel[(H, B, 1)](
         score, score, kv_len.to(dev), budget, budget, idx, count, idx, count, n, k, k, 0, 0,
-        BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, num_warps=8)
+        BLOCK=BLOCK, BITS=RADIX_BITS, INVALID_IDX=INVALID, FORCED_KEY=FORCED, num_warps=8)
     key = torch.where(idx >= 0, score.gather(-1, idx.clamp_min(0).long()), float("-inf"))
     key, order = torch.sort(key, dim=-1, descending=True, stable=True)
     return idx.gather(-1, order), key
