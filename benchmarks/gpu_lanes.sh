@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_lanes.sh W1..W3             one GPU: estimate statistics from FA3
 #   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
 #   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
-#   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: radix-select top-k, 2-warp pass 2
+#   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: 2-warp pass 2, TTFT, kernel tables
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -450,10 +450,11 @@ A2_fixed128_more() {  # every default (min_sparse_len 64K, 16K chunks), as in M4
     --out $OUT/accuracy_128k_more_defaults.json
 }
 
-# Ninth session: pass 2 of the estimate on 2 warps, the fixed selection as one radix-select
-# kernel, adaptive columns ranked by the radix select.  GPU tests of the new kernels, each
-# part of the estimate against the package before (its wheel in .whl/old/, commit 5285a5c),
-# then TTFT against FLASH_ATTN in the same lease.
+# Ninth session: pass 2 of the estimate on 2 warps.  Z1 (lease 2) also timed a radix-select
+# top-k kernel (one program per row, tl.histogram): 9.9 ms at 1M keys against torch.topk's
+# 1.2, so it was taken out again before Z2-Z4 (lease 3).  Each part of the estimate against
+# the package before (its wheel in .whl/old/, commit 5285a5c), then TTFT against
+# FLASH_ATTN in the same lease.
 Z1_estimate() {
   (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
      $OLDPWD/tests/test_select_fixed.py $OLDPWD/tests/test_select_adaptive_fused.py \

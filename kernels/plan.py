@@ -20,8 +20,7 @@ from .a_shape.index import build_a_shape_worklist
 from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
-from .vertical_slash.estimate import estimate_vertical_slash
-from .vertical_slash.selection import select_vertical_slash
+from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
 from .vertical_slash.index import build_vertical_slash_worklist
 from .worklist import WorkList, apply_density_guard, dense_worklist, merge_worklists
 

@@ -1,5 +1,4 @@
-from .estimate import estimate_vertical_slash
-from .selection import select_vertical_slash
+from .estimate import estimate_vertical_slash, select_vertical_slash
 from .index import build_vertical_slash_worklist, merge_diagonals
 from .row_stats import estimate_row_lse
 

@@ -17,15 +17,13 @@ MInference keeps a fixed number of columns and diagonals per head.  Two things w
   as floors.
 
 Everything is batched over sequences and heads with fixed shapes (no host sync): the
-outputs have the same form as :func:`.selection.select_vertical_slash` and feed the same
+outputs have the same form as :func:`.estimate.select_vertical_slash` and feed the same
 index builder.
 
 The selection runs once per layer and prefill chunk, so its host launch time counts: it is
-seven launches (the same rule in PyTorch ops, ``reference.select_adaptive_reference``, is
+four launches (the same rule in PyTorch ops, ``reference.select_adaptive_reference``, is
 ~90).  One Triton kernel forms the column and chunk scores and masses in one pass over the
-estimate; the columns (a whole key row each) are ranked by a radix select and a sort of
-the chosen few (:func:`.selection.select_top_positions`), the chunks (64x fewer) by
-``torch.topk``; and one Triton kernel per (sequence, head) does
+estimate, ``torch.topk`` ranks each kind, and one Triton kernel per (sequence, head) does
 the joint ranking: the two top-k lists are sorted already, so their joint order is a
 bitonic merge, the threshold a cumulative sum over it; kept columns are sorted by index in
 registers, kept chunks collected by a scan over the chunk slots.
@@ -39,7 +37,6 @@ import triton.language as tl
 
 from ..layout import BLOCK_N, SeqLayout
 from .estimate import FORCED, INVALID
-from .selection import select_top_positions
 
 # A far diagonal crosses the 64 estimate rows as 64 columns of one row each, whose mass per
 # tile equals the diagonal's: but only the diagonal carries over to other query blocks.
@@ -276,8 +273,7 @@ def select_adaptive(
     every diagonal a multiple of 64 (one relative chunk each); the lists are as wide as the
     candidates (at most ``v_max`` columns, at most ``s_max`` chunks), not the budgets.
 
-    Seven launches: the score kernel, the column radix select (three with its sort), the
-    chunk ``torch.topk``, the rank kernel.
+    Four launches: the score kernel, two ``torch.topk``, the rank kernel.
     """
     B, H, kv_max = vertical.shape
     dev = vertical.device
@@ -307,7 +303,7 @@ def select_adaptive(
         BLOCK_N * COLUMN_DISCOUNT,
         FORCED_KEY=FORCED, NC=CHUNKS_PER_PROGRAM, BLOCK_N=BLOCK_N, num_warps=4)
 
-    v_idx, v_key = select_top_positions(v_score, kv_len, k_v)  # a radix select, not a sort
+    v_key, v_idx = torch.topk(v_score, k_v, dim=-1, sorted=True)
     c_key, c_idx = torch.topk(c_score, k_c, dim=-1, sorted=True)
 
     # Block sizes never follow the length, and follow the budgets only past the default

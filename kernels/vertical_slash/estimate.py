@@ -12,9 +12,9 @@ GPU: pass 1 finds each row's softmax max and normaliser per split (combined in P
 shapes), pass 2 recomputes the scores, normalises them and sums columns and diagonals.
 Diagonal sums of a 64x64 tile are formed in registers (skewed gathers turn diagonals into
 columns) and carried from tile to tile, so only the diagonals shared between key splits need
-atomics.  Then :func:`.selection.select_vertical_slash` keeps the top-k columns and
-diagonals per head (or :mod:`.adaptive` the fewest that hold a mass target), in
-fixed-shape outputs: no host synchronisation anywhere.
+atomics.  Then :func:`select_vertical_slash` keeps the
+top-k columns and diagonals per head, with the always-kept first keys and nearest diagonals,
+in fixed-shape outputs: no host synchronisation anywhere.
 """
 
 from __future__ import annotations
@@ -257,3 +257,59 @@ def estimate_vertical_slash(
         M_ROW=m_row, L_ROW=l_row, VERT=vertical, SLASH=slash,
         stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common, **LAUNCH_SUMS)
     return vertical, slash
+
+
+def _top_indices(score: torch.Tensor, budget: torch.Tensor, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``budget[h]`` best entries of each row (``-inf`` entries never kept).
+
+    Returns ``(idx, count)``: ``idx`` is ``[B, H, k_max]`` int32 sorted descending with
+    ``INVALID`` padding at the end, ``count`` is ``[B, H]`` int32.
+    """
+    k = min(k_max, score.shape[-1])
+    val, idx = torch.topk(score, k, dim=-1, sorted=True)
+    rank = torch.arange(k, device=score.device)
+    keep = (rank[None, None, :] < budget[None, :, None]) & (val > float("-inf"))
+    idx = torch.where(keep, idx, torch.full_like(idx, INVALID))
+    idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
+    if k < k_max:
+        pad = torch.full((*idx.shape[:2], k_max - k), INVALID, dtype=torch.int32, device=idx.device)
+        idx = torch.cat([idx, pad], dim=-1)
+    return idx, keep.sum(dim=-1, dtype=torch.int32)
+
+
+def _force(score: torch.Tensor, pos: torch.Tensor, keep: int, inside: torch.Tensor) -> torch.Tensor:
+    """Rank the first ``keep`` positions above any estimate (nearest first), drop the outside.
+
+    Estimated masses are at most 64 (64 rows of probabilities), so ``FORCED + keep - pos`` is
+    above all of them and exact in fp32; a budget below ``keep`` keeps the nearest ones.
+    """
+    forced = FORCED + (keep - pos).to(score.dtype)
+    score = torch.where((pos < keep)[None, None, :], forced, score)
+    return torch.where(inside[:, None, :], score, float("-inf"))
+
+
+def select_vertical_slash(
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    layout: SeqLayout,
+    v_budget: torch.Tensor,
+    s_budget: torch.Tensor,
+    v_max: int,
+    s_max: int,
+    keep_first: int = 30,
+    keep_diag: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``v_budget[h]`` columns and ``s_budget[h]`` diagonals per (sequence, head).
+
+    The first ``keep_first`` keys and the ``keep_diag`` nearest diagonals (main included) are
+    always kept (the nearest ones first, should a budget be smaller).  Returns ``(cols, n_cols, diags, n_diags)``; ``cols`` is ``[B, H, v_max]`` and
+    ``diags`` ``[B, H, s_max]``, both int32 sorted *descending* with ``-1`` padding.
+    """
+    kv_max = vertical.shape[-1]
+    pos = torch.arange(kv_max, device=vertical.device)
+    inside = pos[None, :] < layout.kv_len[:, None]  # [B, kv_max]
+    v = _force(vertical, pos, keep_first, inside)
+    s = _force(slash, pos, keep_diag, inside)
+    cols, n_cols = _top_indices(v, v_budget.to(vertical.device), v_max)
+    diags, n_diags = _top_indices(s, s_budget.to(vertical.device), s_max)
+    return cols, n_cols, diags, n_diags

@@ -1,5 +1,4 @@
-"""Plain PyTorch references for Vertical-Slash: the estimate, both selections, the diagonal
-merge, the mask."""
+"""Plain PyTorch references for Vertical-Slash: the estimate, the diagonal merge, the mask."""
 
 from __future__ import annotations
 
@@ -109,76 +108,17 @@ def merge_diagonals_reference(diags: torch.Tensor,
                 n_chunks=n_chunks.to(torch.int32).contiguous())
 
 
-# --- fixed-budget selection ---------------------------------------------------------------
-# ``selection.select_vertical_slash`` (one radix-select kernel) must keep the same sets.
-
-
-def _forced_reference(score: torch.Tensor, keep: int, kv_len: torch.Tensor) -> torch.Tensor:
-    """Scores with the first ``keep`` positions ranked above any estimate (nearest first),
-    ``-inf`` past each sequence's ``kv_len``.  Estimated masses are at most 64 (64 rows of
-    probabilities), so ``FORCED + keep - pos`` is above all of them and exact in fp32."""
-    pos = torch.arange(score.shape[-1], device=score.device)
-    forced = FORCED + (keep - pos).to(score.dtype)
-    score = torch.where((pos < keep)[None, None, :], forced, score)
-    return torch.where((pos[None, :] < kv_len[:, None])[:, None, :], score, float("-inf"))
-
-
-def _top_indices_reference(score: torch.Tensor, budget: torch.Tensor, k_max: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``budget[h]`` best finite entries per row, ties at the cut to the highest
-    positions: ``[B, H, k_max]`` int32 descending with ``INVALID`` padding, and counts."""
-    n = score.shape[-1]
-    # order: score descending, then position descending (a stable sort of reversed rows)
-    order = torch.sort(score.flip(-1), dim=-1, descending=True, stable=True).indices
-    ranked = (n - 1 - order)
-    val = score.gather(-1, ranked)
-    rank = torch.arange(n, device=score.device)
-    keep = (rank[None, None, :] < budget.to(score.device)[None, :, None]) & (
-        rank[None, None, :] < k_max) & (val > float("-inf"))
-    idx = torch.where(keep, ranked, torch.full_like(ranked, INVALID))
-    idx = torch.sort(idx, dim=-1, descending=True).values[..., :k_max].to(torch.int32)
-    if idx.shape[-1] < k_max:
-        idx = torch.nn.functional.pad(idx, (0, k_max - idx.shape[-1]), value=INVALID)
-    return idx.contiguous(), keep.sum(dim=-1, dtype=torch.int32)
-
-
-def select_vertical_slash_reference(vertical: torch.Tensor, slash: torch.Tensor,
-                                    layout: SeqLayout, v_budget: torch.Tensor,
-                                    s_budget: torch.Tensor, v_max: int, s_max: int,
-                                    keep_first: int = 30, keep_diag: int = 100
-                                    ) -> tuple[torch.Tensor, ...]:
-    """MInference's fixed top-k per (sequence, head) in PyTorch: ``(cols, n_cols, diags,
-    n_diags)`` exactly as the kernel returns them."""
-    kv_len = layout.kv_len.to(vertical.device)
-    cols, n_cols = _top_indices_reference(_forced_reference(vertical, keep_first, kv_len),
-                                          v_budget, v_max)
-    diags, n_diags = _top_indices_reference(_forced_reference(slash, keep_diag, kv_len),
-                                            s_budget, s_max)
-    return cols, n_cols, diags, n_diags
-
-
 # --- adaptive selection -------------------------------------------------------------------
 # ``adaptive.select_adaptive`` (two Triton kernels, two top-k) must return the same lists.
 # Its sums run in another order, so where two chunk masses are within a rounding step of
 # each other at a cut, either may be kept (as between this code on CPU and on GPU).
 
 
-def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int,
-                     ties_by_position: bool = False
+def _adaptive_ranked(score: torch.Tensor, mass: torch.Tensor, ceiling: torch.Tensor, k_max: int
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``k_max`` entries by ``score``: (index, ranking key, mass), beyond-ceiling ones -inf.
-
-    Equal scores rank in descending position with ``ties_by_position`` (the columns: the
-    kernel's radix select), else in ``torch.topk``'s order (the chunks: the kernel calls it).
-    """
+    """Top ``k_max`` entries by ``score``: (index, ranking key, mass), beyond-ceiling ones -inf."""
     k = min(k_max, score.shape[-1])
-    if ties_by_position:
-        n = score.shape[-1]
-        order = torch.sort(score.flip(-1), dim=-1, descending=True, stable=True).indices
-        idx = (n - 1 - order)[..., :k]
-        key = score.gather(-1, idx)
-    else:
-        key, idx = torch.topk(score, k, dim=-1, sorted=True)
+    key, idx = torch.topk(score, k, dim=-1, sorted=True)
     rank = torch.arange(k, device=score.device)
     ok = (rank[None, None, :] < ceiling[..., None]) & (key > float("-inf"))
     key = torch.where(ok, key, float("-inf"))
@@ -239,8 +179,7 @@ def select_adaptive_reference(
     v_ceiling = v_ceiling.to(dev).clamp_min(keep_first)
     s_ceiling = s_ceiling.to(dev).clamp_min(c_forced + 1)
     v_max, s_max = max(v_max, keep_first), max(s_max, c_forced + 1)
-    v_idx, v_key, v_m = _adaptive_ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max,
-                                         ties_by_position=True)
+    v_idx, v_key, v_m = _adaptive_ranked(v_score, v_mass, v_ceiling[None, :].expand(B, H), v_max)
     c_idx, c_key, c_m = _adaptive_ranked(c_score, c_mass, s_ceiling[None, :].expand(B, H), s_max)
 
     # joint ranking in mass per tile; the threshold key is the one where the target is reached
