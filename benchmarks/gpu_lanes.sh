@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_lanes.sh E1                 one GPU: the estimate's passes, timed apart
 #   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
 #   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: 2-warp pass 2, TTFT, kernel tables
-#   bash benchmarks/gpu_lanes.sh Y1, Y2             one GPU: adaptive estimate as chunk masses
+#   bash benchmarks/gpu_lanes.sh Y1                 one GPU: adaptive estimate as chunk masses (reverted)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -473,8 +473,9 @@ Z4_steps() {  # kernel level: a 1M prompt step by step (adaptive), issue 3's 128
   timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 \
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
 }
-# Lease 4: adaptive mode's estimate sums 64-key chunk masses, not diagonals (no skewed
-# gather); GPU tests, the passes timed, a 1M prompt step by step, TTFT against FLASH_ATTN.
+# Lease 4: adaptive mode's estimate summing 64-key chunk masses instead of diagonals (four
+# weighted tile sums instead of the skewed gather; commit 18dd337): GPU tests passed, but
+# pass 2 took 3.07 ms at 1M keys against the gather's 2.00, so it was reverted (Y2 not run).
 Y1_chunks() {
   (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
      $OLDPWD/tests/test_vertical_slash.py $OLDPWD/tests/test_select_adaptive_fused.py) \
@@ -483,12 +484,6 @@ Y1_chunks() {
     --label chunks --out $OUT/tune_estimate.json
   timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
     --kernels triton --pattern vertical_slash_adaptive --out $OUT/chunked_1m_adaptive.json
-}
-Y2_ttft() {
-  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
-    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
-    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
 Z2_ttft() {  # 128K and 1M in 64K chunks: both modes
   timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
@@ -587,7 +582,6 @@ case "$1" in
   Z3) lane 0 Z3_default_chunks; wait_lanes 260; jit_check ;;
   Z4) lane 0 Z4_steps; wait_lanes 470 ;;
   Y1) lane 0 Y1_chunks; wait_lanes 400 ;;
-  Y2) lane 0 Y2_ttft; wait_lanes 370; jit_check ;;
   A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
   A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left

@@ -429,22 +429,17 @@ def chunked_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _ms(x: float | None) -> str:
-    return "" if x is None else f"{x:.2f}"
-
-
 def estimate_table(rows: list[dict]) -> str:
     """tune_estimate rows: the estimate's parts per (package, shape, keys, launch option)."""
-    out = ["| package | shape | keys | option | pass 1 ms | pass 2 ms | pass 2, chunk masses ms | "
-           "both passes ms | FA3 row stats ms | top-k selection ms | adaptive selection ms |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| package | shape | keys | option | pass 1 ms | pass 2 ms | both passes ms | "
+           "FA3 row stats ms | top-k selection ms | adaptive selection ms |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fa3 = f"{r['fa3_row_stats_ms']:.2f}" if r.get("fa3_row_stats_ms") is not None else ""
         ada = f"{r['adaptive_select_ms']:.2f}" if r.get("adaptive_select_ms") is not None else ""
         out.append(f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                    f"{fmt_len(r['seq_len'])} | {r['option']} | {r['pass1_ms']:.2f} | "
-                   f"{r['pass2_ms']:.2f} | {_ms(r.get('pass2_chunks_ms'))} | "
-                   f"{r['both_passes_ms']:.2f} | {fa3} | "
+                   f"{r['pass2_ms']:.2f} | {r['both_passes_ms']:.2f} | {fa3} | "
                    f"{r['select_ms']:.2f} | {ada} |")
     return "\n".join(out)
 

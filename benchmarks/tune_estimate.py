@@ -4,8 +4,8 @@ At 1M keys the estimate (the last 64 queries of a prefill chunk against every ke
 4.8-5.1 ms per layer and step on an H100, a third of an adaptive layer's sparse time, and
 one FA3 call for the row statistics instead of the first pass saved nothing (3.80 vs 3.89
 ms for the passes, 2026-11-26).  So this times each part on its own — pass 1 (row
-statistics), pass 2 (column and diagonal sums, or column sums and chunk masses as adaptive
-mode asks), FA3's row statistics, the fixed top-k and the adaptive selections — for several launch options of the two passes (keys per program,
+statistics), pass 2 (column and diagonal sums), FA3's row statistics, the fixed top-k and
+the adaptive selections — for several launch options of the two passes (keys per program,
 warps, pipeline stages), and checks that every option gives the default option's sums.
 
 Inputs are random: the estimate computes every score whatever the attention looks like, so
@@ -124,24 +124,12 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
                            lambda: estimate_vertical_slash(q, kv, layout, heads)),
                        pass2_ms=bench_ms(
                            lambda: estimate_vertical_slash(q, kv, layout, heads, row_lse=lse)),
-                       pass2_chunks_ms=_chunks_ms(q, kv, layout, heads, lse),
                        max_diff_vs_first=err, **shared)
             row["pass1_ms"] = row["both_passes_ms"] - row["pass2_ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         _restore_options(saved)
-
-
-def _chunks_ms(q, kv, layout, heads, lse) -> float | None:
-    """Pass 2 in adaptive mode's form (chunk masses, no per-diagonal sums); None for a
-    package without it."""
-    try:
-        estimate_vertical_slash(q, kv, layout, heads, row_lse=lse, chunks=True)
-    except TypeError:
-        return None
-    return bench_ms(lambda: estimate_vertical_slash(q, kv, layout, heads, row_lse=lse,
-                                                    chunks=True))
 
 
 def _row_lse_reference(q, k, heads):

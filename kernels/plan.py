@@ -120,21 +120,14 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     for kind, heads in patterns.groups.items():
         if kind == VERTICAL_SLASH:
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
-            # adaptive mode ranks diagonals as 64-key chunks only: without a fixed floor
-            # (which picks single diagonals) the estimate sums chunks, not diagonals
-            chunks = patterns.gamma is not None and FLOOR not in patterns.budget_a
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
-                                                      row_lse=row_lse, chunks=chunks)
-            if patterns.gamma is None:
-                select = select_vertical_slash
-            elif chunks:
-                select = partial(select_adaptive, gamma=patterns.gamma, chunk_mass=slash)
-            else:
-                select = partial(select_adaptive, gamma=patterns.gamma)
+                                                      row_lse=row_lse)
+            select = select_vertical_slash if patterns.gamma is None else partial(
+                select_adaptive, gamma=patterns.gamma)
             sel = select(
-                vertical, None if chunks else slash, layout, patterns.budget_a[kind],
-                patterns.budget_b[kind], patterns.max_a[kind], patterns.max_b[kind],
-                keep_first=patterns.keep_first, keep_diag=patterns.keep_diag)
+                vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
+                patterns.max_a[kind], patterns.max_b[kind], keep_first=patterns.keep_first,
+                keep_diag=patterns.keep_diag)
             if FLOOR in patterns.budget_a:
                 sel = union_selections(sel, select_vertical_slash(
                     vertical, slash, layout, patterns.budget_a[FLOOR],

@@ -124,16 +124,3 @@ def test_fused_keeps_the_floors_of_an_empty_estimate(device):
     # chunks 0-2 hold the 100 nearest diagonals; a 37-key sequence has only chunks 0 and 1
     assert n_diags.cpu().tolist() == [[3, 3, 3], [2, 2, 2]]
     assert diags[1, :, :2].cpu().tolist() == [[64, 0]] * 3
-
-
-@pytest.mark.parametrize("seed", range(0, 48, 4))
-def test_given_chunk_masses_select_the_same(device, seed):
-    """``chunk_mass`` (what the estimate's chunk pass gives) in place of the diagonal sums:
-    the same selection as from ``slash``, whose chunk masses it is."""
-    from vllm_minference.kernels.vertical_slash.adaptive import chunk_masses
-    case = _on(_case(seed), device)
-    ref = select_adaptive(**case)
-    mass = chunk_masses(case["slash"])
-    got = select_adaptive(**dict(case, slash=None, chunk_mass=mass))
-    for name, r, o in zip(("cols", "n_cols", "diags", "n_diags"), ref, got):
-        assert torch.equal(o, r), (seed, name)

@@ -50,30 +50,6 @@ def test_estimate_across_key_splits(device, monkeypatch):
     torch.testing.assert_close(slash.double().cpu(), ref_s, atol=1e-7, rtol=1e-4)
 
 
-@pytest.mark.parametrize("split", [4096, 128])
-def test_estimate_chunk_masses_equal_chunked_diagonal_sums(device, monkeypatch, split):
-    """Adaptive mode's pass 2 (chunk masses without per-diagonal sums) against
-    ``chunk_masses`` of the full estimate: same columns, same chunk masses, for sequences
-    shorter than a tile, off the 64 grid, chunks shorter than 64 rows, and across key
-    splits (atomics between programs)."""
-    from vllm_minference.kernels.vertical_slash import estimate
-    from vllm_minference.kernels.vertical_slash.adaptive import chunk_masses
-    monkeypatch.setattr(estimate, "KEYS_PER_SPLIT", split)
-    batch = make_batch([100, 300, 40, 64], [700, 300, 40, 129], 4, 2, 64, torch.float32,
-                       device)
-    heads = torch.tensor([3, 0, 1], device=device)
-    vert, slash = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads)
-    vert_c, mass = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads,
-                                           chunks=True)
-    assert mass.shape == (4, 3, 700 // 64 + 2)
-    torch.testing.assert_close(vert_c, vert, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(mass, chunk_masses(slash), atol=1e-5, rtol=1e-4)
-    # every estimate row is a probability distribution, whatever chunk it lands in
-    for b, ql in enumerate([100, 300, 40, 64]):
-        torch.testing.assert_close(mass[b].sum(-1).cpu(), torch.full((3,), float(min(64, ql))),
-                                   rtol=1e-4, atol=1e-4)
-
-
 def test_selection_keeps_forced_and_top_entries(device):
     batch = make_batch([50, 64], [500, 64], 2, 1, 64, torch.float32, device)
     g = torch.Generator().manual_seed(1)

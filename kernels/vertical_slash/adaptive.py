@@ -71,12 +71,9 @@ def chunk_masses(slash: torch.Tensor) -> torch.Tensor:
 def _adaptive_scores_kernel(
     VERT, SLASH, KV_LEN, V_SCORE, C_SCORE, C_MASS, C_FLAG, PART,
     kv_max, n_chunk, n_part, keep_first, keep_diag, c_forced, v_scale,
-    FORCED_KEY: tl.constexpr, NC: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASS: tl.constexpr,
+    FORCED_KEY: tl.constexpr, NC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Column scores, chunk scores and masses, and the partial mass total of ``NC`` chunks.
-
-    With ``HAS_MASS`` the chunk masses are given (``C_MASS``, from the estimate) and
-    ``SLASH`` is not read.
 
     Program (p, h, b) covers chunks ``p*NC + [0, NC)`` and the keys under them.  A chunk's
     mass needs the 64 keys before it too (their spill), read again rather than exchanged.
@@ -103,18 +100,14 @@ def _adaptive_scores_kernel(
     tl.store(V_SCORE + row * kv_max + k, score, mask=k_ok)
 
     # chunks: what falls inside (weight (64 - delta) / 64) plus the previous chunk's spill
+    w_in = (BLOCK_N - j).to(tl.float32) / BLOCK_N
+    s = tl.load(SLASH + row * kv_max + k, mask=k_ok, other=0.0)
+    k_prev = k - BLOCK_N
+    s_prev = tl.load(SLASH + row * kv_max + k_prev, mask=(k_prev >= 0) & (k_prev < kv_max),
+                     other=0.0)
+    mass = tl.sum(s * w_in[None, :], axis=1) + tl.sum(s_prev * (1.0 - w_in)[None, :], axis=1)
     c_ok = c < n_chunk
-    if HAS_MASS:
-        mass = tl.load(C_MASS + row * n_chunk + c, mask=c_ok, other=0.0)
-    else:
-        w_in = (BLOCK_N - j).to(tl.float32) / BLOCK_N
-        s = tl.load(SLASH + row * kv_max + k, mask=k_ok, other=0.0)
-        k_prev = k - BLOCK_N
-        s_prev = tl.load(SLASH + row * kv_max + k_prev,
-                         mask=(k_prev >= 0) & (k_prev < kv_max), other=0.0)
-        mass = (tl.sum(s * w_in[None, :], axis=1)
-                + tl.sum(s_prev * (1.0 - w_in)[None, :], axis=1))
-        tl.store(C_MASS + row * n_chunk + c, mass, mask=c_ok)
+    tl.store(C_MASS + row * n_chunk + c, mass, mask=c_ok)
     # the chunks holding the nearest keep_diag diagonals are forced
     score_c = tl.where(c <= c_forced, FORCED_KEY + (c_forced - c).to(tl.float32), mass)
     score_c = tl.where(c * BLOCK_N < kv_len + BLOCK_N, score_c, float("-inf"))
@@ -272,7 +265,6 @@ def select_adaptive(
     gamma: float,
     keep_first: int = 30,
     keep_diag: int = 100,
-    chunk_mass: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fewest columns and diagonal chunks per (sequence, head) holding ``gamma`` of the mass.
 
@@ -281,22 +273,12 @@ def select_adaptive(
     every diagonal a multiple of 64 (one relative chunk each); the lists are as wide as the
     candidates (at most ``v_max`` columns, at most ``s_max`` chunks), not the budgets.
 
-    ``chunk_mass`` (``[B, H, cdiv(kv, 64) + 1]``, e.g. ``estimate_vertical_slash(...,
-    chunks=True)``) gives the chunk masses directly; ``slash`` is then unused (may be None).
-
     Four launches: the score kernel, two ``torch.topk``, the rank kernel.
     """
     B, H, kv_max = vertical.shape
     dev = vertical.device
+    vertical, slash = vertical.contiguous(), slash.contiguous()
     n_chunk = triton.cdiv(kv_max, BLOCK_N) + 1
-    vertical = vertical.contiguous()
-    if chunk_mass is not None:
-        if chunk_mass.shape != (B, H, n_chunk):
-            raise ValueError(f"chunk_mass is {tuple(chunk_mass.shape)}, expected "
-                             f"{(B, H, n_chunk)}")
-        slash = vertical  # not read
-    else:
-        slash = slash.contiguous()
     c_forced = (keep_diag - 1) // BLOCK_N + 1 if keep_diag > 0 else -1
     # the candidate lists: the floors always fit, the keys bound them
     k_v = min(max(v_max, keep_first), kv_max)
@@ -312,15 +294,14 @@ def select_adaptive(
     n_part = triton.cdiv(n_chunk, CHUNKS_PER_PROGRAM)
     v_score = torch.empty(B, H, kv_max, dtype=torch.float32, device=dev)
     c_score = torch.empty(B, H, n_chunk, dtype=torch.float32, device=dev)
-    c_mass = torch.empty_like(c_score) if chunk_mass is None else chunk_mass.contiguous()
+    c_mass = torch.empty_like(c_score)
     c_flag = torch.empty(B, H, n_chunk, dtype=torch.int8, device=dev)
     part = torch.empty(B, H, n_part, dtype=torch.float32, device=dev)
     _adaptive_scores_kernel[(n_part, H, B)](
         vertical, slash, kv_len, v_score, c_score, c_mass, c_flag, part,
         kv_max, n_chunk, n_part, keep_first, keep_diag, c_forced,
         BLOCK_N * COLUMN_DISCOUNT,
-        FORCED_KEY=FORCED, NC=CHUNKS_PER_PROGRAM, BLOCK_N=BLOCK_N,
-        HAS_MASS=chunk_mass is not None, num_warps=4)
+        FORCED_KEY=FORCED, NC=CHUNKS_PER_PROGRAM, BLOCK_N=BLOCK_N, num_warps=4)
 
     v_key, v_idx = torch.topk(v_score, k_v, dim=-1, sorted=True)
     c_key, c_idx = torch.topk(c_score, k_c, dim=-1, sorted=True)

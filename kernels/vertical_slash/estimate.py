@@ -137,68 +137,13 @@ def _estimate_combine_kernel(M_PART, L_PART, M_ROW, L_ROW, n_split,
     tl.store(L_ROW + bh * LAST + i, l_row)
 
 
-@triton.jit
-def _add_chunk(CMASS, c, n_chunk, p, w):
-    """Chunk ``c``'s share of a tile (weights ``w``), where the chunk exists."""
-    m = tl.sum(tl.sum(p * w, axis=1), axis=0)
-    tl.atomic_add(CMASS + c, m, mask=(c >= 0) & (c < n_chunk), sem="relaxed")
-
-
-@triton.jit
-def _chunk_mass_loop(q, b, hs, kvh, kv_len, q_pos, row_ok, qk_scale, m_row, inv_l, out,
-                     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START, VERT, CMASS,
-                     n_chunk, k_begin, HEAD_DIM: tl.constexpr, LAST: tl.constexpr,
-                     KEY_TILE: tl.constexpr, SPLIT: tl.constexpr, PAGE: tl.constexpr,
-                     PAGED: tl.constexpr, PREC: tl.constexpr):
-    """Pass 2 for adaptive mode: column sums and the mass of each relative 64-key chunk.
-
-    Adaptive mode ranks diagonals only as chunks (``adaptive.chunk_masses``: diagonal
-    ``d = 64a + delta`` gives ``(64 - delta) / 64`` of its mass to chunk ``a`` and
-    ``delta / 64`` to chunk ``a + 1``), so per-diagonal sums and their skewed gather are not
-    needed.  Entry (i, j) of the tile at key ``k0`` lies on diagonal ``D0 + i - j`` with
-    ``D0 = kv_len - 64 - k0 = 64 A + r``; ``r`` is the same for every tile of the program,
-    so the weights that send an entry to chunks ``A - 1 ... A + 2`` are four fixed tiles,
-    and each tile adds four weighted sums (atomics: neighbouring tiles and programs share
-    chunks).
-    """
-    i2 = tl.arange(0, LAST)[:, None]
-    j2 = tl.arange(0, KEY_TILE)[None, :]
-    d0 = kv_len - LAST - k_begin + KEY_TILE  # D0 of the first tile, + 64 (>= 1)
-    a_first = d0 // KEY_TILE - 1
-    r = d0 % KEY_TILE
-    t = r + i2 - j2 + KEY_TILE  # in [1, 191]
-    a_rel = t // KEY_TILE - 1  # chunk of the diagonal, relative to A: -1, 0 or 1
-    delta = (t % KEY_TILE).to(tl.float32) / KEY_TILE
-    w_m1 = tl.where(a_rel == -1, 1.0 - delta, 0.0)
-    w_0 = tl.where(a_rel == 0, 1.0 - delta, 0.0) + tl.where(a_rel == -1, delta, 0.0)
-    w_p1 = tl.where(a_rel == 1, 1.0 - delta, 0.0) + tl.where(a_rel == 0, delta, 0.0)
-    w_p2 = tl.where(a_rel == 1, delta, 0.0)
-    k_end = tl.minimum(k_begin + SPLIT, kv_len)
-    for k0 in range(k_begin, k_end, KEY_TILE):
-        s, k_idx, k_ok = _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
-                                               K, stride_kp, stride_kt, stride_kh, BT,
-                                               stride_bt, KV_START, HEAD_DIM, KEY_TILE, PAGE,
-                                               PAGED, PREC)
-        p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
-        col = tl.sum(p, axis=0)
-        tl.store(VERT + out + k_idx, col, mask=k_ok)
-        a = a_first - (k0 - k_begin) // KEY_TILE
-        _add_chunk(CMASS, a - 1, n_chunk, p, w_m1)
-        _add_chunk(CMASS, a, n_chunk, p, w_0)
-        _add_chunk(CMASS, a + 1, n_chunk, p, w_p1)
-        _add_chunk(CMASS, a + 2, n_chunk, p, w_p2)
-
-
-@triton.jit(do_not_specialize=["stride_vb", "stride_vh", "stride_bt", "stride_cb", "stride_ch",
-                               "n_chunk"])
+@triton.jit(do_not_specialize=["stride_vb", "stride_vh", "stride_bt"])
 def _estimate_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
     Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh,
-    CMASS, stride_cb, stride_ch, n_chunk,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
     SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
-    CHUNKS: tl.constexpr,
 ):
     split = tl.program_id(0)
     n_heads = tl.num_programs(1)
@@ -227,13 +172,6 @@ def _estimate_scores_kernel(
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
-    if CHUNKS:
-        _chunk_mass_loop(q, b, hs, kvh, kv_len, q_pos, row_ok, qk_scale, m_row, inv_l, out,
-                         K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START, VERT,
-                         CMASS + b.to(tl.int64) * stride_cb + hs.to(tl.int64) * stride_ch,
-                         n_chunk, split * SPLIT, HEAD_DIM, LAST, KEY_TILE, SPLIT, PAGE, PAGED,
-                         PREC)
-        return
     i2 = tl.arange(0, LAST)[:, None]
     u2 = tl.arange(0, KEY_TILE)[None, :]
     up_ok = i2 >= u2
@@ -273,25 +211,19 @@ def estimate_vertical_slash(
     heads: torch.Tensor,
     sm_scale: float | None = None,
     row_lse: torch.Tensor | None = None,
-    chunks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Column and diagonal attention mass of the last 64 queries, for the query ``heads``.
 
     Returns ``(vertical, slash)``, each ``[B, len(heads), max_kv_len]`` float32; entries past
     a sequence's ``kv_len`` are 0.  ``row_lse`` (``[B, len(heads), 64]``, natural log, e.g.
     from :func:`.row_stats.estimate_row_lse`) replaces the first pass: the rows' softmax
-    statistics are then its log-sum-exp.  With ``chunks`` the second output is instead the
-    mass of each relative 64-key chunk, ``[B, len(heads), cdiv(max_kv_len, 64) + 1]``
-    (:func:`.adaptive.chunk_masses` of the diagonal sums, all adaptive mode ranks), formed
-    without the per-diagonal sums (H100: the skewed gather is half of pass 2).
+    statistics are then its log-sum-exp.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     n_est = heads.numel()
     B, kv_max = layout.num_seqs, layout.max_kv_len
     vertical = torch.zeros(B, n_est, kv_max, dtype=torch.float32, device=q.device)
-    n_chunk = triton.cdiv(kv_max, KEY_TILE) + 1
-    slash = torch.zeros(B, n_est, n_chunk if chunks else kv_max, dtype=torch.float32,
-                        device=q.device)
+    slash = torch.zeros_like(vertical)
     if n_est == 0:
         return vertical, slash
     if sm_scale is None:
@@ -323,9 +255,7 @@ def estimate_vertical_slash(
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
         M_ROW=m_row, L_ROW=l_row, VERT=vertical, SLASH=slash,
-        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1),
-        CMASS=slash, stride_cb=slash.stride(0), stride_ch=slash.stride(1), n_chunk=n_chunk,
-        CHUNKS=chunks, **common, **LAUNCH_SUMS)
+        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common, **LAUNCH_SUMS)
     return vertical, slash
 
 
