@@ -367,6 +367,17 @@ def accuracy_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sparse_start_note(rows: list[dict]) -> str:
+    """Where the sparse runs began (``min_sparse_len``), for the plot title: the runs of
+    2026-11-25/26 forced sparse from 4K; later ones kept the default (64K)."""
+    starts = {r.get("min_sparse_len") for r in rows}
+    if starts == {None}:
+        return "minference with its default min_sparse_len (sparse from 64K keys)"
+    if len(starts) == 1:
+        return f"minference forced sparse from {fmt_len(int(starts.pop()))} tokens"
+    return "minference sparse from 4K (forced) or 64K (default) keys, per configuration"
+
+
 def plot_accuracy(rows: list[dict], path: str) -> None:
     """Heatmap: task@length (rows) x configuration (columns), % correct, dense first."""
     import matplotlib
@@ -396,8 +407,8 @@ def plot_accuracy(rows: list[dict], path: str) -> None:
     names = ["FLASH_ATTN"] + [short_label(c) for c in cfgs]
     ax.set_xticks(range(len(names)), names, fontsize=7, rotation=20)
     ax.set_yticks(range(len(cells)), [f"{t} @{fmt_len(n)}" for t, n in cells], fontsize=7)
-    ax.set_title("Accuracy suite, Qwen2.5-Coder-0.5B (YaRN x4), % correct; minference forced "
-                 "sparse from 4K tokens", fontsize=8)
+    ax.set_title("Accuracy suite, Qwen2.5-Coder-0.5B (YaRN x4), % correct\n"
+                 + sparse_start_note(rows), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

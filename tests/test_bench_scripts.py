@@ -512,3 +512,12 @@ def test_sign_test_says_when_a_few_answers_are_noise():
     (total,) = summarize_results.overall_changes(changes)
     assert (total["better"], total["worse"], total["prompts"]) == (3, 8, 24)
     assert total["p"] == pytest.approx(0.2266, abs=1e-4)
+
+
+def test_accuracy_plot_title_says_where_sparse_began():
+    """The heatmap title follows the runs' min_sparse_len instead of a fixed claim."""
+    import summarize_results as sr
+    assert "default" in sr.sparse_start_note([{"min_sparse_len": None}] * 2)
+    assert "4K" in sr.sparse_start_note([{"min_sparse_len": "4096"}])
+    assert "per configuration" in sr.sparse_start_note([{"min_sparse_len": None},
+                                                        {"min_sparse_len": 4096}])
