@@ -439,7 +439,9 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     option's, and the estimate's module settings back as they were afterwards."""
     import tune_estimate
     from vllm_minference.kernels.vertical_slash import estimate
-    before = tune_estimate._saved_options()
+    def settings():
+        return estimate.KEYS_PER_SPLIT, dict(estimate.LAUNCH_STATS), dict(estimate.LAUNCH_SUMS)
+    before = settings()
     options = [tune_estimate.parse_option(o) for o in ("s128w4", "s256w8n2:w2")]
     assert options[1] == dict(name="s256w8n2:w2", keys_per_split=256,
                               stats=dict(num_warps=8, num_stages=2), sums=dict(num_warps=2))
@@ -451,7 +453,7 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     assert [r["option"] for r in rows] == ["s128w4", "s256w8n2:w2"]
     assert all(r["max_diff_vs_first"] < 1e-5 and r["pass2_ms"] > 0 for r in rows)
     assert all(r["select_ms"] > 0 and r["adaptive_select_ms"] > 0 for r in rows)
-    assert tune_estimate._saved_options() == before
+    assert settings() == before
 
 
 def test_plot_labels_name_the_floors_briefly():

@@ -34,8 +34,9 @@ KEYS_PER_SPLIT = 4096  # keys per program in both passes
 # Launch options of pass 1 (row statistics) and pass 2 (column and diagonal sums), from
 # benchmarks/tune_estimate.py on an H100 (2026-11-26): pass 2 is bound by its skewed gather
 # and its row reductions across warps, and runs 1.3-1.5x faster on 2 warps than on 4
-# (14/2 heads d64, 1M keys: 1.95 vs 2.86 ms; 32/8 d128: 5.5 vs 7.4 ms); pass 1 is
-# fastest on 4 (1 warp spills at head dim 128).
+# (14/2 heads d64, 1M keys: 1.95 vs 2.86 ms; 32/8 d128: 5.5 vs 7.4 ms; 1 warp is slower at
+# 128K and at head dim 128); pass 1 is as fast or faster on 4 (2 warps: 1.04 vs 0.86 ms
+# at 1M keys, d64; 1 warp: 0.55 vs 0.38 ms at 128K, d128).
 LAUNCH_STATS = dict(num_warps=4)
 LAUNCH_SUMS = dict(num_warps=2)
 INVALID = -1  # padding of selected index lists
@@ -168,7 +169,9 @@ def _estimate_scores_kernel(
     # in-loop atomic, 3.70 vs 3.67 ms at 1M keys; other splits or pipeline stages were not
     # faster either, fewer warps were: LAUNCH_SUMS).  Neither a skew through a scratch tile
     # in global memory, nor a gather of fp16 probabilities, nor four 16-row dots with
-    # shifted keys (a 16-row residual skew) beat the one gather (.probe, 2026-11-26).
+    # shifted keys (a 16-row residual skew), nor four weighted tile sums straight into
+    # adaptive mode's chunk masses beat the one gather (benchmarks/results/HISTORY.md, ninth
+    # session).
     # Both skews read key (i - u) mod 64 of row i, so one gather serves both and two masked
     # column sums split it (the upper part where i >= u, the lower where i < u).
     tl.static_assert(LAST == KEY_TILE)
