@@ -145,6 +145,9 @@ def score(answer: str, expect: list[str]) -> float:
     return sum(e in answer for e in expect) / len(expect)
 
 
+TASKS = ("passkey", "multikey", "multivalue", "variable_tracking", "common_words")
+
+
 def build_suite(tok, lengths, depths, seeds, ruler_lengths, ruler_samples,
                 max_len: int = ROPE_LIMIT, ruler_first: int = 0) -> list[dict]:
     """Every prompt of the suite; a length at the engine's limit gets prompts ``ANSWER_ROOM``
@@ -184,6 +187,8 @@ def main() -> None:
     ap.add_argument("--ruler-first-sample", type=int, default=0,
                     help="index of the first RULER sample (12 after a 12-sample run: new "
                          "prompts, so that the two runs together have more samples per cell)")
+    ap.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
+                    help="only these tasks (default: all)")
     ap.add_argument("--mode", choices=["adaptive", "fixed"], default=None)
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--budget-scale", type=float, default=None)
@@ -219,6 +224,8 @@ def main() -> None:
     items = build_suite(llm.get_tokenizer(), args.lengths, args.depths, args.seeds,
                         args.ruler_lengths, args.ruler_samples, max_len,
                         args.ruler_first_sample)
+    if args.tasks:
+        items = [it for it in items if it["task"] in args.tasks]
     too_long = [it for it in items if len(llm.get_tokenizer().encode(it["prompt"]))
                 > max_len - it["max_tokens"]]
     if too_long:  # never let one prompt fail the whole batch

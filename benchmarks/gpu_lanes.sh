@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_lanes.sh A1, A2             one GPU: 128K accuracy, 24 more samples a cell
 #   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: 2-warp pass 2, TTFT, kernel tables
 #   bash benchmarks/gpu_lanes.sh Y1                 one GPU: adaptive estimate as chunk masses (reverted)
+#   bash benchmarks/gpu_lanes.sh B1                 one GPU: 128K multivalue at 2x and 0.5x budgets
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -500,6 +501,17 @@ Z3_default_chunks() {  # vLLM's default 16K chunks, every default
   done
 }
 
+# Lease 5: where fixed budgets' multivalue loss at 128K moves (-4.9 points, 1 higher / 7
+# lower of 36 prompts): the same 36 multivalue prompts (samples 0-35; FLASH_ATTN's and the
+# default's answers are in L0-/L1-/L2- files) at twice and half the profile budgets.
+B1_budgets() {
+  for scale in 2.0 0.5; do
+    timeout 200 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+      --budget-scale $scale --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+      --tasks multivalue --out $OUT/accuracy_128k_multivalue_budgets.json
+  done
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -582,6 +594,7 @@ case "$1" in
   Z3) lane 0 Z3_default_chunks; wait_lanes 260; jit_check ;;
   Z4) lane 0 Z4_steps; wait_lanes 470 ;;
   Y1) lane 0 Y1_chunks; wait_lanes 400 ;;
+  B1) lane 0 B1_budgets; wait_lanes 420; jit_check ;;
   A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
   A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left

@@ -31,6 +31,7 @@ def test_accuracy_prompts_fit_their_length_and_hold_the_answer():
             assert e in it["prompt"]
     again = bench_accuracy.build_suite(tok, [2048, 4096], [0, 50, 100], [0, 1], [4096], 2)
     assert [a["prompt"] for a in again] == [a["prompt"] for a in items]  # fixed seeds
+    assert {it["task"] for it in items} == set(bench_accuracy.TASKS)  # what --tasks offers
 
 
 def test_later_ruler_samples_are_new_prompts_that_extend_a_run():
