@@ -501,12 +501,14 @@ Z3_default_chunks() {  # vLLM's default 16K chunks, every default
   done
 }
 
-# Lease 5: where fixed budgets' multivalue loss at 128K moves (-4.9 points, 1 higher / 7
-# lower of 36 prompts): the same 36 multivalue prompts (samples 0-35; FLASH_ATTN's and the
-# default's answers are in L0-/L1-/L2- files) at twice and half the profile budgets.
+# Next session: where fixed budgets' multivalue loss at 128K moves (-4.9 points, 1 higher /
+# 7 lower of 36 prompts): the same 36 multivalue prompts (samples 0-35; FLASH_ATTN's and the
+# default's answers are in raw-h100x1-2026-11-26h) at twice and half the profile budgets.
+# Lease 5 of the ninth session ran out of device time inside it with nothing back: 200 s
+# per run was too short for a cold start, the prompts and 36 prefills of 128K.
 B1_budgets() {
   for scale in 2.0 0.5; do
-    timeout 200 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    timeout 280 python3 $B/bench_accuracy.py --backend minference --mode fixed \
       --budget-scale $scale --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
       --tasks multivalue --out $OUT/accuracy_128k_multivalue_budgets.json
   done
@@ -594,7 +596,7 @@ case "$1" in
   Z3) lane 0 Z3_default_chunks; wait_lanes 260; jit_check ;;
   Z4) lane 0 Z4_steps; wait_lanes 470 ;;
   Y1) lane 0 Y1_chunks; wait_lanes 400 ;;
-  B1) lane 0 B1_budgets; wait_lanes 420; jit_check ;;
+  B1) lane 0 B1_budgets; wait_lanes 570; jit_check ;;
   A1) lane 0 A1_dense128_more; wait_lanes 575 ;;
   A2) lane 0 A2_fixed128_more; wait_lanes 575; jit_check ;;
   D) lane 0 C_default; lane 1 C_searched; wait_lanes 200 ;;  # if device time is left
