@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
@@ -35,10 +39,11 @@ KERNEL_MODULES = [
 
 
 class Recorder:
-    """Stands in for a Triton kernel: records each launch's compile key, then launches."""
+    """Stands in for a Triton kernel: records each launch's compile key (and, into ``specs``,
+    its argument types for an offline Hopper compile), then launches."""
 
-    def __init__(self, name, kernel, calls):
-        self.name, self.kernel, self.calls = name, kernel, calls
+    def __init__(self, name, kernel, calls, specs=None):
+        self.name, self.kernel, self.calls, self.specs = name, kernel, calls, specs
         self.dont = set(kernel.kwargs.get("do_not_specialize") or []) if hasattr(
             kernel, "kwargs") else set(getattr(kernel, "do_not_specialize", []) or [])
         params = inspect.signature(kernel.fn).parameters
@@ -58,20 +63,53 @@ class Recorder:
             ints = {k: v for k, v in values.items() if isinstance(v, int)
                     and not isinstance(v, bool) and k not in self.constexprs and k not in self.dont}
             self.calls[self.name].append((tuple(sorted(consts.items())), ints))
+            if self.specs is not None:
+                self.specs[self.name].add(json.dumps(self.spec(values), sort_keys=True))
             return launch(*args, **kwargs)
         return run
 
+    def spec(self, values: dict) -> dict:
+        """Triton signature types of one launch (``tests/compile_hopper.py`` compiles it)."""
+        sig, consts = {}, {}
+        params = inspect.signature(self.kernel.fn).parameters
+        for name in self.kernel.arg_names:
+            v = values.get(name, params[name].default)
+            if name in self.constexprs or v is None:
+                sig[name], consts[name] = "constexpr", v
+            elif isinstance(v, torch.Tensor):
+                sig[name] = "*" + POINTER_TYPES[v.dtype]
+            elif isinstance(v, bool):
+                sig[name] = "i1"
+            elif isinstance(v, int):
+                sig[name] = "i32" if -2**31 <= v < 2**31 else "i64"
+            else:
+                sig[name] = "fp32"
+        options = {k: values[k] for k in ("num_warps", "num_stages") if k in values}
+        module, _, attr = self.name.rpartition(".")
+        return dict(module=module, kernel=attr, signature=sig, constexprs=consts,
+                    options=options)
 
-@pytest.fixture
-def recorded(monkeypatch):
+
+POINTER_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                 torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8",
+                 torch.bool: "i1"}
+
+
+def record_launches(monkeypatch, specs=None) -> dict:
     calls = defaultdict(list)
     for mod_name in KERNEL_MODULES:
         mod = importlib.import_module(mod_name)
         for attr, obj in list(vars(mod).items()):
             # launched kernels only (device helpers are called from inside kernels)
             if attr.endswith("_kernel") and hasattr(obj, "arg_names"):
-                monkeypatch.setattr(mod, attr, Recorder(f"{mod_name}.{attr}", obj, calls))
+                monkeypatch.setattr(mod, attr,
+                                    Recorder(f"{mod_name}.{attr}", obj, calls, specs))
     return calls
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    return record_launches(monkeypatch)
 
 
 def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> None:
@@ -133,3 +171,31 @@ def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel
         assert not unlisted, (
             f"{name}: int arguments that change with the length but are specialised: "
             f"{unlisted} (add them to do_not_specialize)")
+
+
+def test_every_launched_kernel_compiles_for_hopper(device, monkeypatch, tmp_path):
+    """The interpreter runs code that the GPU compiler rejects (a non-constexpr global read
+    inside a kernel, a constexpr re-annotated in a static loop: both reached an H100 lease
+    on 2026-11-26).  So on the CPU every kernel variant the backend launches is compiled
+    for sm_90 offline, with the argument types of its real launches, in a process without
+    the interpreter."""
+    if device == "cuda":
+        pytest.skip("on a GPU the other tests compile every kernel for real")
+    from vllm_minference import warmup
+    specs = defaultdict(set)
+    record_launches(monkeypatch, specs)
+    monkeypatch.setattr(warmup, "_done", set())
+    monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
+    for mode in MODES:
+        for kernel in ("triton", "fa3/run2"):
+            run_layer(64, 700, mode, device, kernel)
+    todo = [json.loads(x) for v in specs.values() for x in sorted(v)]
+    assert len({(t["module"], t["kernel"]) for t in todo}) >= 8, sorted(specs)
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(todo))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                       "compile_hopper.py"), str(path)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert f"compiled {len(todo)} of {len(todo)}" in out.stdout, out.stdout[-2000:]
