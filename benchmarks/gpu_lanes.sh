@@ -28,6 +28,18 @@ B=benchmarks
 lane() {  # lane GPU NAME: run the function NAME on GPU GPU, its output in $LOGS/NAME.log
   (export CUDA_VISIBLE_DEVICES=$1 VLLM_CACHE_ROOT=/tmp/vllm-cache-$1; $2 > $LOGS/$2.log 2>&1) &
 }
+gpu_tests() {  # gpu_tests SECONDS PYTEST_ARGS...: tests/ files against the installed wheel,
+  # run from /tmp so the repository's kernels/ folder is not imported in its place
+  local limit=$1; shift
+  (cd /tmp && timeout $limit python3 -m pytest -q -x -p no:cacheprovider "$@") \
+    > $OUT/gpu_tests.log 2>&1
+}
+tune_estimate_before() {  # tune_estimate_before SECONDS: the package in .whl/old/, labelled
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout $1 python3 $B/tune_estimate.py \
+    --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
+}
 
 # Session of 2026-11-25 (second): 64-token pages, async density guard, fused plan kernels.
 FLOORS="--set adaptive_sinks=128 --set adaptive_local=1024"  # adaptive with A-shape floors
@@ -218,9 +230,7 @@ Q3_adaptive128() {
 # FLASH_ATTN, all in the same lease
 TRITON="--set attention_kernel=triton"
 K1_check() {  # GPU tests (real FA3 against the reference; one compile per kernel) + kernels
-  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-     $OLDPWD/tests/test_page_lists.py $OLDPWD/tests/test_compile_variants.py) \
-    > $OUT/gpu_tests.log 2>&1
+  gpu_tests 150 $PWD/tests/test_page_lists.py $PWD/tests/test_compile_variants.py
   timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 \
     --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
 }
@@ -299,9 +309,7 @@ N3_default_settings() {  # issue 5's "default budgets" with every default (min_s
 # isolated diagonals on the Triton pass (fa3_min_run).  MIN_RUN picks fa3_min_run for M2/M3.
 RUN_SET="--set fa3_min_run=${MIN_RUN:-1}"
 M1_check() {  # GPU tests (real FA3 against the reference) + kernels 128K, fa3_min_run 1/2/4
-  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-     $OLDPWD/tests/test_page_lists.py $OLDPWD/tests/test_compile_variants.py) \
-    > $OUT/gpu_tests.log 2>&1
+  gpu_tests 150 $PWD/tests/test_page_lists.py $PWD/tests/test_compile_variants.py
   timeout 260 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
     --patterns vertical_slash --kernels triton,fa3,fa3/run2,fa3/run4 --out $OUT/kernels.json
 }
@@ -394,8 +402,7 @@ V3_steps() {  # a 1M prompt step by step at kernel level: fixed on fa3, adaptive
 }
 W1_estimate() {  # eighth session: the estimate's row statistics from one FA3 call vs the
   # first Triton pass (GPU test against the two passes, then a 1M prompt step by step)
-  (cd /tmp && timeout 120 python3 -m pytest -q -x -p no:cacheprovider \
-     $OLDPWD/tests/test_vertical_slash.py -k "fa3_row or estimate") > $OUT/gpu_tests.log 2>&1
+  gpu_tests 120 $PWD/tests/test_vertical_slash.py -k "fa3_row or estimate"
   for stats in triton fa3; do
     timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
       --kernels triton --pattern vertical_slash_adaptive --estimate-stats $stats \
@@ -428,10 +435,7 @@ W3_default_chunks() {  # vLLM's default 16K chunks with the FA3 estimate statist
 E1_estimate() {
   timeout 150 python3 $B/tune_estimate.py --seq-lens 131072 1048576 \
     --out $OUT/tune_estimate.json
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
-    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
-  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 70 python3 $B/tune_estimate.py \
-    --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
+  tune_estimate_before 70
   timeout 110 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
     --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
   timeout 100 python3 $B/bench_ttft.py --backend minference --mode fixed \
@@ -458,15 +462,11 @@ A2_fixed128_more() {  # every default (min_sparse_len 64K, 16K chunks), as in M4
 # the package before (its wheel in .whl/old/, commit 5285a5c), then TTFT against
 # FLASH_ATTN in the same lease.
 Z1_estimate() {
-  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-     $OLDPWD/tests/test_select_fixed.py $OLDPWD/tests/test_select_adaptive_fused.py \
-     $OLDPWD/tests/test_vertical_slash.py) > $OUT/gpu_tests.log 2>&1
+  # (lease 2 also ran tests/test_select_fixed.py, the radix kernel's, taken out since)
+  gpu_tests 150 $PWD/tests/test_select_adaptive_fused.py $PWD/tests/test_vertical_slash.py
   timeout 120 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options s4096w4:w2 \
     --label current --out $OUT/tune_estimate.json
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
-    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
-  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 100 python3 $B/tune_estimate.py \
-    --seq-lens 131072 1048576 --options default --label before --out $OUT/tune_estimate.json
+  tune_estimate_before 100
 }
 Z4_steps() {  # kernel level: a 1M prompt step by step (adaptive), issue 3's 128K table
   timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -478,9 +478,7 @@ Z4_steps() {  # kernel level: a 1M prompt step by step (adaptive), issue 3's 128
 # weighted tile sums instead of the skewed gather; commit 18dd337): GPU tests passed, but
 # pass 2 took 3.07 ms at 1M keys against the gather's 2.00, so it was reverted (Y2 not run).
 Y1_chunks() {
-  (cd /tmp && timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-     $OLDPWD/tests/test_vertical_slash.py $OLDPWD/tests/test_select_adaptive_fused.py) \
-     > $OUT/gpu_tests.log 2>&1
+  gpu_tests 150 $PWD/tests/test_vertical_slash.py $PWD/tests/test_select_adaptive_fused.py
   timeout 90 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options s4096w4:w2 \
     --label chunks --out $OUT/tune_estimate.json
   timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \

@@ -445,9 +445,11 @@ def estimate_table(rows: list[dict]) -> str:
     out = ["| package | shape | keys | option | pass 1 ms | pass 2 ms | both passes ms | "
            "FA3 row stats ms | top-k selection ms | adaptive selection ms |",
            "|---|---|---|---|---|---|---|---|---|---|"]
+    def opt(r: dict, key: str) -> str:  # a column older packages' rows lack
+        return f"{r[key]:.2f}" if r.get(key) is not None else ""
+
     for r in rows:
-        fa3 = f"{r['fa3_row_stats_ms']:.2f}" if r.get("fa3_row_stats_ms") is not None else ""
-        ada = f"{r['adaptive_select_ms']:.2f}" if r.get("adaptive_select_ms") is not None else ""
+        fa3, ada = opt(r, "fa3_row_stats_ms"), opt(r, "adaptive_select_ms")
         out.append(f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                    f"{fmt_len(r['seq_len'])} | {r['option']} | {r['pass1_ms']:.2f} | "
                    f"{r['pass2_ms']:.2f} | {r['both_passes_ms']:.2f} | {fa3} | "
