@@ -75,6 +75,12 @@ class MInferenceSettings(BaseModel):
                     "the fa3 key-tile kernel).  Measured on an H100: no gain (0.78 vs 0.84 ms "
                     "at 1M keys; TTFT of a 1M prompt 5.31 vs 5.28 s adaptive), so triton stays "
                     "the default")
+    dense_tail: int = Field(
+        0, ge=0,
+        description="the last this many query rows of every sparse prefill chunk are "
+                    "recomputed with dense FlashAttention over all their keys: the end of "
+                    "a prompt (its question) then attends exactly, at the cost of one short "
+                    "dense call per chunk and layer; 0 = off")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
