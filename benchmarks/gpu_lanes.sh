@@ -13,6 +13,7 @@
 #   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: 2-warp pass 2, TTFT, kernel tables
 #   bash benchmarks/gpu_lanes.sh Y1                 one GPU: adaptive estimate as chunk masses (reverted)
 #   bash benchmarks/gpu_lanes.sh B1                 one GPU: 128K multivalue at 2x and 0.5x budgets
+#   bash benchmarks/gpu_lanes.sh D1..D4             one GPU: multivalue with dense_tail=64, its cost
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -512,6 +513,39 @@ B1_budgets() {
   done
 }
 
+# Tenth session: does exact attention for the question rows keep the multi-needle answers?
+# dense_tail=64 recomputes the last 64 rows of every sparse chunk (the estimate's rows; at a
+# prompt's end, its question) with dense FlashAttention.  D1: fixed budgets, the 36
+# multivalue prompts of A1/A2 (dense and fixed answers in raw-h100x1-2026-11-26h).  D2:
+# adaptive + A-shape floors, sparse from 4K, the 12-sample multivalue cells of
+# raw-h100x1-2026-11-26c (dense: L1-accuracy12-R1, L2-accuracy12_128k-Q1; adaptive without
+# the tail: L1-accuracy12-R2, L2-accuracy12_128k-A).
+D1_tail_fixed() {
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set dense_tail=64 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+    --tasks multivalue --out $OUT/accuracy_128k_multivalue_tail.json
+}
+D2_tail_adaptive() {
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
+    --mode adaptive $FLOORS --set dense_tail=64 --lengths 16384 \
+    --ruler-lengths 16384 32768 131072 --ruler-samples 12 --tasks multivalue multikey \
+    --out $OUT/accuracy_multivalue_tail_adaptive.json
+}
+# D3/D4: what the tail costs, TTFT in 64K chunks against FLASH_ATTN in the same lease
+D3_tail_ttft() {
+  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --set dense_tail=64 --lengths 131072 1048576 --max-num-batched-tokens 65536 \
+    --out $OUT/ttft_chunk64k.json
+}
+D4_tail_ttft() {
+  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
+    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  timeout 150 python3 $B/bench_ttft.py --backend minference --mode fixed --set dense_tail=64 \
+    --lengths 131072 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
+
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
   timeout 170 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 32768 131072 524288 \
@@ -548,6 +582,10 @@ case "$1" in
   F) pkill -KILL -f "vllm serve"; pkill -KILL -f EngineCore; sleep 2
      lane 0 E_fixed; lane 1 E_adaptive; wait_lanes 125 ;;
   G) lane 0 G_adaptive; lane 1 G_accuracy; wait_lanes 300; jit_check ;;
+  D1) lane 0 D1_tail_fixed; wait_lanes 280; jit_check ;;
+  D2) lane 0 D2_tail_adaptive; wait_lanes 280; jit_check ;;
+  D3) lane 0 D3_tail_ttft; wait_lanes 370; jit_check ;;
+  D4) lane 0 D4_tail_ttft; wait_lanes 310; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
   H2) lane 0 H2_accuracy; wait_lanes 545 ;;
   H3) lane 0 C_default; wait_lanes 200; lane 0 C_searched; wait_lanes 400 ;;
