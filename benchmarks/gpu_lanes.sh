@@ -14,6 +14,7 @@
 #   bash benchmarks/gpu_lanes.sh Y1                 one GPU: adaptive estimate as chunk masses (reverted)
 #   bash benchmarks/gpu_lanes.sh B1                 one GPU: 128K multivalue at 2x and 0.5x budgets
 #   bash benchmarks/gpu_lanes.sh D1..D4             one GPU: multivalue with dense_tail=64, its cost
+#   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue with 2K chunks, 4 estimate windows
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -545,6 +546,25 @@ D4_tail_ttft() {
   timeout 150 python3 $B/bench_ttft.py --backend minference --mode fixed --set dense_tail=64 \
     --lengths 131072 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
+# Lease 1 (D2): the tail kept nothing: adaptive multivalue 56.2 / 50.0 / 29.2 at 16K / 32K /
+# 128K (without it 47.9 / 47.9 / 29.2, dense 91.7 / 70.8 / 58.3), and the sparse answers
+# list the *later* needles first and miss the earlier ones even with exact question rows.
+# So the loss is in the rows before the question.  J1: the same cells in 2K chunks (each
+# chunk's estimate from its own last rows) and with 4 estimate windows per chunk.
+ADAPTIVE16="--backend minference --min-sparse-len 4096 --mode adaptive $FLOORS --lengths 16384"
+J1_windows() {
+  timeout 130 python3 $B/bench_accuracy.py $ADAPTIVE16 --max-num-batched-tokens 2048 \
+    --ruler-lengths 16384 32768 --ruler-samples 12 --tasks multivalue multikey \
+    --out $OUT/accuracy_adaptive_chunk2k.json
+  timeout 150 python3 $B/bench_accuracy.py $ADAPTIVE16 --set estimate_windows=4 \
+    --ruler-lengths 16384 32768 131072 --ruler-samples 12 --tasks multivalue multikey \
+    --out $OUT/accuracy_adaptive_windows4.json
+}
+J2_windows_fixed() {  # fixed budgets, every default, 4 windows: the 36 prompts of D1/A2
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set estimate_windows=4 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+    --tasks multivalue --out $OUT/accuracy_128k_multivalue_windows4.json
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -584,6 +604,8 @@ case "$1" in
   G) lane 0 G_adaptive; lane 1 G_accuracy; wait_lanes 300; jit_check ;;
   D1) lane 0 D1_tail_fixed; wait_lanes 280; jit_check ;;
   D2) lane 0 D2_tail_adaptive; wait_lanes 280; jit_check ;;
+  J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
+  J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   D3) lane 0 D3_tail_ttft; wait_lanes 370; jit_check ;;
   D4) lane 0 D4_tail_ttft; wait_lanes 310; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
