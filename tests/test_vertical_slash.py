@@ -73,6 +73,97 @@ def test_selection_keeps_forced_and_top_entries(device):
                 assert set(got) == expect
 
 
+def _select_reference_old(vertical, slash, layout, v_budget, s_budget, v_max, s_max,
+                          keep_first=30, keep_diag=100):
+    """``select_vertical_slash`` as it was before the fused kernels (~35 PyTorch ops)."""
+    def top(score, budget, k_max):
+        k = min(k_max, score.shape[-1])
+        val, idx = torch.topk(score, k, dim=-1, sorted=True)
+        rank = torch.arange(k, device=score.device)
+        keep = (rank[None, None, :] < budget[None, :, None]) & (val > float("-inf"))
+        idx = torch.where(keep, idx, torch.full_like(idx, -1))
+        idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
+        if k < k_max:
+            pad = torch.full((*idx.shape[:2], k_max - k), -1, dtype=torch.int32,
+                             device=idx.device)
+            idx = torch.cat([idx, pad], dim=-1)
+        return idx, keep.sum(dim=-1, dtype=torch.int32)
+
+    def force(score, pos, keep, inside):
+        score = torch.where((pos < keep)[None, None, :],
+                            1.0e6 + (keep - pos).to(score.dtype), score)
+        return torch.where(inside[:, None, :], score, float("-inf"))
+
+    pos = torch.arange(vertical.shape[-1], device=vertical.device)
+    inside = pos[None, :] < layout.kv_len[:, None]
+    cols, n_cols = top(force(vertical, pos, keep_first, inside), v_budget, v_max)
+    diags, n_diags = top(force(slash, pos, keep_diag, inside), s_budget, s_max)
+    return cols, n_cols, diags, n_diags
+
+
+SELECT_CASES = [  # kv_lens, v_budget, s_budget, keep_first, keep_diag
+    ([500], [40], [120], 30, 100),
+    ([100, 37], [10, 200, 3], [7, 64, 500], 30, 100),  # budgets beyond kv_len, k_max > kv_max
+    ([1100, 1000, 63], [40, 1500, 30, 9, 700], [2000, 65, 300, 1, 999], 30, 100),
+    ([20, 3000], [25, 5], [90, 150], 30, 100),  # a sequence shorter than both floors
+    ([1500, 129], [1200, 64, 2], [3, 1300, 77], 0, 1),
+]
+
+
+@pytest.mark.parametrize("kv_lens,v_budget,s_budget,keep_first,keep_diag", SELECT_CASES)
+def test_selection_equals_previous_implementation(device, kv_lens, v_budget, s_budget,
+                                                  keep_first, keep_diag):
+    """The fused selection (score kernel, one top-k, one sort, compaction kernel) returns
+    exactly what the ~35-op version did: same indices, order, counts, padding, dtypes."""
+    from vllm_minference.kernels import SeqLayout
+    B, H, kv_max = len(kv_lens), len(v_budget), max(kv_lens)
+    layout = SeqLayout.from_lengths([1] * B, kv_lens, device)
+    g = torch.Generator().manual_seed(kv_max + H)
+    # distinct scores (ties may break either way), zero past each sequence like the estimate's
+    vert, slash = (torch.randperm(B * H * kv_max, generator=g).float().view(B, H, kv_max)
+                   .div(B * H * kv_max).to(device) for _ in range(2))
+    for b, kl in enumerate(kv_lens):
+        vert[b, :, kl:] = slash[b, :, kl:] = 0.0
+    vb = torch.tensor(v_budget, device=device)
+    sb = torch.tensor(s_budget, device=device)
+    # widths as the budgets' maxima, wider (padding), and narrower (they cap the budgets)
+    for v_max, s_max in ((max(v_budget), max(s_budget)), (max(v_budget) + 5, 7000),
+                         (max(v_budget) // 2 + 1, max(s_budget) + 3)):
+        got = select_vertical_slash(vert, slash, layout, vb, sb, v_max, s_max,
+                                    keep_first=keep_first, keep_diag=keep_diag)
+        ref = _select_reference_old(vert, slash, layout, vb, sb, v_max, s_max,
+                                    keep_first=keep_first, keep_diag=keep_diag)
+        for x, y in zip(got, ref):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous()
+            assert torch.equal(x, y)
+
+
+def test_selection_with_tied_scores_keeps_the_same_scores(device):
+    """Tied scores (e.g. masses that underflowed to 0) may be broken either way, but the
+    counts, the kept scores and the output format stay those of the previous version."""
+    from vllm_minference.kernels import SeqLayout
+    kv_lens, v_budget, s_budget = [700, 90], [50, 400, 8], [120, 30, 900]
+    layout = SeqLayout.from_lengths([1, 1], kv_lens, device)
+    g = torch.Generator().manual_seed(5)
+    vert, slash = (torch.randint(0, 4, (2, 3, 700), generator=g).float().to(device)
+                   for _ in range(2))
+    vb, sb = torch.tensor(v_budget, device=device), torch.tensor(s_budget, device=device)
+    got = select_vertical_slash(vert, slash, layout, vb, sb, 400, 900, keep_first=5,
+                                keep_diag=20)
+    ref = _select_reference_old(vert, slash, layout, vb, sb, 400, 900, keep_first=5,
+                                keep_diag=20)
+    for sel, n, ref_sel, ref_n, score in ((got[0], got[1], ref[0], ref[1], vert),
+                                          (got[2], got[3], ref[2], ref[3], slash)):
+        assert torch.equal(n, ref_n)
+        for b in range(2):
+            for h in range(3):
+                kept = sel[b, h, : int(n[b, h])]
+                assert torch.all(kept[:-1] > kept[1:]) and (sel[b, h, int(n[b, h]):] == -1).all()
+                ref_kept = ref_sel[b, h, : int(n[b, h])]
+                assert torch.equal(score[b, h, kept.long()].sort().values,
+                                   score[b, h, ref_kept.long()].sort().values)
+
+
 def _vs_inputs(layout, heads, seed, v_sizes, s_sizes, device):
     """Random selections in select_vertical_slash's format (descending, -1 padded)."""
     g = torch.Generator().manual_seed(seed)

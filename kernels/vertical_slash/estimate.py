@@ -262,33 +262,81 @@ def estimate_vertical_slash(
     return vertical, slash
 
 
-def _top_indices(score: torch.Tensor, budget: torch.Tensor, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``budget[h]`` best entries of each row (``-inf`` entries never kept).
+SELECT_BLOCK = 1024  # positions per program of the score kernel; entries per compaction step
 
-    Returns ``(idx, count)``: ``idx`` is ``[B, H, k_max]`` int32 sorted descending with
-    ``INVALID`` padding at the end, ``count`` is ``[B, H]`` int32.
+
+@triton.jit(do_not_specialize=["kv_max", "keep_first", "keep_diag"])
+def _select_scores_kernel(VERT, SLASH, KV_LEN, SCORE, kv_max, keep_first, keep_diag,
+                          FORCED_KEY: tl.constexpr, BLOCK: tl.constexpr):
+    """Ranking scores of columns (``SCORE[0]``) and diagonals (``SCORE[1]``), one launch.
+
+    The first ``keep_first`` columns and ``keep_diag`` diagonals score ``FORCED_KEY + keep -
+    pos``: estimated masses are at most 64 (64 rows of probabilities), so that is above all
+    of them, exact in fp32, and a budget below ``keep`` keeps the nearest ones.  Positions
+    past the sequence score ``-inf`` (never kept).
     """
-    k = min(k_max, score.shape[-1])
-    val, idx = torch.topk(score, k, dim=-1, sorted=True)
-    rank = torch.arange(k, device=score.device)
-    keep = (rank[None, None, :] < budget[None, :, None]) & (val > float("-inf"))
-    idx = torch.where(keep, idx, torch.full_like(idx, INVALID))
-    idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
-    if k < k_max:
-        pad = torch.full((*idx.shape[:2], k_max - k), INVALID, dtype=torch.int32, device=idx.device)
-        idx = torch.cat([idx, pad], dim=-1)
-    return idx, keep.sum(dim=-1, dtype=torch.int32)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    n_rows = tl.num_programs(1) * tl.num_programs(2)
+    row = (b * tl.num_programs(1) + h).to(tl.int64)
+    kv_len = tl.load(KV_LEN + b)
+    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = pos < kv_max
+    v = tl.load(VERT + row * kv_max + pos, mask=ok, other=0.0).to(tl.float32)
+    v = tl.where(pos < keep_first, FORCED_KEY + (keep_first - pos).to(tl.float32), v)
+    tl.store(SCORE + row * kv_max + pos, tl.where(pos < kv_len, v, float("-inf")), mask=ok)
+    s = tl.load(SLASH + row * kv_max + pos, mask=ok, other=0.0).to(tl.float32)
+    s = tl.where(pos < keep_diag, FORCED_KEY + (keep_diag - pos).to(tl.float32), s)
+    tl.store(SCORE + (n_rows + row) * kv_max + pos, tl.where(pos < kv_len, s, float("-inf")),
+             mask=ok)
 
 
-def _force(score: torch.Tensor, pos: torch.Tensor, keep: int, inside: torch.Tensor) -> torch.Tensor:
-    """Rank the first ``keep`` positions above any estimate (nearest first), drop the outside.
+@triton.jit
+def _compact_kept(IDX, RANK, VAL, BUDGET, OUT, N_OUT, src, dst, h, k, k_sel, width,
+                  INVALID_IDX: tl.constexpr, BLOCK: tl.constexpr):
+    """Kept entries of one index-sorted top-k row, in order, then padding and the count.
 
-    Estimated masses are at most 64 (64 rows of probabilities), so ``FORCED + keep - pos`` is
-    above all of them and exact in fp32; a budget below ``keep`` keeps the nearest ones.
+    ``RANK`` is each entry's place in the score order: it is kept if that is below the
+    head's budget (and the top-k of this kind, ``k_sel``) and its score is not ``-inf``.
     """
-    forced = FORCED + (keep - pos).to(score.dtype)
-    score = torch.where((pos < keep)[None, None, :], forced, score)
-    return torch.where(inside[:, None, :], score, float("-inf"))
+    cut = tl.minimum(tl.load(BUDGET + h), k_sel)
+    done = tl.zeros([], tl.int32)  # entries stored so far
+    for j0 in range(0, k, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        ok = j < k
+        idx = tl.load(IDX + src * k + j, mask=ok, other=0)
+        rank = tl.load(RANK + src * k + j, mask=ok, other=0)
+        val = tl.load(VAL + src * k + rank, mask=ok, other=float("-inf"))
+        keep = (ok & (rank < cut) & (val > float("-inf"))).to(tl.int32)
+        at = done + tl.cumsum(keep, axis=0) - 1
+        tl.store(OUT + dst * width + at, idx.to(tl.int32), mask=keep > 0)
+        done += tl.sum(keep, axis=0)
+    for j0 in range(0, width, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        tl.store(OUT + dst * width + j, tl.full([BLOCK], INVALID_IDX, tl.int32),
+                 mask=(j >= done) & (j < width))
+    tl.store(N_OUT + dst, done)
+
+
+@triton.jit(do_not_specialize=["k", "k_v", "k_s", "v_width", "s_width"])
+def _select_compact_kernel(IDX, RANK, VAL, V_BUDGET, S_BUDGET, COLS, N_COLS, DIAGS, N_DIAGS,
+                           k, k_v, k_s, v_width, s_width,
+                           INVALID_IDX: tl.constexpr, BLOCK: tl.constexpr):
+    """Budget cut, padding and counts of both selections (program axis 2: columns, diagonals).
+
+    ``IDX`` (``[2, B, H, k]``) holds each row's top-k positions sorted descending, ``RANK``
+    their places in the score order, ``VAL`` the scores in that order.
+    """
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    dst = (b * tl.num_programs(0) + h).to(tl.int64)
+    if tl.program_id(2) == 0:
+        _compact_kept(IDX, RANK, VAL, V_BUDGET, COLS, N_COLS, dst, dst, h, k, k_v, v_width,
+                      INVALID_IDX, BLOCK)
+    else:
+        src = dst + tl.num_programs(0) * tl.num_programs(1)
+        _compact_kept(IDX, RANK, VAL, S_BUDGET, DIAGS, N_DIAGS, src, dst, h, k, k_s, s_width,
+                      INVALID_IDX, BLOCK)
 
 
 def select_vertical_slash(
@@ -305,14 +353,35 @@ def select_vertical_slash(
     """Top ``v_budget[h]`` columns and ``s_budget[h]`` diagonals per (sequence, head).
 
     The first ``keep_first`` keys and the ``keep_diag`` nearest diagonals (main included) are
-    always kept (the nearest ones first, should a budget be smaller).  Returns ``(cols, n_cols, diags, n_diags)``; ``cols`` is ``[B, H, v_max]`` and
-    ``diags`` ``[B, H, s_max]``, both int32 sorted *descending* with ``-1`` padding.
+    always kept (the nearest ones first, should a budget be smaller).  Returns ``(cols,
+    n_cols, diags, n_diags)``; ``cols`` is ``[B, H, v_max]`` and ``diags`` ``[B, H, s_max]``,
+    both int32 sorted *descending* with ``-1`` padding.
+
+    This runs per layer and chunk, and its time was mostly the host launching ~35 small
+    PyTorch ops, so it is four: the score kernel (both kinds, forced and masked), one
+    ``torch.topk`` over both kinds (``max(v_max, s_max)`` wide, sorted: the budget cut needs
+    the ranks, and the budgets are on the device), one ``torch.sort`` of the found positions
+    (its permutation is the ranks) and the compaction kernel.  Scores are float32.
     """
-    kv_max = vertical.shape[-1]
-    pos = torch.arange(kv_max, device=vertical.device)
-    inside = pos[None, :] < layout.kv_len[:, None]  # [B, kv_max]
-    v = _force(vertical, pos, keep_first, inside)
-    s = _force(slash, pos, keep_diag, inside)
-    cols, n_cols = _top_indices(v, v_budget.to(vertical.device), v_max)
-    diags, n_diags = _top_indices(s, s_budget.to(vertical.device), s_max)
+    B, H, kv_max = vertical.shape
+    dev = vertical.device
+    cols = torch.empty(B, H, v_max, dtype=torch.int32, device=dev)
+    diags = torch.empty(B, H, s_max, dtype=torch.int32, device=dev)
+    n_cols = torch.empty(B, H, dtype=torch.int32, device=dev)
+    n_diags = torch.empty_like(n_cols)
+    if B * H == 0:
+        return cols, n_cols, diags, n_diags
+    k_v, k_s = min(v_max, kv_max), min(s_max, kv_max)
+    k = max(k_v, k_s)
+    score = torch.empty(2, B, H, kv_max, dtype=torch.float32, device=dev)
+    if kv_max > 0:
+        _select_scores_kernel[(triton.cdiv(kv_max, SELECT_BLOCK), H, B)](
+            vertical.contiguous(), slash.contiguous(), layout.kv_len.to(dev), score, kv_max,
+            keep_first, keep_diag, FORCED_KEY=FORCED, BLOCK=SELECT_BLOCK, num_warps=4)
+    # the wider top-k's first ranks are the narrower one's (no ties): one call for both
+    val, pos = torch.topk(score, k, dim=-1, sorted=True)
+    pos, rank = torch.sort(pos, dim=-1, descending=True)
+    _select_compact_kernel[(H, B, 2)](
+        pos, rank, val, v_budget.to(dev), s_budget.to(dev), cols, n_cols, diags, n_diags,
+        k, k_v, k_s, v_max, s_max, INVALID_IDX=INVALID, BLOCK=SELECT_BLOCK, num_warps=4)
     return cols, n_cols, diags, n_diags
