@@ -15,6 +15,7 @@
 #   bash benchmarks/gpu_lanes.sh B1                 one GPU: 128K multivalue at 2x and 0.5x budgets
 #   bash benchmarks/gpu_lanes.sh D1..D4             one GPU: multivalue with dense_tail=64, its cost
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue with 2K chunks, 4 estimate windows
+#   bash benchmarks/gpu_lanes.sh U1, U2             one GPU: multivalue, doubled columns or diagonals
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -522,7 +523,7 @@ B1_budgets() {
 # raw-h100x1-2026-11-26c (dense: L1-accuracy12-R1, L2-accuracy12_128k-Q1; adaptive without
 # the tail: L1-accuracy12-R2, L2-accuracy12_128k-A).
 D1_tail_fixed() {
-  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
     --set dense_tail=64 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
     --tasks multivalue --out $OUT/accuracy_128k_multivalue_tail.json
 }
@@ -565,6 +566,19 @@ J2_windows_fixed() {  # fixed budgets, every default, 4 windows: the 36 prompts 
     --set estimate_windows=4 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
     --tasks multivalue --out $OUT/accuracy_128k_multivalue_windows4.json
 }
+# Lease 2: fixed budgets x2 gave multivalue 59.7 against dense 61.1 (0 higher / 2 lower of
+# 36; every default: 56.2, 1 / 7); 4 estimate windows 53.5 (0 / 9), adaptive + 4 windows or
+# in 2K chunks kept little more than before.  U1-U2: which half of the doubled budget keeps
+# the answers (every head 2000/6096 or 1000/12192) and whether exact question rows do
+# (dense_tail with fixed budgets; in adaptive mode they did not).
+UNIFORM() {  # UNIFORM COLUMNS DIAGONALS: fixed budgets from a uniform profile, 36 prompts
+  python3 $B/make_uniform_profile.py 24 14 $1 $2 /tmp/vs-$1-$2.json
+  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set profile=/tmp/vs-$1-$2.json --lengths 131072 --ruler-lengths 131072 \
+    --ruler-samples 36 --tasks multivalue --out $OUT/accuracy_128k_multivalue_vs$1-$2.json
+}
+U1_columns() { D1_tail_fixed; UNIFORM 2000 6096; }
+U2_diagonals() { UNIFORM 1000 12192; }
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -604,6 +618,8 @@ case "$1" in
   G) lane 0 G_adaptive; lane 1 G_accuracy; wait_lanes 300; jit_check ;;
   D1) lane 0 D1_tail_fixed; wait_lanes 280; jit_check ;;
   D2) lane 0 D2_tail_adaptive; wait_lanes 280; jit_check ;;
+  U1) lane 0 U1_columns; wait_lanes 560; jit_check ;;
+  U2) lane 0 U2_diagonals; wait_lanes 290; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   D3) lane 0 D3_tail_ttft; wait_lanes 370; jit_check ;;
