@@ -21,7 +21,6 @@ from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
-from .vertical_slash.windows import sum_windows, window_kv, window_layout
 from .vertical_slash.index import build_vertical_slash_worklist
 from .worklist import WorkList, apply_density_guard, dense_worklist, merge_worklists
 
@@ -66,7 +65,6 @@ class LayerPatterns:
     keep_first: int = KEEP_FIRST_KEYS  # always-kept first keys (sinks) of Vertical-Slash heads
     keep_diag: int = KEEP_NEAR_DIAGS  # always-kept nearest diagonals (local window)
     floor_scale: float = 0.0  # adaptive mode: fixed top-k at this fraction of the budgets
-    windows: int = 1  # 64-row estimate windows per chunk (.vertical_slash.windows)
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -76,8 +74,8 @@ class LayerPatterns:
     @staticmethod
     def from_heads(patterns: list[HeadPattern], device: torch.device | str,
                    gamma: float | None = None, keep_first: int = KEEP_FIRST_KEYS,
-                   keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0,
-                   windows: int = 1) -> "LayerPatterns":
+                   keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0
+                   ) -> "LayerPatterns":
         if gamma is not None and not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if not 0.0 <= floor_scale <= 1.0:
@@ -85,11 +83,8 @@ class LayerPatterns:
         if keep_first < 0 or keep_diag < 1:
             raise ValueError(f"need keep_first >= 0 and keep_diag >= 1, got {keep_first}, "
                              f"{keep_diag}")
-        if windows < 1:
-            raise ValueError(f"windows must be >= 1, got {windows}")
         lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
-                           keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0,
-                           windows=windows)
+                           keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -112,19 +107,6 @@ class LayerPatterns:
         return lp
 
 
-def _estimate(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
-              sm_scale: float | None, row_lse_fn: Callable | None,
-              windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column and diagonal masses of ``heads``, summed over the chunk's estimate windows."""
-    if windows > 1:
-        kv, layout = window_kv(kv, windows), window_layout(layout, windows)
-    row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
-    vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale, row_lse=row_lse)
-    if windows > 1:
-        vertical, slash = sum_windows(vertical, windows), sum_windows(slash, windows)
-    return vertical, slash
-
-
 def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: LayerPatterns,
                sm_scale: float | None = None, max_density: float | None = None,
                row_lse_fn: Callable | None = None) -> WorkList:
@@ -137,8 +119,9 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     parts: list[tuple[torch.Tensor, WorkList]] = []
     for kind, heads in patterns.groups.items():
         if kind == VERTICAL_SLASH:
-            vertical, slash = _estimate(q, kv, layout, heads, sm_scale, row_lse_fn,
-                                        patterns.windows)
+            row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
+            vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
+                                                      row_lse=row_lse)
             select = select_vertical_slash if patterns.gamma is None else partial(
                 select_adaptive, gamma=patterns.gamma)
             sel = select(

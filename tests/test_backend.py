@@ -178,45 +178,6 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
 
 
-def test_dense_tail_rows_attend_densely(model_dir, monkeypatch, device):
-    """With ``dense_tail`` the last rows of each sparse chunk equal dense attention over all
-    their keys, even where the work lists are sparse; the chunk's other rows stay sparse, and
-    a chunk shorter than the tail is dense throughout."""
-    q_lens, seq_lens = [1, 130, 200, 70], [300, 1400, 200, 2000]
-    batch = make_paged_batch(q_lens, seq_lens, seed=3, device=device)
-    builder, vc = _builder(model_dir, device, dense_tail=80)
-    md = builder.build(0, batch.cam)
-    sb = md.minference
-    assert sb.req_ids == [1, 2, 3]
-    assert [(r.token_start, r.token_end) for r in sb.tail_runs] == [(51, 131), (251, 331),
-                                                                     (331, 401)]
-    tail = sb.tail_runs[0].metadata
-    assert tail.query_start_loc.tolist() == [0, 80] and tail.seq_lens.tolist() == [1400]
-    assert tail.num_actual_tokens == tail.max_query_len == 80
-
-    impl = _impl(vc, monkeypatch)
-    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
-    impl.planner._patterns = None
-    reference = torch.zeros(sum(q_lens), 4, 64, dtype=torch.float16, device=device)
-    dense_reference_forward(impl, _Layer(), batch.query, batch.key, batch.value,
-                            batch.kv_cache, md, reference)
-    out = torch.full_like(reference, float("nan"))
-    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
-    tails = torch.cat([torch.arange(a, b) for a, b in [(51, 131), (251, 331), (331, 401)]])
-    torch.testing.assert_close(out[tails.to(device)], reference[tails.to(device)],
-                               atol=1e-4, rtol=0)
-    builder.settings = builder.settings.model_copy(update={"dense_tail": 0})
-    plain_md = builder.build(0, batch.cam)  # without the setting: no tail runs
-    assert plain_md.minference.tail_runs == []
-    plain = torch.full_like(reference, float("nan"))
-    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, plain_md, plain)
-    before = torch.cat([torch.arange(1, 51), torch.arange(131, 251)]).to(device)
-    torch.testing.assert_close(out[before], plain[before], atol=0, rtol=0)
-    # the sparse lists do change the tail rows (sink keys keep the change small), so the
-    # comparison with the dense reference above can fail
-    assert float((plain[tails.to(device)] - reference[tails.to(device)]).abs().max()) > 1e-3
-
-
 def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_path):
     """With the trace setting each forward of a sparse step becomes one JSON line: the path
     the layer took (sparse, or dense because its lists or its prediction were too dense),

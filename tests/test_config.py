@@ -38,19 +38,15 @@ def test_bad_env_value_is_named():
 
 def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
-    assert s.mode == "fixed" and s.plan_options() == {"gamma": None, "windows": 1}  # MInference's
+    assert s.mode == "fixed" and s.plan_options() == {"gamma": None}  # MInference's budgets
     s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
     assert s.plan_options() == {"gamma": 0.95, "keep_first": 30, "keep_diag": 100,
-                                "floor_scale": 0.0, "windows": 1}
+                                "floor_scale": 0.0}
     s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9", "adaptive_local": "1024"}},
                                         environ={"MINFERENCE_MODE": "adaptive",
                                                  "MINFERENCE_ADAPTIVE_FLOOR": "0.25"})
     assert s.plan_options() == {"gamma": 0.9, "keep_first": 30, "keep_diag": 1024,
-                                "floor_scale": 0.25, "windows": 1}
-    s = MInferenceSettings.from_sources({"minference": {"estimate_windows": "3"}}, environ={})
-    assert s.plan_options() == {"gamma": None, "windows": 3}
-    with pytest.raises(ValueError, match="estimate_windows"):
-        MInferenceSettings.from_sources({"minference": {"estimate_windows": 0}}, environ={})
+                                "floor_scale": 0.25}
     with pytest.raises(ValueError, match="adaptive_floor"):
         MInferenceSettings.from_sources({"minference": {"adaptive_floor": 1.5}}, environ={})
     with pytest.raises(ValueError, match="gamma"):

@@ -272,31 +272,3 @@ def test_estimate_from_fa3_row_statistics(device, q_lens, kv_lens):
     with pytest.raises(ValueError, match="paged"):
         estimate_row_lse(batch.q, batch.kv, batch.layout, heads, varlen_fn=emulate_fa3_varlen)
 
-
-def test_estimate_windows_sum_truncated_sequences(device):
-    """With 2 windows each sequence's estimate is its own (last 64 rows) plus that of the same
-    sequence cut ``stride`` rows short (stride = half its rows in whole 64-row blocks); a
-    chunk too short for a second window counts its last window twice."""
-    from vllm_minference.kernels.layout import KVSource, SeqLayout
-    from vllm_minference.kernels.plan import _estimate
-    from vllm_minference.kernels.vertical_slash.windows import window_ends
-
-    assert window_ends(300, 2) == [300, 172] and window_ends(70, 2) == [70, 70]
-    assert window_ends(130, 3) == [130, 130, 130] and window_ends(640, 4) == [640, 512, 384, 256]
-    q_lens, kv_lens = [300, 70, 130], [700, 300, 130]
-    batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
-    heads = [0, 3]
-    vert, slash = _estimate(batch.q, batch.paged, batch.layout,
-                            torch.tensor(heads, device=device), None, None, windows=2)
-    cut = SeqLayout.from_lengths([300, 172, 70, 70, 130, 66], [700, 572, 300, 300, 130, 66],
-                                 device, q_starts=[0, 0, 300, 300, 370, 370])
-    starts = torch.tensor([0, 0, 700, 700, 1000, 1000], dtype=torch.int32, device=device)
-    cut_kv = KVSource(batch.kv.key, batch.kv.value, kv_start=starts)
-    ref_v, ref_s = estimate_reference(batch.q, cut_kv, cut, heads)
-    ref_v, ref_s = (x.view(3, 2, 2, -1).sum(1) for x in (ref_v, ref_s))
-    torch.testing.assert_close(vert.double().cpu(), ref_v, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(slash.double().cpu(), ref_s, atol=1e-5, rtol=1e-4)
-    one_v, _ = _estimate(batch.q, batch.paged, batch.layout,
-                         torch.tensor(heads, device=device), None, None, windows=1)
-    assert not torch.allclose(vert[0], one_v[0])  # the second window added its own mass
-    torch.testing.assert_close(vert[1], 2 * one_v[1])

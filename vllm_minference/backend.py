@@ -59,7 +59,6 @@ class SparseBatch:
     block_table: torch.Tensor  # [n_sparse, max_pages] rows of the step's block table
     dense_runs: list[DenseRun]  # the other requests
     sparse_runs: list[DenseRun]  # the sparse requests, for a layer that falls back to dense
-    tail_runs: list[DenseRun] = field(default_factory=list)  # dense_tail rows, one per request
     _geometry: dict[tuple[int, int], PageGeometry] = field(default_factory=dict)
 
     def page_geometry(self, num_heads: int, rows_per_group: int) -> PageGeometry:
@@ -133,8 +132,6 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
                         for r0, r1 in runs_of(sparse, False)],
             sparse_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)
                          for r0, r1 in runs_of(sparse, True)],
-            tail_runs=[self._tail(md, qsl, q_lens, seq_lens, r, self.settings.dense_tail)
-                       for r in ids] if self.settings.dense_tail else [],
         )
         fields = {f.name: getattr(md, f.name) for f in dataclasses.fields(md)}
         return MInferenceMetadata(**fields, minference=batch)
@@ -160,21 +157,6 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
             max_num_splits=0,
         )
         return DenseRun(t0, t1, sub)
-
-    @staticmethod
-    def _tail(md: FlashAttentionMetadata, qsl: list[int], q_lens: list[int],
-              seq_lens: list[int], r: int, tail: int) -> DenseRun:
-        """FlashAttention metadata of the last ``tail`` query rows of request ``r`` over all
-        of its keys (FlashAttention aligns the causal mask bottom-right, as these rows need)."""
-        rows = min(tail, q_lens[r])
-        t1 = qsl[r + 1]
-        run = MInferenceMetadataBuilder._run(md, qsl, q_lens, seq_lens, r, r + 1)
-        sub = dataclasses.replace(
-            run.metadata, num_actual_tokens=rows, max_query_len=rows,
-            query_start_loc=host_to_device(torch.tensor([0, rows], dtype=torch.int32),
-                                           md.query_start_loc.device),
-            slot_mapping=md.slot_mapping[t1 - rows:t1])
-        return DenseRun(t1 - rows, t1, sub)
 
 
 class MInferenceImpl(FlashAttentionImpl):
@@ -216,9 +198,6 @@ class MInferenceImpl(FlashAttentionImpl):
         done = self.planner.run(layer, query, kv_cache, batch, self.scale, output)
         if not done:  # the layer's work lists were too dense: FlashAttention is faster
             for run in batch.sparse_runs:
-                self._dense(layer, query, key, value, kv_cache, run, output)
-        else:  # dense_tail: the chunk's last rows (a prompt's question) get exact attention
-            for run in batch.tail_runs:
                 self._dense(layer, query, key, value, kv_cache, run, output)
         if trace is not None:
             layout = batch.layout

@@ -75,18 +75,6 @@ class MInferenceSettings(BaseModel):
                     "the fa3 key-tile kernel).  Measured on an H100: no gain (0.78 vs 0.84 ms "
                     "at 1M keys; TTFT of a 1M prompt 5.31 vs 5.28 s adaptive), so triton stays "
                     "the default")
-    estimate_windows: int = Field(
-        1, ge=1, le=16,
-        description="64-row query windows per prefill chunk that the Vertical-Slash estimate "
-                    "reads (MInference: 1, the chunk's last 64 rows); more windows, spread "
-                    "evenly over the chunk, also see what the rows before the end attend to, "
-                    "at that many times the estimate's cost")
-    dense_tail: int = Field(
-        0, ge=0,
-        description="the last this many query rows of every sparse prefill chunk are "
-                    "recomputed with dense FlashAttention over all their keys: the end of "
-                    "a prompt (its question) then attends exactly, at the cost of one short "
-                    "dense call per chunk and layer; 0 = off")
     max_density: float = Field(
         0.45, gt=0, le=1,
         description="a layer whose work lists cover more of the causal area runs dense")
@@ -98,10 +86,9 @@ class MInferenceSettings(BaseModel):
     def plan_options(self) -> dict:
         """Keyword arguments of ``LayerPatterns.from_heads`` for the selection mode."""
         if self.mode != "adaptive":
-            return {"gamma": None, "windows": self.estimate_windows}
+            return {"gamma": None}
         return {"gamma": self.gamma, "keep_first": self.adaptive_sinks,
-                "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor,
-                "windows": self.estimate_windows}
+                "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor}
 
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,
