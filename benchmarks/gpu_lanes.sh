@@ -13,9 +13,10 @@
 #   bash benchmarks/gpu_lanes.sh Z1..Z4             one GPU: 2-warp pass 2, TTFT, kernel tables
 #   bash benchmarks/gpu_lanes.sh Y1                 one GPU: adaptive estimate as chunk masses (reverted)
 #   bash benchmarks/gpu_lanes.sh B1                 one GPU: 128K multivalue at 2x and 0.5x budgets
-#   bash benchmarks/gpu_lanes.sh D1..D4             one GPU: multivalue with dense_tail=64, its cost
-#   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue with 2K chunks, 4 estimate windows
-#   bash benchmarks/gpu_lanes.sh U1, U2             one GPU: multivalue, doubled columns or diagonals
+#   bash benchmarks/gpu_lanes.sh D1, D2             one GPU: multivalue with dense_tail=64 (taken out)
+#   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
+#   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
+#   bash benchmarks/gpu_lanes.sh L1, L2             one GPU: TTFT with the fused selection, 4K/8K pairs
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -516,6 +517,8 @@ B1_budgets() {
 }
 
 # Tenth session: does exact attention for the question rows keep the multi-needle answers?
+# (D1, D2, J1, J2 need the package of commit f8722c3: the dense_tail and estimate_windows
+# settings they test kept no answers and were taken out again, see HISTORY.)
 # dense_tail=64 recomputes the last 64 rows of every sparse chunk (the estimate's rows; at a
 # prompt's end, its question) with dense FlashAttention.  D1: fixed budgets, the 36
 # multivalue prompts of A1/A2 (dense and fixed answers in raw-h100x1-2026-11-26h).  D2:
@@ -532,20 +535,6 @@ D2_tail_adaptive() {
     --mode adaptive $FLOORS --set dense_tail=64 --lengths 16384 \
     --ruler-lengths 16384 32768 131072 --ruler-samples 12 --tasks multivalue multikey \
     --out $OUT/accuracy_multivalue_tail_adaptive.json
-}
-# D3/D4: what the tail costs, TTFT in 64K chunks against FLASH_ATTN in the same lease
-D3_tail_ttft() {
-  timeout 210 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 1048576 \
-    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
-    --set dense_tail=64 --lengths 131072 1048576 --max-num-batched-tokens 65536 \
-    --out $OUT/ttft_chunk64k.json
-}
-D4_tail_ttft() {
-  timeout 150 python3 $B/bench_ttft.py --backend minference --mode adaptive $FLOORS \
-    --lengths 131072 1048576 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  timeout 150 python3 $B/bench_ttft.py --backend minference --mode fixed --set dense_tail=64 \
-    --lengths 131072 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
 # Lease 1 (D2): the tail kept nothing: adaptive multivalue 56.2 / 50.0 / 29.2 at 16K / 32K /
 # 128K (without it 47.9 / 47.9 / 29.2, dense 91.7 / 70.8 / 58.3), and the sparse answers
@@ -579,6 +568,33 @@ UNIFORM() {  # UNIFORM COLUMNS DIAGONALS: fixed budgets from a uniform profile, 
 }
 U1_columns() { D1_tail_fixed; UNIFORM 2000 6096; }
 U2_diagonals() { UNIFORM 1000 12192; }
+# Lease 3: doubled diagonals kept the answers (59.0), doubled columns did not (56.2), exact
+# question rows a little (57.6).  U3/U4: adaptive mode with a wider local band (lease 3 ran
+# these, L1 and L2 as the same commands typed out, before they were lanes).
+U3_local() {
+  timeout 200 python3 $B/bench_accuracy.py $ADAPTIVE16 --set adaptive_local=4096 \
+    --ruler-lengths 16384 32768 131072 --ruler-samples 12 --tasks multivalue multikey \
+    --out $OUT/accuracy_adaptive_local4096.json
+}
+U4_local() {
+  timeout 200 python3 $B/bench_accuracy.py $ADAPTIVE16 --set adaptive_local=8192 \
+    --ruler-lengths 32768 131072 --ruler-samples 12 --tasks multivalue multikey \
+    --out $OUT/accuracy_adaptive_local8192.json
+}
+L1_ttft() {  # vLLM's default chunks with the fused selection; doubled diagonals' price
+  Z3_default_chunks
+  python3 $B/make_uniform_profile.py 24 14 1000 12192 /tmp/vs-1000-12192.json
+  timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed \
+    --set profile=/tmp/vs-1000-12192.json --lengths 131072 --out $OUT/ttft.json
+}
+L2_short_pairs() {  # 4K/8K run the same FlashAttention path: engine-to-engine spread
+  for i in 1 2 3; do
+    for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+      timeout 75 python3 $B/bench_ttft.py --backend $cfg --lengths 4096 8192 \
+        --out $OUT/ttft_short_pairs.json
+    done
+  done
+}
 
 # one-GPU calls (nvidia-h100-x1): the same functions, one after the other
 H1_ttft() {
@@ -620,10 +636,12 @@ case "$1" in
   D2) lane 0 D2_tail_adaptive; wait_lanes 280; jit_check ;;
   U1) lane 0 U1_columns; wait_lanes 560; jit_check ;;
   U2) lane 0 U2_diagonals; wait_lanes 290; jit_check ;;
+  U3) lane 0 U3_local; wait_lanes 220; jit_check ;;
+  U4) lane 0 U4_local; wait_lanes 220; jit_check ;;
+  L1) lane 0 L1_ttft; wait_lanes 380; jit_check ;;
+  L2) lane 0 L2_short_pairs; wait_lanes 470 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
-  D3) lane 0 D3_tail_ttft; wait_lanes 370; jit_check ;;
-  D4) lane 0 D4_tail_ttft; wait_lanes 310; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
   H2) lane 0 H2_accuracy; wait_lanes 545 ;;
   H3) lane 0 C_default; wait_lanes 200; lane 0 C_searched; wait_lanes 400 ;;

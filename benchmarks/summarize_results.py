@@ -18,6 +18,7 @@ import glob
 import json
 import math
 import os
+import statistics
 from collections import defaultdict
 
 import trace_steps  # a sibling script (this folder is first on the path when run)
@@ -42,28 +43,46 @@ def fmt_len(n: int) -> str:
 
 
 # ------------------------------------------------------------------------------- TTFT
+def engines_note(r: dict) -> str:
+    """Where a ratio is of medians over several engine starts, how many on each side."""
+    if "engines" not in r:
+        return ""
+    return f" (medians of {r['engines'][0]} / {r['engines'][1]} engines)"
+
+
 def pair_ttft(raw_rows: list[dict]) -> list[dict]:
     """One row per (model, tp, seq_len, minference mode/config): dense vs minference."""
     def key(r):  # the prefill chunk is an engine setting both backends share
         return (r["model"], r["tp"], r["seq_len"], r.get("max_num_batched_tokens"))
-    dense = {key(r): r for r in raw_rows if r["kind"] == "ttft" and r["mode"] == "dense"}
-    # a dense row of the same machine lease (rows tagged by their file, see lease_of) first
-    dense_lease = {(*key(r), r.get("lease")): r for r in raw_rows
-                   if r["kind"] == "ttft" and r["mode"] == "dense"}
-    out = []
+    # several engines of one configuration (repeated pairs of short prompts, whose
+    # engine-to-engine spread exceeds the backends' difference) count by their median
+    dense, dense_lease = defaultdict(list), defaultdict(list)
+    sparse = defaultdict(list)
     for r in raw_rows:
-        if r["kind"] != "ttft" or r["mode"] == "dense":
+        if r["kind"] != "ttft":
             continue
-        d = dense_lease.get((*key(r), r.get("lease"))) or dense.get(key(r))
-        if d is None:
+        if r["mode"] == "dense":
+            dense[key(r)].append(r)
+            dense_lease[(*key(r), r.get("lease"))].append(r)  # same machine lease first
+        else:
+            sparse[(*key(r), r.get("lease"), json.dumps(r["config"], sort_keys=True))].append(r)
+    out = []
+    for group in sparse.values():
+        r = group[0]
+        ds = dense_lease.get((*key(r), r.get("lease"))) or dense.get(key(r))
+        if not ds:
             continue
+        d_s = statistics.median(x["seconds"] for x in ds)
+        m_s = statistics.median(x["seconds"] for x in group)
         out.append(dict(kind="ttft", model=r["model"], layers=r["layers"], tp=r["tp"],
                         seq_len=r["seq_len"], mode=r["mode"], config=r["config"],
                         max_num_batched_tokens=r.get("max_num_batched_tokens"),
-                        dense_s=round(d["seconds"], 4), minference_s=round(r["seconds"], 4),
-                        speedup=round(d["seconds"] / r["seconds"], 3), runs=r["runs"],
-                        **({"dense_lease": d.get("lease")}
-                           if d.get("lease") != r.get("lease") else {})))
+                        dense_s=round(d_s, 4), minference_s=round(m_s, 4),
+                        speedup=round(d_s / m_s, 3), runs=r["runs"],
+                        **({"engines": [len(ds), len(group)]}
+                           if len(ds) > 1 or len(group) > 1 else {}),
+                        **({"dense_lease": ds[0].get("lease")}
+                           if ds[0].get("lease") != r.get("lease") else {})))
     by_file = defaultdict(dict)  # decode runs pair within their file (one call, one machine)
     for r in raw_rows:
         if r["kind"] == "decode":
@@ -514,7 +533,7 @@ def main() -> None:
                       f"{fmt_len(chunk) if chunk else 'default'} | {r['mode']}"
                       f"{' ' + json.dumps(r['config']) if r['config'] else ''} | "
                       f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x"
-                      f"{other_lease(r)} |")
+                      f"{other_lease(r)}{engines_note(r)} |")
         for r in (r for r in rows if r["kind"] == "decode"):
             md.append(f"\nDecode at {fmt_len(r['seq_len'])} context: FLASH_ATTN "
                       f"{r['dense_tokens_per_s']} tok/s, minference {r['minference_tokens_per_s']} "
