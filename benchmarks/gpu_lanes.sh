@@ -16,7 +16,7 @@
 #   bash benchmarks/gpu_lanes.sh D1, D2             one GPU: multivalue with dense_tail=64 (taken out)
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
-#   bash benchmarks/gpu_lanes.sh L1, L2             one GPU: TTFT with the fused selection, 4K/8K pairs
+#   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -587,6 +587,14 @@ L1_ttft() {  # vLLM's default chunks with the fused selection; doubled diagonals
   timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed \
     --set profile=/tmp/vs-1000-12192.json --lengths 131072 --out $OUT/ttft.json
 }
+L3_select() {  # the fused selection against the package before it (.whl/old/), kernels
+  gpu_tests 150 $PWD/tests/test_vertical_slash.py -k "select or estimate"
+  timeout 120 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
+    --label fused --out $OUT/tune_estimate.json
+  tune_estimate_before 120
+  timeout 270 python3 $B/bench_kernels.py --seq-lens 131072 \
+    --patterns vertical_slash,vertical_slash_adaptive --out $OUT/kernels.json
+}
 L2_short_pairs() {  # 4K/8K run the same FlashAttention path: engine-to-engine spread
   for i in 1 2 3; do
     for cfg in "FLASH_ATTN" "minference --mode fixed"; do
@@ -640,6 +648,7 @@ case "$1" in
   U4) lane 0 U4_local; wait_lanes 220; jit_check ;;
   L1) lane 0 L1_ttft; wait_lanes 380; jit_check ;;
   L2) lane 0 L2_short_pairs; wait_lanes 470 ;;
+  L3) lane 0 L3_select; wait_lanes 580 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -56,14 +56,14 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
         return (r["model"], r["tp"], r["seq_len"], r.get("max_num_batched_tokens"))
     # several engines of one configuration (repeated pairs of short prompts, whose
     # engine-to-engine spread exceeds the backends' difference) count by their median
-    dense, dense_lease = defaultdict(list), defaultdict(list)
+    dense, dense_lease = {}, defaultdict(list)
     sparse = defaultdict(list)
     for r in raw_rows:
         if r["kind"] != "ttft":
             continue
-        if r["mode"] == "dense":
-            dense[key(r)].append(r)
-            dense_lease[(*key(r), r.get("lease"))].append(r)  # same machine lease first
+        if r["mode"] == "dense":  # a row's own lease first, else the last lease seen
+            dense_lease[(*key(r), r.get("lease"))].append(r)
+            dense[key(r)] = dense_lease[(*key(r), r.get("lease"))]
         else:
             sparse[(*key(r), r.get("lease"), json.dumps(r["config"], sort_keys=True))].append(r)
     out = []

@@ -524,3 +524,15 @@ def test_accuracy_plot_title_says_where_sparse_began():
     assert "4K" in sr.sparse_start_note([{"min_sparse_len": "4096"}])
     assert "per configuration" in sr.sparse_start_note([{"min_sparse_len": None},
                                                         {"min_sparse_len": 4096}])
+
+
+def test_ttft_repeated_engines_pair_by_their_medians():
+    """Short prompts timed over several engine starts: the ratio is of the medians, and the
+    table says over how many engines."""
+    raw = [dict(_ttft("dense", 1, 1024, s), lease="L1") for s in (2.0, 3.0, 10.0)]
+    raw += [dict(_ttft("fixed", 1, 1024, s), lease="L1") for s in (1.0, 2.0, 2.5, 9.0)]
+    (row,) = summarize_results.pair_ttft(raw)
+    assert (row["dense_s"], row["minference_s"], row["speedup"]) == (3.0, 2.25, 1.333)
+    assert summarize_results.engines_note(row) == " (medians of 3 / 4 engines)"
+    (single,) = summarize_results.pair_ttft(raw[:1] + raw[3:4])
+    assert "engines" not in single and summarize_results.engines_note(single) == ""
