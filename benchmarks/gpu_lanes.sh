@@ -17,6 +17,7 @@
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
+#   bash benchmarks/gpu_lanes.sh F1, F2             one GPU: fixed mode's local band (next session)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -587,6 +588,23 @@ L1_ttft() {  # vLLM's default chunks with the fused selection; doubled diagonals
   timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed \
     --set profile=/tmp/vs-1000-12192.json --lengths 131072 --out $OUT/ttft.json
 }
+# Next session: a wider local band inside the same diagonal budget (fixed_local: the first
+# N diagonals forced, the other 6096 - N the estimate's top ones), which costs less than
+# doubled diagonals (contiguous runs are the page lists' cheapest keys).  F1: the 36
+# multivalue prompts at 128K (dense 61.1, default 56.2, 1000/12192 59.0); F2: its TTFT.
+F1_local_band() {
+  for band in 2048 4096; do
+    timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+      --set fixed_local=$band --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+      --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
+  done
+}
+F2_local_band_ttft() {
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
+             "minference --mode fixed --set fixed_local=4096"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 L3_select() {  # the fused selection against the package before it (.whl/old/), kernels
   gpu_tests 150 $PWD/tests/test_vertical_slash.py -k "select or estimate"
   timeout 120 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
@@ -649,6 +667,8 @@ case "$1" in
   L1) lane 0 L1_ttft; wait_lanes 380; jit_check ;;
   L2) lane 0 L2_short_pairs; wait_lanes 470 ;;
   L3) lane 0 L3_select; wait_lanes 580 ;;
+  F1) lane 0 F1_local_band; wait_lanes 560; jit_check ;;
+  F2) lane 0 F2_local_band_ttft; wait_lanes 420; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -178,6 +178,12 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
 
 
+def test_fixed_mode_sinks_and_local_band_reach_the_plan(model_dir, monkeypatch):
+    _, vc = _builder(model_dir, fixed_sinks=8, fixed_local=512)
+    lp = _impl(vc, monkeypatch).planner.patterns(_Layer(), "cpu")
+    assert (lp.gamma, lp.keep_first, lp.keep_diag) == (None, 8, 512)
+
+
 def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_path):
     """With the trace setting each forward of a sparse step becomes one JSON line: the path
     the layer took (sparse, or dense because its lists or its prediction were too dense),

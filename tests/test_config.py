@@ -38,7 +38,8 @@ def test_bad_env_value_is_named():
 
 def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
-    assert s.mode == "fixed" and s.plan_options() == {"gamma": None}  # MInference's budgets
+    assert s.mode == "fixed"  # MInference's budgets, sinks and local band
+    assert s.plan_options() == {"gamma": None, "keep_first": 30, "keep_diag": 100}
     s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
     assert s.plan_options() == {"gamma": 0.95, "keep_first": 30, "keep_diag": 100,
                                 "floor_scale": 0.0}
@@ -47,6 +48,11 @@ def test_mode_and_gamma():
                                                  "MINFERENCE_ADAPTIVE_FLOOR": "0.25"})
     assert s.plan_options() == {"gamma": 0.9, "keep_first": 30, "keep_diag": 1024,
                                 "floor_scale": 0.25}
+    s = MInferenceSettings.from_sources({"minference": {"fixed_local": "4096"}},
+                                        environ={"MINFERENCE_FIXED_SINKS": "64"})
+    assert s.plan_options() == {"gamma": None, "keep_first": 64, "keep_diag": 4096}
+    with pytest.raises(ValueError, match="fixed_local"):
+        MInferenceSettings.from_sources({"minference": {"fixed_local": 0}}, environ={})
     with pytest.raises(ValueError, match="adaptive_floor"):
         MInferenceSettings.from_sources({"minference": {"adaptive_floor": 1.5}}, environ={})
     with pytest.raises(ValueError, match="gamma"):

@@ -40,6 +40,13 @@ class MInferenceSettings(BaseModel):
                     "Vertical-Slash head that hold `gamma` of the estimated attention, the "
                     "profile budgets as ceilings (much faster at 128K-1M, but it lost points "
                     "on multi-needle tasks in our accuracy suite: see README)")
+    fixed_sinks: int = Field(
+        30, ge=0, description="fixed mode: first keys every Vertical-Slash head keeps, within "
+                              "its column budget (MInference: 30)")
+    fixed_local: int = Field(
+        100, ge=1, description="fixed mode: nearest diagonals every Vertical-Slash head keeps, "
+                               "within its diagonal budget (MInference: 100); the rest of the "
+                               "budget goes to the estimate's top diagonals")
     gamma: float = Field(0.95, gt=0, le=1, description="attention share kept in adaptive mode")
     adaptive_sinks: int = Field(
         30, ge=0, description="adaptive mode: first keys every Vertical-Slash head keeps")
@@ -86,7 +93,7 @@ class MInferenceSettings(BaseModel):
     def plan_options(self) -> dict:
         """Keyword arguments of ``LayerPatterns.from_heads`` for the selection mode."""
         if self.mode != "adaptive":
-            return {"gamma": None}
+            return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local}
         return {"gamma": self.gamma, "keep_first": self.adaptive_sinks,
                 "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor}
 
