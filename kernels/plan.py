@@ -139,7 +139,8 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
             wl = build_block_sparse_worklist(scores, patterns.budget_a[kind],
                                              patterns.max_a[kind])
         elif kind == A_SHAPE:
-            wl = build_a_shape_worklist(layout, patterns.budget_a[kind], patterns.budget_b[kind])
+            wl = build_a_shape_worklist(layout, patterns.budget_a[kind], patterns.budget_b[kind],
+                                        patterns.max_a[kind], patterns.max_b[kind])
         else:
             wl = dense_worklist(layout, heads.numel())
         parts.append((heads, wl))

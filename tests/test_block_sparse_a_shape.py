@@ -87,3 +87,22 @@ def test_a_shape(device, dtype, q_lens, kv_lens):
         lambda b, h, ql, kl: a_shape_mask(sink[h], local[h], ql, kl))
     out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
     assert float((out.double() - ref).norm() / ref.norm()) < tolerance(dtype)
+
+
+def test_a_shape_lists_from_host_maxima_read_nothing_back(device, monkeypatch):
+    """Serving passes the budgets' maxima from the profile: the same lists, and no value is
+    read back from the device (which would stall the host every layer)."""
+    batch = make_batch([130, 64], [400, 700], 4, 1, 64, torch.float16, device)
+    sink = torch.tensor([10, 64, 0, 200], device=device)
+    local = torch.tensor([64, 100, 130, 1], device=device)
+    expect = build_a_shape_worklist(batch.layout, sink, local)
+    batch.layout.block_first_pos()  # (the layout's own helpers are not under test)
+
+    def no_readback(*a, **k):
+        raise AssertionError("read back from the device")
+    monkeypatch.setattr(torch.Tensor, "max", no_readback)
+    monkeypatch.setattr(torch.Tensor, "item", no_readback)
+    got = build_a_shape_worklist(batch.layout, sink, local, sink_max=200, local_max=130)
+    monkeypatch.undo()
+    for a, b in ((got.desc, expect.desc), (got.chunks, expect.chunks), (got.cols, expect.cols)):
+        assert torch.equal(a, b)

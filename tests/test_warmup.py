@@ -66,3 +66,36 @@ def test_fa3_warm_up_failure_falls_back_to_triton(monkeypatch):
     assert planner.kernel == "fa3"
     planner.warm_up(64, torch.bfloat16, 0.125)
     assert kernels == ["fa3", "triton"] and planner.kernel == "triton"
+
+
+def test_planner_warms_up_every_distinct_vertical_slash_budget(monkeypatch):
+    """The index builder's and adaptive selection's compiled variants follow the largest
+    budgets of a layer (past 1000/6096): each distinct maximum of the profile is warmed up,
+    budget_scale applied, so none compiles inside the first long prefill."""
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.layer_plan import LayerPlanner
+    from vllm_minference.profiles import HeadSpec, default_profile
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    budgets = []
+    monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels",
+                        lambda *a, vs_budget, **k: budgets.append(vs_budget) or True)
+    profile = default_profile(3, 4)
+    big = HeadSpec(pattern="vertical_and_slash", a=3500, b=24528)
+    stream = HeadSpec(pattern="stream_llm", a=128, b=1024)
+    layers = [profile.layers[0], [big] + profile.layers[1][1:], [stream] * 4]
+    profile = profile.model_copy(update={"layers": layers})
+    settings = MInferenceSettings(budget_scale=0.5)
+    LayerPlanner(settings, profile, [0, 1, 2, 3], 2).warm_up(64, torch.bfloat16, 0.125)
+    assert budgets == [(500, 3048), (1750, 12264)]
+    budgets.clear()  # heads of this shard (TP) only: head 0 is elsewhere
+    LayerPlanner(settings, profile, [1, 2], 2).warm_up(64, torch.bfloat16, 0.125)
+    assert budgets == [(500, 3048)]
+
+
+def test_warm_up_with_large_budgets(device, monkeypatch):
+    """A budget wider than the warm-up's tiny sequence still runs (the lists are as wide as
+    the budget, the sequence fills part of them)."""
+    monkeypatch.setattr(warmup, "_done", set())
+    args = (3, 1, 64, torch.float16, 16, 0.125)
+    assert warm_up_kernels(*args, gamma=None, device=device, vs_budget=(3500, 9000))
+    assert warm_up_kernels(*args, gamma=0.9, device=device, vs_budget=(3500, 9000))

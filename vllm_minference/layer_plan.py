@@ -15,7 +15,8 @@ from vllm.logger import init_logger
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
-from vllm_minference.kernels import KVSource, LayerPatterns, plan_layer, sparse_attention
+from vllm_minference.kernels import (VERTICAL_SLASH, KVSource, LayerPatterns, plan_layer,
+                                     sparse_attention)
 from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
 from vllm_minference.kernels.vertical_slash import estimate_row_lse
 
@@ -287,10 +288,13 @@ class LayerPlanner:
         if not torch.cuda.is_available():
             return
         try:
-            if warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
-                               self.page_size, scale, kernel=self.kernel,
-                               fa3_min_run=self.settings.fa3_min_run,
-                               row_lse_fn=self.row_lse_fn, **self.settings.plan_options()):
+            ran = [warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
+                                   self.page_size, scale, kernel=self.kernel,
+                                   fa3_min_run=self.settings.fa3_min_run,
+                                   row_lse_fn=self.row_lse_fn, vs_budget=budget,
+                                   **self.settings.plan_options())
+                   for budget in self.vs_budgets()]
+            if any(ran):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d, key tiles on %s", len(self.head_ids),
                             self.num_kv_heads, head_size, dtype, self.page_size, self.kernel)
@@ -305,6 +309,18 @@ class LayerPlanner:
             return
         logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
                        "compile on the first sparse prefill", type(failed).__name__, failed)
+
+    def vs_budgets(self) -> list[tuple[int, int]]:
+        """The distinct (columns, diagonals) maxima of this planner's Vertical-Slash heads
+        over the profile's layers (budgets scaled): what the warm-up must cover."""
+        pairs = set()
+        for index in range(len(self.profile.layers)):
+            vs = [p for p in self.profile.layer_patterns(index, self.head_ids,
+                                                         self.settings.budget_scale)
+                  if p.kind == VERTICAL_SLASH]
+            if vs:
+                pairs.add((max(p.a for p in vs), max(p.b for p in vs)))
+        return sorted(pairs) or [(30, 50)]
 
     def layer_index(self, layer) -> int:
         """This layer's row in the profile."""

@@ -29,15 +29,21 @@ _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
-                    fa3_min_run: int = 1, row_lse_fn=None, **plan_options) -> bool:
+                    fa3_min_run: int = 1, row_lse_fn=None,
+                    vs_budget: tuple[int, int] = (30, 50), **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
+
+    ``vs_budget``: the largest (columns, diagonals) budget of the layer's Vertical-Slash
+    heads.  The index builder's search depth and adaptive mode's sort widths follow it past
+    the default profile's 1000/6096 (e.g. Qwen2.5-7B-1M's 22032/24528), so a warm-up with
+    smaller budgets would leave those variants to compile inside the first long prefill.
 
     ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3, and
     the sparse kernel, which layers with few keys per row keep using).  ``row_lse_fn``: as
     :func:`plan_layer` takes it.
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
-           fa3_min_run, row_lse_fn, tuple(sorted(plan_options.items())))
+           fa3_min_run, row_lse_fn, tuple(vs_budget), tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)
@@ -48,7 +54,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     table[0, :n_pages] = torch.arange(1, n_pages + 1, dtype=torch.int32, device=device)
     kv = KVSource.packed(cache, table)
     layout = SeqLayout.from_lengths([_Q_LEN], [_KV_LEN], device)
-    kinds = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 2),
+    kinds = [HeadPattern(VERTICAL_SLASH, *vs_budget), HeadPattern(BLOCK_SPARSE, 2),
              HeadPattern(A_SHAPE, 16, 64)]
     patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
                                         gamma=gamma, **plan_options)
