@@ -17,7 +17,7 @@
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
-#   bash benchmarks/gpu_lanes.sh F1, F2             one GPU: fixed mode's local band (next session)
+#   bash benchmarks/gpu_lanes.sh F1..F3             one GPU: fixed mode's local band; big-budget warm-up (next session)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -605,6 +605,11 @@ F2_local_band_ttft() {
     timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
   done
 }
+F3_big_budget_warm_up() {  # budgets past 1000/6096 (x2: 2000/12192) compiled mid-prefill
+  # before the warm-up covered every budget maximum: jit_warnings.txt should now read 0
+  timeout 110 python3 $B/bench_ttft.py --backend minference --mode fixed \
+    --set budget_scale=2.0 --lengths 131072 --out $OUT/ttft_budget_x2.json
+}
 L3_select() {  # the fused selection against the package before it (.whl/old/), kernels
   gpu_tests 150 $PWD/tests/test_vertical_slash.py -k "select or estimate"
   timeout 120 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
@@ -669,6 +674,7 @@ case "$1" in
   L3) lane 0 L3_select; wait_lanes 580 ;;
   F1) lane 0 F1_local_band; wait_lanes 560; jit_check ;;
   F2) lane 0 F2_local_band_ttft; wait_lanes 420; jit_check ;;
+  F3) lane 0 F3_big_budget_warm_up; wait_lanes 130; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
