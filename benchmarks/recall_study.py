@@ -30,11 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vllm_minference.kernels import KVSource, SeqLayout  # noqa: E402
 from vllm_minference.kernels.layout import BLOCK_M, BLOCK_N  # noqa: E402
 from vllm_minference.kernels.vertical_slash import adaptive  # noqa: E402
-from vllm_minference.kernels.vertical_slash.estimate import select_vertical_slash  # noqa: E402
 # the torch definitions of the kernels' index steps: the study runs on a CPU without Triton
 from vllm_minference.kernels.vertical_slash.reference import (  # noqa: E402
     estimate_reference, merge_diagonals_reference as merge_diagonals,
-    select_adaptive_reference)
+    select_adaptive_reference, select_vertical_slash_reference as select_vertical_slash)
 from vllm_minference.search import (block_recalls, capture_attention, sample_blocks,  # noqa: E402
                                     weighted_recall)
 

@@ -536,3 +536,24 @@ def test_ttft_repeated_engines_pair_by_their_medians():
     assert summarize_results.engines_note(row) == " (medians of 3 / 4 engines)"
     (single,) = summarize_results.pair_ttft(raw[:1] + raw[3:4])
     assert "engines" not in single and summarize_results.engines_note(single) == ""
+
+
+def test_recall_study_fixed_rule_runs_without_triton(monkeypatch):
+    """The study runs on a CPU without Triton: its fixed rule is the PyTorch reference of the
+    (Triton) selection, with the same result."""
+    import torch
+    import recall_study
+    from vllm_minference.kernels import SeqLayout, select_vertical_slash
+    from vllm_minference.kernels.vertical_slash import estimate
+    layout = SeqLayout.from_lengths([1], [900], "cpu")
+    g = torch.Generator().manual_seed(2)
+    vert, slash = torch.rand(1, 2, 900, generator=g), torch.rand(1, 2, 900, generator=g)
+    budget = torch.full((2,), 1000), torch.full((2,), 6096)
+    expect = select_vertical_slash(vert, slash, layout, *budget, 1000, 6096)
+
+    def no_triton(*a, **k):
+        raise AssertionError("the study launched a Triton kernel")
+    monkeypatch.setattr(estimate, "_select_scores_kernel", no_triton)
+    got = recall_study.rules([0.9, 0.95])["fixed 1000/6096"](vert, slash, layout, 2)
+    for x, y in zip(got, expect):
+        assert torch.equal(x, y)

@@ -11,6 +11,7 @@ from vllm_minference.kernels import (build_vertical_slash_worklist, dense_workli
 from vllm_minference.kernels.attention.reference import (masked_attention_reference,
                                                           worklist_mask, worklist_overlaps)
 from vllm_minference.kernels.vertical_slash.reference import (estimate_reference,
+                                                               select_vertical_slash_reference,
                                                                vertical_slash_mask)
 
 CASES = [
@@ -73,34 +74,6 @@ def test_selection_keeps_forced_and_top_entries(device):
                 assert set(got) == expect
 
 
-def _select_reference_old(vertical, slash, layout, v_budget, s_budget, v_max, s_max,
-                          keep_first=30, keep_diag=100):
-    """``select_vertical_slash`` as it was before the fused kernels (~35 PyTorch ops)."""
-    def top(score, budget, k_max):
-        k = min(k_max, score.shape[-1])
-        val, idx = torch.topk(score, k, dim=-1, sorted=True)
-        rank = torch.arange(k, device=score.device)
-        keep = (rank[None, None, :] < budget[None, :, None]) & (val > float("-inf"))
-        idx = torch.where(keep, idx, torch.full_like(idx, -1))
-        idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
-        if k < k_max:
-            pad = torch.full((*idx.shape[:2], k_max - k), -1, dtype=torch.int32,
-                             device=idx.device)
-            idx = torch.cat([idx, pad], dim=-1)
-        return idx, keep.sum(dim=-1, dtype=torch.int32)
-
-    def force(score, pos, keep, inside):
-        score = torch.where((pos < keep)[None, None, :],
-                            1.0e6 + (keep - pos).to(score.dtype), score)
-        return torch.where(inside[:, None, :], score, float("-inf"))
-
-    pos = torch.arange(vertical.shape[-1], device=vertical.device)
-    inside = pos[None, :] < layout.kv_len[:, None]
-    cols, n_cols = top(force(vertical, pos, keep_first, inside), v_budget, v_max)
-    diags, n_diags = top(force(slash, pos, keep_diag, inside), s_budget, s_max)
-    return cols, n_cols, diags, n_diags
-
-
 SELECT_CASES = [  # kv_lens, v_budget, s_budget, keep_first, keep_diag
     ([500], [40], [120], 30, 100),
     ([100, 37], [10, 200, 3], [7, 64, 500], 30, 100),  # budgets beyond kv_len, k_max > kv_max
@@ -131,7 +104,7 @@ def test_selection_equals_previous_implementation(device, kv_lens, v_budget, s_b
                          (max(v_budget) // 2 + 1, max(s_budget) + 3)):
         got = select_vertical_slash(vert, slash, layout, vb, sb, v_max, s_max,
                                     keep_first=keep_first, keep_diag=keep_diag)
-        ref = _select_reference_old(vert, slash, layout, vb, sb, v_max, s_max,
+        ref = select_vertical_slash_reference(vert, slash, layout, vb, sb, v_max, s_max,
                                     keep_first=keep_first, keep_diag=keep_diag)
         for x, y in zip(got, ref):
             assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous()
@@ -150,7 +123,7 @@ def test_selection_with_tied_scores_keeps_the_same_scores(device):
     vb, sb = torch.tensor(v_budget, device=device), torch.tensor(s_budget, device=device)
     got = select_vertical_slash(vert, slash, layout, vb, sb, 400, 900, keep_first=5,
                                 keep_diag=20)
-    ref = _select_reference_old(vert, slash, layout, vb, sb, 400, 900, keep_first=5,
+    ref = select_vertical_slash_reference(vert, slash, layout, vb, sb, 400, 900, keep_first=5,
                                 keep_diag=20)
     for sel, n, ref_sel, ref_n, score in ((got[0], got[1], ref[0], ref[1], vert),
                                           (got[2], got[3], ref[2], ref[3], slash)):

@@ -59,6 +59,40 @@ def vertical_slash_mask(cols: list[int], diags: list[int], q_len: int, kv_len: i
     return mask & causal_mask(q_len, kv_len)
 
 
+def select_vertical_slash_reference(
+    vertical: torch.Tensor, slash: torch.Tensor, layout: SeqLayout, v_budget: torch.Tensor,
+    s_budget: torch.Tensor, v_max: int, s_max: int, keep_first: int = 30, keep_diag: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`.estimate.select_vertical_slash` in plain PyTorch (the tests' reference, and
+    the recall study's selection on a CPU without Triton): forced first columns / nearest
+    diagonals above any estimate, top ``budget[h]`` by score, indices descending, ``INVALID``
+    padding to ``v_max``/``s_max``."""
+    def top(score, budget, k_max):
+        k = min(k_max, score.shape[-1])
+        val, idx = torch.topk(score, k, dim=-1, sorted=True)
+        rank = torch.arange(k, device=score.device)
+        keep = (rank[None, None, :] < budget.to(score.device)[None, :, None]) & (
+            val > float("-inf"))
+        idx = torch.where(keep, idx, torch.full_like(idx, INVALID))
+        idx = torch.sort(idx, dim=-1, descending=True).values.to(torch.int32)
+        if k < k_max:
+            pad = torch.full((*idx.shape[:2], k_max - k), INVALID, dtype=torch.int32,
+                             device=idx.device)
+            idx = torch.cat([idx, pad], dim=-1)
+        return idx, keep.sum(dim=-1, dtype=torch.int32)
+
+    def force(score, pos, keep, inside):
+        score = torch.where((pos < keep)[None, None, :],
+                            FORCED + (keep - pos).to(score.dtype), score)
+        return torch.where(inside[:, None, :], score, float("-inf"))
+
+    pos = torch.arange(vertical.shape[-1], device=vertical.device)
+    inside = pos[None, :] < layout.kv_len.to(vertical.device)[:, None]
+    cols, n_cols = top(force(vertical, pos, keep_first, inside), v_budget, v_max)
+    diags, n_diags = top(force(slash, pos, keep_diag, inside), s_budget, s_max)
+    return cols, n_cols, diags, n_diags
+
+
 def merge_diagonals_reference(diags: torch.Tensor,
                               n_diags: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-head relative segments and chunks of the selected diagonals, in plain torch ops.
