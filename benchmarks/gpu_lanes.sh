@@ -17,7 +17,7 @@
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
-#   bash benchmarks/gpu_lanes.sh F1..F3             one GPU: fixed mode's local band; big-budget warm-up (next session)
+#   bash benchmarks/gpu_lanes.sh F1..F4             one GPU: fixed mode's local band; big-budget warm-up (next session)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -599,6 +599,11 @@ F1_local_band() {
       --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
   done
 }
+F4_band_only() {  # the whole diagonal budget as one local band: do far diagonals matter?
+  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set fixed_local=6096 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+    --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -675,6 +680,7 @@ case "$1" in
   F1) lane 0 F1_local_band; wait_lanes 560; jit_check ;;
   F2) lane 0 F2_local_band_ttft; wait_lanes 420; jit_check ;;
   F3) lane 0 F3_big_budget_warm_up; wait_lanes 130; jit_check ;;
+  F4) lane 0 F4_band_only; wait_lanes 280; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
