@@ -17,7 +17,7 @@
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
-#   bash benchmarks/gpu_lanes.sh F1..F4             one GPU: fixed mode's local band; big-budget warm-up (next session)
+#   bash benchmarks/gpu_lanes.sh F1..F5             one GPU: local band; big-budget warm-up; heads-fast grid (next session)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -604,6 +604,21 @@ F4_band_only() {  # the whole diagonal budget as one local band: do far diagonal
     --set fixed_local=6096 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
     --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
 }
+# Heads-fastest grid order (estimate passes and the Triton kernel; off by default until
+# timed): the 7 query heads of a KV head then read a key split / shared tiles together from
+# L2.  Pass 1 reads 14 x 1M keys of 128 B per 1M-key estimate, ~1.8 GB, if every head
+# re-reads from HBM; the 1M adaptive prompt needs ~2% for issue 6's 20x.
+F5_heads_fast() {
+  timeout 100 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
+    --label blocks-fast --out $OUT/tune_estimate.json
+  timeout 100 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
+    --label heads-fast --heads-fast --out $OUT/tune_estimate.json
+  for flag in "" "--heads-fast"; do
+    timeout 150 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+      --kernels triton --pattern vertical_slash_adaptive $flag \
+      --out $OUT/chunked_1m_adaptive${flag:+_heads_fast}.json
+  done
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -681,6 +696,7 @@ case "$1" in
   F2) lane 0 F2_local_band_ttft; wait_lanes 420; jit_check ;;
   F3) lane 0 F3_big_budget_warm_up; wait_lanes 130; jit_check ;;
   F4) lane 0 F4_band_only; wait_lanes 280; jit_check ;;
+  F5) lane 0 F5_heads_fast; wait_lanes 520 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
