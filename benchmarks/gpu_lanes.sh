@@ -509,12 +509,15 @@ Z3_default_chunks() {  # vLLM's default 16K chunks, every default
 # default's answers are in raw-h100x1-2026-11-26h) at twice and half the profile budgets.
 # Lease 5 of the ninth session ran out of device time inside it with nothing back: 200 s
 # per run was too short for a cold start, the prompts and 36 prefills of 128K.
+MULTIVALUE128() {  # MULTIVALUE128 SECONDS NAME ARGS...: the 36 multivalue prompts at 128K,
+  # fixed budgets and ARGS, into accuracy_128k_multivalue_NAME.json
+  local limit=$1 name=$2; shift 2
+  timeout $limit python3 $B/bench_accuracy.py --backend minference --mode fixed "$@" \
+    --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 --tasks multivalue \
+    --out $OUT/accuracy_128k_multivalue_$name.json
+}
 B1_budgets() {
-  for scale in 2.0 0.5; do
-    timeout 280 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-      --budget-scale $scale --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
-      --tasks multivalue --out $OUT/accuracy_128k_multivalue_budgets.json
-  done
+  for scale in 2.0 0.5; do MULTIVALUE128 280 budgets --budget-scale $scale; done
 }
 
 # Tenth session: does exact attention for the question rows keep the multi-needle answers?
@@ -526,11 +529,7 @@ B1_budgets() {
 # adaptive + A-shape floors, sparse from 4K, the 12-sample multivalue cells of
 # raw-h100x1-2026-11-26c (dense: L1-accuracy12-R1, L2-accuracy12_128k-Q1; adaptive without
 # the tail: L1-accuracy12-R2, L2-accuracy12_128k-A).
-D1_tail_fixed() {
-  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-    --set dense_tail=64 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
-    --tasks multivalue --out $OUT/accuracy_128k_multivalue_tail.json
-}
+D1_tail_fixed() { MULTIVALUE128 265 tail --set dense_tail=64; }
 D2_tail_adaptive() {
   timeout 270 python3 $B/bench_accuracy.py --backend minference --min-sparse-len 4096 \
     --mode adaptive $FLOORS --set dense_tail=64 --lengths 16384 \
@@ -552,9 +551,7 @@ J1_windows() {
     --out $OUT/accuracy_adaptive_windows4.json
 }
 J2_windows_fixed() {  # fixed budgets, every default, 4 windows: the 36 prompts of D1/A2
-  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-    --set estimate_windows=4 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
-    --tasks multivalue --out $OUT/accuracy_128k_multivalue_windows4.json
+  MULTIVALUE128 270 windows4 --set estimate_windows=4
 }
 # Lease 2: fixed budgets x2 gave multivalue 59.7 against dense 61.1 (0 higher / 2 lower of
 # 36; every default: 56.2, 1 / 7); 4 estimate windows 53.5 (0 / 9), adaptive + 4 windows or
@@ -563,9 +560,7 @@ J2_windows_fixed() {  # fixed budgets, every default, 4 windows: the 36 prompts 
 # (dense_tail with fixed budgets; in adaptive mode they did not).
 UNIFORM() {  # UNIFORM COLUMNS DIAGONALS: fixed budgets from a uniform profile, 36 prompts
   python3 $B/make_uniform_profile.py 24 14 $1 $2 /tmp/vs-$1-$2.json
-  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-    --set profile=/tmp/vs-$1-$2.json --lengths 131072 --ruler-lengths 131072 \
-    --ruler-samples 36 --tasks multivalue --out $OUT/accuracy_128k_multivalue_vs$1-$2.json
+  MULTIVALUE128 265 vs$1-$2 --set profile=/tmp/vs-$1-$2.json
 }
 U1_columns() { D1_tail_fixed; UNIFORM 2000 6096; }
 U2_diagonals() { UNIFORM 1000 12192; }
@@ -593,16 +588,10 @@ L1_ttft() {  # vLLM's default chunks with the fused selection; doubled diagonals
 # doubled diagonals (contiguous runs are the page lists' cheapest keys).  F1: the 36
 # multivalue prompts at 128K (dense 61.1, default 56.2, 1000/12192 59.0); F2: its TTFT.
 F1_local_band() {
-  for band in 2048 4096; do
-    timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-      --set fixed_local=$band --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
-      --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
-  done
+  for band in 2048 4096; do MULTIVALUE128 265 local --set fixed_local=$band; done
 }
 F4_band_only() {  # the whole diagonal budget as one local band: do far diagonals matter?
-  timeout 265 python3 $B/bench_accuracy.py --backend minference --mode fixed \
-    --set fixed_local=6096 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
-    --tasks multivalue --out $OUT/accuracy_128k_multivalue_local.json
+  MULTIVALUE128 265 local --set fixed_local=6096
 }
 # Heads-fastest grid order (estimate passes and the Triton kernel; off by default until
 # timed): the 7 query heads of a KV head then read a key split / shared tiles together from

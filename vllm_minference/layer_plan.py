@@ -23,7 +23,7 @@ from vllm_minference.kernels.vertical_slash import estimate_row_lse
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
 from .trace import trace_for
-from .warmup import warm_up_kernels
+from .warmup import SMALL_VS_BUDGET, warm_up_kernels
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
@@ -320,7 +320,7 @@ class LayerPlanner:
                   if p.kind == VERTICAL_SLASH]
             if vs:
                 pairs.add((max(p.a for p in vs), max(p.b for p in vs)))
-        return sorted(pairs) or [(30, 50)]
+        return sorted(pairs) or [SMALL_VS_BUDGET]
 
     def layer_index(self, layer) -> int:
         """This layer's row in the profile."""

@@ -24,13 +24,14 @@ _done: set[tuple] = set()
 # a chunk at the end of a longer sequence (chunked prefill), several 64-row blocks
 _Q_LEN, _KV_LEN = 192, 320
 _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its stride)
+SMALL_VS_BUDGET = (30, 50)  # (columns, diagonals) of a layer without Vertical-Slash heads
 
 
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
                     fa3_min_run: int = 1, row_lse_fn=None,
-                    vs_budget: tuple[int, int] = (30, 50), **plan_options) -> bool:
+                    vs_budget: tuple[int, int] = SMALL_VS_BUDGET, **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
 
     ``vs_budget``: the largest (columns, diagonals) budget of the layer's Vertical-Slash
