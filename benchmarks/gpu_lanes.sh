@@ -608,6 +608,11 @@ F5_heads_fast() {
       --out $OUT/chunked_1m_adaptive${flag:+_heads_fast}.json
   done
 }
+# Eleventh session: is it the chunk's own estimate?  In one 128K step the estimate reads the
+# question's rows (MInference's setting); in 16K chunks each chunk's last 64 rows are filler.
+G1_one_step() {
+  MULTIVALUE128 290 onestep --max-num-batched-tokens 131072
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -686,6 +691,7 @@ case "$1" in
   F3) lane 0 F3_big_budget_warm_up; wait_lanes 130; jit_check ;;
   F4) lane 0 F4_band_only; wait_lanes 280; jit_check ;;
   F5) lane 0 F5_heads_fast; wait_lanes 520 ;;
+  G1) lane 0 G1_one_step; wait_lanes 300; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
