@@ -613,6 +613,25 @@ F5_heads_fast() {
 G1_one_step() {
   MULTIVALUE128 290 onestep --max-num-batched-tokens 131072
 }
+G2_one_step_ttft() {  # the price of one 128K step, against FLASH_ATTN in the same step size
+  for cfg in "FLASH_ATTN" "minference --mode fixed"; do
+    timeout 120 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 \
+      --max-num-batched-tokens 131072 --out $OUT/ttft_onestep.json
+  done
+}
+# G1 kept the answers in one step (59.7 vs 56.2 in 16K chunks, dense 61.1).  extra_blocks: each
+# query block adds its own best far tiles by pooled Q.K, so rows whose needs the chunk's last
+# rows miss still get them.  G3: 36 multivalue prompts in vLLM's default 16K chunks; G4: TTFT.
+G3_extra_blocks() {
+  gpu_tests 100 $PWD/tests/test_page_lists.py $PWD/tests/test_block_sparse_a_shape.py -k "extra or masked"
+  for n in 8 32; do MULTIVALUE128 265 extra$n --set extra_blocks=$n; done
+}
+G4_extra_ttft() {
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set extra_blocks=8" \
+             "minference --mode fixed --set extra_blocks=32"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -692,6 +711,9 @@ case "$1" in
   F4) lane 0 F4_band_only; wait_lanes 280; jit_check ;;
   F5) lane 0 F5_heads_fast; wait_lanes 520 ;;
   G1) lane 0 G1_one_step; wait_lanes 300; jit_check ;;
+  G2) lane 0 G2_one_step_ttft; wait_lanes 250; jit_check ;;
+  G3) lane 0 G3_extra_blocks; wait_lanes 590; jit_check ;;
+  G4) lane 0 G4_extra_ttft; wait_lanes 420; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
-from .block_sparse.index import block_sparse_scores, build_block_sparse_worklist
+from .block_sparse.index import (block_sparse_scores, build_block_sparse_worklist,
+                                 extra_block_tiles)
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
@@ -57,7 +58,9 @@ class LayerPatterns:
     each prompt keeps the fewest columns and diagonal chunks holding ``gamma`` of the mass.
     ``floor_scale`` > 0 adds, under the adaptive selection, MInference's fixed top-k at that
     fraction of each budget (the estimate's last 64 rows misjudge what other query blocks
-    need; a fixed floor keeps their recall).
+    need; a fixed floor keeps their recall).  ``extra_blocks`` > 0 gives every
+    Vertical-Slash query block that many far key tiles more, its own best by pooled Q.K
+    (read by the FA3 page lists only; see :attr:`.worklist.WorkList.extra`).
     """
 
     num_heads: int
@@ -65,6 +68,7 @@ class LayerPatterns:
     keep_first: int = KEEP_FIRST_KEYS  # always-kept first keys (sinks) of Vertical-Slash heads
     keep_diag: int = KEEP_NEAR_DIAGS  # always-kept nearest diagonals (local window)
     floor_scale: float = 0.0  # adaptive mode: fixed top-k at this fraction of the budgets
+    extra_blocks: int = 0  # Vertical-Slash heads: far key tiles per query block, pooled
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -74,17 +78,20 @@ class LayerPatterns:
     @staticmethod
     def from_heads(patterns: list[HeadPattern], device: torch.device | str,
                    gamma: float | None = None, keep_first: int = KEEP_FIRST_KEYS,
-                   keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0
-                   ) -> "LayerPatterns":
+                   keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0,
+                   extra_blocks: int = 0) -> "LayerPatterns":
         if gamma is not None and not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if not 0.0 <= floor_scale <= 1.0:
             raise ValueError(f"floor_scale must be in [0, 1], got {floor_scale}")
+        if extra_blocks < 0:
+            raise ValueError(f"extra_blocks must be >= 0, got {extra_blocks}")
         if keep_first < 0 or keep_diag < 1:
             raise ValueError(f"need keep_first >= 0 and keep_diag >= 1, got {keep_first}, "
                              f"{keep_diag}")
         lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
-                           keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0)
+                           keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0,
+                           extra_blocks=extra_blocks)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -134,6 +141,9 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                     patterns.budget_b[FLOOR], patterns.max_a[FLOOR], patterns.max_b[FLOOR],
                     keep_first=patterns.keep_first, keep_diag=patterns.keep_diag))
             wl = build_vertical_slash_worklist(*sel, layout)
+            if patterns.extra_blocks:
+                wl.extra = extra_block_tiles(q, kv, layout, heads, patterns.extra_blocks,
+                                             patterns.keep_diag, sm_scale)
         elif kind == BLOCK_SPARSE:
             scores = block_sparse_scores(q, kv, layout, heads, sm_scale)
             wl = build_block_sparse_worklist(scores, patterns.budget_a[kind],

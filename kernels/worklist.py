@@ -14,6 +14,10 @@ base, col_ptr, col_cnt)`` says:
   absolute (``base`` = 0).  Chunks of one block never overlap after masking.
 * **columns**: ``cols[col_ptr : col_ptr + col_cnt]`` are absolute key indices gathered in
   groups of 64, none of them inside the block's chunks.
+* **extra tiles** (optional, ``extra[h, i]``): absolute starts of aligned 64-key tiles the
+  block also reads, ``-1`` for none, chosen per query block by a pooled estimate (see
+  :func:`.block_sparse.index.extra_block_tiles`).  They may overlap the chunks and columns:
+  only the FA3 page lists read them, whose per-group sub-page bitmap counts a key once.
 
 Keys beyond the causal diagonal, below 0 or past the sequence are always masked in-kernel.
 """
@@ -36,6 +40,7 @@ class WorkList:
     desc: torch.Tensor  # [H, NB, 5] int32
     chunks: torch.Tensor  # [Nc, 2] int32 (start, lo)
     cols: torch.Tensor  # [Ncol] int32
+    extra: torch.Tensor | None = None  # [H, NB, R] int32 tile starts or -1 (page lists only)
 
     @property
     def num_heads(self) -> int:
@@ -50,7 +55,10 @@ class WorkList:
     def tiles(self) -> torch.Tensor:
         """64-key tiles computed per (head, block), ``[H, NB]`` int64: the cost of the list."""
         d = self.desc.long()
-        return d[..., 1] + (d[..., 4] + BLOCK_N - 1) // BLOCK_N
+        tiles = d[..., 1] + (d[..., 4] + BLOCK_N - 1) // BLOCK_N
+        if self.extra is not None:  # an upper bound: they may repeat listed keys
+            tiles = tiles + (self.extra >= 0).sum(dim=-1)
+        return tiles
 
     def density(self, layout: SeqLayout) -> torch.Tensor:
         """Computed tiles over dense causal tiles, per head (``[H]`` float32, on device)."""
@@ -90,7 +98,14 @@ def merge_worklists(parts: list[tuple[torch.Tensor, WorkList]], num_heads: int,
     desc = torch.zeros(num_heads, num_blocks, DESC_FIELDS, dtype=torch.int32, device=device)
     chunk_pools, col_pools = [], []
     n_chunks = n_cols = 0
+    widths = [wl.extra.shape[-1] for _, wl in parts if wl.extra is not None]
+    extra = None
+    if widths:
+        extra = torch.full((num_heads, num_blocks, max(widths)), -1, dtype=torch.int32,
+                           device=device)
     for heads, wl in parts:
+        if wl.extra is not None:
+            extra[heads, :, :wl.extra.shape[-1]] = wl.extra
         part = wl.desc.clone()
         part[..., 0] += n_chunks
         part[..., 3] += n_cols
@@ -99,7 +114,7 @@ def merge_worklists(parts: list[tuple[torch.Tensor, WorkList]], num_heads: int,
         col_pools.append(wl.cols)
         n_chunks += wl.chunks.shape[0]
         n_cols += wl.cols.shape[0]
-    return WorkList(desc, torch.cat(chunk_pools), torch.cat(col_pools))
+    return WorkList(desc, torch.cat(chunk_pools), torch.cat(col_pools), extra)
 
 
 def apply_density_guard(wl: WorkList, layout: SeqLayout, max_density: float) -> WorkList:
@@ -115,4 +130,4 @@ def apply_density_guard(wl: WorkList, layout: SeqLayout, max_density: float) -> 
     desc_dense = dense.desc.clone()
     desc_dense[..., 0] += wl.chunks.shape[0]
     desc = torch.where(heavy[:, None, None], desc_dense, wl.desc)
-    return WorkList(desc, torch.cat([wl.chunks, dense.chunks]), wl.cols)
+    return WorkList(desc, torch.cat([wl.chunks, dense.chunks]), wl.cols, wl.extra)

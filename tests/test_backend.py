@@ -224,11 +224,13 @@ def test_trace_flushes_a_step_when_the_next_one_starts(tmp_path):
     assert trace.step == 1
 
 
+@pytest.mark.parametrize("extra_blocks", [0, 2])
 @pytest.mark.parametrize("memory_order", ["HND", "NHD"])
-def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
+def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order, extra_blocks):
     """With attention_kernel fa3 the sparse rows come from the page lists (FA3 emulated on
-    the CPU) over an HND cache; an NHD cache (not what the backend allocates) falls back to
-    the Triton kernel on the work lists themselves."""
+    the CPU) over an HND cache, with the lists' extra tiles where set; an NHD cache (not
+    what the backend allocates) falls back to the Triton kernel on the work lists
+    themselves (no extra tiles)."""
     from vllm_minference.kernels.page_lists import attention as page_attention
     from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen,
                                                              page_list_mask)
@@ -239,7 +241,8 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
     builder, vc = _builder(model_dir, device)
     impl = _impl(vc, monkeypatch)
     impl.planner.kernel = "fa3"
-    impl.planner.settings = impl.planner.settings.model_copy(update={"budget_scale": 0.0})
+    impl.planner.settings = impl.planner.settings.model_copy(
+        update={"budget_scale": 0.0, "extra_blocks": extra_blocks})
     md = builder.build(0, batch.cam)
     sb = md.minference
     out = torch.full_like(batch.query, float("nan"))
@@ -248,6 +251,7 @@ def test_forward_fa3_page_lists(model_dir, monkeypatch, device, memory_order):
     kv = KVSource.paged(key_cache, value_cache, sb.block_table)
     wl = plan_layer(batch.query, kv, sb.layout, impl.planner.patterns(_Layer(), device))
     assert float(wl.density(sb.layout).max()) < 0.9  # really sparse
+    assert (wl.extra is not None and bool((wl.extra >= 0).any())) == (extra_blocks > 0)
     if memory_order == "HND":
         mask = lambda b, h, ql, kl: page_list_mask(wl, sb.layout, 192, b, h)  # noqa: E731
         assert sb._geometry  # the step's page geometry, shared by its layers
@@ -323,6 +327,9 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     assert planner.tile_kernel(nhd, 64) == "triton"
     planner.guard.known_keys = FA3_MIN_KEYS / 2  # too few keys per virtual sequence
     assert planner.tile_kernel(hnd, 64) == "triton"
+    planner.settings = planner.settings.model_copy(update={"extra_blocks": 4})
+    assert planner.tile_kernel(hnd, 64) == "fa3"  # only the page lists read extra tiles
+    assert planner.tile_kernel(nhd, 64) == "triton"
     planner.kernel = "triton"
     planner.guard.known_keys = 98304.5
     assert planner.tile_kernel(hnd, 64) == "triton"

@@ -11,8 +11,10 @@ from vllm_minference.kernels import (block_sparse_scores, build_a_shape_worklist
 from vllm_minference.kernels.a_shape.reference import a_shape_mask
 from vllm_minference.kernels.attention.reference import (causal_mask, masked_attention_reference,
                                                           worklist_mask, worklist_overlaps)
+from vllm_minference.kernels.block_sparse import extra_block_tiles
 from vllm_minference.kernels.block_sparse.reference import (block_scores_reference,
-                                                             block_sparse_mask)
+                                                             block_sparse_mask,
+                                                             extra_tiles_reference)
 
 CASES = [([100], [100]), ([40], [40]), ([70, 130, 3], [300, 130, 90])]
 
@@ -27,6 +29,26 @@ def test_block_scores_match_reference(device, q_lens, kv_lens):
     assert torch.equal(torch.isinf(got) & (got > 0), torch.isinf(ref) & (ref > 0))
     assert torch.equal(torch.isinf(got) & (got < 0), torch.isinf(ref) & (ref < 0))
     torch.testing.assert_close(got.double()[finite], ref[finite], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("q_lens,kv_lens,per_block,local", [
+    ([70, 130], [700, 400], 3, 16),   # chunks at the end of longer sequences
+    ([200], [200], 8, 100),           # more wanted than far tiles exist: -1 padding
+    ([30], [30], 2, 0),               # one block, no far tile at all
+])
+def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, local):
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
+    heads = [3, 1]
+    got = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
+                            per_block, local).cpu()
+    assert got.shape == (2, batch.layout.num_blocks, per_block) and got.dtype == torch.int32
+    ref = extra_tiles_reference(batch.q, batch.kv, batch.layout, heads, per_block, local)
+    for i in range(len(heads)):
+        for blk in range(batch.layout.num_blocks):
+            row = got[i, blk].tolist()
+            kept = [t for t in row if t >= 0]
+            assert len(kept) == len(set(kept))
+            assert set(kept) == ref[i][blk], (i, blk)
 
 
 def _tiles_per_block(wl, layout, b, h):

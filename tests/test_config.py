@@ -39,18 +39,23 @@ def test_bad_env_value_is_named():
 def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
     assert s.mode == "fixed"  # MInference's budgets, sinks and local band
-    assert s.plan_options() == {"gamma": None, "keep_first": 30, "keep_diag": 100}
+    assert s.plan_options() == {"gamma": None, "keep_first": 30, "keep_diag": 100,
+                                "extra_blocks": 0}
     s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
     assert s.plan_options() == {"gamma": 0.95, "keep_first": 30, "keep_diag": 100,
-                                "floor_scale": 0.0}
+                                "floor_scale": 0.0, "extra_blocks": 0}
     s = MInferenceSettings.from_sources({"minference": {"gamma": "0.9", "adaptive_local": "1024"}},
                                         environ={"MINFERENCE_MODE": "adaptive",
                                                  "MINFERENCE_ADAPTIVE_FLOOR": "0.25"})
     assert s.plan_options() == {"gamma": 0.9, "keep_first": 30, "keep_diag": 1024,
-                                "floor_scale": 0.25}
+                                "floor_scale": 0.25, "extra_blocks": 0}
     s = MInferenceSettings.from_sources({"minference": {"fixed_local": "4096"}},
-                                        environ={"MINFERENCE_FIXED_SINKS": "64"})
-    assert s.plan_options() == {"gamma": None, "keep_first": 64, "keep_diag": 4096}
+                                        environ={"MINFERENCE_FIXED_SINKS": "64",
+                                                 "MINFERENCE_EXTRA_BLOCKS": "8"})
+    assert s.plan_options() == {"gamma": None, "keep_first": 64, "keep_diag": 4096,
+                                "extra_blocks": 8}
+    with pytest.raises(ValueError, match="extra_blocks"):
+        MInferenceSettings.from_sources({"minference": {"extra_blocks": -1}}, environ={})
     with pytest.raises(ValueError, match="fixed_local"):
         MInferenceSettings.from_sources({"minference": {"fixed_local": 0}}, environ={})
     with pytest.raises(ValueError, match="adaptive_floor"):

@@ -35,6 +35,22 @@ def _varlen_fns(device):
     return fns
 
 
+def with_extra_tiles(wl, layout, width, seed):
+    """``wl`` plus random aligned extra tiles per (head, block), some before the block,
+    some repeating listed keys, some -1 (as :func:`extra_block_tiles` may give)."""
+    g = torch.Generator().manual_seed(seed)
+    last = layout.block_last_pos().cpu()
+    H, NB = wl.desc.shape[:2]
+    extra = torch.full((H, NB, width), -1, dtype=torch.int32)
+    for h in range(H):
+        for i in range(NB):
+            n_tiles = int(last[i]) // 64 + 1
+            n = int(torch.randint(0, width + 1, (1,), generator=g))
+            extra[h, i, :n] = torch.randint(0, n_tiles, (n,), generator=g) * 64
+    wl.extra = extra.to(wl.desc.device)
+    return wl
+
+
 def _rel_err(out, ref):
     return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-12))
 
@@ -47,6 +63,8 @@ def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group
     batch = make_batch(q_lens, kv_lens, h, hkv, d, torch.float16, device, page_size=page_size)
     layout, bt = batch.layout, batch.paged.block_table
     wl = random_worklist(layout, h, seed=7)
+    if page_size == 64:  # and once with extra tiles
+        wl = with_extra_tiles(wl, layout, 3, seed=rows_per_group)
     geo = PageGeometry.build(layout, h, rows_per_group)
     slices = geo.slices(table_bytes=5 * geo.width * 3)  # three rows per slice
     assert len(slices) > 1
@@ -82,6 +100,8 @@ def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group
 def test_attention_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hkv, d):
     batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=64, seed=3)
     wl = random_worklist(batch.layout, h, seed=5)
+    if len(q_lens) > 1 or q_lens != kv_lens:  # extra tiles on the longer cases
+        wl = with_extra_tiles(wl, batch.layout, 2, seed=9)
     cache = hnd_cache(batch.paged)
     for rows in sorted({64, group_rows(d)}):
         ref = masked_attention_reference(

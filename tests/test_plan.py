@@ -48,3 +48,23 @@ def test_density_guard_sends_heavy_heads_to_dense(device):
     # a head just above the threshold is replaced by exactly the dense list
     guarded = apply_density_guard(wl, layout, max_density=0.1)
     assert torch.equal(guarded.tiles().cpu(), dense_worklist(layout, 2).tiles().cpu())
+
+
+def test_extra_tiles_go_to_vertical_slash_heads_only(device):
+    """``extra_blocks``: the Vertical-Slash heads' own far tiles (the pooled estimate's, as
+    :func:`extra_block_tiles` gives them); other heads none; their cost is counted."""
+    from vllm_minference.kernels.block_sparse import extra_block_tiles
+    batch = make_batch([150, 64], [900, 64], 4, 2, 64, torch.float16, device, structured=True)
+    heads = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(A_SHAPE, 16, 64),
+             HeadPattern(VERTICAL_SLASH, 60, 70), HeadPattern(BLOCK_SPARSE, 3)]
+    plain = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(heads, device))
+    wl = plan_layer(batch.q, batch.paged, batch.layout,
+                    LayerPatterns.from_heads(heads, device, extra_blocks=2, keep_diag=100))
+    assert plain.extra is None and wl.extra.shape == (4, batch.layout.num_blocks, 2)
+    want = extra_block_tiles(batch.q, batch.paged, batch.layout,
+                             torch.tensor([0, 2], device=device), 2, 100)
+    assert torch.equal(wl.extra[[0, 2]].cpu(), want.cpu())
+    assert (wl.extra[[1, 3]] == -1).all() and (wl.extra[[0, 2]] >= 0).any()
+    assert torch.equal(wl.desc, plain.desc)  # the lists themselves are unchanged
+    assert torch.equal(wl.tiles().cpu(),
+                       plain.tiles().cpu() + (wl.extra >= 0).sum(-1).cpu())

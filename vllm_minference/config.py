@@ -59,6 +59,14 @@ class MInferenceSettings(BaseModel):
         description="adaptive mode: also keep MInference's fixed top-k columns/diagonals at "
                     "this fraction of the profile budgets (recall where the estimate misjudges "
                     "other query blocks; see README)")
+    extra_blocks: int = Field(
+        0, ge=0, le=64,
+        description="Vertical-Slash heads: far 64-key tiles each 64-row query block adds, its "
+                    "own best by mean-pooled Q.K (MInference's Block-Sparse estimate).  The "
+                    "lists otherwise come from the last 64 rows of each prefill chunk, which "
+                    "in chunked prefill are not the prompt's question, so a block that needs a "
+                    "far key those rows ignore misses it.  Read by the FA3 page lists only "
+                    "(Hopper); 0 = off")
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
@@ -93,9 +101,11 @@ class MInferenceSettings(BaseModel):
     def plan_options(self) -> dict:
         """Keyword arguments of ``LayerPatterns.from_heads`` for the selection mode."""
         if self.mode != "adaptive":
-            return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local}
+            return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local,
+                    "extra_blocks": self.extra_blocks}
         return {"gamma": self.gamma, "keep_first": self.adaptive_sinks,
-                "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor}
+                "keep_diag": self.adaptive_local, "floor_scale": self.adaptive_floor,
+                "extra_blocks": self.extra_blocks}
 
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,

@@ -120,6 +120,19 @@ def resolve_kernel(setting: str, fa_version: int | None) -> str:
     return "triton"
 
 
+_warned_extra = False
+
+
+def _warn_extra_without_fa3(extra_blocks: int, kernel: str) -> None:
+    """``extra_blocks`` is read by the FA3 page lists only: say so once if they are off."""
+    global _warned_extra
+    if extra_blocks > 0 and kernel != "fa3" and not _warned_extra:
+        _warned_extra = True
+        logger.warning("minference: extra_blocks=%d needs the FA3 page lists (Hopper, vLLM's "
+                       "FlashAttention 3); the Triton kernel computes the lists without the "
+                       "extra tiles", extra_blocks)
+
+
 def mean_causal_keys(layout) -> float:
     """Keys a query row of the batch sees under dense causal attention, on average."""
     return layout.causal_keys() / max(1, sum(layout.q_lens_host))
@@ -234,6 +247,7 @@ class LayerPlanner:
                  fa_version: int | None = None):
         self.settings = settings
         self.kernel = resolve_kernel(settings.attention_kernel, fa_version)
+        _warn_extra_without_fa3(settings.extra_blocks, self.kernel)
         self.page_size = page_size
         self.profile = profile
         self.head_ids = head_ids
@@ -342,10 +356,12 @@ class LayerPlanner:
     def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
         """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
         layer's lists (the guard's latest) give each query row at least ``FA3_MIN_KEYS``
-        keys on average, so that they pay."""
-        if (self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size)
-                and self.guard.known_keys is not None
-                and self.guard.known_keys >= FA3_MIN_KEYS):
+        keys on average, so that they pay, or the lists carry extra tiles (only the page
+        lists read those)."""
+        if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size) and (
+                self.settings.extra_blocks > 0
+                or (self.guard.known_keys is not None
+                    and self.guard.known_keys >= FA3_MIN_KEYS)):
             return "fa3"
         return "triton"
 

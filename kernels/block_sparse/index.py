@@ -4,6 +4,11 @@ Each 64-row query block and each aligned 64-key tile is mean-pooled (Triton, key
 the paged cache); the pooled query scores every causal key tile of its sequence, and the
 ``topk[h]`` best tiles become that block's absolute chunk list.  Tile 0 (the sink) and the
 tiles holding the block's own rows (the diagonal) are always kept.
+
+The same pooled scores also give other patterns a few *extra* tiles per query block
+(:func:`extra_block_tiles`): the Vertical-Slash lists come from the estimate of a prefill
+chunk's last 64 rows, which in chunked prefill are not the prompt's question, so a block that
+needs a far key those rows do not (e.g. a later copy of a fact reading the first) misses it.
 """
 
 from __future__ import annotations
@@ -40,13 +45,16 @@ def _pool_keys_kernel(
     tl.store(OUT + b.to(tl.int64) * stride_ob + kvh * stride_oh + tile * HEAD_DIM + d, mean)
 
 
-@triton.jit(do_not_specialize=["stride_kb", "stride_kh", "NB", "N_TILES"])
+@triton.jit(do_not_specialize=["stride_kb", "stride_kh", "NB", "N_TILES", "LOCAL"])
 def _block_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, KBAR, stride_kb, stride_kh, sm_scale,
-    Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M, SCORES, NB, N_TILES,
+    Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M, SCORES, NB, N_TILES, LOCAL,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TB: tl.constexpr,
+    BLOCK_N: tl.constexpr, TB: tl.constexpr, EXTRA: tl.constexpr,
 ):
+    """Pooled score of every key tile for one (head, block).  ``EXTRA``: the sink, the
+    diagonal tiles and tiles ending within ``LOCAL`` keys before the block score ``-inf``
+    (the other pattern keeps them already), instead of ``+inf`` (always kept)."""
     blk = tl.program_id(0)
     hs = tl.program_id(1)
     qh = tl.load(HEADS + hs)
@@ -67,16 +75,22 @@ def _block_scores_kernel(
         kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0)
         s = tl.sum(kt * q_bar[None, :], axis=1) * sm_scale
         forced = (t == 0) | (t == first // BLOCK_N) | (t == last // BLOCK_N)
-        s = tl.where(forced, float("inf"), s)
+        if EXTRA:
+            s = tl.where(forced | (t * BLOCK_N + BLOCK_N > first - LOCAL), float("-inf"), s)
+        else:
+            s = tl.where(forced, float("inf"), s)
         s = tl.where(t * BLOCK_N <= last, s, float("-inf"))
         tl.store(out + t, s, mask=t_ok)
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
-                        sm_scale: float | None = None) -> torch.Tensor:
+                        sm_scale: float | None = None, extra_local: int | None = None
+                        ) -> torch.Tensor:
     """Pooled-query x pooled-key score of every (head, block, key tile): ``[H, NB, tiles]``.
 
     Non-causal tiles are ``-inf``; the sink and diagonal tiles are ``+inf`` (always kept).
+    With ``extra_local`` (:func:`extra_block_tiles`) those, and the tiles ending within
+    ``extra_local`` keys before the block, are ``-inf`` instead.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     B, NB = layout.num_seqs, layout.num_blocks
@@ -97,9 +111,28 @@ def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads:
         _block_scores_kernel[(NB, heads.numel())](
             q, q.stride(0), q.stride(1), heads, kbar, kbar.stride(0), kbar.stride(1), sm_scale,
             layout.q_start, layout.q_len, layout.kv_len, layout.blk_seq, layout.blk_m, scores,
-            NB, n_tiles, GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64, num_warps=4)
+            NB, n_tiles, extra_local or 0, GROUP=num_heads // kv.num_kv_heads,
+            HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64,
+            EXTRA=extra_local is not None, num_warps=4)
     return scores
+
+
+def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
+                      per_block: int, local: int, sm_scale: float | None = None
+                      ) -> torch.Tensor:
+    """The ``per_block`` best far key tiles of every (head, block) by pooled score:
+    ``[len(heads), NB, per_block]`` int32 absolute tile starts, ``-1`` where fewer exist.
+
+    The sink tile, the block's own tiles and tiles ending within ``local`` keys before it are
+    left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync.
+    """
+    scores = block_sparse_scores(q, kv, layout, heads, sm_scale, extra_local=local)
+    k = max(1, min(per_block, scores.shape[-1]))
+    val, idx = torch.topk(scores, k, dim=-1, sorted=False)
+    starts = torch.where(val > float("-inf"), idx * BLOCK_N, torch.full_like(idx, -1))
+    if k < per_block:
+        starts = torch.nn.functional.pad(starts, (0, per_block - k), value=-1)
+    return starts.to(torch.int32)
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:

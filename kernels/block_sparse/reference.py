@@ -37,6 +37,31 @@ def block_scores_reference(q: torch.Tensor, kv: KVSource, layout: SeqLayout, hea
     return out
 
 
+def extra_tiles_reference(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: list[int],
+                          per_block: int, local: int, sm_scale: float | None = None
+                          ) -> list[list[set[int]]]:
+    """Per (head, block): the set of the ``per_block`` best far tile starts (the sink tile,
+    the block's own tiles and tiles ending within ``local`` keys before it left out)."""
+    scores = block_scores_reference(q, kv, layout, heads, sm_scale)
+    out: list[list[set[int]]] = [[] for _ in heads]
+    blk = 0
+    for b in range(layout.num_seqs):
+        q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
+        for m in range((q_len + BLOCK_M - 1) // BLOCK_M):
+            first = kv_len - q_len + m * BLOCK_M
+            for i in range(len(heads)):
+                row = scores[i, blk].clone()
+                row[row == float("inf")] = float("-inf")
+                for t in range(row.numel()):
+                    if t * BLOCK_N + BLOCK_N > first - local:
+                        row[t] = float("-inf")
+                ok = [t for t in row.argsort(descending=True).tolist()
+                      if row[t] > float("-inf")]
+                out[i].append({t * BLOCK_N for t in ok[:per_block]})
+            blk += 1
+    return out
+
+
 def block_sparse_mask(tiles_per_block: list[list[int]], q_len: int, kv_len: int) -> torch.Tensor:
     """Keys each query row sees when block ``m`` keeps key tiles ``tiles_per_block[m]``."""
     mask = torch.zeros(q_len, kv_len, dtype=torch.bool)

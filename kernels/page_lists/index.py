@@ -132,14 +132,17 @@ def group_block(row0, NG, BPG: tl.constexpr):
     return r_loc, pid % BPG, r // NG, r % NG
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "row0", "NG"])
+@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "stride_eh", "stride_eb", "row0",
+                               "NG"])
 def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
+                 EXTRA, stride_eh, stride_eb, N_EXTRA,
                  G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
                  row0, NG,
                  BPG: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr, OWN: tl.constexpr,
-                 CB: tl.constexpr, HAS_FLAGS: tl.constexpr):
+                 CB: tl.constexpr, HAS_FLAGS: tl.constexpr, EB: tl.constexpr):
     """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
-    also sets the group's own rows: FA3's causal mask must find them last)."""
+    also sets the group's own rows: FA3's causal mask must find them last), and with
+    ``EB`` > 0 those of the block's extra tiles."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     b = tl.load(G_SEQ + g)
     q_len = tl.load(Q_LEN + b)
@@ -173,6 +176,14 @@ def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
             ok = ok & (k_lo <= k_hi)
             s = (k_lo // SUB_)[:, None] + span[None, :]
             keep = ok[:, None] & (s <= (k_hi // SUB_)[:, None])
+            tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=keep)
+        if EB > 0:  # aligned 64-key tiles: 64 // SUB_ sub-pages each
+            e = tl.arange(0, EB)
+            ext = EXTRA + h.to(tl.int64) * stride_eh + blk.to(tl.int64) * stride_eb
+            start = tl.load(ext + e, mask=e < N_EXTRA, other=-1)
+            per = tl.arange(0, 64 // SUB_)
+            s = (start // SUB_)[:, None] + per[None, :]
+            keep = (start >= 0)[:, None] & (s * SUB_ <= last)
             tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=keep)
 
 
@@ -212,13 +223,17 @@ def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: Wor
     n = row1 - row0
     bits[:n].zero_()
     bpg = geo.rows_per_group // BLOCK_M
+    extra = wl.extra if wl.extra is not None else wl.desc  # placeholder pointer when none
+    n_extra = wl.extra.shape[-1] if wl.extra is not None else 0
     _mark_kernel[(n * bpg,)](
         bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
-        wl.chunks if flags is None else flags, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
+        wl.chunks if flags is None else flags, extra, extra.stride(0), extra.stride(1),
+        n_extra, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
         layout.blk_m, layout.q_len, layout.kv_len, row0, geo.num_groups, BPG=bpg,
         R=geo.rows_per_group, SUB_=SUB,
         OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64,
-        HAS_FLAGS=flags is not None)
+        HAS_FLAGS=flags is not None,
+        EB=triton.next_power_of_2(n_extra) if n_extra else 0)
 
 
 def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor,

@@ -2,7 +2,7 @@
 
 ``page_list_mask`` is the key set, read naively off the work list's descriptors, that
 :func:`..page_lists.attention.page_list_attention` computes: whole 16-key sub-pages of the
-group's chunk keys and own rows, plus each block's columns.  ``emulate_fa3_varlen`` is
+group's chunk keys, extra tiles and own rows, plus each block's columns.  ``emulate_fa3_varlen`` is
 FlashAttention's paged varlen forward (bottom-right causal, log-sum-exp) in a Python loop,
 for CPU tests.
 """
@@ -62,6 +62,10 @@ def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int
         last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
         keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
         subs.update(k // SUB for k in keys)
+        if wl.extra is not None:  # the block's extra tiles, up to its last row
+            for start in wl.extra[h, first_blk + m].tolist():
+                if start >= 0:
+                    subs.update(k // SUB for k in range(start, min(start + 64, last + 1)))
     return sorted(subs)
 
 
