@@ -632,6 +632,35 @@ G4_extra_ttft() {
     timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
   done
 }
+G5_dense_one_step() {  # FLASH_ATTN's own spread: the same 36 prompts in one 128K step
+  timeout 280 python3 $B/bench_accuracy.py --backend FLASH_ATTN --max-num-batched-tokens 131072 \
+    --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 --tasks multivalue \
+    --out $OUT/accuracy_128k_multivalue_dense_onestep.json
+}
+G6_extra_all_tasks() {  # extra_blocks=32 on A1/A2's 118 prompts (every task at 128K)
+  timeout 560 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set extra_blocks=32 $MORE128 --out $OUT/accuracy_128k_more_extra32.json
+}
+G7_extra_first12() {  # the same on M4's 70 prompts (first 12 samples a cell): 188 in all
+  timeout 280 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set extra_blocks=32 $RULER128 --out $OUT/accuracy12_128k_extra32.json
+}
+# G3-G7: extra_blocks=32 kept most answers (188 prompts at 128K: 8 higher / 11 lower against
+# dense, the default without it 10 / 16) for 1.336 -> 1.42 s; now fixed mode's default, its
+# pooled scores on tl.dot, 16 blocks per program.  G8: their cost per chunk and the TTFT
+# at 128K with and without; G9: a 1M prompt in 64K chunks.
+G8_extra_cost() {
+  gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_page_lists.py -k "extra or block or masked"
+  timeout 100 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 \
+    --options default --extra-chunks 16384 65536 --label extra --out $OUT/tune_estimate.json
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set extra_blocks=0"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+G9_extra_1m() {
+  timeout 280 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -714,6 +743,11 @@ case "$1" in
   G2) lane 0 G2_one_step_ttft; wait_lanes 250; jit_check ;;
   G3) lane 0 G3_extra_blocks; wait_lanes 590; jit_check ;;
   G4) lane 0 G4_extra_ttft; wait_lanes 420; jit_check ;;
+  G5) lane 0 G5_dense_one_step; wait_lanes 290 ;;
+  G6) lane 0 G6_extra_all_tasks; wait_lanes 575; jit_check ;;
+  G7) lane 0 G7_extra_first12; wait_lanes 290; jit_check ;;
+  G8) lane 0 G8_extra_cost; wait_lanes 560; jit_check ;;
+  G9) lane 0 G9_extra_1m; wait_lanes 290; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

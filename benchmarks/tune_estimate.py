@@ -132,6 +132,27 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
         _restore_options(saved)
 
 
+def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
+                     seq_len: int, chunk: int, per_block: int, label: str, device: str) -> None:
+    """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys: pooled
+    queries and keys, the scores of every block against every tile, the top ``per_block``."""
+    from vllm_minference.kernels.block_sparse import extra_block_tiles
+    g = torch.Generator(device=device).manual_seed(1)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    q = torch.randn(chunk, n_heads, head_dim, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(seq_len, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
+            for _ in range(2))
+    kv, _cache = bk.paged(k, v)
+    layout = SeqLayout.from_lengths([chunk], [seq_len], device)
+    heads = torch.arange(n_heads, device=device)
+    row = dict(label=label, kind="extra_tiles", q_heads=n_heads, kv_heads=kv_heads,
+               head_dim=head_dim, seq_len=seq_len, chunk=chunk, per_block=per_block,
+               extra_tiles_ms=bench_ms(lambda: extra_block_tiles(q, kv, layout, heads,
+                                                                 per_block, 100)))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
 def _row_lse_reference(q, k, heads):
     """Natural-log log-sum-exp of the estimate rows in PyTorch, where FA3 is missing (the
     pass-2-only timing's input: CPU smoke tests)."""
@@ -156,6 +177,9 @@ def main() -> None:
     ap.add_argument("--label", default="current", help="names the package version in rows")
     ap.add_argument("--heads-fast", action="store_true",
                     help="launch both passes heads fastest (name it in --label)")
+    ap.add_argument("--extra-chunks", type=int, nargs="*", default=[],
+                    help="also time extra_block_tiles (32 per block) for prefill chunks of "
+                         "these sizes at the end of each sequence length")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -169,6 +193,9 @@ def main() -> None:
             h, hk, d = (int(x) for x in shape.split("/"))
             for n in args.seq_lens:
                 time_shape(rows, h, hk, d, n, options, args.label, args.device)
+                for chunk in args.extra_chunks:
+                    time_extra_tiles(rows, h, hk, d, n, min(chunk, n), 32, args.label,
+                                     args.device)
     finally:
         old = []
         if os.path.exists(args.out):

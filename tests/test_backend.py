@@ -316,6 +316,7 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     _, vc = _builder(model_dir)
     planner = _impl(vc, monkeypatch).planner
     planner.kernel = "fa3"
+    planner.settings = planner.settings.model_copy(update={"extra_blocks": 0})
     hnd = make_paged_batch([64], [64]).kv_cache
     nhd = make_paged_batch([64], [64], memory_order="NHD").kv_cache
     layout = SeqLayout.from_lengths([65536], [131072], "cpu")  # rows see 98304.5 keys

@@ -41,6 +41,9 @@ def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, 
     heads = [3, 1]
     got = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
                             per_block, local).cpu()
+    sliced = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
+                               per_block, local, score_bytes=1).cpu()  # one block at a time
+    assert torch.equal(got.sort(-1).values, sliced.sort(-1).values)
     assert got.shape == (2, batch.layout.num_blocks, per_block) and got.dtype == torch.int32
     ref = extra_tiles_reference(batch.q, batch.kv, batch.layout, heads, per_block, local)
     for i in range(len(heads)):

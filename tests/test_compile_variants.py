@@ -138,7 +138,8 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
 
 
 MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
-         "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25}}
+         "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25},
+         "fixed with extra tiles": {"extra_blocks": 4}}
 
 
 def min_run_of(kernel: str) -> int:
@@ -156,12 +157,16 @@ def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
                                   kernel=kernel.partition("/")[0],
                                   fa3_min_run=min_run_of(kernel), **MODES[mode])
+    warm = {name: {c[0] for c in calls} for name, calls in recorded.items()}
     run_layer(64, 700, mode, device, kernel)
     run_layer(256, 9000, mode, device, kernel)  # > one estimate split (4096 keys); 4 blocks
     assert recorded, "no kernel launch was recorded"
     for name, calls in recorded.items():
         keys = {c[0] for c in calls}
-        assert len(keys) == 1, f"{name} compiles per length: {keys}"
+        # one variant per kernel, or per pattern using it (the pooled scores serve both
+        # Block-Sparse heads and extra tiles), all compiled by the warm-up
+        assert keys <= warm.get(name, set()), f"{name} compiles after the warm-up: {keys}"
+        assert len(keys) <= 2, f"{name} compiles per length: {keys}"
         values = defaultdict(set)
         for _, ints in calls:
             for arg, v in ints.items():

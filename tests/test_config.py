@@ -40,7 +40,7 @@ def test_mode_and_gamma():
     s = MInferenceSettings.from_sources({}, environ={})
     assert s.mode == "fixed"  # MInference's budgets, sinks and local band
     assert s.plan_options() == {"gamma": None, "keep_first": 30, "keep_diag": 100,
-                                "extra_blocks": 0}
+                                "extra_blocks": 32}
     s = MInferenceSettings.from_sources({"minference": {"mode": "adaptive"}}, environ={})
     assert s.plan_options() == {"gamma": 0.95, "keep_first": 30, "keep_diag": 100,
                                 "floor_scale": 0.0, "extra_blocks": 0}

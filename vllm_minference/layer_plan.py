@@ -124,7 +124,8 @@ _warned_extra = False
 
 
 def _warn_extra_without_fa3(extra_blocks: int, kernel: str) -> None:
-    """``extra_blocks`` is read by the FA3 page lists only: say so once if they are off."""
+    """``extra_blocks`` is read by the FA3 page lists only: say so once if a user set it and
+    they are off (the mode's default is not warned about)."""
     global _warned_extra
     if extra_blocks > 0 and kernel != "fa3" and not _warned_extra:
         _warned_extra = True
@@ -247,7 +248,7 @@ class LayerPlanner:
                  fa_version: int | None = None):
         self.settings = settings
         self.kernel = resolve_kernel(settings.attention_kernel, fa_version)
-        _warn_extra_without_fa3(settings.extra_blocks, self.kernel)
+        _warn_extra_without_fa3(settings.extra_blocks or 0, self.kernel)
         self.page_size = page_size
         self.profile = profile
         self.head_ids = head_ids
@@ -359,7 +360,7 @@ class LayerPlanner:
         keys on average, so that they pay, or the lists carry extra tiles (only the page
         lists read those)."""
         if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size) and (
-                self.settings.extra_blocks > 0
+                self.settings.extra_tiles > 0
                 or (self.guard.known_keys is not None
                     and self.guard.known_keys >= FA3_MIN_KEYS)):
             return "fa3"

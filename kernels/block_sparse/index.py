@@ -45,42 +45,65 @@ def _pool_keys_kernel(
     tl.store(OUT + b.to(tl.int64) * stride_ob + kvh * stride_oh + tile * HEAD_DIM + d, mean)
 
 
-@triton.jit(do_not_specialize=["stride_kb", "stride_kh", "NB", "N_TILES", "LOCAL"])
-def _block_scores_kernel(
-    Q, stride_qt, stride_qh, HEADS, KBAR, stride_kb, stride_kh, sm_scale,
-    Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M, SCORES, NB, N_TILES, LOCAL,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TB: tl.constexpr, EXTRA: tl.constexpr,
+@triton.jit(do_not_specialize=["stride_bh"])
+def _pool_queries_kernel(
+    Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M, QBAR, stride_bh,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Pooled score of every key tile for one (head, block).  ``EXTRA``: the sink, the
-    diagonal tiles and tiles ending within ``LOCAL`` keys before the block score ``-inf``
-    (the other pattern keeps them already), instead of ``+inf`` (always kept)."""
+    """Mean query of one (block, head): ``QBAR[head, block]``."""
     blk = tl.program_id(0)
     hs = tl.program_id(1)
     qh = tl.load(HEADS + hs)
-    kvh = qh // GROUP
     b, m, q_start, q_len, kv_len, rows, row_ok = query_block(
         blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + (q_start + rows).to(tl.int64)[:, None] * stride_qt + qh * stride_qh + d[None, :],
                 mask=row_ok[:, None], other=0.0)
     q_bar = tl.sum(q.to(tl.float32), axis=0) / tl.sum(row_ok.to(tl.float32), axis=0)
+    tl.store(QBAR + hs.to(tl.int64) * stride_bh + blk * HEAD_DIM + d, q_bar)
+
+
+@triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_sh", "SEQ", "BLK0",
+                               "NB", "N_TILES", "LOCAL"])
+def _block_scores_kernel(
+    QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, sm_scale, Q_LEN, KV_LEN, BLK_M,
+    SCORES, stride_sh, SEQ, BLK0, NB, N_TILES, LOCAL,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TB: tl.constexpr, BG: tl.constexpr, EXTRA: tl.constexpr,
+):
+    """Pooled scores of ``BG`` blocks of sequence ``SEQ`` (blocks ``BLK0 + [0, NB)``, rows
+    ``(head, block - BLK0)`` of ``SCORES``) against every key tile: one ``tl.dot`` per
+    ``TB`` tiles, so a tile's pooled key is read once per ``BG`` blocks.  ``EXTRA``: the
+    sink, the diagonal tiles and tiles ending within ``LOCAL`` keys before the block score
+    ``-inf`` (the other pattern keeps them already), instead of ``+inf`` (always kept)."""
+    hs = tl.program_id(1)
+    kvh = tl.load(HEADS + hs) // GROUP
+    i = tl.program_id(0) * BG + tl.arange(0, BG)
+    i_ok = i < NB
+    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
+    q_len = tl.load(Q_LEN + SEQ)
+    kv_len = tl.load(KV_LEN + SEQ)
     first = kv_len - q_len + m * BLOCK_M
     last = tl.minimum(first + BLOCK_M - 1, kv_len - 1)
-    out = SCORES + (hs * NB + blk).to(tl.int64) * N_TILES
-    kbar = KBAR + b.to(tl.int64) * stride_kb + kvh * stride_kh
+    d = tl.arange(0, HEAD_DIM)
+    q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
+                    + d[None, :], mask=i_ok[:, None], other=0.0)
+    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
+    out = SCORES + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_TILES
     for t0 in range(0, N_TILES, TB):
         t = t0 + tl.arange(0, TB)
         t_ok = t < N_TILES
         kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0)
-        s = tl.sum(kt * q_bar[None, :], axis=1) * sm_scale
-        forced = (t == 0) | (t == first // BLOCK_N) | (t == last // BLOCK_N)
+        s = tl.dot(q_bar, tl.trans(kt), input_precision="ieee") * sm_scale
+        tt = t[None, :]
+        forced = (tt == 0) | (tt == (first // BLOCK_N)[:, None]) | (tt == (last // BLOCK_N)[:, None])
         if EXTRA:
-            s = tl.where(forced | (t * BLOCK_N + BLOCK_N > first - LOCAL), float("-inf"), s)
+            s = tl.where(forced | (tt * BLOCK_N + BLOCK_N > (first - LOCAL)[:, None]),
+                         float("-inf"), s)
         else:
             s = tl.where(forced, float("inf"), s)
-        s = tl.where(t * BLOCK_N <= last, s, float("-inf"))
-        tl.store(out + t, s, mask=t_ok)
+        s = tl.where(tt * BLOCK_N <= last[:, None], s, float("-inf"))
+        tl.store(out + tt, s, mask=i_ok[:, None] & t_ok[None, :])
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
@@ -92,47 +115,108 @@ def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads:
     With ``extra_local`` (:func:`extra_block_tiles`) those, and the tiles ending within
     ``extra_local`` keys before the block, are ``-inf`` instead.
     """
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    B, NB = layout.num_seqs, layout.num_blocks
-    n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
-    if sm_scale is None:
-        sm_scale = 1.0 / math.sqrt(head_dim)
-    kbar = torch.zeros(B, kv.num_kv_heads, n_tiles, head_dim, dtype=torch.float32,
-                       device=q.device)
-    args = kv.kernel_args()
-    _pool_keys_kernel[(n_tiles, kv.num_kv_heads, B)](
-        args["K"], args["stride_kp"], args["stride_kt"], args["stride_kh"], args["BT"],
-        args["stride_bt"], args["KV_START"], layout.kv_len, kbar, kbar.stride(0),
-        kbar.stride(1), n_tiles, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, PAGE=args["PAGE"],
-        PAGED=args["PAGED"], num_warps=4)
-    heads = heads.to(device=q.device, dtype=torch.int32)
-    scores = torch.empty(heads.numel(), NB, n_tiles, dtype=torch.float32, device=q.device)
-    if NB and heads.numel():
-        _block_scores_kernel[(NB, heads.numel())](
-            q, q.stride(0), q.stride(1), heads, kbar, kbar.stride(0), kbar.stride(1), sm_scale,
-            layout.q_start, layout.q_len, layout.kv_len, layout.blk_seq, layout.blk_m, scores,
-            NB, n_tiles, extra_local or 0, GROUP=num_heads // kv.num_kv_heads,
-            HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64,
-            EXTRA=extra_local is not None, num_warps=4)
+    pooled = PooledBlocks.build(q, kv, layout, heads)
+    scores = torch.empty(pooled.num_heads, layout.num_blocks, pooled.num_tiles,
+                         dtype=torch.float32, device=q.device)
+    for seq, blk0, nb in pooled.block_ranges(layout.num_blocks):
+        pooled.scores_into(scores[:, blk0:blk0 + nb], seq, blk0, sm_scale, extra_local)
     return scores
 
 
+class PooledBlocks:
+    """Mean query of every (head, 64-row block) and mean key of every (KV head, 64-key
+    tile), from which any block range's scores are formed (host sizes only)."""
+
+    def __init__(self, qbar, kbar, heads, layout, group):
+        self.qbar, self.kbar, self.heads, self.layout, self.group = qbar, kbar, heads, layout, group
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads.numel()
+
+    @property
+    def num_tiles(self) -> int:
+        return self.kbar.shape[2]
+
+    @staticmethod
+    def build(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor
+              ) -> "PooledBlocks":
+        num_heads, head_dim = q.shape[1], q.shape[2]
+        heads = heads.to(device=q.device, dtype=torch.int32)
+        qbar = torch.empty(heads.numel(), layout.num_blocks, head_dim, dtype=torch.float32,
+                           device=q.device)
+        if layout.num_blocks and heads.numel():
+            _pool_queries_kernel[(layout.num_blocks, heads.numel())](
+                q, q.stride(0), q.stride(1), heads, layout.q_start, layout.q_len,
+                layout.kv_len, layout.blk_seq, layout.blk_m, qbar, qbar.stride(0),
+                HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, num_warps=4)
+        n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
+        kbar = torch.zeros(layout.num_seqs, kv.num_kv_heads, n_tiles, head_dim,
+                           dtype=torch.float32, device=q.device)
+        args = kv.kernel_args()
+        _pool_keys_kernel[(n_tiles, kv.num_kv_heads, layout.num_seqs)](
+            args["K"], args["stride_kp"], args["stride_kt"], args["stride_kh"], args["BT"],
+            args["stride_bt"], args["KV_START"], layout.kv_len, kbar, kbar.stride(0),
+            kbar.stride(1), n_tiles, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, PAGE=args["PAGE"],
+            PAGED=args["PAGED"], num_warps=4)
+        return PooledBlocks(qbar, kbar, heads, layout, num_heads // kv.num_kv_heads)
+
+    def block_ranges(self, step: int) -> list[tuple[int, int, int]]:
+        """``(sequence, first block, blocks)`` ranges of at most ``step`` blocks, each
+        inside one sequence."""
+        out, blk0 = [], 0
+        for seq, q_len in enumerate(self.layout.q_lens_host):
+            n = triton.cdiv(q_len, BLOCK_M)
+            out += [(seq, blk0 + j, min(step, n - j)) for j in range(0, n, step)]
+            blk0 += n
+        return out
+
+    def scores_into(self, scores: torch.Tensor, seq: int, blk0: int, sm_scale: float | None,
+                    extra_local: int | None) -> None:
+        """Scores of blocks ``blk0 + [0, scores.shape[1])`` (all of sequence ``seq``)."""
+        head_dim = self.qbar.shape[2]
+        if sm_scale is None:
+            sm_scale = 1.0 / math.sqrt(head_dim)
+        nb = scores.shape[1]
+        if not (nb and self.num_heads):
+            return
+        assert scores.stride(2) == 1 and scores.stride(1) == self.num_tiles
+        _block_scores_kernel[(triton.cdiv(nb, SCORE_BLOCKS), self.num_heads)](
+            self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
+            self.kbar.stride(1), sm_scale, self.layout.q_len, self.layout.kv_len,
+            self.layout.blk_m, scores, scores.stride(0), seq, blk0, nb, self.num_tiles,
+            extra_local or 0,
+            GROUP=self.group, HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64,
+            BG=SCORE_BLOCKS, EXTRA=extra_local is not None, num_warps=4)
+
+
+SCORE_BLOCKS = 16  # query blocks per program of the scores kernel (one tl.dot each)
+SCORE_BYTES = 64 << 20  # pooled scores held at once by extra_block_tiles
+
+
 def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
-                      per_block: int, local: int, sm_scale: float | None = None
-                      ) -> torch.Tensor:
+                      per_block: int, local: int, sm_scale: float | None = None,
+                      score_bytes: int = SCORE_BYTES) -> torch.Tensor:
     """The ``per_block`` best far key tiles of every (head, block) by pooled score:
     ``[len(heads), NB, per_block]`` int32 absolute tile starts, ``-1`` where fewer exist.
 
     The sink tile, the block's own tiles and tiles ending within ``local`` keys before it are
-    left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync.
+    left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync; the scores go
+    through ``score_bytes`` at a time (a 64K-row chunk at 1M keys would hold ~1 GB of them).
     """
-    scores = block_sparse_scores(q, kv, layout, heads, sm_scale, extra_local=local)
-    k = max(1, min(per_block, scores.shape[-1]))
-    val, idx = torch.topk(scores, k, dim=-1, sorted=False)
-    starts = torch.where(val > float("-inf"), idx * BLOCK_N, torch.full_like(idx, -1))
-    if k < per_block:
-        starts = torch.nn.functional.pad(starts, (0, per_block - k), value=-1)
-    return starts.to(torch.int32)
+    pooled = PooledBlocks.build(q, kv, layout, heads)
+    H, NB, n_tiles = pooled.num_heads, layout.num_blocks, pooled.num_tiles
+    out = torch.full((H, NB, per_block), -1, dtype=torch.int32, device=q.device)
+    k = max(1, min(per_block, n_tiles))
+    step = max(1, min(NB, score_bytes // (4 * max(1, H) * n_tiles)))
+    scores = torch.empty(H * step * n_tiles, dtype=torch.float32, device=q.device)
+    for seq, blk0, nb in pooled.block_ranges(step):
+        part = scores[:H * nb * n_tiles].view(H, nb, n_tiles)
+        pooled.scores_into(part, seq, blk0, sm_scale, local)
+        val, idx = torch.topk(part, k, dim=-1, sorted=False)
+        out[:, blk0:blk0 + nb, :k] = torch.where(
+            val > float("-inf"), idx * BLOCK_N, torch.full_like(idx, -1)).to(torch.int32)
+    return out
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:
