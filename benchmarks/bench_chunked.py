@@ -131,14 +131,11 @@ def main() -> None:
     ap.add_argument("--guard", type=float, default=0.45)
     ap.add_argument("--min-sparse-len", type=int, default=65536)
     bk.add_estimate_stats_arg(ap)
-    ap.add_argument("--heads-fast", action="store_true",
-                    help="launch the estimate and the Triton kernel heads fastest (grid order)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",
                     help="cpu: smoke test under TRITON_INTERPRET=1 (random Q/K, triton only)")
     args = ap.parse_args()
     bk.DEVICE, bk.ESTIMATE_STATS = args.device, args.estimate_stats
-    bk.set_heads_fast(args.heads_fast)
     kernels = tuple(args.kernels.split(","))
     rows: list[dict] = []
     opts = dict(chunk=args.chunk, kernels=kernels, pattern=args.pattern, gamma=args.gamma,
@@ -150,8 +147,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke test)"
             json.dump(dict(device=name, torch=torch.__version__, page=bk.PAGE,
-                           estimate_stats=args.estimate_stats, heads_fast=args.heads_fast,
-                           rows=rows), f, indent=1)
+                           estimate_stats=args.estimate_stats, rows=rows), f, indent=1)
 
 
 def measure(args, rows: list[dict], opts: dict) -> None:

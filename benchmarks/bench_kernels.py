@@ -57,15 +57,6 @@ DEVICE = "cuda"
 ESTIMATE_STATS = "triton"  # where the estimate's row statistics come from (--estimate-stats)
 
 
-def set_heads_fast(on: bool) -> None:
-    """Launch the estimate's passes and the Triton attention kernel heads fastest (the
-    scripts' ``--heads-fast``): the query heads of one KV head then read shared key tiles
-    together, from L2."""
-    from vllm_minference.kernels.attention import kernel as attention_kernel
-    from vllm_minference.kernels.vertical_slash import estimate
-    attention_kernel.HEADS_FAST = estimate.HEADS_FAST = on
-
-
 # ---------------------------------------------------------------------------- timing
 def time_ms(fn, reps: int | None = None) -> float:
     """Median CUDA-event time of ``fn`` after one warm-up; fewer repeats for slow calls.

@@ -17,7 +17,8 @@
 #   bash benchmarks/gpu_lanes.sh J1, J2             one GPU: multivalue, 2K chunks, 4 estimate windows (taken out)
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
-#   bash benchmarks/gpu_lanes.sh F1..F5             one GPU: local band; big-budget warm-up; heads-fast grid (next session)
+#   bash benchmarks/gpu_lanes.sh F1..F5             one GPU: local band; big-budget warm-up; heads-fast grid
+#   bash benchmarks/gpu_lanes.sh G1..G9             one GPU: one-step prefill; extra_blocks (eleventh session)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -597,7 +598,7 @@ F4_band_only() {  # the whole diagonal budget as one local band: do far diagonal
 # timed): the 7 query heads of a KV head then read a key split / shared tiles together from
 # L2.  Pass 1 reads 14 x 1M keys of 128 B per 1M-key estimate, ~1.8 GB, if every head
 # re-reads from HBM; the 1M adaptive prompt needs ~2% for issue 6's 20x.
-F5_heads_fast() {
+F5_heads_fast() {  # (needs the package of commit 8f4e683: measured no faster, taken out again)
   timeout 100 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \
     --label blocks-fast --out $OUT/tune_estimate.json
   timeout 100 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --options default \

@@ -175,8 +175,6 @@ def main() -> None:
                     help="launch options (first = reference for the sums); 'default' alone "
                          "keeps the package's own (for an older package without LAUNCH_*)")
     ap.add_argument("--label", default="current", help="names the package version in rows")
-    ap.add_argument("--heads-fast", action="store_true",
-                    help="launch both passes heads fastest (name it in --label)")
     ap.add_argument("--extra-chunks", type=int, nargs="*", default=[],
                     help="also time extra_block_tiles (32 per block) for prefill chunks of "
                          "these sizes at the end of each sequence length")
@@ -184,8 +182,6 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     bk.DEVICE = args.device
-    if args.heads_fast:
-        bk.set_heads_fast(True)
     options = [None if o == "default" else parse_option(o) for o in args.options.split(",")]
     rows: list[dict] = []
     try:

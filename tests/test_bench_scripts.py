@@ -559,15 +559,3 @@ def test_recall_study_fixed_rule_runs_without_triton(monkeypatch):
     got = recall_study.rules([0.9, 0.95])["fixed 1000/6096"](vert, slash, layout, 2)
     for x, y in zip(got, expect):
         assert torch.equal(x, y)
-
-
-def test_heads_fast_flag_sets_both_grid_orders(monkeypatch):
-    """``--heads-fast`` of bench_chunked / tune_estimate switches the estimate's passes and
-    the Triton attention kernel together."""
-    import bench_kernels
-    from vllm_minference.kernels.attention import kernel as attention_kernel
-    from vllm_minference.kernels.vertical_slash import estimate
-    monkeypatch.setattr(attention_kernel, "HEADS_FAST", False)
-    monkeypatch.setattr(estimate, "HEADS_FAST", False)
-    bench_kernels.set_heads_fast(True)
-    assert attention_kernel.HEADS_FAST and estimate.HEADS_FAST

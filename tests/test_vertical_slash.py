@@ -245,27 +245,3 @@ def test_estimate_from_fa3_row_statistics(device, q_lens, kv_lens):
     with pytest.raises(ValueError, match="paged"):
         estimate_row_lse(batch.q, batch.kv, batch.layout, heads, varlen_fn=emulate_fa3_varlen)
 
-
-
-def test_heads_fastest_grid_gives_the_same_estimate_and_attention(device, monkeypatch):
-    """The grid order (key splits or heads fastest, query blocks or heads fastest) changes
-    which programs run together, not what they compute."""
-    from vllm_minference.kernels.attention import kernel as attention_kernel
-    from vllm_minference.kernels.vertical_slash import estimate
-    monkeypatch.setattr(estimate, "KEYS_PER_SPLIT", 128)  # several splits per head
-    batch = make_batch([100, 300], [700, 300], 4, 2, 64, torch.float32, device, structured=True)
-    heads = torch.arange(4, device=device)
-    sel_budget = torch.tensor([40, 10, 70, 40], device=device)
-    results = []
-    for fast in (False, True):
-        monkeypatch.setattr(estimate, "HEADS_FAST", fast)
-        vert, slash = estimate_vertical_slash(batch.q, batch.paged, batch.layout, heads)
-        sel = select_vertical_slash(vert, slash, batch.layout, sel_budget, sel_budget, 70, 70)
-        wl = build_vertical_slash_worklist(*sel, batch.layout)
-        monkeypatch.setattr(attention_kernel, "HEADS_FAST", fast)
-        out = sparse_attention(batch.q, batch.paged, batch.layout, wl)
-        results.append((vert, slash, out))
-    (v0, s0, o0), (v1, s1, o1) = results
-    torch.testing.assert_close(v1, v0, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(s1, s0, atol=1e-6, rtol=1e-5)  # atomics may add in any order
-    torch.testing.assert_close(o1, o0, atol=0, rtol=0)

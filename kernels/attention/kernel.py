@@ -20,12 +20,6 @@ from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, quer
 from ..worklist import WorkList
 
 LOG2E = 1.4426950408889634
-# Grid order: False = query blocks fastest (each head's blocks back to back, heaviest
-# first), True = heads fastest, so the query heads that share a KV head run the same block
-# together and read their common key tiles (sinks, local band) from L2 rather than HBM.
-# Not yet timed on a GPU (benchmarks/bench_chunked.py --heads-fast measures it).
-HEADS_FAST = False
-MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -107,14 +101,10 @@ def _sparse_attn_fwd_kernel(
     NB,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr, CPT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-    WRITE_LSE: tl.constexpr, PREC: tl.constexpr, WS: tl.constexpr, HEADS_FAST: tl.constexpr,
+    WRITE_LSE: tl.constexpr, PREC: tl.constexpr, WS: tl.constexpr,
 ):
-    if HEADS_FAST:
-        blk = NB - 1 - tl.program_id(1)
-        h = tl.program_id(0)
-    else:
-        blk = NB - 1 - tl.program_id(0)
-        h = tl.program_id(1)
+    blk = NB - 1 - tl.program_id(0)
+    h = tl.program_id(1)
     kvh = h // GROUP
     b, m, q_start, q_len, kv_len, rows, row_ok = query_block(
         blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M)
@@ -215,7 +205,6 @@ def sparse_attention(
     num_stages: int = 3,
     chunks_per_iter: int | None = None,
     warp_specialize: bool = False,
-    heads_fast: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` (``[tokens, heads, D]``) over the keys its work list names.
 
@@ -224,8 +213,7 @@ def sparse_attention(
     ``[heads, tokens]`` in fp32 (``-inf`` for a row that saw no key).
     ``chunks_per_iter`` (1 or 2) sets how many 64-key chunks one loop step computes; by
     default 2 for head_dim 64 (a 64x128 score tile keeps the tensor cores busy) and 1 for
-    head_dim 128 (two chunks would spill registers).  ``heads_fast`` (default: the module's
-    ``HEADS_FAST``) launches heads fastest where the grid allows it.
+    head_dim 128 (two chunks would spill registers).
     """
     num_tokens, num_heads, head_dim = q.shape
     if head_dim not in (64, 128) or kv.head_dim != head_dim:
@@ -244,12 +232,8 @@ def sparse_attention(
         out = torch.empty_like(q)
     lse = (torch.empty(num_heads, num_tokens, dtype=torch.float32, device=q.device)
            if return_lse else out)
-    if heads_fast is None:
-        heads_fast = HEADS_FAST
-    heads_fast = heads_fast and layout.num_blocks <= MAX_GRID_Y
     if layout.num_blocks:
-        grid = ((num_heads, layout.num_blocks) if heads_fast
-                else (layout.num_blocks, num_heads))
+        grid = (layout.num_blocks, num_heads)
         _sparse_attn_fwd_kernel[grid](
             q, out, lse, sm_scale * LOG2E,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1),
@@ -261,7 +245,7 @@ def sparse_attention(
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
             NB=layout.num_blocks, GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CPT=chunks_per_iter, WRITE_LSE=return_lse,
-            PREC=dot_precision(q.dtype), WS=warp_specialize, HEADS_FAST=heads_fast,
+            PREC=dot_precision(q.dtype), WS=warp_specialize,
             num_warps=num_warps, num_stages=num_stages,
         )
     return (out, lse) if return_lse else out

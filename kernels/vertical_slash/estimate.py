@@ -39,11 +39,6 @@ KEYS_PER_SPLIT = 4096  # keys per program in both passes
 # at 1M keys, d64; 1 warp: 0.55 vs 0.38 ms at 128K, d128).
 LAUNCH_STATS = dict(num_warps=4)
 LAUNCH_SUMS = dict(num_warps=2)
-# Grid order of both passes: False = key splits fastest (each head's splits back to back),
-# True = heads fastest, so the query heads that share a KV head read the same key split at
-# about the same time (L2 hits instead of one HBM read per query head).  Not yet timed on a
-# GPU: benchmarks/tune_estimate.py --heads-fast measures it.
-HEADS_FAST = False
 INVALID = -1  # padding of selected index lists
 FORCED = 1.0e6  # score floor of always-kept columns/diagonals
 
@@ -66,18 +61,10 @@ def _estimate_tile_scores(q, b, kvh, k0, kv_len, q_pos, row_ok, qk_scale,
 
 
 @triton.jit
-def _grid_ids(HEADS_FAST: tl.constexpr):
-    """This program's (key split, number of splits, estimated head, number of heads)."""
-    if HEADS_FAST:
-        return tl.program_id(1), tl.num_programs(1), tl.program_id(0), tl.num_programs(0)
-    else:
-        return tl.program_id(0), tl.num_programs(0), tl.program_id(1), tl.num_programs(1)
-
-
-@triton.jit
-def _program_rows(Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, hs,
+def _program_rows(Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN,
                   GROUP: tl.constexpr, LAST: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """This program's sequence, its estimated head ``hs`` and the last ``LAST`` query rows."""
+    """This program's (sequence, estimated head) and the last ``LAST`` query rows of it."""
+    hs = tl.program_id(1)
     b = tl.program_id(2)
     qh = tl.load(HEADS + hs)
     q_start = tl.load(Q_START + b)
@@ -101,11 +88,12 @@ def _estimate_stats_kernel(
     Q_START, Q_LEN, KV_LEN, M_OUT, L_OUT,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
     SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
-    HEADS_FAST: tl.constexpr,
 ):
-    split, n_split, hs, n_heads = _grid_ids(HEADS_FAST)
+    split = tl.program_id(0)
+    n_split = tl.num_programs(0)
+    n_heads = tl.num_programs(1)
     b, hs, kvh, kv_len, q, q_pos, row_ok = _program_rows(
-        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, hs, GROUP, LAST, HEAD_DIM)
+        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, GROUP, LAST, HEAD_DIM)
     m_i = tl.full([LAST], float("-inf"), tl.float32)
     l_i = tl.zeros([LAST], tl.float32)
     k_begin = split * SPLIT
@@ -157,11 +145,11 @@ def _estimate_scores_kernel(
     Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
     SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
-    HEADS_FAST: tl.constexpr,
 ):
-    split, _, hs, n_heads = _grid_ids(HEADS_FAST)
+    split = tl.program_id(0)
+    n_heads = tl.num_programs(1)
     b, hs, kvh, kv_len, q, q_pos, row_ok = _program_rows(
-        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, hs, GROUP, LAST, HEAD_DIM)
+        Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN, GROUP, LAST, HEAD_DIM)
     row = (b * n_heads + hs).to(tl.int64) * LAST + tl.arange(0, LAST)
     m_row = tl.load(M_ROW + row)
     l_row = tl.load(L_ROW + row)
@@ -249,9 +237,8 @@ def estimate_vertical_slash(
     kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
     common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
-                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype),
-                  HEADS_FAST=HEADS_FAST)
-    grid = (n_est, n_split, B) if HEADS_FAST else (n_split, n_est, B)
+                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype))
+    grid = (n_split, n_est, B)
     qk_scale = sm_scale * LOG2E
     if row_lse is not None:  # max = lse (log2 units), normaliser 1
         m_row = (row_lse.to(device=q.device, dtype=torch.float32) * LOG2E).contiguous()
