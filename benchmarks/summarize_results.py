@@ -467,12 +467,21 @@ def estimate_table(rows: list[dict]) -> str:
     def opt(r: dict, key: str) -> str:  # a column older packages' rows lack
         return f"{r[key]:.2f}" if r.get(key) is not None else ""
 
+    extra = [r for r in rows if r.get("kind") == "extra_tiles"]
     for r in rows:
+        if r.get("kind") == "extra_tiles":
+            continue
         fa3, ada = opt(r, "fa3_row_stats_ms"), opt(r, "adaptive_select_ms")
         out.append(f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                    f"{fmt_len(r['seq_len'])} | {r['option']} | {r['pass1_ms']:.2f} | "
                    f"{r['pass2_ms']:.2f} | {r['both_passes_ms']:.2f} | {fa3} | "
                    f"{r['select_ms']:.2f} | {ada} |")
+    if extra:
+        out += ["", "| package | shape | keys | prefill chunk | extra tiles per block | "
+                    "extra tiles ms |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
+                f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['per_block']} | "
+                f"{r['extra_tiles_ms']:.2f} |" for r in extra]
     return "\n".join(out)
 
 

@@ -488,3 +488,18 @@ def test_density_guard_keeps_random_like_layers_dense():
     steps = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(4, 9)]
     assert g.decide(torch.tensor(1.0), steps[0]) is False
     assert _guard_walk(g, steps[1:], 1.0) == [False, False, True, False]
+
+
+def test_extra_blocks_without_page_lists_warn_once_when_set(monkeypatch):
+    """Only the FA3 page lists read extra tiles: a user who sets ``extra_blocks`` on an
+    engine without them is told once; fixed mode's own default is not warned about."""
+    from vllm_minference import layer_plan
+    said = []
+    monkeypatch.setattr(layer_plan.logger, "warning", lambda msg, *a: said.append(msg % a))
+    monkeypatch.setattr(layer_plan, "_warned_extra", False)
+    layer_plan._warn_extra_without_fa3(0, "triton")  # the default (None -> 0 here)
+    layer_plan._warn_extra_without_fa3(8, "fa3")
+    assert said == []
+    layer_plan._warn_extra_without_fa3(8, "triton")
+    layer_plan._warn_extra_without_fa3(8, "triton")
+    assert len(said) == 1 and "extra_blocks=8" in said[0]
