@@ -662,6 +662,12 @@ G9_extra_1m() {
   timeout 280 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
+# Next session: where the extra tiles' 15.7 ms (64K chunk at 1M keys, Qwen shape) go —
+# pooling, the scores kernel or the top-k (tune_estimate now times each).
+G10_extra_parts() {
+  timeout 150 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 \
+    --options default --extra-chunks 16384 65536 --label extra-parts --out $OUT/tune_estimate.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -749,6 +755,7 @@ case "$1" in
   G7) lane 0 G7_extra_first12; wait_lanes 290; jit_check ;;
   G8) lane 0 G8_extra_cost; wait_lanes 560; jit_check ;;
   G9) lane 0 G9_extra_1m; wait_lanes 290; jit_check ;;
+  G10) lane 0 G10_extra_parts; wait_lanes 160 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

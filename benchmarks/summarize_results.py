@@ -478,10 +478,13 @@ def estimate_table(rows: list[dict]) -> str:
                    f"{r['select_ms']:.2f} | {ada} |")
     if extra:
         out += ["", "| package | shape | keys | prefill chunk | extra tiles per block | "
-                    "extra tiles ms |", "|---|---|---|---|---|---|"]
+                    "extra tiles ms | of which pooling / scores / top-k ms |",
+                "|---|---|---|---|---|---|---|"]
         out += [f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                 f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['per_block']} | "
-                f"{r['extra_tiles_ms']:.2f} |" for r in extra]
+                f"{r['extra_tiles_ms']:.2f} | "
+                + (f"{r['pooling_ms']:.2f} / {r['scores_ms']:.2f} / {r['topk_ms']:.2f} |"
+                   if "scores_ms" in r else " |") for r in extra]
     return "\n".join(out)
 
 

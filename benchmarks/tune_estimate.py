@@ -137,6 +137,7 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys: pooled
     queries and keys, the scores of every block against every tile, the top ``per_block``."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
+    from vllm_minference.kernels.block_sparse.index import SCORE_BYTES, PooledBlocks
     g = torch.Generator(device=device).manual_seed(1)
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
     q = torch.randn(chunk, n_heads, head_dim, device=device, dtype=dtype, generator=g)
@@ -145,10 +146,21 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     kv, _cache = bk.paged(k, v)
     layout = SeqLayout.from_lengths([chunk], [seq_len], device)
     heads = torch.arange(n_heads, device=device)
+    pooled = PooledBlocks.build(q, kv, layout, heads)
+    H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
+    step = max(1, min(NB, SCORE_BYTES // (4 * H * T)))
+    scores = torch.empty(H * step * T, dtype=torch.float32, device=device)
+
+    def scores_only():  # the scores kernel over every slice, without the top-k
+        for seq, blk0, nb in pooled.block_ranges(step):
+            pooled.scores_into(scores[:H * nb * T].view(H, nb, T), seq, blk0, None, 100)
     row = dict(label=label, kind="extra_tiles", q_heads=n_heads, kv_heads=kv_heads,
                head_dim=head_dim, seq_len=seq_len, chunk=chunk, per_block=per_block,
                extra_tiles_ms=bench_ms(lambda: extra_block_tiles(q, kv, layout, heads,
-                                                                 per_block, 100)))
+                                                                 per_block, 100)),
+               pooling_ms=bench_ms(lambda: PooledBlocks.build(q, kv, layout, heads)),
+               scores_ms=bench_ms(scores_only))
+    row["topk_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["scores_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)
 
