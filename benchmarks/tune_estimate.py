@@ -87,16 +87,25 @@ def row_stats_fn(q, kv, layout, heads):
     return lambda: estimate_row_lse(q, kv, layout, heads)
 
 
-def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq_len: int,
-               options: list[dict | None], label: str, device: str) -> None:
-    g = torch.Generator(device=device).manual_seed(0)
+def random_chunk(q_len: int, n_heads: int, kv_heads: int, head_dim: int, seq_len: int,
+                 device: str, seed: int) -> tuple:
+    """Random queries of a chunk at the end of ``seq_len`` random keys in a paged cache:
+    ``(q, k, kv, cache, layout, heads)`` (bf16 on a GPU, fp16 for the CPU interpreter)."""
+    g = torch.Generator(device=device).manual_seed(seed)
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    q = torch.randn(LAST_Q, n_heads, head_dim, device=device, dtype=dtype, generator=g)
+    q = torch.randn(q_len, n_heads, head_dim, device=device, dtype=dtype, generator=g)
     k, v = (torch.randn(seq_len, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
             for _ in range(2))
-    kv, _cache = bk.paged(k, v)
-    layout = SeqLayout.from_lengths([LAST_Q], [seq_len], device)  # the chunk's last rows
-    heads = torch.arange(n_heads, device=device)
+    kv, cache = bk.paged(k, v)
+    layout = SeqLayout.from_lengths([q_len], [seq_len], device)
+    return q, k, kv, cache, layout, torch.arange(n_heads, device=device)
+
+
+def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq_len: int,
+               options: list[dict | None], label: str, device: str) -> None:
+    # the chunk's last rows
+    q, k, kv, _cache, layout, heads = random_chunk(LAST_Q, n_heads, kv_heads, head_dim, seq_len,
+                                                   device, seed=0)
     stats_fn = row_stats_fn(q, kv, layout, heads) if device == "cuda" else None
     base = dict(label=label, q_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim,
                 seq_len=seq_len)
@@ -138,14 +147,8 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     queries and keys, the scores of every block against every tile, the top ``per_block``."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     from vllm_minference.kernels.block_sparse.index import SCORE_BYTES, PooledBlocks
-    g = torch.Generator(device=device).manual_seed(1)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    q = torch.randn(chunk, n_heads, head_dim, device=device, dtype=dtype, generator=g)
-    k, v = (torch.randn(seq_len, kv_heads, head_dim, device=device, dtype=dtype, generator=g)
-            for _ in range(2))
-    kv, _cache = bk.paged(k, v)
-    layout = SeqLayout.from_lengths([chunk], [seq_len], device)
-    heads = torch.arange(n_heads, device=device)
+    q, _, kv, _cache, layout, heads = random_chunk(chunk, n_heads, kv_heads, head_dim, seq_len,
+                                                   device, seed=1)
     pooled = PooledBlocks.build(q, kv, layout, heads)
     H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
     step = max(1, min(NB, SCORE_BYTES // (4 * H * T)))
