@@ -331,7 +331,9 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     planner.settings = planner.settings.model_copy(update={"extra_blocks": 4})
     assert planner.tile_kernel(hnd, 64) == "fa3"  # only the page lists read extra tiles
     assert planner.tile_kernel(nhd, 64) == "triton"
+    assert planner.plan_options()["extra_blocks"] == 4
     planner.kernel = "triton"
+    assert planner.plan_options()["extra_blocks"] == 0  # not computed for nothing
     planner.guard.known_keys = 98304.5
     assert planner.tile_kernel(hnd, 64) == "triton"
 

@@ -307,7 +307,7 @@ class LayerPlanner:
                                    self.page_size, scale, kernel=self.kernel,
                                    fa3_min_run=self.settings.fa3_min_run,
                                    row_lse_fn=self.row_lse_fn, vs_budget=budget,
-                                   **self.settings.plan_options())
+                                   **self.plan_options())
                    for budget in self.vs_budgets()]
             if any(ran):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
@@ -324,6 +324,14 @@ class LayerPlanner:
             return
         logger.warning("minference: kernel warm-up failed (%s: %s); the kernels will "
                        "compile on the first sparse prefill", type(failed).__name__, failed)
+
+    def plan_options(self) -> dict:
+        """The settings' plan options, without extra tiles where this layer's tiles run on the
+        Triton kernel (only the FA3 page lists read them: computing them would be waste)."""
+        options = self.settings.plan_options()
+        if self.kernel != "fa3":
+            options["extra_blocks"] = 0
+        return options
 
     def vs_budgets(self) -> list[tuple[int, int]]:
         """The distinct (columns, diagonals) maxima of this planner's Vertical-Slash heads
@@ -351,7 +359,7 @@ class LayerPlanner:
             index = self.layer_index(layer)
             self._patterns = LayerPatterns.from_heads(
                 self.profile.layer_patterns(index, self.head_ids, self.settings.budget_scale),
-                device, **self.settings.plan_options())
+                device, **self.plan_options())
         return self._patterns
 
     def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
