@@ -316,7 +316,6 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     _, vc = _builder(model_dir)
     planner = _impl(vc, monkeypatch).planner
     planner.kernel = "fa3"
-    planner.settings = planner.settings.model_copy(update={"extra_blocks": 0})
     hnd = make_paged_batch([64], [64]).kv_cache
     nhd = make_paged_batch([64], [64], memory_order="NHD").kv_cache
     layout = SeqLayout.from_lengths([65536], [131072], "cpu")  # rows see 98304.5 keys
@@ -329,8 +328,8 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     planner.guard.known_keys = FA3_MIN_KEYS / 2  # too few keys per virtual sequence
     assert planner.tile_kernel(hnd, 64) == "triton"
     planner.settings = planner.settings.model_copy(update={"extra_blocks": 4})
-    assert planner.tile_kernel(hnd, 64) == "fa3"  # only the page lists read extra tiles
-    assert planner.tile_kernel(nhd, 64) == "triton"
+    assert planner.tile_kernel(hnd, 64, extra=True) == "fa3"  # only page lists read them
+    assert planner.tile_kernel(nhd, 64, extra=True) == "triton"
     assert planner.plan_options()["extra_blocks"] == 4
     planner.kernel = "triton"
     assert planner.plan_options()["extra_blocks"] == 0  # not computed for nothing

@@ -362,15 +362,14 @@ class LayerPlanner:
                 device, **self.plan_options())
         return self._patterns
 
-    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int) -> str:
+    def tile_kernel(self, kv_cache: torch.Tensor, head_size: int, extra: bool = False) -> str:
         """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
         layer's lists (the guard's latest) give each query row at least ``FA3_MIN_KEYS``
-        keys on average, so that they pay, or the lists carry extra tiles (only the page
-        lists read those)."""
+        keys on average, so that they pay, or the step's lists carry ``extra`` tiles (only
+        the page lists read those)."""
         if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size) and (
-                self.settings.extra_tiles > 0
-                or (self.guard.known_keys is not None
-                    and self.guard.known_keys >= FA3_MIN_KEYS)):
+                extra or (self.guard.known_keys is not None
+                          and self.guard.known_keys >= FA3_MIN_KEYS)):
             return "fa3"
         return "triton"
 
@@ -410,7 +409,8 @@ class LayerPlanner:
         if not sparse:
             self._log_dense_once(layout)
             return False
-        self.last_step["kernel"] = self.tile_kernel(kv_cache, head_size)
+        self.last_step["kernel"] = self.tile_kernel(kv_cache, head_size,
+                                                    extra=wl.extra is not None)
         if self.last_step["kernel"] == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,

@@ -14,6 +14,7 @@ needs a far key those rows do not (e.g. a later copy of a fact reading the first
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -123,12 +124,16 @@ def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads:
     return scores
 
 
+@dataclass(frozen=True)
 class PooledBlocks:
     """Mean query of every (head, 64-row block) and mean key of every (KV head, 64-key
     tile), from which any block range's scores are formed (host sizes only)."""
 
-    def __init__(self, qbar, kbar, heads, layout, group):
-        self.qbar, self.kbar, self.heads, self.layout, self.group = qbar, kbar, heads, layout, group
+    qbar: torch.Tensor  # [H, NB, D] float32
+    kbar: torch.Tensor  # [B, kv_heads, tiles, D] float32
+    heads: torch.Tensor  # [H] int32 query heads
+    layout: SeqLayout
+    group: int  # query heads per KV head
 
     @property
     def num_heads(self) -> int:
