@@ -18,7 +18,8 @@
 #   bash benchmarks/gpu_lanes.sh U1..U4             one GPU: multivalue, doubled columns/diagonals, local band
 #   bash benchmarks/gpu_lanes.sh L1..L3             one GPU: TTFT with the fused selection, 4K/8K pairs, selection
 #   bash benchmarks/gpu_lanes.sh F1..F5             one GPU: local band; big-budget warm-up; heads-fast grid
-#   bash benchmarks/gpu_lanes.sh G1..G9             one GPU: one-step prefill; extra_blocks (eleventh session)
+#   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
+#   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -668,6 +669,37 @@ G10_extra_parts() {
   timeout 150 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 \
     --options default --extra-chunks 16384 65536 --label extra-parts --out $OUT/tune_estimate.json
 }
+# Twelfth session: do the extra tiles keep adaptive mode's multi-needle answers too?
+# (I1 runs with the package of commit 9cbf2a9: extra tiles from the sliced scores + torch.topk)
+I1_adaptive_extra() {
+  G10_extra_parts
+  for n in 32 0; do
+    MULTIVALUE128 280 adaptive_extra$n --mode adaptive --set extra_blocks=$n
+  done
+}
+# I2, I3: the extra tiles' top-k in one kernel (scores kept in registers, key splits merged
+# by one torch.topk), against the package before it in .whl/old/ (commit 9cbf2a9)
+EXTRA_TUNE="--seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 --options default --extra-chunks 16384 65536"
+I2_fused_topk() {
+  gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
+  timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE --label fused --out $OUT/tune_estimate.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE \
+    --label before --out $OUT/tune_estimate.json
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set extra_blocks=0"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+I3_fused_topk_1m() {  # 1M in 64K chunks, FLASH_ATTN in the same lease; adaptive with extra tiles
+  for cfg in "FLASH_ATTN" "minference --mode fixed" \
+             "minference --mode adaptive --set extra_blocks=32"; do
+    timeout 200 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
+      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+  timeout 80 python3 $B/bench_ttft.py --backend minference --mode adaptive --set extra_blocks=32 \
+    --lengths 131072 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -756,6 +788,9 @@ case "$1" in
   G8) lane 0 G8_extra_cost; wait_lanes 560; jit_check ;;
   G9) lane 0 G9_extra_1m; wait_lanes 290; jit_check ;;
   G10) lane 0 G10_extra_parts; wait_lanes 160 ;;
+  I1) lane 0 I1_adaptive_extra; wait_lanes 590; jit_check ;;
+  I2) lane 0 I2_fused_topk; wait_lanes 580; jit_check ;;
+  I3) lane 0 I3_fused_topk_1m; wait_lanes 590; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

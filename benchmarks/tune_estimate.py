@@ -22,6 +22,7 @@ import os
 import sys
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_kernels as bk  # noqa: E402
@@ -143,27 +144,31 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
 
 def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
                      seq_len: int, chunk: int, per_block: int, label: str, device: str) -> None:
-    """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys: pooled
-    queries and keys, the scores of every block against every tile, the top ``per_block``."""
+    """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
+    parts: pooled queries and keys; the top-k kernel (every key split's best tiles per block,
+    scores kept in registers); the merge of the splits (the rest).  An older package (without
+    the top-k kernel, ``.whl/old/``) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
-    from vllm_minference.kernels.block_sparse.index import SCORE_BYTES, PooledBlocks
+    from vllm_minference.kernels.block_sparse import index as bs
     q, _, kv, _cache, layout, heads = random_chunk(chunk, n_heads, kv_heads, head_dim, seq_len,
                                                    device, seed=1)
-    pooled = PooledBlocks.build(q, kv, layout, heads)
-    H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
-    step = max(1, min(NB, SCORE_BYTES // (4 * H * T)))
-    scores = torch.empty(H * step * T, dtype=torch.float32, device=device)
-
-    def scores_only():  # the scores kernel over every slice, without the top-k
-        for seq, blk0, nb in pooled.block_ranges(step):
-            pooled.scores_into(scores[:H * nb * T].view(H, nb, T), seq, blk0, None, 100)
+    pooled = bs.PooledBlocks.build(q, kv, layout, heads)
     row = dict(label=label, kind="extra_tiles", q_heads=n_heads, kv_heads=kv_heads,
                head_dim=head_dim, seq_len=seq_len, chunk=chunk, per_block=per_block,
                extra_tiles_ms=bench_ms(lambda: extra_block_tiles(q, kv, layout, heads,
                                                                  per_block, 100)),
-               pooling_ms=bench_ms(lambda: PooledBlocks.build(q, kv, layout, heads)),
-               scores_ms=bench_ms(scores_only))
-    row["topk_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["scores_ms"]
+               pooling_ms=bench_ms(lambda: bs.PooledBlocks.build(q, kv, layout, heads)))
+    if hasattr(pooled, "far_topk_into"):
+        H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
+        k = max(16, triton.next_power_of_2(per_block))
+        splits = max(1, min(triton.cdiv(T, bs.SPLIT_TILES), bs.CAND_BYTES // (8 * k * H * NB)))
+        cand = torch.empty(H, NB, splits, k, dtype=torch.int64, device=device)
+
+        def topk_kernel():  # every sequence's blocks, without the merge of the splits
+            for seq, blk0, nb in pooled.block_ranges(NB):
+                pooled.far_topk_into(cand[:, blk0:blk0 + nb], seq, blk0, 100, None)
+        row.update(splits=splits, topk_kernel_ms=bench_ms(topk_kernel))
+        row["merge_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["topk_kernel_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)
 
