@@ -677,12 +677,13 @@ I1_adaptive_extra() {
     MULTIVALUE128 280 adaptive_extra$n --mode adaptive --set extra_blocks=$n
   done
 }
-# I2, I3: the extra tiles' top-k in one kernel (scores kept in registers, key splits merged
-# by one torch.topk), against the package before it in .whl/old/ (commit 9cbf2a9)
+# I2, I3: the extra tiles ranked in two levels (best score per 16-tile bucket, then the tiles
+# of the best buckets), against the package before it in .whl/old/ (commit 9cbf2a9).  Lease 2
+# ran I2 with commit db62ebe (a bitonic tl.topk merge in registers: 11.0 vs 15.8 ms at 1M)
 EXTRA_TUNE="--seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 --options default --extra-chunks 16384 65536"
 I2_fused_topk() {
   gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
-  timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE --label fused --out $OUT/tune_estimate.json
+  timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE --label buckets --out $OUT/tune_estimate.json
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
     .whl/old/vllm_minference-*.whl > /dev/null 2>&1
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE \

@@ -478,30 +478,30 @@ def estimate_table(rows: list[dict]) -> str:
                    f"{r['select_ms']:.2f} | {ada} |")
     if extra:
         out += ["", "| package | shape | keys | prefill chunk | extra tiles per block | "
-                    "extra tiles ms | pooling ms | scores ms | top-k ms | key splits |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                    "extra tiles ms | pooling ms | scores ms | top-k ms |",
+                "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                 f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['per_block']} | "
                 f"{r['extra_tiles_ms']:.2f} | {opt(r, 'pooling_ms')} | {_extra_scores(r)} | "
-                f"{_extra_topk(r)} | {r.get('splits', '')} |" for r in extra]
+                f"{_extra_topk(r)} |" for r in extra]
     return "\n".join(out)
 
 
 def _extra_scores(r: dict) -> str:
-    """Scores column of an extra-tiles row: the scores kernel (sliced scores + torch.topk,
-    eleventh session) or, for the fused top-k kernel, its whole time ("scores + top-k")."""
+    """Scores column of an extra-tiles row: every block against every tile (eleventh
+    session), or the best score per bucket of 16 tiles (the two-level ranking)."""
     if "scores_ms" in r:
         return f"{r['scores_ms']:.2f}"
-    if "topk_kernel_ms" in r:
-        return f"{r['topk_kernel_ms']:.2f} (with the top-k, one kernel)"
+    if "bucket_max_ms" in r:
+        return f"{r['bucket_max_ms']:.2f} (bucket maxima)"
     return ""
 
 
 def _extra_topk(r: dict) -> str:
     if "topk_ms" in r:
         return f"{r['topk_ms']:.2f}"
-    if "merge_ms" in r:
-        return f"{r['merge_ms']:.2f} (merge of the key splits)"
+    if "rank_ms" in r:
+        return f"{r['rank_ms']:.2f} (top buckets, their tiles, top tiles)"
     return ""
 
 

@@ -145,9 +145,9 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
 def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
                      seq_len: int, chunk: int, per_block: int, label: str, device: str) -> None:
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
-    parts: pooled queries and keys; the top-k kernel (every key split's best tiles per block,
-    scores kept in registers); the merge of the splits (the rest).  An older package (without
-    the top-k kernel, ``.whl/old/``) gives the total and the pooling only."""
+    parts: pooled queries and keys; the best score per bucket of 16 tiles (one kernel, the
+    scores kept in registers); the rest (top buckets, their tiles scored again, top tiles).
+    An older package (``.whl/old/``, without buckets) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     from vllm_minference.kernels.block_sparse import index as bs
     q, _, kv, _cache, layout, heads = random_chunk(chunk, n_heads, kv_heads, head_dim, seq_len,
@@ -158,17 +158,16 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                extra_tiles_ms=bench_ms(lambda: extra_block_tiles(q, kv, layout, heads,
                                                                  per_block, 100)),
                pooling_ms=bench_ms(lambda: bs.PooledBlocks.build(q, kv, layout, heads)))
-    if hasattr(pooled, "far_topk_into"):
+    if hasattr(pooled, "far_bucket_max_into"):
         H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
-        k = max(16, triton.next_power_of_2(per_block))
-        splits = max(1, min(triton.cdiv(T, bs.SPLIT_TILES), bs.CAND_BYTES // (8 * k * H * NB)))
-        cand = torch.empty(H, NB, splits, k, dtype=torch.int64, device=device)
+        bmax = torch.empty(H, NB, triton.cdiv(T, bs.BUCKET), dtype=torch.float32, device=device)
 
-        def topk_kernel():  # every sequence's blocks, without the merge of the splits
+        def bucket_maxima():  # every sequence's blocks: the first ranking's scores
             for seq, blk0, nb in pooled.block_ranges(NB):
-                pooled.far_topk_into(cand[:, blk0:blk0 + nb], seq, blk0, 100, None)
-        row.update(splits=splits, topk_kernel_ms=bench_ms(topk_kernel))
-        row["merge_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["topk_kernel_ms"]
+                pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], seq, blk0, 100, None,
+                                           bs.SPLIT_TILES)
+        row.update(bucket_max_ms=bench_ms(bucket_maxima))
+        row["rank_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["bucket_max_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)
 

@@ -36,7 +36,8 @@ def test_block_scores_match_reference(device, q_lens, kv_lens):
     ([200], [200], 8, 100),           # more wanted than far tiles exist: -1 padding
     ([30], [30], 2, 0),               # one block, no far tile at all
     ([130, 64], [5000, 4200], 3, 64),  # 60+ far tiles: several merges and key splits
-    ([64], [4200], 20, 0),            # a 32-wide top-k cut to 20
+    ([64], [4200], 20, 0),            # more wanted than buckets: every bucket's tiles
+    ([100], [20000], 4, 64),          # 20 buckets, the best 4 hold the best 4 tiles
 ])
 def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, local):
     batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
@@ -44,7 +45,7 @@ def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, 
     got = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
                             per_block, local).cpu()
     sliced = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
-                               per_block, local, split_tiles=1).cpu()  # a split per 16 tiles
+                               per_block, local, split_tiles=1).cpu()  # a split per 64 tiles
     assert torch.equal(got.sort(-1).values, sliced.sort(-1).values)
     assert got.shape == (2, batch.layout.num_blocks, per_block) and got.dtype == torch.int32
     ref = extra_tiles_reference(batch.q, batch.kv, batch.layout, heads, per_block, local)

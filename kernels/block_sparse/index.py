@@ -102,63 +102,92 @@ def _block_scores_kernel(
         tl.store(out + tt, s, mask=i_ok[:, None] & t_ok[None, :])
 
 
-@triton.jit
-def _rank_keys(s, t):
-    """int64 keys that order like ``(s, t)``: the float's bits made monotone in the high half
-    (a negative float's magnitude bits flipped), the tile index in the low half."""
-    bits = s.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    return (key.to(tl.int64) << 32) | t.to(tl.int64)
-
-
-@triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_ch", "SEQ", "BLK0",
-                               "NB", "N_TILES", "SPLITS", "SPLIT_TILES", "LOCAL"])
-def _extra_topk_kernel(
+@triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_oh", "SEQ", "BLK0",
+                               "NB", "N_TILES", "N_BUCKETS", "SPLIT_TILES", "LOCAL"])
+def _bucket_max_kernel(
     QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, sm_scale, Q_LEN, KV_LEN, BLK_M,
-    CAND, stride_ch, SEQ, BLK0, NB, N_TILES, SPLITS, SPLIT_TILES, LOCAL,
+    BMAX, stride_oh, SEQ, BLK0, NB, N_TILES, N_BUCKETS, SPLIT_TILES, LOCAL,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BG: tl.constexpr, K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BG: tl.constexpr, TB: tl.constexpr, BUCKET: tl.constexpr,
 ):
-    """The ``K`` best far key tiles of ``BG`` blocks of sequence ``SEQ`` among the tiles of
-    key split ``program_id(2)``, as :func:`_rank_keys` (``INT64_MIN`` where fewer exist):
-    ``CAND[head, block - BLK0, split, :K]``, best first.
+    """Best far-tile score per ``BUCKET`` consecutive key tiles, for ``BG`` blocks of
+    sequence ``SEQ`` and the tiles of key split ``program_id(2)``:
+    ``BMAX[head, block - BLK0, bucket]`` (``-inf`` where a bucket holds no far tile).
 
     Far: not the sink, and ending at least ``LOCAL`` keys before the block's first row (so
-    never the block's own tiles).  The scores stay in registers: every ``K`` tiles are one
-    ``tl.dot`` whose ranked keys merge into the running best by a bitonic top-k, skipped
-    when none beats the running ``K``-th."""
+    never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles; only the maxima leave
+    the registers."""
     hs = tl.program_id(1)
-    split = tl.program_id(2)
     kvh = tl.load(HEADS + hs) // GROUP
     i = tl.program_id(0) * BG + tl.arange(0, BG)
     i_ok = i < NB
     m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
     q_len = tl.load(Q_LEN + SEQ)
     kv_len = tl.load(KV_LEN + SEQ)
-    # far tiles of block i: 1 <= t < far_end[i]
-    far_end = tl.where(i_ok, tl.maximum(kv_len - q_len + m * BLOCK_M - LOCAL, 0) // BLOCK_N, 0)
+    far_end = far_tiles_end(kv_len - q_len + m * BLOCK_M, LOCAL, BLOCK_N)  # far: 1 <= t < end
+    far_end = tl.where(i_ok, far_end, 0)
     d = tl.arange(0, HEAD_DIM)
     q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
                     + d[None, :], mask=i_ok[:, None], other=0.0)
     kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
-    none = tl.full([BG, K], -9223372036854775808, tl.int64)
-    best = none
-    lo = split * SPLIT_TILES
-    hi = tl.minimum(lo + SPLIT_TILES, tl.minimum(tl.max(far_end, axis=0), N_TILES))
-    for t0 in range(lo, hi, K):
-        t = t0 + tl.arange(0, K)
-        kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=(t < hi)[:, None], other=0.0)
-        s = tl.dot(q_bar, tl.trans(kt), input_precision="ieee") * sm_scale
-        far = (t[None, :] >= 1) & (t[None, :] < far_end[:, None]) & (t[None, :] < hi)
-        new = tl.where(far, _rank_keys(s, t[None, :]), none)
-        kth = tl.min(best, axis=1)
-        if tl.sum((new > kth[:, None]).to(tl.int32)) > 0:
-            both = tl.reshape(tl.join(best, new), [BG, 2 * K])
-            best = tl.topk(both, K)
-    rank = tl.arange(0, K)
-    out = (CAND + hs.to(tl.int64) * stride_ch + (i.to(tl.int64) * SPLITS + split)[:, None] * K
-           + rank[None, :])
-    tl.store(out, best, mask=i_ok[:, None])
+    out = BMAX + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * N_BUCKETS
+    lo = tl.program_id(2) * SPLIT_TILES
+    hi = tl.minimum(lo + SPLIT_TILES, N_TILES)
+    reach = tl.minimum(hi, tl.max(far_end, axis=0))
+    nb_tile: tl.constexpr = TB // BUCKET
+    for t0 in range(lo, hi, TB):
+        bk = t0 // BUCKET + tl.arange(0, nb_tile)
+        if t0 < reach:
+            t = t0 + tl.arange(0, TB)
+            kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=(t < reach)[:, None],
+                         other=0.0)
+            sc = tl.dot(q_bar, tl.trans(kt), input_precision="ieee") * sm_scale
+            far = (t[None, :] >= 1) & (t[None, :] < far_end[:, None])
+            sc = tl.where(far, sc, float("-inf"))
+            best = tl.max(tl.reshape(sc, [BG, nb_tile, BUCKET]), axis=2)
+        else:
+            best = tl.full([BG, nb_tile], float("-inf"), tl.float32)
+        tl.store(out + bk[None, :], best, mask=i_ok[:, None] & (bk < N_BUCKETS)[None, :])
+
+
+@triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_ch", "stride_oh",
+                               "SEQ", "BLK0", "NB", "N_TILES", "LOCAL", "KB"])
+def _candidate_scores_kernel(
+    QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, sm_scale, Q_LEN, KV_LEN, BLK_M,
+    BUCKETS, stride_ch, OUT, stride_oh, SEQ, BLK0, NB, N_TILES, LOCAL, KB,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BUCKET: tl.constexpr, CB: tl.constexpr,
+):
+    """Scores of every tile of the ``KB`` chosen buckets of one (block, head):
+    ``OUT[head, block - BLK0, j * BUCKET + u]`` for tile ``BUCKETS[head, block - BLK0, j] *
+    BUCKET + u``, ``-inf`` where that tile is not far.  ``CB`` buckets per step."""
+    blk = tl.program_id(0)
+    hs = tl.program_id(1)
+    kvh = tl.load(HEADS + hs) // GROUP
+    m = tl.load(BLK_M + BLK0 + blk)
+    far_end = far_tiles_end(tl.load(KV_LEN + SEQ) - tl.load(Q_LEN + SEQ) + m * BLOCK_M, LOCAL,
+                            BLOCK_N)
+    d = tl.arange(0, HEAD_DIM)
+    q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + blk) * HEAD_DIM + d)
+    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
+    row = hs.to(tl.int64) * stride_ch + blk.to(tl.int64) * KB
+    out = OUT + hs.to(tl.int64) * stride_oh + blk.to(tl.int64) * (KB * BUCKET)
+    u = tl.arange(0, CB * BUCKET)
+    for j0 in range(0, KB, CB):
+        j = j0 + u // BUCKET
+        j_ok = j < KB
+        t = tl.load(BUCKETS + row + j, mask=j_ok, other=0).to(tl.int32) * BUCKET + u % BUCKET
+        far = j_ok & (t >= 1) & (t < far_end) & (t < N_TILES)
+        kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=far[:, None], other=0.0)
+        sc = tl.sum(kt * q_bar[None, :], axis=1) * sm_scale
+        tl.store(out + j0 * BUCKET + u, tl.where(far, sc, float("-inf")), mask=j_ok)
+
+
+@triton.jit
+def far_tiles_end(first, LOCAL, BLOCK_N: tl.constexpr):
+    """End of a block's far tiles (``1 <= t < end``): tiles ending at least ``LOCAL`` keys
+    before the block's first row ``first``."""
+    return tl.maximum(first - LOCAL, 0) // BLOCK_N
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
@@ -241,21 +270,39 @@ class PooledBlocks:
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64,
             BG=SCORE_BLOCKS, num_warps=4)
 
-    def far_topk_into(self, cand: torch.Tensor, seq: int, blk0: int, local: int,
-                      sm_scale: float | None) -> None:
-        """Each key split's best far tiles of blocks ``blk0 + [0, cand.shape[1])`` (all of
-        sequence ``seq``) as ranked keys: ``cand[head, block, split, :K]``."""
-        H, nb, splits, k = cand.shape
+    def far_bucket_max_into(self, bmax: torch.Tensor, seq: int, blk0: int, local: int,
+                            sm_scale: float | None, split_tiles: int) -> None:
+        """Best far-tile score per bucket of ``BUCKET`` tiles for blocks ``blk0 + [0,
+        bmax.shape[1])`` (all of sequence ``seq``): ``bmax[head, block, bucket]``."""
+        H, nb, n_buckets = bmax.shape
         if not (nb and H):
             return
-        split_tiles = triton.cdiv(triton.cdiv(self.num_tiles, splits), k) * k
-        _extra_topk_kernel[(triton.cdiv(nb, SCORE_BLOCKS), H, splits)](
+        assert bmax.stride(2) == 1 and bmax.stride(1) == n_buckets
+        splits = triton.cdiv(self.num_tiles, split_tiles)
+        _bucket_max_kernel[(triton.cdiv(nb, SCORE_BLOCKS), H, splits)](
             self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
             self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
-            self.layout.blk_m, cand, cand.stride(0), seq, blk0, nb, self.num_tiles, splits,
+            self.layout.blk_m, bmax, bmax.stride(0), seq, blk0, nb, self.num_tiles, n_buckets,
             split_tiles, local,
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BG=SCORE_BLOCKS, K=k, num_warps=4)
+            BG=SCORE_BLOCKS, TB=BUCKET_TB, BUCKET=BUCKET, num_warps=4)
+
+    def candidate_scores_into(self, out: torch.Tensor, buckets: torch.Tensor, seq: int,
+                              blk0: int, local: int, sm_scale: float | None) -> None:
+        """Scores of every tile of each (head, block)'s chosen ``buckets`` (``[H, nb, KB]``)
+        into ``out`` (``[H, nb, KB * BUCKET]``; ``-inf`` for tiles that are not far)."""
+        H, nb, kb = buckets.shape
+        if not (nb and H):
+            return
+        assert buckets.stride(2) == 1 and buckets.stride(1) == kb
+        assert out.stride(2) == 1 and out.stride(1) == kb * BUCKET
+        _candidate_scores_kernel[(nb, H)](
+            self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
+            self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
+            self.layout.blk_m, buckets, buckets.stride(0), out, out.stride(0), seq, blk0, nb,
+            self.num_tiles, local, kb,
+            GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            BUCKET=BUCKET, CB=4, num_warps=4)
 
     @property
     def head_dim(self) -> int:
@@ -265,11 +312,10 @@ class PooledBlocks:
         return 1.0 / math.sqrt(self.head_dim) if sm_scale is None else sm_scale
 
 
-SCORE_BLOCKS = 16  # query blocks per program of the scores and top-k kernels (one tl.dot each)
-SPLIT_TILES = 512  # key tiles per program of the top-k kernel, at least (more splits, more
-#                    parallel programs, more candidates for the final merge)
-CAND_BYTES = 64 << 20  # candidates held at once by extra_block_tiles (fewer splits past it)
-INT64_MIN = -(1 << 63)  # a ranked key slot with no tile
+SCORE_BLOCKS = 16  # query blocks per program of the scores kernels (one tl.dot each)
+BUCKET = 16  # key tiles per bucket of the extra tiles' first ranking (1024 keys)
+BUCKET_TB = 64  # key tiles per tl.dot of the bucket maxima
+SPLIT_TILES = 1024  # key tiles per program of the bucket maxima (a multiple of BUCKET_TB)
 
 
 def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
@@ -279,28 +325,36 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     ``[len(heads), NB, per_block]`` int32 absolute tile starts, ``-1`` where fewer exist.
 
     The sink tile, the block's own tiles and tiles ending within ``local`` keys before it are
-    left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync.  The scores
-    never reach memory: each program ranks a key split's tiles for 16 blocks in registers and
-    keeps its best (``_extra_topk_kernel``), and one ``torch.topk`` merges the splits.  (Held
-    as ``[blocks, tiles]`` scores and ranked by ``torch.topk``, a 64K-row chunk at 1M keys
-    took 15.9 ms per layer at Qwen2.5-0.5B's shape on an H100, 11.2 of them in a scores
-    kernel with too few programs.)
+    left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync.
+
+    Exact in two rankings, so that no ``[blocks, tiles]`` score array is ever held (at 1M
+    keys a 64K-row chunk's is ~1 GB per layer; held and ranked by ``torch.topk`` it took
+    15.9 ms per layer at Qwen2.5-0.5B's shape on an H100): the tiles are cut into buckets of
+    ``BUCKET`` and each bucket's best score is kept; the ``per_block`` buckets with the best
+    maxima hold the ``per_block`` best tiles (each of those tiles scores at least the
+    ``per_block``-th best bucket maximum, as ``per_block`` distinct tiles do), so those
+    buckets' tiles are scored again and ranked.
     """
     pooled = PooledBlocks.build(q, kv, layout, heads)
     H, NB, n_tiles = pooled.num_heads, layout.num_blocks, pooled.num_tiles
-    k = max(16, triton.next_power_of_2(per_block))  # tl.topk width; tl.dot needs >= 16
-    splits = max(1, min(triton.cdiv(n_tiles, split_tiles),
-                        CAND_BYTES // (8 * k * max(1, H * NB))))
-    cand = torch.empty(H, NB, splits, k, dtype=torch.int64, device=q.device)
+    n_buckets = triton.cdiv(n_tiles, BUCKET)
+    kb = min(per_block, n_buckets)
+    split_tiles = triton.cdiv(max(1, split_tiles), BUCKET_TB) * BUCKET_TB
+    bmax = torch.empty(H, NB, n_buckets, dtype=torch.float32, device=q.device)
     for seq, blk0, nb in pooled.block_ranges(NB):
-        pooled.far_topk_into(cand[:, blk0:blk0 + nb], seq, blk0, local, sm_scale)
-    best = cand.view(H, NB, splits * k)
-    if splits > 1:
-        best = torch.topk(best, k, dim=-1, sorted=True).values
-    best = best[..., :per_block]
-    tiles = torch.where(best == INT64_MIN, torch.full_like(best, -1),
-                        (best & 0xFFFFFFFF) * BLOCK_N)
-    return tiles.to(torch.int32)
+        pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], seq, blk0, local, sm_scale,
+                                   split_tiles)
+    buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices.to(torch.int32)
+    cand = torch.empty(H, NB, kb * BUCKET, dtype=torch.float32, device=q.device)
+    for seq, blk0, nb in pooled.block_ranges(NB):
+        pooled.candidate_scores_into(cand[:, blk0:blk0 + nb], buckets[:, blk0:blk0 + nb], seq,
+                                     blk0, local, sm_scale)
+    k = min(per_block, kb * BUCKET)
+    val, idx = torch.topk(cand, k, dim=-1, sorted=False)
+    tile = torch.gather(buckets, 2, idx // BUCKET) * BUCKET + idx % BUCKET
+    out = torch.full((H, NB, per_block), -1, dtype=torch.int32, device=q.device)
+    out[..., :k] = torch.where(val > float("-inf"), tile * BLOCK_N, -1).to(torch.int32)
+    return out
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:
