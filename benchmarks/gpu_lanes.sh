@@ -695,11 +695,20 @@ I2_fused_topk() {
 I3_fused_topk_1m() {  # 1M in 64K chunks, FLASH_ATTN in the same lease; adaptive with extra tiles
   for cfg in "FLASH_ATTN" "minference --mode fixed" \
              "minference --mode adaptive --set extra_blocks=32"; do
-    timeout 200 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
+    timeout 230 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
       --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
   done
   timeout 80 python3 $B/bench_ttft.py --backend minference --mode adaptive --set extra_blocks=32 \
     --lengths 131072 --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
+I4_buckets_1m() {  # I2's kernel timings with 3xTF32 bucket maxima over 64 blocks, then I3
+  gpu_tests 60 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
+  timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE --label buckets-tf32x3 --out $OUT/tune_estimate.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 110 python3 $B/tune_estimate.py $EXTRA_TUNE \
+    --label before --out $OUT/tune_estimate.json
+  I3_fused_topk_1m
 }
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
@@ -792,6 +801,7 @@ case "$1" in
   I1) lane 0 I1_adaptive_extra; wait_lanes 590; jit_check ;;
   I2) lane 0 I2_fused_topk; wait_lanes 580; jit_check ;;
   I3) lane 0 I3_fused_topk_1m; wait_lanes 590; jit_check ;;
+  I4) lane 0 I4_buckets_1m; wait_lanes 595; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

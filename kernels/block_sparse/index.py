@@ -109,14 +109,16 @@ def _bucket_max_kernel(
     BMAX, stride_oh, SEQ, BLK0, NB, N_TILES, N_BUCKETS, SPLIT_TILES, LOCAL,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BG: tl.constexpr, TB: tl.constexpr, BUCKET: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Best far-tile score per ``BUCKET`` consecutive key tiles, for ``BG`` blocks of
     sequence ``SEQ`` and the tiles of key split ``program_id(2)``:
     ``BMAX[head, block - BLK0, bucket]`` (``-inf`` where a bucket holds no far tile).
 
     Far: not the sink, and ending at least ``LOCAL`` keys before the block's first row (so
-    never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles; only the maxima leave
-    the registers."""
+    never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles (3xTF32 on the tensor
+    cores: these maxima only choose buckets, whose tiles are scored again in fp32; the
+    ``ieee`` dot ran at ~3.4 TFMA/s on an H100); only the maxima leave the registers."""
     hs = tl.program_id(1)
     kvh = tl.load(HEADS + hs) // GROUP
     i = tl.program_id(0) * BG + tl.arange(0, BG)
@@ -141,7 +143,7 @@ def _bucket_max_kernel(
             t = t0 + tl.arange(0, TB)
             kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=(t < reach)[:, None],
                          other=0.0)
-            sc = tl.dot(q_bar, tl.trans(kt), input_precision="ieee") * sm_scale
+            sc = tl.dot(q_bar, tl.trans(kt), input_precision=PRECISION) * sm_scale
             far = (t[None, :] >= 1) & (t[None, :] < far_end[:, None])
             sc = tl.where(far, sc, float("-inf"))
             best = tl.max(tl.reshape(sc, [BG, nb_tile, BUCKET]), axis=2)
@@ -279,13 +281,14 @@ class PooledBlocks:
             return
         assert bmax.stride(2) == 1 and bmax.stride(1) == n_buckets
         splits = triton.cdiv(self.num_tiles, split_tiles)
-        _bucket_max_kernel[(triton.cdiv(nb, SCORE_BLOCKS), H, splits)](
+        _bucket_max_kernel[(triton.cdiv(nb, BUCKET_BLOCKS), H, splits)](
             self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
             self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
             self.layout.blk_m, bmax, bmax.stride(0), seq, blk0, nb, self.num_tiles, n_buckets,
             split_tiles, local,
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BG=SCORE_BLOCKS, TB=BUCKET_TB, BUCKET=BUCKET, num_warps=4)
+            BG=BUCKET_BLOCKS, TB=BUCKET_TB, BUCKET=BUCKET, PRECISION=DOT_PRECISION,
+            num_warps=4)
 
     def candidate_scores_into(self, out: torch.Tensor, buckets: torch.Tensor, seq: int,
                               blk0: int, local: int, sm_scale: float | None) -> None:
@@ -315,6 +318,8 @@ class PooledBlocks:
 SCORE_BLOCKS = 16  # query blocks per program of the scores kernels (one tl.dot each)
 BUCKET = 16  # key tiles per bucket of the extra tiles' first ranking (1024 keys)
 BUCKET_TB = 64  # key tiles per tl.dot of the bucket maxima
+BUCKET_BLOCKS = 64  # query blocks per program of the bucket maxima (a key tile read once)
+DOT_PRECISION = "tf32x3"  # of the bucket maxima's tl.dot (the interpreter computes fp32)
 SPLIT_TILES = 1024  # key tiles per program of the bucket maxima (a multiple of BUCKET_TB)
 
 
