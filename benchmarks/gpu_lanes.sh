@@ -710,6 +710,11 @@ I4_buckets_1m() {  # I2's kernel timings with 3xTF32 bucket maxima over 64 block
     --label before --out $OUT/tune_estimate.json
   I3_fused_topk_1m
 }
+I6_ttft_128k() {  # TTFT at 128K in vLLM's default chunks with the two-level extra tiles
+  for cfg in "minference --mode fixed" "FLASH_ATTN" "minference --mode fixed --set extra_blocks=0"; do
+    timeout 110 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -802,6 +807,8 @@ case "$1" in
   I2) lane 0 I2_fused_topk; wait_lanes 580; jit_check ;;
   I3) lane 0 I3_fused_topk_1m; wait_lanes 590; jit_check ;;
   I4) lane 0 I4_buckets_1m; wait_lanes 595; jit_check ;;
+  I5) lane 0 V4_dummy; wait_lanes 380; jit_check ;;
+  I6) lane 0 I6_ttft_128k; wait_lanes 360; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
