@@ -102,6 +102,13 @@ def _block_scores_kernel(
         tl.store(out + tt, s, mask=i_ok[:, None] & t_ok[None, :])
 
 
+@triton.jit
+def far_tiles_end(first, LOCAL, BLOCK_N: tl.constexpr):
+    """End of a block's far tiles (``1 <= t < end``): tiles ending at least ``LOCAL`` keys
+    before the block's first row ``first``."""
+    return tl.maximum(first - LOCAL, 0) // BLOCK_N
+
+
 @triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_oh", "SEQ", "BLK0",
                                "NB", "N_TILES", "N_BUCKETS", "SPLIT_TILES", "LOCAL"])
 def _bucket_max_kernel(
@@ -183,13 +190,6 @@ def _candidate_scores_kernel(
         kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=far[:, None], other=0.0)
         sc = tl.sum(kt * q_bar[None, :], axis=1) * sm_scale
         tl.store(out + j0 * BUCKET + u, tl.where(far, sc, float("-inf")), mask=j_ok)
-
-
-@triton.jit
-def far_tiles_end(first, LOCAL, BLOCK_N: tl.constexpr):
-    """End of a block's far tiles (``1 <= t < end``): tiles ending at least ``LOCAL`` keys
-    before the block's first row ``first``."""
-    return tl.maximum(first - LOCAL, 0) // BLOCK_N
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
