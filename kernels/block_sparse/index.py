@@ -64,6 +64,27 @@ def _pool_queries_kernel(
     tl.store(QBAR + hs.to(tl.int64) * stride_bh + blk * HEAD_DIM + d, q_bar)
 
 
+@triton.jit
+def _pooled_block_group(QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, Q_LEN, KV_LEN,
+                        BLK_M, SEQ, BLK0, NB, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BG: tl.constexpr):
+    """The ``BG`` blocks of program ``(program_id(0), head program_id(1))`` of sequence
+    ``SEQ``: their indices from ``BLK0``, validity, first key positions, the sequence's key
+    count, pooled queries ``[BG, HEAD_DIM]`` and the sequence's pooled keys of the head."""
+    hs = tl.program_id(1)
+    kvh = tl.load(HEADS + hs) // GROUP
+    i = tl.program_id(0) * BG + tl.arange(0, BG)
+    i_ok = i < NB
+    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
+    kv_len = tl.load(KV_LEN + SEQ)
+    first = kv_len - tl.load(Q_LEN + SEQ) + m * BLOCK_M
+    d = tl.arange(0, HEAD_DIM)
+    q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
+                    + d[None, :], mask=i_ok[:, None], other=0.0)
+    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
+    return hs, i, i_ok, first, kv_len, q_bar, kbar
+
+
 @triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_sh", "SEQ", "BLK0",
                                "NB", "N_TILES"])
 def _block_scores_kernel(
@@ -76,19 +97,11 @@ def _block_scores_kernel(
     ``(head, block - BLK0)`` of ``SCORES``) against every key tile: one ``tl.dot`` per
     ``TB`` tiles, so a tile's pooled key is read once per ``BG`` blocks.  The sink and the
     block's own tiles score ``+inf`` (always kept), tiles past the causal edge ``-inf``."""
-    hs = tl.program_id(1)
-    kvh = tl.load(HEADS + hs) // GROUP
-    i = tl.program_id(0) * BG + tl.arange(0, BG)
-    i_ok = i < NB
-    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
-    q_len = tl.load(Q_LEN + SEQ)
-    kv_len = tl.load(KV_LEN + SEQ)
-    first = kv_len - q_len + m * BLOCK_M
+    hs, i, i_ok, first, kv_len, q_bar, kbar = _pooled_block_group(
+        QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, Q_LEN, KV_LEN, BLK_M, SEQ, BLK0,
+        NB, GROUP, HEAD_DIM, BLOCK_M, BG)
     last = tl.minimum(first + BLOCK_M - 1, kv_len - 1)
     d = tl.arange(0, HEAD_DIM)
-    q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
-                    + d[None, :], mask=i_ok[:, None], other=0.0)
-    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
     out = SCORES + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_TILES
     for t0 in range(0, N_TILES, TB):
         t = t0 + tl.arange(0, TB)
@@ -126,19 +139,11 @@ def _bucket_max_kernel(
     never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles (3xTF32 on the tensor
     cores: these maxima only choose buckets, whose tiles are scored again in fp32; the
     ``ieee`` dot ran at ~3.4 TFMA/s on an H100); only the maxima leave the registers."""
-    hs = tl.program_id(1)
-    kvh = tl.load(HEADS + hs) // GROUP
-    i = tl.program_id(0) * BG + tl.arange(0, BG)
-    i_ok = i < NB
-    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
-    q_len = tl.load(Q_LEN + SEQ)
-    kv_len = tl.load(KV_LEN + SEQ)
-    far_end = far_tiles_end(kv_len - q_len + m * BLOCK_M, LOCAL, BLOCK_N)  # far: 1 <= t < end
-    far_end = tl.where(i_ok, far_end, 0)
+    hs, i, i_ok, first, kv_len, q_bar, kbar = _pooled_block_group(
+        QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, Q_LEN, KV_LEN, BLK_M, SEQ, BLK0,
+        NB, GROUP, HEAD_DIM, BLOCK_M, BG)
+    far_end = tl.where(i_ok, far_tiles_end(first, LOCAL, BLOCK_N), 0)  # far: 1 <= t < end
     d = tl.arange(0, HEAD_DIM)
-    q_bar = tl.load(QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
-                    + d[None, :], mask=i_ok[:, None], other=0.0)
-    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
     out = BMAX + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * N_BUCKETS
     lo = tl.program_id(2) * SPLIT_TILES
     hi = tl.minimum(lo + SPLIT_TILES, N_TILES)
