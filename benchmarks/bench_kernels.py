@@ -259,6 +259,23 @@ def plan_pattern(pattern: str, q, kv, layout, n_heads, gamma=0.95):
     raise ValueError(pattern)
 
 
+def with_extra_tiles(index_fn, pattern: str, extra_blocks: int, q, kv, layout):
+    """``index_fn`` whose fixed Vertical-Slash lists also carry fixed mode's ``extra_blocks``
+    far tiles per query block, as the plugin plans them (so their ranking is timed as index
+    building and their keys as attention); other patterns, or 0, unchanged."""
+    if pattern != "vertical_slash" or extra_blocks <= 0:
+        return index_fn
+    from vllm_minference.kernels.block_sparse import extra_block_tiles
+    from vllm_minference.kernels.plan import KEEP_NEAR_DIAGS
+    heads = torch.arange(q.shape[1], device=q.device)
+
+    def index_with_extra(est):
+        wl = index_fn(est)
+        wl.extra = extra_block_tiles(q, kv, layout, heads, extra_blocks, KEEP_NEAR_DIAGS)
+        return wl
+    return index_with_extra
+
+
 def density(wl: WorkList, layout: SeqLayout) -> float:
     return float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * wl.num_heads)
 
@@ -375,6 +392,8 @@ def bench_length(L: int, args, tokens_all, rows):
                 else:
                     est_fn, index_fn = plan_pattern(pattern, q, kv, layout, q.shape[1],
                                                     args.gamma)
+                    index_fn = with_extra_tiles(index_fn, pattern, args.extra_blocks, q, kv,
+                                                layout)
                 measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                         layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
                         cache=cache, kernels=args.kernels,
@@ -396,7 +415,8 @@ def bench_length(L: int, args, tokens_all, rows):
             est_fn = lambda: vs_select(q, kv, layout, LLAMA["q_heads"], g)  # noqa: E731 (cost only)
             measure(rows, input_kind="real", pattern=pattern, q=q, k=k, v=v, kv=kv,
                     layout=layout, dense_ms=dense_ms, est_fn=est_fn,
-                    index_fn=lambda _: build_vertical_slash_worklist(*sel, layout),
+                    index_fn=with_extra_tiles(lambda _: build_vertical_slash_worklist(*sel, layout),
+                                              pattern, args.extra_blocks, q, kv, layout),
                     fa2=L <= args.max_fa2_len, cache=cache, kernels=args.kernels,
                     extra=dict(model="Llama-3-8B shape, Qwen lists replayed",
                                layers=args.layers, **mode_of(pattern, args)))
@@ -409,6 +429,7 @@ def bench_length(L: int, args, tokens_all, rows):
         dense_ms = time_ms(fa3(q, k, v))
         for pattern in VS_PATTERNS:
             est_fn, index_fn = plan_pattern(pattern, q, kv, layout, LLAMA["q_heads"], args.gamma)
+            index_fn = with_extra_tiles(index_fn, pattern, args.extra_blocks, q, kv, layout)
             measure(rows, input_kind="random", pattern=pattern, q=q, k=k, v=v, kv=kv,
                     layout=layout, dense_ms=dense_ms, est_fn=est_fn, index_fn=index_fn,
                     guard=args.guard, cache=cache, kernels=args.kernels,
@@ -437,7 +458,10 @@ def mode_of(pattern: str, args) -> dict:
                     budget_scale=args.budget_scale)
     if pattern == "vertical_slash_adaptive":
         return dict(mode="adaptive", gamma=args.gamma)
-    return dict(mode="fixed") if pattern == "vertical_slash" else {}
+    if pattern == "vertical_slash":
+        extra = getattr(args, "extra_blocks", 0)
+        return dict(mode="fixed", extra_blocks=extra) if extra else dict(mode="fixed")
+    return {}
 
 
 def rand_qkv(L):
@@ -458,6 +482,10 @@ def main() -> None:
     ap.add_argument("--patterns",
                     default="vertical_slash,vertical_slash_adaptive,block_sparse,a_shape")
     ap.add_argument("--gamma", type=float, default=0.95, help="adaptive Vertical-Slash target")
+    ap.add_argument("--extra-blocks", type=int, default=0,
+                    help="fixed Vertical-Slash lists also carry this many far tiles per query "
+                         "block (the plugin's fixed-mode default is 32; 0 keeps the rows "
+                         "comparable with sessions before the extra tiles)")
     ap.add_argument("--profile", default=None,
                     help="profile file, bundled name or 'default' for the 'profile' pattern (real rows)")
     ap.add_argument("--budget-scale", type=float, default=1.0,

@@ -715,6 +715,12 @@ I6_ttft_128k() {  # TTFT at 128K in vLLM's default chunks with the two-level ext
     timeout 110 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
   done
 }
+I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's default extra tiles
+  timeout 280 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
+    --extra-blocks 32 --out $OUT/kernels_extra32.json
+  timeout 280 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
+    --no-random --out $OUT/kernels.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -809,6 +815,7 @@ case "$1" in
   I4) lane 0 I4_buckets_1m; wait_lanes 595; jit_check ;;
   I5) lane 0 V4_dummy; wait_lanes 380; jit_check ;;
   I6) lane 0 I6_ttft_128k; wait_lanes 360; jit_check ;;
+  I7) lane 0 I7_kernels_extra; wait_lanes 580 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

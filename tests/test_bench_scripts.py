@@ -382,6 +382,31 @@ def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
                                                           budget_scale=0.05)
 
 
+def test_kernel_bench_extra_blocks_adds_the_plugins_far_tiles(device):
+    """``bench_kernels --extra-blocks N``: the fixed Vertical-Slash lists carry the same far
+    tiles as the plugin's plan (so density and attention count them); other patterns and
+    N = 0 are unchanged, and the rows name the setting."""
+    import argparse
+    import torch
+    import bench_kernels
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels import LayerPatterns, plan_layer
+    from vllm_minference.kernels.plan import HeadPattern
+    N, H = 700, 2
+    batch = make_batch([N], [N], H, 1, 64, torch.float32, device, structured=True)
+    q, kv, layout = batch.q, batch.kv, batch.layout
+    est, index = bench_kernels.plan_pattern("vertical_slash", q, kv, layout, H)
+    assert bench_kernels.with_extra_tiles(index, "vertical_slash", 0, q, kv, layout) is index
+    assert bench_kernels.with_extra_tiles(index, "a_shape", 4, q, kv, layout) is index
+    wl = bench_kernels.with_extra_tiles(index, "vertical_slash", 4, q, kv, layout)(est())
+    heads = [HeadPattern("vertical_and_slash", 1000, 6096)] * H
+    want = plan_layer(q, kv, layout, LayerPatterns.from_heads(heads, device, extra_blocks=4))
+    assert torch.equal(wl.extra, want.extra) and torch.equal(wl.tiles(), want.tiles())
+    assert bench_kernels.density(wl, layout) > bench_kernels.density(index(est()), layout)
+    args = argparse.Namespace(extra_blocks=4)
+    assert bench_kernels.mode_of("vertical_slash", args) == dict(mode="fixed", extra_blocks=4)
+
+
 def test_chunked_bench_times_every_step_and_sums_the_prompt(device, monkeypatch):
     """``bench_chunked``: one row per prefill step (dense below min_sparse_len or over the
     guard, else sparse) and a prompt row that sums them."""
