@@ -11,14 +11,14 @@ handful of kernel launches and never waits on the host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Callable
 
 import torch
 
 from .a_shape.index import build_a_shape_worklist
 from .block_sparse.index import (block_sparse_scores, build_block_sparse_worklist,
-                                 extra_block_tiles)
+                                 extra_block_tiles, pool_keys)
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
@@ -124,6 +124,8 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     log-sum-exp instead of its first pass.
     """
     parts: list[tuple[torch.Tensor, WorkList]] = []
+    # mean key per 64-key tile: pooled once for the extra tiles and the Block-Sparse heads
+    pooled_keys = cache(lambda: pool_keys(kv, layout, q.shape[2], q.device))
     for kind, heads in patterns.groups.items():
         if kind == VERTICAL_SLASH:
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
@@ -143,9 +145,10 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
             wl = build_vertical_slash_worklist(*sel, layout)
             if patterns.extra_blocks:
                 wl.extra = extra_block_tiles(q, kv, layout, heads, patterns.extra_blocks,
-                                             patterns.keep_diag, sm_scale)
+                                             patterns.keep_diag, sm_scale,
+                                             kbar=pooled_keys())
         elif kind == BLOCK_SPARSE:
-            scores = block_sparse_scores(q, kv, layout, heads, sm_scale)
+            scores = block_sparse_scores(q, kv, layout, heads, sm_scale, kbar=pooled_keys())
             wl = build_block_sparse_worklist(scores, patterns.budget_a[kind],
                                              patterns.max_a[kind])
         elif kind == A_SHAPE:

@@ -50,16 +50,25 @@ def test_density_guard_sends_heavy_heads_to_dense(device):
     assert torch.equal(guarded.tiles().cpu(), dense_worklist(layout, 2).tiles().cpu())
 
 
-def test_extra_tiles_go_to_vertical_slash_heads_only(device):
+def test_extra_tiles_go_to_vertical_slash_heads_only(device, monkeypatch):
     """``extra_blocks``: the Vertical-Slash heads' own far tiles (the pooled estimate's, as
-    :func:`extra_block_tiles` gives them); other heads none; their cost is counted."""
+    :func:`extra_block_tiles` gives them); other heads none; their cost is counted.  The
+    keys are pooled once for the extra tiles and the Block-Sparse heads."""
+    from vllm_minference.kernels import plan as plan_module
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     batch = make_batch([150, 64], [900, 64], 4, 2, 64, torch.float16, device, structured=True)
     heads = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(A_SHAPE, 16, 64),
              HeadPattern(VERTICAL_SLASH, 60, 70), HeadPattern(BLOCK_SPARSE, 3)]
     plain = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(heads, device))
+    real_pool_keys, pooled = plan_module.pool_keys, []
+
+    def counted_pool_keys(*args):
+        pooled.append(args)
+        return real_pool_keys(*args)
+    monkeypatch.setattr(plan_module, "pool_keys", counted_pool_keys)
     wl = plan_layer(batch.q, batch.paged, batch.layout,
                     LayerPatterns.from_heads(heads, device, extra_blocks=2, keep_diag=100))
+    assert len(pooled) == 1
     assert plain.extra is None and wl.extra.shape == (4, batch.layout.num_blocks, 2)
     want = extra_block_tiles(batch.q, batch.paged, batch.layout,
                              torch.tensor([0, 2], device=device), 2, 100)

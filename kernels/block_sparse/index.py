@@ -198,17 +198,35 @@ def _candidate_scores_kernel(
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
-                        sm_scale: float | None = None) -> torch.Tensor:
+                        sm_scale: float | None = None, kbar: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """Pooled-query x pooled-key score of every (head, block, key tile): ``[H, NB, tiles]``.
 
     Non-causal tiles are ``-inf``; the sink and diagonal tiles are ``+inf`` (always kept).
+    ``kbar``: the batch's :func:`pool_keys`, if already computed.
     """
-    pooled = PooledBlocks.build(q, kv, layout, heads)
+    pooled = PooledBlocks.build(q, kv, layout, heads, kbar)
     scores = torch.empty(pooled.num_heads, layout.num_blocks, pooled.num_tiles,
                          dtype=torch.float32, device=q.device)
     for seq, blk0, nb in pooled.block_ranges(layout.num_blocks):
         pooled.scores_into(scores[:, blk0:blk0 + nb], seq, blk0, sm_scale)
     return scores
+
+
+def pool_keys(kv: KVSource, layout: SeqLayout, head_dim: int, device: torch.device | str
+              ) -> torch.Tensor:
+    """Mean key of every (sequence, KV head, 64-key tile): ``[B, kv_heads, tiles, D]``
+    float32 (zero past a sequence's end)."""
+    n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
+    kbar = torch.zeros(layout.num_seqs, kv.num_kv_heads, n_tiles, head_dim,
+                       dtype=torch.float32, device=device)
+    args = kv.kernel_args()
+    _pool_keys_kernel[(n_tiles, kv.num_kv_heads, layout.num_seqs)](
+        args["K"], args["stride_kp"], args["stride_kt"], args["stride_kh"], args["BT"],
+        args["stride_bt"], args["KV_START"], layout.kv_len, kbar, kbar.stride(0),
+        kbar.stride(1), n_tiles, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, PAGE=args["PAGE"],
+        PAGED=args["PAGED"], num_warps=4)
+    return kbar
 
 
 @dataclass(frozen=True)
@@ -231,8 +249,10 @@ class PooledBlocks:
         return self.kbar.shape[2]
 
     @staticmethod
-    def build(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor
-              ) -> "PooledBlocks":
+    def build(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
+              kbar: torch.Tensor | None = None) -> "PooledBlocks":
+        """Pool these heads' queries; the keys too, unless ``kbar`` (:func:`pool_keys` of
+        the same batch, shared by a layer's patterns) is given."""
         num_heads, head_dim = q.shape[1], q.shape[2]
         heads = heads.to(device=q.device, dtype=torch.int32)
         qbar = torch.empty(heads.numel(), layout.num_blocks, head_dim, dtype=torch.float32,
@@ -242,15 +262,8 @@ class PooledBlocks:
                 q, q.stride(0), q.stride(1), heads, layout.q_start, layout.q_len,
                 layout.kv_len, layout.blk_seq, layout.blk_m, qbar, qbar.stride(0),
                 HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, num_warps=4)
-        n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
-        kbar = torch.zeros(layout.num_seqs, kv.num_kv_heads, n_tiles, head_dim,
-                           dtype=torch.float32, device=q.device)
-        args = kv.kernel_args()
-        _pool_keys_kernel[(n_tiles, kv.num_kv_heads, layout.num_seqs)](
-            args["K"], args["stride_kp"], args["stride_kt"], args["stride_kh"], args["BT"],
-            args["stride_bt"], args["KV_START"], layout.kv_len, kbar, kbar.stride(0),
-            kbar.stride(1), n_tiles, HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, PAGE=args["PAGE"],
-            PAGED=args["PAGED"], num_warps=4)
+        if kbar is None:
+            kbar = pool_keys(kv, layout, head_dim, q.device)
         return PooledBlocks(qbar, kbar, heads, layout, num_heads // kv.num_kv_heads)
 
     def block_ranges(self, step: int) -> list[tuple[int, int, int]]:
@@ -330,7 +343,8 @@ SPLIT_TILES = 1024  # key tiles per program of the bucket maxima (a multiple of 
 
 def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
                       per_block: int, local: int, sm_scale: float | None = None,
-                      split_tiles: int = SPLIT_TILES) -> torch.Tensor:
+                      split_tiles: int = SPLIT_TILES, kbar: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """The ``per_block`` best far key tiles of every (head, block) by pooled score:
     ``[len(heads), NB, per_block]`` int32 absolute tile starts, ``-1`` where fewer exist.
 
@@ -343,9 +357,10 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     ``BUCKET`` and each bucket's best score is kept; the ``per_block`` buckets with the best
     maxima hold the ``per_block`` best tiles (each of those tiles scores at least the
     ``per_block``-th best bucket maximum, as ``per_block`` distinct tiles do), so those
-    buckets' tiles are scored again and ranked.
+    buckets' tiles are scored again and ranked.  ``kbar``: the batch's :func:`pool_keys`,
+    if already computed.
     """
-    pooled = PooledBlocks.build(q, kv, layout, heads)
+    pooled = PooledBlocks.build(q, kv, layout, heads, kbar)
     H, NB, n_tiles = pooled.num_heads, layout.num_blocks, pooled.num_tiles
     n_buckets = triton.cdiv(n_tiles, BUCKET)
     kb = min(per_block, n_buckets)
