@@ -145,8 +145,10 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
 def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
                      seq_len: int, chunk: int, per_block: int, label: str, device: str) -> None:
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
-    parts: pooled queries and keys; the best score per bucket of 16 tiles (one kernel, the
-    scores kept in registers); the rest (top buckets, their tiles scored again, top tiles).
+    parts: pooled queries and keys; the best score per bucket of 16 tiles (and, since the
+    three-level ranking, per sub-bucket of 4: one kernel, the scores kept in registers);
+    ``torch.topk`` of the buckets; the kernel that ranks the chosen buckets' sub-buckets and
+    tiles; ``rank_ms`` = everything after the maxima.
     An older package (``.whl/old/``, without buckets) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     from vllm_minference.kernels.block_sparse import index as bs
@@ -161,12 +163,29 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     if hasattr(pooled, "far_bucket_max_into"):
         H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
         bmax = torch.empty(H, NB, triton.cdiv(T, bs.BUCKET), dtype=torch.float32, device=device)
+        three_level = hasattr(pooled, "rank_far_tiles_into")  # sub-bucket maxima too
+        smax = (torch.empty(H, NB, triton.cdiv(T, bs.SUB), dtype=torch.float32, device=device)
+                if three_level else None)
 
         def bucket_maxima():  # every sequence's blocks: the first ranking's scores
             for seq, blk0, nb in pooled.block_ranges(NB):
-                pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], seq, blk0, 100, None,
-                                           bs.SPLIT_TILES)
+                extra = (smax[:, blk0:blk0 + nb],) if three_level else ()
+                pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], *extra, seq, blk0, 100,
+                                           None, bs.SPLIT_TILES)
         row.update(bucket_max_ms=bench_ms(bucket_maxima))
+        kb = min(per_block, bmax.shape[2])
+        row.update(bucket_topk_ms=bench_ms(
+            lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
+        if three_level:
+            buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices.to(torch.int32)
+            out = torch.empty(H, NB, per_block, dtype=torch.int32, device=device)
+
+            def rank_kernel():  # sub-buckets and tiles of the chosen buckets, in registers
+                for seq, blk0, nb in pooled.block_ranges(NB):
+                    part = slice(blk0, blk0 + nb)
+                    pooled.rank_far_tiles_into(out[:, part], buckets[:, part], smax[:, part],
+                                               seq, blk0, 100, None)
+            row.update(rank_kernel_ms=bench_ms(rank_kernel))
         row["rank_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["bucket_max_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)

@@ -12,6 +12,7 @@ from vllm_minference.kernels.a_shape.reference import a_shape_mask
 from vllm_minference.kernels.attention.reference import (causal_mask, masked_attention_reference,
                                                           worklist_mask, worklist_overlaps)
 from vllm_minference.kernels.block_sparse import extra_block_tiles
+from vllm_minference.kernels.block_sparse import index as bs_index
 from vllm_minference.kernels.block_sparse.reference import (block_scores_reference,
                                                              block_sparse_mask,
                                                              extra_tiles_reference)
@@ -39,7 +40,8 @@ def test_block_scores_match_reference(device, q_lens, kv_lens):
     ([64], [4200], 20, 0),            # more wanted than buckets: every bucket's tiles
     ([100], [20000], 4, 64),          # 20 buckets, the best 4 hold the best 4 tiles
 ])
-def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, local):
+def test_extra_tiles_are_the_best_far_tiles(device, monkeypatch, q_lens, kv_lens, per_block,
+                                            local):
     batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
     heads = [3, 1]
     got = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
@@ -47,6 +49,10 @@ def test_extra_tiles_are_the_best_far_tiles(device, q_lens, kv_lens, per_block, 
     sliced = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
                                per_block, local, split_tiles=1).cpu()  # a split per 64 tiles
     assert torch.equal(got.sort(-1).values, sliced.sort(-1).values)
+    monkeypatch.setattr(bs_index, "RANK_BYTES", 1)  # blocks ranked one at a time
+    one_by_one = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
+                                   per_block, local).cpu()
+    assert torch.equal(got.sort(-1).values, one_by_one.sort(-1).values)
     assert got.shape == (2, batch.layout.num_blocks, per_block) and got.dtype == torch.int32
     ref = extra_tiles_reference(batch.q, batch.kv, batch.layout, heads, per_block, local)
     for i in range(len(heads)):
