@@ -20,6 +20,7 @@
 #   bash benchmarks/gpu_lanes.sh F1..F5             one GPU: local band; big-budget warm-up; heads-fast grid
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
+#   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -721,6 +722,16 @@ I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's def
   timeout 280 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
     --no-random --out $OUT/kernels.json
 }
+# Thirteenth session: the extra tiles' second ranking inside one kernel (sub-buckets of 4
+# tiles ranked in registers), against the two-level package of commit 8e5f745 in .whl/old/
+O1_rank3() {  # no gpu-kit needed: kernels only
+  gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
+  timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE --label three-level --out $OUT/tune_estimate.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
+    .whl/old/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \
+    --label two-level --out $OUT/tune_estimate.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -816,6 +827,7 @@ case "$1" in
   I5) lane 0 V4_dummy; wait_lanes 380; jit_check ;;
   I6) lane 0 I6_ttft_128k; wait_lanes 360; jit_check ;;
   I7) lane 0 I7_kernels_extra; wait_lanes 580 ;;
+  O1) lane 0 O1_rank3; wait_lanes 400 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
