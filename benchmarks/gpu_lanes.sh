@@ -726,11 +726,12 @@ I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's def
 # tiles ranked in registers), against the two-level package of commit 8e5f745 in .whl/old/
 O1_rank3() {  # no gpu-kit needed: kernels only
   gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
-  timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE --label three-level --out $OUT/tune_estimate.json
+  timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label three-level \
+    --rank-launches 1/16/2 1/8/1 2/16/4 4/16/4 4/8/4 8/8/4 2/8/2 4/8/2 --out $OUT/tune_estimate.json
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
     .whl/old/vllm_minference-*.whl > /dev/null 2>&1
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \
-    --label two-level --out $OUT/tune_estimate.json
+    --no-estimate --label two-level --out $OUT/tune_estimate.json
 }
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \

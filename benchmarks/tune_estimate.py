@@ -143,12 +143,14 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
 
 
 def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
-                     seq_len: int, chunk: int, per_block: int, label: str, device: str) -> None:
+                     seq_len: int, chunk: int, per_block: int, label: str, device: str,
+                     rank_launches: tuple[str, ...] = ()) -> None:
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
     parts: pooled queries and keys; the best score per bucket of 16 tiles (and, since the
     three-level ranking, per sub-bucket of 4: one kernel, the scores kept in registers);
     ``torch.topk`` of the buckets; the kernel that ranks the chosen buckets' sub-buckets and
-    tiles; ``rank_ms`` = everything after the maxima.
+    tiles (and that kernel with each of ``rank_launches``, "blocks/head-dim slice/warps");
+    ``rank_ms`` = everything after the maxima.
     An older package (``.whl/old/``, without buckets) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     from vllm_minference.kernels.block_sparse import index as bs
@@ -186,6 +188,14 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                     pooled.rank_far_tiles_into(out[:, part], buckets[:, part], smax[:, part],
                                                seq, blk0, 100, None)
             row.update(rank_kernel_ms=bench_ms(rank_kernel))
+            default = dict(bs.RANK_LAUNCH)
+            for opt in rank_launches:  # "BB/DC/warps": other launches of the ranking kernel
+                bb, dc, warps = (int(x) for x in opt.split("/"))
+                bs.RANK_LAUNCH.update(BB=bb, DC=dc, num_warps=warps)
+                try:
+                    row[f"rank_kernel_ms_{opt}"] = bench_ms(rank_kernel)
+                finally:
+                    bs.RANK_LAUNCH.update(default)
         row["rank_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["bucket_max_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)
@@ -216,6 +226,11 @@ def main() -> None:
     ap.add_argument("--extra-chunks", type=int, nargs="*", default=[],
                     help="also time extra_block_tiles (32 per block) for prefill chunks of "
                          "these sizes at the end of each sequence length")
+    ap.add_argument("--rank-launches", nargs="*", default=[],
+                    help="also time the extra tiles' ranking kernel with these launches, "
+                         "'blocks/head-dim slice/warps' each (e.g. 4/16/2)")
+    ap.add_argument("--no-estimate", action="store_true",
+                    help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -226,10 +241,11 @@ def main() -> None:
         for shape in args.shapes.split(","):
             h, hk, d = (int(x) for x in shape.split("/"))
             for n in args.seq_lens:
-                time_shape(rows, h, hk, d, n, options, args.label, args.device)
+                if not args.no_estimate:
+                    time_shape(rows, h, hk, d, n, options, args.label, args.device)
                 for chunk in args.extra_chunks:
                     time_extra_tiles(rows, h, hk, d, n, min(chunk, n), 32, args.label,
-                                     args.device)
+                                     args.device, tuple(args.rank_launches))
     finally:
         old = []
         if os.path.exists(args.out):

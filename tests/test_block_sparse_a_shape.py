@@ -53,6 +53,11 @@ def test_extra_tiles_are_the_best_far_tiles(device, monkeypatch, q_lens, kv_lens
     one_by_one = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
                                    per_block, local).cpu()
     assert torch.equal(got.sort(-1).values, one_by_one.sort(-1).values)
+    monkeypatch.setattr(bs_index, "RANK_BYTES", 64 << 20)
+    monkeypatch.setattr(bs_index, "RANK_LAUNCH", dict(BB=4, DC=16, num_warps=2))
+    four_blocks = extra_block_tiles(batch.q, batch.paged, batch.layout, torch.tensor(heads),
+                                    per_block, local).cpu()  # 4 blocks per ranking program
+    assert torch.equal(got, four_blocks)
     assert got.shape == (2, batch.layout.num_blocks, per_block) and got.dtype == torch.int32
     ref = extra_tiles_reference(batch.q, batch.kv, batch.layout, heads, per_block, local)
     for i in range(len(heads)):

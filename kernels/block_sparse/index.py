@@ -194,49 +194,56 @@ def _rank_far_tiles_kernel(
     KB, PER_BLOCK,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BUCKET: tl.constexpr, SUB: tl.constexpr, KP: tl.constexpr,
-    DC: tl.constexpr,
+    BB: tl.constexpr, DC: tl.constexpr,
 ):
-    """The ``PER_BLOCK`` best far tiles of one (block, head), from its ``KB`` best buckets:
-    their sub-buckets' maxima ranked in registers, then the tiles of the ``KP`` best
-    sub-buckets scored in fp32 and ranked (``tl.topk`` over int64 (score, index) keys).
+    """The ``PER_BLOCK`` best far tiles of ``BB`` blocks of one head, each from its ``KB``
+    best buckets: their sub-buckets' maxima ranked in registers, then the tiles of the ``KP``
+    best sub-buckets scored in fp32 and ranked (``tl.topk`` over int64 (score, index) keys).
     ``OUT[head, block - BLK0, r]``: the r-th best tile's first key, ``-1`` past the far
     tiles.  ``KP``: a power of two >= ``PER_BLOCK`` and ``KB``."""
-    blk = tl.program_id(0)
+    SPB: tl.constexpr = BUCKET // SUB
     hs = tl.program_id(1)
     kvh = tl.load(HEADS + hs) // GROUP
-    m = tl.load(BLK_M + BLK0 + blk)
-    far_end = far_tiles_end(tl.load(KV_LEN + SEQ) - tl.load(Q_LEN + SEQ) + m * BLOCK_M, LOCAL,
-                            BLOCK_N)
-    none = tl.full([KP], NO_KEY, tl.int64)  # below every (score, index) key
+    i = tl.program_id(0) * BB + tl.arange(0, BB)
+    i_ok = i < NB
+    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
+    far_end = tl.where(i_ok, far_tiles_end(
+        tl.load(KV_LEN + SEQ) - tl.load(Q_LEN + SEQ) + m * BLOCK_M, LOCAL, BLOCK_N), 0)
     # level 2: the sub-buckets of the chosen buckets, ranked by their maxima
-    j = tl.arange(0, KP * (BUCKET // SUB))
-    j_ok = j // (BUCKET // SUB) < KB
-    bucket = tl.load(BUCKETS + hs.to(tl.int64) * stride_ch + blk.to(tl.int64) * KB
-                     + j // (BUCKET // SUB), mask=j_ok, other=0)
-    s = bucket.to(tl.int32) * (BUCKET // SUB) + j % (BUCKET // SUB)
+    j = tl.arange(0, KP * SPB)[None, :]
+    j_ok = i_ok[:, None] & (j // SPB < KB)
+    bucket = tl.load(BUCKETS + hs.to(tl.int64) * stride_ch + i.to(tl.int64)[:, None] * KB
+                     + j // SPB, mask=j_ok, other=0)
+    s = bucket.to(tl.int32) * SPB + j % SPB
     s_ok = j_ok & (s < N_SUBS)
-    smax = tl.load(SMAX + hs.to(tl.int64) * stride_sh + blk.to(tl.int64) * N_SUBS + s,
+    smax = tl.load(SMAX + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_SUBS + s,
                    mask=s_ok, other=float("-inf"))
     s_ok = s_ok & (smax > float("-inf"))
-    best_s = tl.topk(tl.where(s_ok, _rank_keys(smax, s), NO_KEY), KP)
+    # (the "no key" sentinel as a full tensor: a scalar int64 constant in tl.where came out
+    # as 0 on an H100, which outranks every negative score)
+    best_s = tl.topk(tl.where(s_ok, _rank_keys(smax, s),
+                              tl.full([BB, KP * SPB], NO_KEY, tl.int64)), KP)
     # level 3: the tiles of the KP best sub-buckets, scored again in fp32 and ranked
-    u = tl.arange(0, SUB)
-    t = tl.reshape((best_s & 0xFFFFFFFF).to(tl.int32)[:, None] * SUB + u[None, :], [KP * SUB])
-    t_ok = tl.reshape((best_s != none)[:, None] & (u < SUB)[None, :], [KP * SUB])
-    t_ok = t_ok & (t >= 1) & (t < far_end) & (t < N_TILES)
+    none = tl.full([BB, KP], NO_KEY, tl.int64)
+    u = tl.arange(0, SUB)[None, None, :]
+    t = tl.reshape((best_s & 0xFFFFFFFF).to(tl.int32)[:, :, None] * SUB + u, [BB, KP * SUB])
+    t_ok = tl.reshape((best_s != none)[:, :, None] & (u < SUB), [BB, KP * SUB])
+    t_ok = t_ok & (t >= 1) & (t < far_end[:, None]) & (t < N_TILES)
     kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
-    qbar = QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + blk) * HEAD_DIM
+    qbar = QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
     dc = tl.arange(0, DC)
-    sc = tl.zeros([KP * SUB], tl.float32)
+    sc = tl.zeros([BB, KP * SUB], tl.float32)
     for d0 in tl.static_range(0, HEAD_DIM, DC):
-        kt = tl.load(kbar + t[:, None] * HEAD_DIM + d0 + dc[None, :], mask=t_ok[:, None],
-                     other=0.0)
-        sc += tl.sum(kt * tl.load(qbar + d0 + dc)[None, :], axis=1)
-    best_t = tl.topk(tl.where(t_ok, _rank_keys(sc * sm_scale, t), NO_KEY), KP)
-    r = tl.arange(0, KP)
+        kt = tl.load(kbar + t[:, :, None] * HEAD_DIM + d0 + dc[None, None, :],
+                     mask=t_ok[:, :, None], other=0.0)
+        qd = tl.load(qbar + d0 + dc[None, :], mask=i_ok[:, None], other=0.0)
+        sc += tl.sum(kt * qd[:, None, :], axis=2)
+    best_t = tl.topk(tl.where(t_ok, _rank_keys(sc * sm_scale, t),
+                              tl.full([BB, KP * SUB], NO_KEY, tl.int64)), KP)
+    r = tl.arange(0, KP)[None, :]
     tile = tl.where(best_t != none, (best_t & 0xFFFFFFFF).to(tl.int32) * BLOCK_N, -1)
-    tl.store(OUT + hs.to(tl.int64) * stride_oh + blk.to(tl.int64) * PER_BLOCK + r, tile,
-             mask=r < PER_BLOCK)
+    tl.store(OUT + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * PER_BLOCK + r, tile,
+             mask=i_ok[:, None] & (r < PER_BLOCK))
 
 
 def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
@@ -365,14 +372,15 @@ class PooledBlocks:
         assert buckets.stride(2) == 1 and buckets.stride(1) == kb and kb <= per_block
         assert out.stride(2) == 1 and out.stride(1) == per_block
         assert smax.stride(2) == 1 and smax.stride(1) == smax.shape[2]
-        _rank_far_tiles_kernel[(nb, H)](
+        bb = RANK_LAUNCH["BB"]
+        _rank_far_tiles_kernel[(triton.cdiv(nb, bb), H)](
             self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
             self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
             self.layout.blk_m, buckets, buckets.stride(0), smax, smax.stride(0), out,
             out.stride(0), seq, blk0, nb, self.num_tiles, smax.shape[2], local, kb, per_block,
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BUCKET=BUCKET, SUB=SUB, KP=max(16, triton.next_power_of_2(per_block)), DC=32,
-            num_warps=4)
+            BUCKET=BUCKET, SUB=SUB, KP=max(16, triton.next_power_of_2(per_block)), BB=bb,
+            DC=min(RANK_LAUNCH["DC"], self.head_dim), num_warps=RANK_LAUNCH["num_warps"])
 
     @property
     def head_dim(self) -> int:
@@ -390,6 +398,8 @@ BUCKET_BLOCKS = 64  # query blocks per program of the bucket maxima (a key tile 
 DOT_PRECISION = "tf32x3"  # of the bucket maxima's tl.dot (the interpreter computes fp32)
 SPLIT_TILES = 1024  # key tiles per program of the bucket maxima (a multiple of BUCKET_TB)
 RANK_BYTES = 64 << 20  # sub-bucket maxima held at once (blocks are ranked in slices)
+# launch of the last two rankings: blocks per program, head-dim slice of the rescoring, warps
+RANK_LAUNCH = dict(BB=1, DC=32, num_warps=4)
 
 
 def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
