@@ -726,8 +726,10 @@ I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's def
 # tiles ranked in registers), against the two-level package of commit 8e5f745 in .whl/old/
 O1_rank3() {  # no gpu-kit needed: kernels only
   gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
-  timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label three-level \
-    --rank-launches 1/16/2 1/8/1 2/16/4 4/16/4 4/8/4 8/8/4 2/8/2 4/8/2 --out $OUT/tune_estimate.json
+  for sub in 1 4; do
+    timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label sub$sub --sub $sub \
+      --rank-launches 1/16/2 1/8/1 2/16/2 4/16/4 2/8/2 1/16/1 --out $OUT/tune_estimate.json
+  done
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
     .whl/old/vllm_minference-*.whl > /dev/null 2>&1
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \

@@ -166,6 +166,8 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
         H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
         bmax = torch.empty(H, NB, triton.cdiv(T, bs.BUCKET), dtype=torch.float32, device=device)
         three_level = hasattr(pooled, "rank_far_tiles_into")  # sub-bucket maxima too
+        if three_level:
+            row["sub"] = bs.SUB
         smax = (torch.empty(H, NB, triton.cdiv(T, bs.SUB), dtype=torch.float32, device=device)
                 if three_level else None)
 
@@ -229,12 +231,18 @@ def main() -> None:
     ap.add_argument("--rank-launches", nargs="*", default=[],
                     help="also time the extra tiles' ranking kernel with these launches, "
                          "'blocks/head-dim slice/warps' each (e.g. 4/16/2)")
+    ap.add_argument("--sub", type=int, default=None,
+                    help="extra tiles: key tiles per sub-bucket of the ranking (1 = the scores "
+                         "kept; default: the package's)")
     ap.add_argument("--no-estimate", action="store_true",
                     help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     bk.DEVICE = args.device
+    if args.sub is not None:
+        from vllm_minference.kernels.block_sparse import index as bs
+        bs.SUB = args.sub
     options = [None if o == "default" else parse_option(o) for o in args.options.split(",")]
     rows: list[dict] = []
     try:

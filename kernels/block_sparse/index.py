@@ -164,7 +164,10 @@ def _bucket_max_kernel(
             sc = tl.dot(q_bar, tl.trans(kt), input_precision=PRECISION) * sm_scale
             far = (t[None, :] >= 1) & (t[None, :] < far_end[:, None])
             sc = tl.where(far, sc, float("-inf"))
-            sub = tl.max(tl.reshape(sc, [BG, ns_tile, SUB]), axis=2)
+            if SUB == 1:
+                sub = sc  # the scores themselves
+            else:
+                sub = tl.max(tl.reshape(sc, [BG, ns_tile, SUB]), axis=2)
             best = tl.max(tl.reshape(sub, [BG, nb_tile, BUCKET // SUB]), axis=2)
         else:
             sub = tl.full([BG, ns_tile], float("-inf"), tl.float32)
@@ -223,25 +226,27 @@ def _rank_far_tiles_kernel(
     # as 0 on an H100, which outranks every negative score)
     best_s = tl.topk(tl.where(s_ok, _rank_keys(smax, s),
                               tl.full([BB, KP * SPB], NO_KEY, tl.int64)), KP)
-    # level 3: the tiles of the KP best sub-buckets, scored again in fp32 and ranked
     none = tl.full([BB, KP], NO_KEY, tl.int64)
-    u = tl.arange(0, SUB)[None, None, :]
-    t = tl.reshape((best_s & 0xFFFFFFFF).to(tl.int32)[:, :, None] * SUB + u, [BB, KP * SUB])
-    t_ok = tl.reshape((best_s != none)[:, :, None] & (u < SUB), [BB, KP * SUB])
-    t_ok = t_ok & (t >= 1) & (t < far_end[:, None]) & (t < N_TILES)
-    kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
-    qbar = QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
-    dc = tl.arange(0, DC)
-    sc = tl.zeros([BB, KP * SUB], tl.float32)
-    for d0 in tl.static_range(0, HEAD_DIM, DC):
-        kt = tl.load(kbar + t[:, :, None] * HEAD_DIM + d0 + dc[None, None, :],
-                     mask=t_ok[:, :, None], other=0.0)
-        qd = tl.load(qbar + d0 + dc[None, :], mask=i_ok[:, None], other=0.0)
-        sc += tl.sum(kt * qd[:, None, :], axis=2)
-    best_t = tl.topk(tl.where(t_ok, _rank_keys(sc * sm_scale, t),
-                              tl.full([BB, KP * SUB], NO_KEY, tl.int64)), KP)
+    if SUB == 1:  # the sub-buckets are the tiles and their maxima the scores: ranked already
+        best = best_s
+    else:  # level 3: the tiles of the KP best sub-buckets, scored again in fp32 and ranked
+        u = tl.arange(0, SUB)[None, None, :]
+        t = tl.reshape((best_s & 0xFFFFFFFF).to(tl.int32)[:, :, None] * SUB + u, [BB, KP * SUB])
+        t_ok = tl.reshape((best_s != none)[:, :, None] & (u < SUB), [BB, KP * SUB])
+        t_ok = t_ok & (t >= 1) & (t < far_end[:, None]) & (t < N_TILES)
+        kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
+        qbar = QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
+        dc = tl.arange(0, DC)
+        sc = tl.zeros([BB, KP * SUB], tl.float32)
+        for d0 in tl.static_range(0, HEAD_DIM, DC):
+            kt = tl.load(kbar + t[:, :, None] * HEAD_DIM + d0 + dc[None, None, :],
+                         mask=t_ok[:, :, None], other=0.0)
+            qd = tl.load(qbar + d0 + dc[None, :], mask=i_ok[:, None], other=0.0)
+            sc += tl.sum(kt * qd[:, None, :], axis=2)
+        best = tl.topk(tl.where(t_ok, _rank_keys(sc * sm_scale, t),
+                                tl.full([BB, KP * SUB], NO_KEY, tl.int64)), KP)
     r = tl.arange(0, KP)[None, :]
-    tile = tl.where(best_t != none, (best_t & 0xFFFFFFFF).to(tl.int32) * BLOCK_N, -1)
+    tile = tl.where(best != none, (best & 0xFFFFFFFF).to(tl.int32) * BLOCK_N, -1)
     tl.store(OUT + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * PER_BLOCK + r, tile,
              mask=i_ok[:, None] & (r < PER_BLOCK))
 
