@@ -830,7 +830,7 @@ case "$1" in
   I5) lane 0 V4_dummy; wait_lanes 380; jit_check ;;
   I6) lane 0 I6_ttft_128k; wait_lanes 360; jit_check ;;
   I7) lane 0 I7_kernels_extra; wait_lanes 580 ;;
-  O1) lane 0 O1_rank3; wait_lanes 400 ;;
+  O1) lane 0 O1_rank3; wait_lanes 560 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
