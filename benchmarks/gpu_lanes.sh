@@ -722,14 +722,14 @@ I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's def
   timeout 280 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
     --no-random --out $OUT/kernels.json
 }
-# Thirteenth session: the extra tiles' second ranking inside one kernel (sub-buckets of 4
-# tiles ranked in registers), against the two-level package of commit 8e5f745 in .whl/old/
+# Thirteenth session: the extra tiles' second ranking inside one kernel (the far scores kept,
+# the chosen buckets' tiles ranked in registers), against the two-level package of commit
+# 8e5f745 in .whl/old/ (two earlier tries, a third level of 4-tile sub-buckets rescored from
+# the pooled keys, ran in leases 1-3: commits 17f549b-c7afe2b)
 O1_rank3() {  # no gpu-kit needed: kernels only
   gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
-  for sub in 1 4; do
-    timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label sub$sub --sub $sub \
-      --rank-launches 1/16/2 1/8/1 2/16/2 4/16/4 2/8/2 1/16/1 --out $OUT/tune_estimate.json
-  done
+  timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label scores-kept \
+    --rank-launches 1/2 1/4 2/1 2/2 4/2 --out $OUT/tune_estimate.json
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
     .whl/old/vllm_minference-*.whl > /dev/null 2>&1
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \

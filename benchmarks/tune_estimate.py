@@ -146,11 +146,10 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                      seq_len: int, chunk: int, per_block: int, label: str, device: str,
                      rank_launches: tuple[str, ...] = ()) -> None:
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
-    parts: pooled queries and keys; the best score per bucket of 16 tiles (and, since the
-    three-level ranking, per sub-bucket of 4: one kernel, the scores kept in registers);
-    ``torch.topk`` of the buckets; the kernel that ranks the chosen buckets' sub-buckets and
-    tiles (and that kernel with each of ``rank_launches``, "blocks/head-dim slice/warps");
-    ``rank_ms`` = everything after the maxima.
+    parts: pooled queries and keys; the far scores and their best per bucket of 16 tiles
+    (one kernel; ``bucket_max_ms``); ``torch.topk`` of the buckets; the kernel that ranks the
+    chosen buckets' tiles (and that kernel with each of ``rank_launches``, "blocks/warps");
+    ``rank_ms`` = everything after the scores kernel.
     An older package (``.whl/old/``, without buckets) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
     from vllm_minference.kernels.block_sparse import index as bs
@@ -162,42 +161,47 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                extra_tiles_ms=bench_ms(lambda: extra_block_tiles(q, kv, layout, heads,
                                                                  per_block, 100)),
                pooling_ms=bench_ms(lambda: bs.PooledBlocks.build(q, kv, layout, heads)))
-    if hasattr(pooled, "far_bucket_max_into"):
-        H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
-        bmax = torch.empty(H, NB, triton.cdiv(T, bs.BUCKET), dtype=torch.float32, device=device)
-        three_level = hasattr(pooled, "rank_far_tiles_into")  # sub-bucket maxima too
-        if three_level:
-            row["sub"] = bs.SUB
-        smax = (torch.empty(H, NB, triton.cdiv(T, bs.SUB), dtype=torch.float32, device=device)
-                if three_level else None)
+    H, NB, T = pooled.num_heads, layout.num_blocks, pooled.num_tiles
+    bmax = torch.empty(H, NB, triton.cdiv(T, getattr(bs, "BUCKET", 1)), dtype=torch.float32,
+                       device=device)
+    kb = min(per_block, bmax.shape[2])
+    if hasattr(pooled, "far_scores_into"):  # far scores kept, chosen buckets ranked in registers
+        scores = torch.empty(H, NB, T, dtype=torch.float32, device=device)
+
+        def far_scores():  # every sequence's blocks (one slice: the timing of the kernels)
+            for seq, blk0, nb in pooled.block_ranges(NB):
+                pooled.far_scores_into(bmax[:, blk0:blk0 + nb], scores[:, blk0:blk0 + nb], seq,
+                                       blk0, 100, None, bs.SPLIT_TILES)
+        row.update(bucket_max_ms=bench_ms(far_scores))
+        row.update(bucket_topk_ms=bench_ms(lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
+        buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices.to(torch.int32)
+        out = torch.empty(H, NB, per_block, dtype=torch.int32, device=device)
+        kp = max(16, triton.next_power_of_2(per_block))
+
+        def rank_kernel():  # the chosen buckets' tiles of every block, ranked in registers
+            bb = bs.RANK_LAUNCH["BB"]
+            bs._rank_far_tiles_kernel[(triton.cdiv(NB, bb), H)](
+                buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0),
+                out, out.stride(0), NB, T, bmax.shape[2], kb, per_block, BUCKET=bs.BUCKET,
+                KP=kp, BB=bb, BLOCK_N=64, num_warps=bs.RANK_LAUNCH["num_warps"])
+        row.update(rank_kernel_ms=bench_ms(rank_kernel))
+        default = dict(bs.RANK_LAUNCH)
+        for opt in rank_launches:  # "blocks/warps": other launches of the ranking kernel
+            bb, warps = (int(x) for x in opt.split("/"))
+            bs.RANK_LAUNCH.update(BB=bb, num_warps=warps)
+            try:
+                row[f"rank_kernel_ms_{opt}"] = bench_ms(rank_kernel)
+            finally:
+                bs.RANK_LAUNCH.update(default)
+    elif hasattr(pooled, "far_bucket_max_into"):  # the two-level package (commit 8e5f745)
 
         def bucket_maxima():  # every sequence's blocks: the first ranking's scores
             for seq, blk0, nb in pooled.block_ranges(NB):
-                extra = (smax[:, blk0:blk0 + nb],) if three_level else ()
-                pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], *extra, seq, blk0, 100,
-                                           None, bs.SPLIT_TILES)
+                pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], seq, blk0, 100, None,
+                                           bs.SPLIT_TILES)
         row.update(bucket_max_ms=bench_ms(bucket_maxima))
-        kb = min(per_block, bmax.shape[2])
-        row.update(bucket_topk_ms=bench_ms(
-            lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
-        if three_level:
-            buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices.to(torch.int32)
-            out = torch.empty(H, NB, per_block, dtype=torch.int32, device=device)
-
-            def rank_kernel():  # sub-buckets and tiles of the chosen buckets, in registers
-                for seq, blk0, nb in pooled.block_ranges(NB):
-                    part = slice(blk0, blk0 + nb)
-                    pooled.rank_far_tiles_into(out[:, part], buckets[:, part], smax[:, part],
-                                               seq, blk0, 100, None)
-            row.update(rank_kernel_ms=bench_ms(rank_kernel))
-            default = dict(bs.RANK_LAUNCH)
-            for opt in rank_launches:  # "BB/DC/warps": other launches of the ranking kernel
-                bb, dc, warps = (int(x) for x in opt.split("/"))
-                bs.RANK_LAUNCH.update(BB=bb, DC=dc, num_warps=warps)
-                try:
-                    row[f"rank_kernel_ms_{opt}"] = bench_ms(rank_kernel)
-                finally:
-                    bs.RANK_LAUNCH.update(default)
+        row.update(bucket_topk_ms=bench_ms(lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
+    if "bucket_max_ms" in row:
         row["rank_ms"] = row["extra_tiles_ms"] - row["pooling_ms"] - row["bucket_max_ms"]
     rows.append(row)
     print(json.dumps(row), flush=True)
@@ -230,19 +234,13 @@ def main() -> None:
                          "these sizes at the end of each sequence length")
     ap.add_argument("--rank-launches", nargs="*", default=[],
                     help="also time the extra tiles' ranking kernel with these launches, "
-                         "'blocks/head-dim slice/warps' each (e.g. 4/16/2)")
-    ap.add_argument("--sub", type=int, default=None,
-                    help="extra tiles: key tiles per sub-bucket of the ranking (1 = the scores "
-                         "kept; default: the package's)")
+                         "'blocks/warps' each (e.g. 4/2)")
     ap.add_argument("--no-estimate", action="store_true",
                     help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     bk.DEVICE = args.device
-    if args.sub is not None:
-        from vllm_minference.kernels.block_sparse import index as bs
-        bs.SUB = args.sub
     options = [None if o == "default" else parse_option(o) for o in args.options.split(",")]
     rows: list[dict] = []
     try:

@@ -123,57 +123,49 @@ def far_tiles_end(first, LOCAL, BLOCK_N: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_oh", "stride_sh",
-                               "SEQ", "BLK0", "NB", "N_TILES", "N_BUCKETS", "N_SUBS",
-                               "SPLIT_TILES", "LOCAL"])
-def _bucket_max_kernel(
+                               "SEQ", "BLK0", "NB", "N_TILES", "N_BUCKETS", "SPLIT_TILES",
+                               "LOCAL"])
+def _far_scores_kernel(
     QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, sm_scale, Q_LEN, KV_LEN, BLK_M,
-    BMAX, stride_oh, SMAX, stride_sh, SEQ, BLK0, NB, N_TILES, N_BUCKETS, N_SUBS, SPLIT_TILES,
-    LOCAL,
+    BMAX, stride_oh, SCORES, stride_sh, SEQ, BLK0, NB, N_TILES, N_BUCKETS, SPLIT_TILES, LOCAL,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BG: tl.constexpr, TB: tl.constexpr, BUCKET: tl.constexpr,
-    SUB: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    """Best far-tile score per ``BUCKET`` consecutive key tiles and per ``SUB`` of them, for
-    ``BG`` blocks of sequence ``SEQ`` and the tiles of key split ``program_id(2)``:
-    ``BMAX[head, block - BLK0, bucket]`` and ``SMAX[head, block - BLK0, sub-bucket]``
-    (``-inf`` where a (sub-)bucket holds no far tile).
+    """Far-tile scores of ``BG`` blocks of sequence ``SEQ`` against the tiles of key split
+    ``program_id(2)``, and the best of them per ``BUCKET`` consecutive tiles:
+    ``SCORES[head, block - BLK0, tile]`` (``-inf`` where not far) and
+    ``BMAX[head, block - BLK0, bucket]``.
 
     Far: not the sink, and ending at least ``LOCAL`` keys before the block's first row (so
-    never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles (3xTF32 on the tensor
-    cores: these maxima only choose buckets, whose tiles are scored again in fp32; the
-    ``ieee`` dot ran at ~3.4 TFMA/s on an H100); only the maxima leave the registers."""
+    never the block's own tiles).  One ``tl.dot`` per ``TB`` tiles, 3xTF32 on the tensor
+    cores (the ``ieee`` dot ran at ~3.4 TFMA/s on an H100)."""
     hs, i, i_ok, first, kv_len, q_bar, kbar = _pooled_block_group(
         QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, Q_LEN, KV_LEN, BLK_M, SEQ, BLK0,
         NB, GROUP, HEAD_DIM, BLOCK_M, BG)
     far_end = tl.where(i_ok, far_tiles_end(first, LOCAL, BLOCK_N), 0)  # far: 1 <= t < end
     d = tl.arange(0, HEAD_DIM)
     out = BMAX + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * N_BUCKETS
-    out_sub = SMAX + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_SUBS
+    out_sc = SCORES + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_TILES
     lo = tl.program_id(2) * SPLIT_TILES
     hi = tl.minimum(lo + SPLIT_TILES, N_TILES)
     reach = tl.minimum(hi, tl.max(far_end, axis=0))
     nb_tile: tl.constexpr = TB // BUCKET
-    ns_tile: tl.constexpr = TB // SUB
     for t0 in range(lo, hi, TB):
         bk = t0 // BUCKET + tl.arange(0, nb_tile)
-        sb = t0 // SUB + tl.arange(0, ns_tile)
+        t = t0 + tl.arange(0, TB)
         if t0 < reach:
-            t = t0 + tl.arange(0, TB)
             kt = tl.load(kbar + t[:, None] * HEAD_DIM + d[None, :], mask=(t < reach)[:, None],
                          other=0.0)
             sc = tl.dot(q_bar, tl.trans(kt), input_precision=PRECISION) * sm_scale
             far = (t[None, :] >= 1) & (t[None, :] < far_end[:, None])
             sc = tl.where(far, sc, float("-inf"))
-            if SUB == 1:
-                sub = sc  # the scores themselves
-            else:
-                sub = tl.max(tl.reshape(sc, [BG, ns_tile, SUB]), axis=2)
-            best = tl.max(tl.reshape(sub, [BG, nb_tile, BUCKET // SUB]), axis=2)
+            best = tl.max(tl.reshape(sc, [BG, nb_tile, BUCKET]), axis=2)
+            # a bucket without a far tile is never chosen, so its scores need not be written
+            tl.store(out_sc + t[None, :], sc, mask=i_ok[:, None] & (t < N_TILES)[None, :])
         else:
-            sub = tl.full([BG, ns_tile], float("-inf"), tl.float32)
             best = tl.full([BG, nb_tile], float("-inf"), tl.float32)
         tl.store(out + bk[None, :], best, mask=i_ok[:, None] & (bk < N_BUCKETS)[None, :])
-        tl.store(out_sub + sb[None, :], sub, mask=i_ok[:, None] & (sb < N_SUBS)[None, :])
 
 
 NO_KEY = tl.constexpr(-(1 << 63))  # int64 rank key below every (score, index) key
@@ -188,65 +180,42 @@ def _rank_keys(s, t):
     return (key.to(tl.int64) << 32) | t.to(tl.int64)
 
 
-@triton.jit(do_not_specialize=["stride_bh", "stride_kb", "stride_kh", "stride_ch", "stride_sh",
-                               "stride_oh", "SEQ", "BLK0", "NB", "N_TILES", "N_SUBS", "LOCAL",
-                               "KB", "PER_BLOCK"])
+@triton.jit(do_not_specialize=["stride_ch", "stride_mh", "stride_sh", "stride_oh", "NB",
+                               "N_TILES", "N_BUCKETS", "KB", "PER_BLOCK"])
 def _rank_far_tiles_kernel(
-    QBAR, stride_bh, HEADS, KBAR, stride_kb, stride_kh, sm_scale, Q_LEN, KV_LEN, BLK_M,
-    BUCKETS, stride_ch, SMAX, stride_sh, OUT, stride_oh, SEQ, BLK0, NB, N_TILES, N_SUBS, LOCAL,
-    KB, PER_BLOCK,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BUCKET: tl.constexpr, SUB: tl.constexpr, KP: tl.constexpr,
-    BB: tl.constexpr, DC: tl.constexpr,
+    BUCKETS, stride_ch, BMAX, stride_mh, SCORES, stride_sh, OUT, stride_oh, NB, N_TILES,
+    N_BUCKETS, KB, PER_BLOCK,
+    BUCKET: tl.constexpr, KP: tl.constexpr, BB: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """The ``PER_BLOCK`` best far tiles of ``BB`` blocks of one head, each from its ``KB``
-    best buckets: their sub-buckets' maxima ranked in registers, then the tiles of the ``KP``
-    best sub-buckets scored in fp32 and ranked (``tl.topk`` over int64 (score, index) keys).
-    ``OUT[head, block - BLK0, r]``: the r-th best tile's first key, ``-1`` past the far
-    tiles.  ``KP``: a power of two >= ``PER_BLOCK`` and ``KB``."""
-    SPB: tl.constexpr = BUCKET // SUB
+    """The ``PER_BLOCK`` best far tiles of ``BB`` blocks of one head, from the scores of
+    the tiles of each block's ``KB`` best buckets, ranked in registers (``tl.topk`` over int64
+    (score, tile) keys): ``OUT[head, block, r]``, the r-th best tile's first key, ``-1`` past
+    the far tiles.  ``KP``: a power of two >= ``PER_BLOCK`` and ``KB``, and >= 16 (the ranked
+    row then has >= 256 entries: ``tl.topk`` over fewer entries than threads gave wrong
+    results on an H100)."""
     hs = tl.program_id(1)
-    kvh = tl.load(HEADS + hs) // GROUP
     i = tl.program_id(0) * BB + tl.arange(0, BB)
     i_ok = i < NB
-    m = tl.load(BLK_M + BLK0 + i, mask=i_ok, other=0)
-    far_end = tl.where(i_ok, far_tiles_end(
-        tl.load(KV_LEN + SEQ) - tl.load(Q_LEN + SEQ) + m * BLOCK_M, LOCAL, BLOCK_N), 0)
-    # level 2: the sub-buckets of the chosen buckets, ranked by their maxima
-    j = tl.arange(0, KP * SPB)[None, :]
-    j_ok = i_ok[:, None] & (j // SPB < KB)
+    j = tl.arange(0, KP * BUCKET)[None, :]
+    j_ok = i_ok[:, None] & (j // BUCKET < KB)
     bucket = tl.load(BUCKETS + hs.to(tl.int64) * stride_ch + i.to(tl.int64)[:, None] * KB
-                     + j // SPB, mask=j_ok, other=0)
-    s = bucket.to(tl.int32) * SPB + j % SPB
-    s_ok = j_ok & (s < N_SUBS)
-    smax = tl.load(SMAX + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_SUBS + s,
-                   mask=s_ok, other=float("-inf"))
-    s_ok = s_ok & (smax > float("-inf"))
+                     + j // BUCKET, mask=j_ok, other=0)
+    # a bucket without a far tile (chosen where fewer than KB have one) has no scores written
+    j_ok = j_ok & (tl.load(BMAX + hs.to(tl.int64) * stride_mh + i.to(tl.int64)[:, None]
+                           * N_BUCKETS + bucket, mask=j_ok, other=float("-inf"))
+                   > float("-inf"))
+    t = bucket.to(tl.int32) * BUCKET + j % BUCKET
+    t_ok = j_ok & (t < N_TILES)
+    sc = tl.load(SCORES + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_TILES + t,
+                 mask=t_ok, other=float("-inf"))
+    t_ok = t_ok & (sc > float("-inf"))
     # (the "no key" sentinel as a full tensor: a scalar int64 constant in tl.where came out
     # as 0 on an H100, which outranks every negative score)
-    best_s = tl.topk(tl.where(s_ok, _rank_keys(smax, s),
-                              tl.full([BB, KP * SPB], NO_KEY, tl.int64)), KP)
-    none = tl.full([BB, KP], NO_KEY, tl.int64)
-    if SUB == 1:  # the sub-buckets are the tiles and their maxima the scores: ranked already
-        best = best_s
-    else:  # level 3: the tiles of the KP best sub-buckets, scored again in fp32 and ranked
-        u = tl.arange(0, SUB)[None, None, :]
-        t = tl.reshape((best_s & 0xFFFFFFFF).to(tl.int32)[:, :, None] * SUB + u, [BB, KP * SUB])
-        t_ok = tl.reshape((best_s != none)[:, :, None] & (u < SUB), [BB, KP * SUB])
-        t_ok = t_ok & (t >= 1) & (t < far_end[:, None]) & (t < N_TILES)
-        kbar = KBAR + SEQ.to(tl.int64) * stride_kb + kvh * stride_kh
-        qbar = QBAR + hs.to(tl.int64) * stride_bh + (BLK0 + i)[:, None] * HEAD_DIM
-        dc = tl.arange(0, DC)
-        sc = tl.zeros([BB, KP * SUB], tl.float32)
-        for d0 in tl.static_range(0, HEAD_DIM, DC):
-            kt = tl.load(kbar + t[:, :, None] * HEAD_DIM + d0 + dc[None, None, :],
-                         mask=t_ok[:, :, None], other=0.0)
-            qd = tl.load(qbar + d0 + dc[None, :], mask=i_ok[:, None], other=0.0)
-            sc += tl.sum(kt * qd[:, None, :], axis=2)
-        best = tl.topk(tl.where(t_ok, _rank_keys(sc * sm_scale, t),
-                                tl.full([BB, KP * SUB], NO_KEY, tl.int64)), KP)
+    best = tl.topk(tl.where(t_ok, _rank_keys(sc, t), tl.full([BB, KP * BUCKET], NO_KEY,
+                                                            tl.int64)), KP)
     r = tl.arange(0, KP)[None, :]
-    tile = tl.where(best != none, (best & 0xFFFFFFFF).to(tl.int32) * BLOCK_N, -1)
+    tile = tl.where(best != tl.full([BB, KP], NO_KEY, tl.int64),
+                    (best & 0xFFFFFFFF).to(tl.int32) * BLOCK_N, -1)
     tl.store(OUT + hs.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * PER_BLOCK + r, tile,
              mask=i_ok[:, None] & (r < PER_BLOCK))
 
@@ -344,48 +313,26 @@ class PooledBlocks:
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TB=64,
             BG=SCORE_BLOCKS, num_warps=4)
 
-    def far_bucket_max_into(self, bmax: torch.Tensor, smax: torch.Tensor, seq: int, blk0: int,
-                            local: int, sm_scale: float | None, split_tiles: int) -> None:
-        """Best far-tile score per bucket of ``BUCKET`` tiles and per sub-bucket of ``SUB``
-        tiles for blocks ``blk0 + [0, bmax.shape[1])`` (all of sequence ``seq``):
-        ``bmax[head, block, bucket]``, ``smax[head, block, sub-bucket]``."""
+    def far_scores_into(self, bmax: torch.Tensor, scores: torch.Tensor, seq: int, blk0: int,
+                        local: int, sm_scale: float | None, split_tiles: int) -> None:
+        """Far-tile scores and their best per bucket of ``BUCKET`` tiles for blocks ``blk0 +
+        [0, bmax.shape[1])`` (all of sequence ``seq``): ``scores[head, block, tile]``
+        (written for the buckets that hold a far tile only), ``bmax[head, block, bucket]``."""
         H, nb, n_buckets = bmax.shape
-        n_subs = smax.shape[2]
         if not (nb and H):
             return
         assert bmax.stride(2) == 1 and bmax.stride(1) == n_buckets
-        assert smax.stride(2) == 1 and smax.stride(1) == n_subs and smax.shape[:2] == (H, nb)
+        assert scores.shape == (H, nb, self.num_tiles) and scores.stride(2) == 1
+        assert scores.stride(1) == self.num_tiles
         splits = triton.cdiv(self.num_tiles, split_tiles)
-        _bucket_max_kernel[(triton.cdiv(nb, BUCKET_BLOCKS), H, splits)](
+        _far_scores_kernel[(triton.cdiv(nb, BUCKET_BLOCKS), H, splits)](
             self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
             self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
-            self.layout.blk_m, bmax, bmax.stride(0), smax, smax.stride(0), seq, blk0, nb,
-            self.num_tiles, n_buckets, n_subs, split_tiles, local,
+            self.layout.blk_m, bmax, bmax.stride(0), scores, scores.stride(0), seq, blk0, nb,
+            self.num_tiles, n_buckets, split_tiles, local,
             GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BG=BUCKET_BLOCKS, TB=BUCKET_TB, BUCKET=BUCKET, SUB=SUB, PRECISION=DOT_PRECISION,
+            BG=BUCKET_BLOCKS, TB=BUCKET_TB, BUCKET=BUCKET, PRECISION=DOT_PRECISION,
             num_warps=4)
-
-    def rank_far_tiles_into(self, out: torch.Tensor, buckets: torch.Tensor, smax: torch.Tensor,
-                            seq: int, blk0: int, local: int, sm_scale: float | None) -> None:
-        """The ``out.shape[2]`` best far tiles of blocks ``blk0 + [0, out.shape[1])`` (all of
-        sequence ``seq``), from each (head, block)'s best ``buckets`` (``[H, nb, KB]``) and
-        the sub-bucket maxima ``smax``: first keys, ``-1`` past the far tiles."""
-        H, nb, kb = buckets.shape
-        per_block = out.shape[2]
-        if not (nb and H):
-            return
-        assert buckets.stride(2) == 1 and buckets.stride(1) == kb and kb <= per_block
-        assert out.stride(2) == 1 and out.stride(1) == per_block
-        assert smax.stride(2) == 1 and smax.stride(1) == smax.shape[2]
-        bb = RANK_LAUNCH["BB"]
-        _rank_far_tiles_kernel[(triton.cdiv(nb, bb), H)](
-            self.qbar, self.qbar.stride(0), self.heads, self.kbar, self.kbar.stride(0),
-            self.kbar.stride(1), self._scale(sm_scale), self.layout.q_len, self.layout.kv_len,
-            self.layout.blk_m, buckets, buckets.stride(0), smax, smax.stride(0), out,
-            out.stride(0), seq, blk0, nb, self.num_tiles, smax.shape[2], local, kb, per_block,
-            GROUP=self.group, HEAD_DIM=self.head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BUCKET=BUCKET, SUB=SUB, KP=max(16, triton.next_power_of_2(per_block)), BB=bb,
-            DC=min(RANK_LAUNCH["DC"], self.head_dim), num_warps=RANK_LAUNCH["num_warps"])
 
     @property
     def head_dim(self) -> int:
@@ -397,14 +344,24 @@ class PooledBlocks:
 
 SCORE_BLOCKS = 16  # query blocks per program of the scores kernels (one tl.dot each)
 BUCKET = 16  # key tiles per bucket of the extra tiles' first ranking (1024 keys)
-SUB = 4  # key tiles per sub-bucket of their second ranking
-BUCKET_TB = 64  # key tiles per tl.dot of the bucket maxima
-BUCKET_BLOCKS = 64  # query blocks per program of the bucket maxima (a key tile read once)
-DOT_PRECISION = "tf32x3"  # of the bucket maxima's tl.dot (the interpreter computes fp32)
-SPLIT_TILES = 1024  # key tiles per program of the bucket maxima (a multiple of BUCKET_TB)
-RANK_BYTES = 64 << 20  # sub-bucket maxima held at once (blocks are ranked in slices)
-# launch of the last two rankings: blocks per program, head-dim slice of the rescoring, warps
-RANK_LAUNCH = dict(BB=1, DC=32, num_warps=4)
+BUCKET_TB = 64  # key tiles per tl.dot of the far scores
+BUCKET_BLOCKS = 64  # query blocks per program of the far scores (a key tile read once)
+DOT_PRECISION = "tf32x3"  # of the far scores' tl.dot (the interpreter computes fp32)
+SPLIT_TILES = 1024  # key tiles per program of the far scores (a multiple of BUCKET_TB)
+RANK_BYTES = 128 << 20  # far scores held at once (blocks are ranked in slices of them)
+# launch of the ranking kernel: blocks per program, warps (H100, tune_estimate.py
+# --rank-launches: 1 block on 1 warp 0.16 ms, 4 warps 0.27 ms, at 128K keys in a 64K chunk,
+# Llama-3-8B shape)
+RANK_LAUNCH = dict(BB=1, num_warps=1)
+
+
+def rank_slice_blocks(num_heads: int, num_blocks: int, num_tiles: int) -> int:
+    """Blocks ranked at once: at most ``RANK_BYTES`` of far scores, in whole programs of the
+    scores kernel (``BUCKET_BLOCKS``) where that fits at least one."""
+    step = RANK_BYTES // (4 * max(1, num_heads) * max(1, num_tiles))
+    if step >= BUCKET_BLOCKS:
+        step -= step % BUCKET_BLOCKS
+    return max(1, min(num_blocks, step))
 
 
 def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
@@ -417,36 +374,38 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     The sink tile, the block's own tiles and tiles ending within ``local`` keys before it are
     left out (a Vertical-Slash list holds them).  Fixed shapes, no host sync.
 
-    Exact (ties aside) in three rankings, so that no ``[blocks, tiles]`` score array is ever
-    held (at 1M keys a 64K-row chunk's is ~1 GB per layer; held and ranked by ``torch.topk``
-    it took 15.9 ms per layer at Qwen2.5-0.5B's shape on an H100): one kernel keeps the best
-    score of every bucket of ``BUCKET`` tiles and of every sub-bucket of ``SUB``; the
-    ``per_block`` buckets with the best maxima hold the ``per_block`` best sub-buckets, and
-    those the ``per_block`` best tiles (each of the best tiles scores at least the
-    ``per_block``-th best (sub-)bucket maximum, as ``per_block`` distinct tiles do).  So
-    ``torch.topk`` picks the buckets, and one kernel ranks their sub-buckets and scores the
-    chosen sub-buckets' tiles again in fp32, in registers (the second level used to gather
-    and rank all 16 tiles of each chosen bucket through memory: 4.3 of 4.9 ms per 64K chunk
-    at 128K keys, Llama-3-8B shape).  ``kbar``: the batch's :func:`pool_keys`, if already
-    computed.
+    Exact (ties aside) without ranking every tile: one kernel writes the far scores and the
+    best score of every bucket of ``BUCKET`` tiles; the ``per_block`` buckets with the best
+    maxima hold the ``per_block`` best tiles (each of those scores at least the
+    ``per_block``-th best bucket maximum, as ``per_block`` distinct tiles do), so
+    ``torch.topk`` picks those buckets and one kernel ranks their tiles' scores in registers.
+    (``torch.topk`` over every tile took 4.5 of 15.9 ms per layer at 1M keys in a 64K chunk,
+    Qwen2.5-0.5B's shape on an H100; scoring the chosen buckets' tiles again from the pooled
+    keys 4.3 of 4.9 ms at 128K keys, Llama-3-8B shape.)  The scores are held for at most
+    ``RANK_BYTES`` at a time, blocks ranked slice by slice.  ``kbar``: the batch's
+    :func:`pool_keys`, if already computed.
     """
     pooled = PooledBlocks.build(q, kv, layout, heads, kbar)
     H, NB, n_tiles = pooled.num_heads, layout.num_blocks, pooled.num_tiles
     out = torch.full((H, NB, per_block), -1, dtype=torch.int32, device=q.device)
-    if not (H and NB and per_block):
+    if not (H and NB and per_block and n_tiles):
         return out
-    n_buckets, n_subs = triton.cdiv(n_tiles, BUCKET), triton.cdiv(n_tiles, SUB)
+    n_buckets = triton.cdiv(n_tiles, BUCKET)
     kb = min(per_block, n_buckets)
+    kp = max(16, triton.next_power_of_2(per_block))
     split_tiles = triton.cdiv(max(1, split_tiles), BUCKET_TB) * BUCKET_TB
-    step = max(1, min(NB, RANK_BYTES // (4 * H * n_subs)))
+    step = rank_slice_blocks(H, NB, n_tiles)
     bmax = torch.empty(H, step, n_buckets, dtype=torch.float32, device=q.device)
-    smax = torch.empty(H, step, n_subs, dtype=torch.float32, device=q.device)
+    scores = torch.empty(H, step, n_tiles, dtype=torch.float32, device=q.device)
     for seq, blk0, nb in pooled.block_ranges(step):
-        pooled.far_bucket_max_into(bmax[:, :nb], smax[:, :nb], seq, blk0, local, sm_scale,
-                                   split_tiles)
+        pooled.far_scores_into(bmax[:, :nb], scores[:, :nb], seq, blk0, local, sm_scale,
+                               split_tiles)
         buckets = torch.topk(bmax[:, :nb], kb, dim=-1, sorted=False).indices.to(torch.int32)
-        pooled.rank_far_tiles_into(out[:, blk0:blk0 + nb], buckets, smax[:, :nb], seq, blk0,
-                                   local, sm_scale)
+        part = out[:, blk0:blk0 + nb]
+        _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
+            buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), part,
+            part.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp, BB=RANK_LAUNCH["BB"],
+            BLOCK_N=BLOCK_N, num_warps=RANK_LAUNCH["num_warps"])
     return out
 
 
