@@ -735,6 +735,22 @@ O1_rank3() {  # no gpu-kit needed: kernels only
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \
     --no-estimate --label two-level --out $OUT/tune_estimate.json
 }
+O2_kernels_extra() {  # issue 3's 128K table with fixed mode's default extra tiles (real lists)
+  timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
+    --no-random --extra-blocks 32 --out $OUT/kernels_extra32.json
+}
+O3_ttft_128k() {  # TTFT at 128K in vLLM's default chunks, with and without the extra tiles
+  I6_ttft_128k
+}
+O4_ttft_1m() {  # 1M in 64K chunks, fixed mode (every default), FLASH_ATTN in the same lease
+  for cfg in "minference --mode fixed" "FLASH_ATTN"; do
+    timeout 230 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
+      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+}
+O5_multivalue() {  # the 36 multivalue prompts at 128K with every default: same answers?
+  MULTIVALUE128 280 extra32_ranked
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -831,6 +847,10 @@ case "$1" in
   I6) lane 0 I6_ttft_128k; wait_lanes 360; jit_check ;;
   I7) lane 0 I7_kernels_extra; wait_lanes 580 ;;
   O1) lane 0 O1_rank3; wait_lanes 560 ;;
+  O2) lane 0 O2_kernels_extra; wait_lanes 320 ;;
+  O3) lane 0 O3_ttft_128k; wait_lanes 360; jit_check ;;
+  O4) lane 0 O4_ttft_1m; wait_lanes 470; jit_check ;;
+  O5) lane 0 O5_multivalue; wait_lanes 290; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
