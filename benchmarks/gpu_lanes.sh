@@ -729,7 +729,7 @@ I7_kernels_extra() {  # next session: issue 3's 128K table with fixed mode's def
 O1_rank3() {  # no gpu-kit needed: kernels only
   gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_plan.py -k "extra"
   timeout 150 python3 $B/tune_estimate.py $EXTRA_TUNE --no-estimate --label scores-kept \
-    --rank-launches 1/2 1/4 2/1 2/2 4/2 --out $OUT/tune_estimate.json
+    --rank-launches 1/2 2/1 --slice-mbs 64 256 512 1024 --out $OUT/tune_estimate.json
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/old-site \
     .whl/old/vllm_minference-*.whl > /dev/null 2>&1
   PYTHONPATH=/tmp/old-site:$PYTHONPATH timeout 120 python3 $B/tune_estimate.py $EXTRA_TUNE \

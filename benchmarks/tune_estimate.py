@@ -144,11 +144,13 @@ def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq
 
 def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
                      seq_len: int, chunk: int, per_block: int, label: str, device: str,
-                     rank_launches: tuple[str, ...] = ()) -> None:
+                     rank_launches: tuple[str, ...] = (), slice_mbs: tuple[int, ...] = ()
+                     ) -> None:
     """``extra_block_tiles`` for one prefill chunk at the end of ``seq_len`` keys, and its
     parts: pooled queries and keys; the far scores and their best per bucket of 16 tiles
     (one kernel; ``bucket_max_ms``); ``torch.topk`` of the buckets; the kernel that ranks the
-    chosen buckets' tiles (and that kernel with each of ``rank_launches``, "blocks/warps");
+    chosen buckets' tiles (and that kernel with each of ``rank_launches``, "blocks/warps";
+    the whole call with ``RANK_BYTES`` set to each of ``slice_mbs`` MB);
     ``rank_ms`` = everything after the scores kernel.
     An older package (``.whl/old/``, without buckets) gives the total and the pooling only."""
     from vllm_minference.kernels.block_sparse import extra_block_tiles
@@ -174,7 +176,7 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                                        blk0, 100, None, bs.SPLIT_TILES)
         row.update(bucket_max_ms=bench_ms(far_scores))
         row.update(bucket_topk_ms=bench_ms(lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
-        buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices.to(torch.int32)
+        buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices
         out = torch.empty(H, NB, per_block, dtype=torch.int32, device=device)
         kp = max(16, triton.next_power_of_2(per_block))
 
@@ -185,6 +187,14 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
                 out, out.stride(0), NB, T, bmax.shape[2], kb, per_block, BUCKET=bs.BUCKET,
                 KP=kp, BB=bb, BLOCK_N=64, num_warps=bs.RANK_LAUNCH["num_warps"])
         row.update(rank_kernel_ms=bench_ms(rank_kernel))
+        rank_bytes = bs.RANK_BYTES
+        for mb in slice_mbs:  # the whole call with other limits on the scores held at once
+            bs.RANK_BYTES = mb << 20
+            try:
+                row[f"extra_tiles_ms_{mb}mb"] = bench_ms(
+                    lambda: extra_block_tiles(q, kv, layout, heads, per_block, 100))
+            finally:
+                bs.RANK_BYTES = rank_bytes
         default = dict(bs.RANK_LAUNCH)
         for opt in rank_launches:  # "blocks/warps": other launches of the ranking kernel
             bb, warps = (int(x) for x in opt.split("/"))
@@ -235,6 +245,9 @@ def main() -> None:
     ap.add_argument("--rank-launches", nargs="*", default=[],
                     help="also time the extra tiles' ranking kernel with these launches, "
                          "'blocks/warps' each (e.g. 4/2)")
+    ap.add_argument("--slice-mbs", type=int, nargs="*", default=[],
+                    help="also time the extra tiles with the far scores held in slices of "
+                         "at most these many MB")
     ap.add_argument("--no-estimate", action="store_true",
                     help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
@@ -251,7 +264,8 @@ def main() -> None:
                     time_shape(rows, h, hk, d, n, options, args.label, args.device)
                 for chunk in args.extra_chunks:
                     time_extra_tiles(rows, h, hk, d, n, min(chunk, n), 32, args.label,
-                                     args.device, tuple(args.rank_launches))
+                                     args.device, tuple(args.rank_launches),
+                                     tuple(args.slice_mbs))
     finally:
         old = []
         if os.path.exists(args.out):

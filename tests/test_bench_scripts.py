@@ -481,11 +481,12 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     assert all(r["select_ms"] > 0 and r["adaptive_select_ms"] > 0 for r in rows)
     assert settings() == before
     tune_estimate.time_extra_tiles(rows, 2, 1, 64, 700, 130, 32, "current", device,
-                                   ("2/2",))
+                                   ("2/2",), (1,))
     assert rows[-1]["kind"] == "extra_tiles" and rows[-1]["extra_tiles_ms"] > 0
     assert rows[-1]["pooling_ms"] > 0 and rows[-1]["bucket_max_ms"] > 0
     assert "rank_ms" in rows[-1] and rows[-1]["rank_kernel_ms"] > 0
     assert rows[-1]["bucket_topk_ms"] > 0 and rows[-1]["rank_kernel_ms_2/2"] > 0
+    assert rows[-1]["extra_tiles_ms_1mb"] > 0
 
 
 def test_plot_labels_name_the_floors_briefly():

@@ -400,7 +400,7 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     for seq, blk0, nb in pooled.block_ranges(step):
         pooled.far_scores_into(bmax[:, :nb], scores[:, :nb], seq, blk0, local, sm_scale,
                                split_tiles)
-        buckets = torch.topk(bmax[:, :nb], kb, dim=-1, sorted=False).indices.to(torch.int32)
+        buckets = torch.topk(bmax[:, :nb], kb, dim=-1, sorted=False).indices  # int64
         part = out[:, blk0:blk0 + nb]
         _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
             buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), part,
