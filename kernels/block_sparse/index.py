@@ -348,7 +348,11 @@ BUCKET_TB = 64  # key tiles per tl.dot of the far scores
 BUCKET_BLOCKS = 64  # query blocks per program of the far scores (a key tile read once)
 DOT_PRECISION = "tf32x3"  # of the far scores' tl.dot (the interpreter computes fp32)
 SPLIT_TILES = 1024  # key tiles per program of the far scores (a multiple of BUCKET_TB)
-RANK_BYTES = 128 << 20  # far scores held at once (blocks are ranked in slices of them)
+# far scores held at once (blocks are ranked in slices of them).  H100, tune_estimate.py
+# --slice-mbs, 1M keys in a 64K chunk, Llama-3-8B / Qwen2.5-0.5B shapes: 64 MB 9.9 / 2.6 ms,
+# 128 MB 6.3 / 2.1, 256 MB 5.5 / 1.7, 1 GB 4.9 / 1.5 (each slice costs ~0.15 ms of launches);
+# 256 MB of transient memory at the longest prompts, no more than 2 slices below 256K keys
+RANK_BYTES = 256 << 20
 # launch of the ranking kernel: blocks per program, warps (H100, tune_estimate.py
 # --rank-launches: 1 block on 1 warp 0.16 ms, 4 warps 0.27 ms, at 128K keys in a 64K chunk,
 # Llama-3-8B shape)
