@@ -751,6 +751,14 @@ O4_ttft_1m() {  # 1M in 64K chunks, fixed mode (every default), FLASH_ATTN in th
 O5_multivalue() {  # the 36 multivalue prompts at 128K with every default: same answers?
   MULTIVALUE128 280 extra32_ranked
 }
+O6_adaptive_variants() {  # adaptive mode's multivalue answers at 128K: what closes the gap?
+  # (twelfth session: adaptive 29.2, + extra_blocks=32 43.8, fixed + 32 59.7, dense 61.1)
+  MULTIVALUE128 190 adaptive_extra32_local4096 --mode adaptive --set extra_blocks=32 \
+    --set adaptive_local=4096
+  MULTIVALUE128 190 adaptive_extra64_local4096 --mode adaptive --set extra_blocks=64 \
+    --set adaptive_local=4096
+  MULTIVALUE128 190 adaptive_g099_extra32 --mode adaptive --set extra_blocks=32 --set gamma=0.99
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -851,6 +859,7 @@ case "$1" in
   O3) lane 0 O3_ttft_128k; wait_lanes 360; jit_check ;;
   O4) lane 0 O4_ttft_1m; wait_lanes 470; jit_check ;;
   O5) lane 0 O5_multivalue; wait_lanes 290; jit_check ;;
+  O6) lane 0 O6_adaptive_variants; wait_lanes 585; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
