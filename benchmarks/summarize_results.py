@@ -478,20 +478,31 @@ def estimate_table(rows: list[dict]) -> str:
                    f"{r['select_ms']:.2f} | {ada} |")
     if extra:
         out += ["", "| package | shape | keys | prefill chunk | extra tiles per block | "
-                    "extra tiles ms | pooling ms | scores ms | top-k ms |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                    "extra tiles ms | pooling ms | scores ms | top-k ms | "
+                    "extra tiles ms, other slice limits |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
                 f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['per_block']} | "
                 f"{r['extra_tiles_ms']:.2f} | {opt(r, 'pooling_ms')} | {_extra_scores(r)} | "
-                f"{_extra_topk(r)} |" for r in extra]
+                f"{_extra_topk(r)} | {_extra_slices(r)} |" for r in extra]
     return "\n".join(out)
+
+
+# thirteenth session, leases 1 and 3: packages that ranked 4-tile sub-bucket maxima and
+# scored the best sub-buckets' tiles again (commits 17f549b, 367a522, c7afe2b with SUB=4)
+SUB_BUCKET_LABELS = ("three-level", "sub4")
 
 
 def _extra_scores(r: dict) -> str:
     """Scores column of an extra-tiles row: every block against every tile (eleventh
-    session), or the best score per bucket of 16 tiles (the two-level ranking)."""
+    session), the best score per bucket of 16 tiles (the two-level ranking), or both (the
+    far scores kept, thirteenth session)."""
     if "scores_ms" in r:
         return f"{r['scores_ms']:.2f}"
+    if "rank_kernel_ms" in r and r["label"] in SUB_BUCKET_LABELS:
+        return f"{r['bucket_max_ms']:.2f} (bucket and 4-tile sub-bucket maxima)"
+    if "rank_kernel_ms" in r:
+        return f"{r['bucket_max_ms']:.2f} (far scores and bucket maxima)"
     if "bucket_max_ms" in r:
         return f"{r['bucket_max_ms']:.2f} (bucket maxima)"
     return ""
@@ -500,9 +511,19 @@ def _extra_scores(r: dict) -> str:
 def _extra_topk(r: dict) -> str:
     if "topk_ms" in r:
         return f"{r['topk_ms']:.2f}"
+    if "rank_kernel_ms" in r:  # far scores kept (thirteenth session)
+        return (f"{r['rank_ms']:.2f} (top buckets {r['bucket_topk_ms']:.2f}, "
+                f"ranking kernel {r['rank_kernel_ms']:.2f}, the rest slices)")
     if "rank_ms" in r:
         return f"{r['rank_ms']:.2f} (top buckets, their tiles, top tiles)"
     return ""
+
+
+def _extra_slices(r: dict) -> str:
+    """``extra_tiles_ms_<N>mb``: the whole call with the far scores held <= N MB at a time."""
+    mbs = sorted(int(k[len("extra_tiles_ms_"):-2]) for k in r
+                 if k.startswith("extra_tiles_ms_") and k.endswith("mb"))
+    return ", ".join(f"{mb} MB: {r[f'extra_tiles_ms_{mb}mb']:.2f}" for mb in mbs)
 
 
 def chunked_rows(path: str) -> list[dict]:

@@ -17,8 +17,7 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
-from .block_sparse.index import (block_sparse_scores, build_block_sparse_worklist,
-                                 extra_block_tiles, pool_keys)
+from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
@@ -148,9 +147,8 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                                              patterns.keep_diag, sm_scale,
                                              kbar=pooled_keys())
         elif kind == BLOCK_SPARSE:
-            scores = block_sparse_scores(q, kv, layout, heads, sm_scale, kbar=pooled_keys())
-            wl = build_block_sparse_worklist(scores, patterns.budget_a[kind],
-                                             patterns.max_a[kind])
+            wl = block_sparse_worklist(q, kv, layout, heads, patterns.budget_a[kind],
+                                       patterns.max_a[kind], sm_scale, kbar=pooled_keys())
         elif kind == A_SHAPE:
             wl = build_a_shape_worklist(layout, patterns.budget_a[kind], patterns.budget_b[kind],
                                         patterns.max_a[kind], patterns.max_b[kind])

@@ -68,6 +68,30 @@ def test_extra_tiles_are_the_best_far_tiles(device, monkeypatch, q_lens, kv_lens
             assert set(kept) == ref[i][blk], (i, blk)
 
 
+@pytest.mark.parametrize("q_lens,kv_lens,topk,k_max", [
+    ([100], [100], [3, 4, 2, 5], 5),
+    ([70, 130, 3], [300, 130, 90], [3, 4, 2, 5], 5),
+    ([130, 64], [5000, 4200], [8, 3, 40, 20], 40),  # more buckets than ranked, chunk at the end
+    ([64], [20000], [100, 9, 3, 1], 100),            # Block-Sparse's default budget: 100 tiles
+])
+def test_block_sparse_worklist_keeps_what_the_score_array_keeps(device, q_lens, kv_lens, topk,
+                                                                k_max):
+    """The ranked Block-Sparse lists (no [blocks, tiles] score array) keep the tiles that the
+    full scores and torch.topk keep: the sink, the block's own tiles, its best others."""
+    from vllm_minference.kernels.block_sparse import block_sparse_worklist
+    batch = make_batch(q_lens, kv_lens, 4, 2, 64, torch.float32, device, structured=True)
+    heads = torch.tensor([0, 3, 1, 2], device=device)
+    want = build_block_sparse_worklist(
+        block_sparse_scores(batch.q, batch.paged, batch.layout, heads),
+        torch.tensor(topk, device=device), k_max)
+    got = block_sparse_worklist(batch.q, batch.paged, batch.layout, heads,
+                                torch.tensor(topk, device=device), k_max)
+    for h in range(4):
+        for b in range(len(q_lens)):
+            assert _tiles_per_block(got, batch.layout, b, h) == [
+                sorted(t) for t in _tiles_per_block(want, batch.layout, b, h)], (h, b)
+
+
 def _tiles_per_block(wl, layout, b, h):
     first = sum((ql + 63) // 64 for ql in layout.q_lens_host[:b])
     out = []

@@ -92,10 +92,35 @@ def test_planner_warms_up_every_distinct_vertical_slash_budget(monkeypatch):
     assert budgets == [(500, 3048)]
 
 
+def test_planner_warms_up_every_block_sparse_ranking_width(monkeypatch):
+    """Block-Sparse heads rank their tiles in a kernel compiled per power of two of the
+    budget: the warm-up covers each width the profile's layers need (budget_scale applied),
+    together with the Vertical-Slash budgets."""
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.layer_plan import LayerPlanner
+    from vllm_minference.profiles import HeadSpec, default_profile
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+    monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels",
+                        lambda *a, vs_budget, bs_budget, **k: calls.append(
+                            (vs_budget, bs_budget)) or True)
+    profile = default_profile(4, 4)
+    def bs(k):
+        return HeadSpec(pattern="block_sparse", a=k, b=0)
+    layers = [profile.layers[0], [bs(200)] + profile.layers[1][1:], [bs(100), bs(6)] * 2,
+              [bs(8)] * 4]
+    profile = profile.model_copy(update={"layers": layers})
+    LayerPlanner(MInferenceSettings(budget_scale=0.5), profile, [0, 1, 2, 3], 2).warm_up(
+        64, torch.bfloat16, 0.125)
+    # scaled budgets 100, 50 (+3), 4: 99 ranked tiles (width 128), 49 (64), 3 (16, the least)
+    assert calls == [((500, 3048), 4), ((500, 3048), 50), ((500, 3048), 100)]
+
+
 def test_warm_up_with_large_budgets(device, monkeypatch):
     """A budget wider than the warm-up's tiny sequence still runs (the lists are as wide as
     the budget, the sequence fills part of them)."""
     monkeypatch.setattr(warmup, "_done", set())
     args = (3, 1, 64, torch.float16, 16, 0.125)
-    assert warm_up_kernels(*args, gamma=None, device=device, vs_budget=(3500, 9000))
+    assert warm_up_kernels(*args, gamma=None, device=device, vs_budget=(3500, 9000),
+                           bs_budget=100)
     assert warm_up_kernels(*args, gamma=0.9, device=device, vs_budget=(3500, 9000))

@@ -15,15 +15,15 @@ from vllm.logger import init_logger
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
-from vllm_minference.kernels import (VERTICAL_SLASH, KVSource, LayerPatterns, plan_layer,
-                                     sparse_attention)
+from vllm_minference.kernels import (BLOCK_SPARSE, VERTICAL_SLASH, KVSource, LayerPatterns,
+                                     plan_layer, sparse_attention)
 from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
 from vllm_minference.kernels.vertical_slash import estimate_row_lse
 
 from .config import MInferenceSettings
 from .profiles import Profile, resolve_profile
 from .trace import trace_for
-from .warmup import SMALL_VS_BUDGET, warm_up_kernels
+from .warmup import SMALL_BS_BUDGET, SMALL_VS_BUDGET, warm_up_kernels
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
@@ -303,12 +303,13 @@ class LayerPlanner:
         if not torch.cuda.is_available():
             return
         try:
+            vs, bs = self.vs_budgets(), self.bs_budgets()
             ran = [warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
                                    self.page_size, scale, kernel=self.kernel,
                                    fa3_min_run=self.settings.fa3_min_run,
-                                   row_lse_fn=self.row_lse_fn, vs_budget=budget,
-                                   **self.plan_options())
-                   for budget in self.vs_budgets()]
+                                   row_lse_fn=self.row_lse_fn, vs_budget=vs[min(i, len(vs) - 1)],
+                                   bs_budget=bs[min(i, len(bs) - 1)], **self.plan_options())
+                   for i in range(max(len(vs), len(bs)))]
             if any(ran):
                 logger.info("minference: sparse kernels compiled for %d/%d heads, head size %d, "
                             "%s, page %d, key tiles on %s", len(self.head_ids),
@@ -344,6 +345,20 @@ class LayerPlanner:
             if vs:
                 pairs.add((max(p.a for p in vs), max(p.b for p in vs)))
         return sorted(pairs) or [SMALL_VS_BUDGET]
+
+    def bs_budgets(self) -> list[int]:
+        """The distinct tile-budget maxima of this planner's Block-Sparse heads over the
+        profile's layers (scaled), one per power of two (the ranking kernel's variants)."""
+        widths: dict[int, int] = {}
+        for index in range(len(self.profile.layers)):
+            bs = [p.a for p in self.profile.layer_patterns(index, self.head_ids,
+                                                           self.settings.budget_scale)
+                  if p.kind == BLOCK_SPARSE]
+            if bs:
+                k = max(bs)
+                width = max(16, 1 << max(0, k - 2).bit_length())  # ranking width, k - 1 tiles
+                widths[width] = max(widths.get(width, 0), k)
+        return sorted(widths.values()) or [SMALL_BS_BUDGET]
 
     def layer_index(self, layer) -> int:
         """This layer's row in the profile."""

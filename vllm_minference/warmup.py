@@ -25,26 +25,31 @@ _done: set[tuple] = set()
 _Q_LEN, _KV_LEN = 192, 320
 _TABLE_WIDTH = 64  # block-table row width (the kernels do not specialise on its stride)
 SMALL_VS_BUDGET = (30, 50)  # (columns, diagonals) of a layer without Vertical-Slash heads
+SMALL_BS_BUDGET = 2  # tiles of a layer without Block-Sparse heads
 
 
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
                     fa3_min_run: int = 1, row_lse_fn=None,
-                    vs_budget: tuple[int, int] = SMALL_VS_BUDGET, **plan_options) -> bool:
+                    vs_budget: tuple[int, int] = SMALL_VS_BUDGET,
+                    bs_budget: int = SMALL_BS_BUDGET, **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
 
     ``vs_budget``: the largest (columns, diagonals) budget of the layer's Vertical-Slash
     heads.  The index builder's search depth and adaptive mode's sort widths follow it past
     the default profile's 1000/6096 (e.g. Qwen2.5-7B-1M's 22032/24528), so a warm-up with
     smaller budgets would leave those variants to compile inside the first long prefill.
+    ``bs_budget``: the largest tile budget of the layer's Block-Sparse heads (their ranking
+    kernel is compiled per power of two of it).
 
     ``kernel``: "triton" (the sparse kernel) or "fa3" (page lists on FlashAttention 3, and
     the sparse kernel, which layers with few keys per row keep using).  ``row_lse_fn``: as
     :func:`plan_layer` takes it.
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
-           fa3_min_run, row_lse_fn, tuple(vs_budget), tuple(sorted(plan_options.items())))
+           fa3_min_run, row_lse_fn, tuple(vs_budget), bs_budget,
+           tuple(sorted(plan_options.items())))
     if key in _done:
         return False
     _done.add(key)
@@ -55,7 +60,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     table[0, :n_pages] = torch.arange(1, n_pages + 1, dtype=torch.int32, device=device)
     kv = KVSource.packed(cache, table)
     layout = SeqLayout.from_lengths([_Q_LEN], [_KV_LEN], device)
-    kinds = [HeadPattern(VERTICAL_SLASH, *vs_budget), HeadPattern(BLOCK_SPARSE, 2),
+    kinds = [HeadPattern(VERTICAL_SLASH, *vs_budget), HeadPattern(BLOCK_SPARSE, bs_budget),
              HeadPattern(A_SHAPE, 16, 64)]
     patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
                                         gamma=gamma, **plan_options)

@@ -355,7 +355,7 @@ SPLIT_TILES = 1024  # key tiles per program of the far scores (a multiple of BUC
 RANK_BYTES = 256 << 20
 # launch of the ranking kernel: blocks per program, warps (H100, tune_estimate.py
 # --rank-launches: 1 block on 1 warp 0.16 ms, 4 warps 0.27 ms, at 128K keys in a 64K chunk,
-# Llama-3-8B shape)
+# Llama-3-8B shape); a warp more per 512 ranked scores (Block-Sparse heads rank ~100 tiles)
 RANK_LAUNCH = dict(BB=1, num_warps=1)
 
 
@@ -409,8 +409,49 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
         _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
             buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), part,
             part.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp, BB=RANK_LAUNCH["BB"],
-            BLOCK_N=BLOCK_N, num_warps=RANK_LAUNCH["num_warps"])
+            BLOCK_N=BLOCK_N, num_warps=max(RANK_LAUNCH["num_warps"], kp * BUCKET // 512))
     return out
+
+
+def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
+                          topk: torch.Tensor, k_max: int, sm_scale: float | None = None,
+                          kbar: torch.Tensor | None = None) -> WorkList:
+    """Block-Sparse work lists of ``heads`` without a ``[blocks, tiles]`` score array: what
+    :func:`build_block_sparse_worklist` keeps from :func:`block_sparse_scores` (the sink and
+    the block's own tiles, then the best others up to ``topk[h]``, at most ``k_max`` tiles),
+    with the others ranked like the extra tiles (:func:`extra_block_tiles` with no local
+    band: the tiles before the block's own, best first).  At 1M keys in a 64K chunk the
+    score array alone would be 64 MB per head; this holds at most ``RANK_BYTES``.
+    ``kbar``: the batch's :func:`pool_keys`, if already computed."""
+    H, NB = heads.numel(), layout.num_blocks
+    dev = q.device
+    k = max(1, k_max)  # not capped by the length: the ranking compiles per k_max only
+    ranked = extra_block_tiles(q, kv, layout, heads, max(1, k - 1), 0, sm_scale, kbar=kbar)
+    # the always-kept tiles of every block: sink, first and last row's tiles (-1: repeated)
+    b = layout.blk_seq.long()
+    first = (layout.kv_len[b] - layout.q_len[b] + layout.blk_m * BLOCK_M).long()
+    last = torch.minimum(first + BLOCK_M - 1, layout.kv_len[b].long() - 1)
+    f, l = first // BLOCK_N, last // BLOCK_N
+    none = torch.full_like(f, -1)
+    forced = torch.stack([torch.zeros_like(f), torch.where(f != 0, f, none),
+                          torch.where(l != f, l, none)], dim=-1)  # [NB, 3]
+    n_forced = (forced >= 0).sum(-1)
+    limit = topk.to(device=dev, dtype=torch.long).clamp_min(MIN_BLOCKS).clamp_max(k)
+    n_other = (limit[:, None] - n_forced[None, :]).clamp_min(0)  # [H, NB]
+    rank = torch.arange(ranked.shape[2], device=dev)
+    others = torch.where((rank < n_other[..., None]) & (ranked >= 0),
+                         ranked.long() // BLOCK_N, -1)
+    big = 1 << 30
+    tiles = torch.cat([forced.expand(H, NB, 3), others], dim=-1)
+    tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
+    width = tiles.shape[2]
+    start = torch.where(tiles < big, tiles * BLOCK_N, 0)
+    chunks = torch.stack([start, start], dim=-1).to(torch.int32).reshape(-1, 2)
+    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=dev)
+    desc[..., 0] = (torch.arange(H * NB, device=dev) * width).reshape(H, NB)
+    desc[..., 1] = (tiles < big).sum(-1)
+    cols = torch.zeros(1, dtype=torch.int32, device=dev)
+    return WorkList(desc.to(torch.int32), chunks, cols)
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:
