@@ -759,6 +759,12 @@ O6_adaptive_variants() {  # adaptive mode's multivalue answers at 128K: what clo
     --set adaptive_local=4096
   MULTIVALUE128 190 adaptive_g099_extra32 --mode adaptive --set extra_blocks=32 --set gamma=0.99
 }
+O7_block_sparse() {  # no gpu-kit needed: Block-Sparse lists ranked vs from the full scores
+  gpu_tests 120 $PWD/tests/test_block_sparse_a_shape.py $PWD/tests/test_warmup.py
+  timeout 200 python3 $B/tune_estimate.py --seq-lens 131072 1048576 --shapes 14/2/64,32/8/128 \
+    --options default --no-estimate --block-sparse-chunks 16384 65536 --label ranked \
+    --out $OUT/tune_estimate.json
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -860,6 +866,7 @@ case "$1" in
   O4) lane 0 O4_ttft_1m; wait_lanes 470; jit_check ;;
   O5) lane 0 O5_multivalue; wait_lanes 290; jit_check ;;
   O6) lane 0 O6_adaptive_variants; wait_lanes 585; jit_check ;;
+  O7) lane 0 O7_block_sparse; wait_lanes 340 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -217,6 +217,29 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     print(json.dumps(row), flush=True)
 
 
+def time_block_sparse(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int,
+                      seq_len: int, chunk: int, k_max: int, label: str, device: str) -> None:
+    """Block-Sparse work lists for half the heads of one prefill chunk at the end of
+    ``seq_len`` keys: from the full ``[blocks, tiles]`` scores and ``torch.topk`` (the path
+    before the thirteenth session) and ranked like the extra tiles (``block_sparse_worklist``,
+    where the package has it)."""
+    from vllm_minference.kernels.block_sparse import index as bs
+    q, _, kv, _cache, layout, _ = random_chunk(chunk, n_heads, kv_heads, head_dim, seq_len,
+                                               device, seed=2)
+    heads = torch.arange(0, n_heads, 2, device=device, dtype=torch.int32)
+    topk = torch.full((heads.numel(),), k_max, device=device)
+    row = dict(label=label, kind="block_sparse_lists", q_heads=n_heads, kv_heads=kv_heads,
+               head_dim=head_dim, seq_len=seq_len, chunk=chunk, heads=heads.numel(),
+               k_max=k_max)
+    row["full_scores_ms"] = bench_ms(lambda: bs.build_block_sparse_worklist(
+        bs.block_sparse_scores(q, kv, layout, heads), topk, k_max))
+    if hasattr(bs, "block_sparse_worklist"):
+        row["ranked_ms"] = bench_ms(
+            lambda: bs.block_sparse_worklist(q, kv, layout, heads, topk, k_max))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
 def _row_lse_reference(q, k, heads):
     """Natural-log log-sum-exp of the estimate rows in PyTorch, where FA3 is missing (the
     pass-2-only timing's input: CPU smoke tests)."""
@@ -248,6 +271,9 @@ def main() -> None:
     ap.add_argument("--slice-mbs", type=int, nargs="*", default=[],
                     help="also time the extra tiles with the far scores held in slices of "
                          "at most these many MB")
+    ap.add_argument("--block-sparse-chunks", type=int, nargs="*", default=[],
+                    help="also time Block-Sparse work lists (100 tiles, half the heads) for "
+                         "prefill chunks of these sizes at the end of each sequence length")
     ap.add_argument("--no-estimate", action="store_true",
                     help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
@@ -266,6 +292,9 @@ def main() -> None:
                     time_extra_tiles(rows, h, hk, d, n, min(chunk, n), 32, args.label,
                                      args.device, tuple(args.rank_launches),
                                      tuple(args.slice_mbs))
+                for chunk in args.block_sparse_chunks:
+                    time_block_sparse(rows, h, hk, d, n, min(chunk, n), 100, args.label,
+                                      args.device)
     finally:
         old = []
         if os.path.exists(args.out):

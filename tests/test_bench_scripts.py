@@ -487,6 +487,9 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     assert "rank_ms" in rows[-1] and rows[-1]["rank_kernel_ms"] > 0
     assert rows[-1]["bucket_topk_ms"] > 0 and rows[-1]["rank_kernel_ms_2/2"] > 0
     assert rows[-1]["extra_tiles_ms_1mb"] > 0
+    tune_estimate.time_block_sparse(rows, 2, 1, 64, 700, 130, 5, "current", device)
+    assert rows[-1]["kind"] == "block_sparse_lists" and rows[-1]["ranked_ms"] > 0
+    assert rows[-1]["full_scores_ms"] > 0
 
 
 def test_plot_labels_name_the_floors_briefly():
