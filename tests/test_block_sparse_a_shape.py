@@ -85,11 +85,20 @@ def test_block_sparse_worklist_keeps_what_the_score_array_keeps(device, q_lens, 
         block_sparse_scores(batch.q, batch.paged, batch.layout, heads),
         torch.tensor(topk, device=device), k_max)
     got = block_sparse_worklist(batch.q, batch.paged, batch.layout, heads,
-                                torch.tensor(topk, device=device), k_max)
+                                torch.tensor(topk, device=device), k_max, ranked=True)
     for h in range(4):
         for b in range(len(q_lens)):
             assert _tiles_per_block(got, batch.layout, b, h) == [
                 sorted(t) for t in _tiles_per_block(want, batch.layout, b, h)], (h, b)
+
+
+def test_block_sparse_ranks_where_the_scores_would_be_large_or_mostly_skipped():
+    from vllm_minference.kernels.block_sparse.index import ranks_block_sparse
+    assert not ranks_block_sparse(7, 256, 2048, 100)      # 128K keys, 16K chunk: scores held
+    assert not ranks_block_sparse(16, 1024, 2048, 100)    # 134 MB, buckets hold most tiles
+    assert ranks_block_sparse(7, 256, 16384, 100)         # 1M keys: 99 buckets of 1024
+    assert ranks_block_sparse(64, 1024, 2048, 100)        # 512 MiB of scores
+    assert ranks_block_sparse(2, 4, 300, 4)               # 3 buckets of 19: a sixth
 
 
 def _tiles_per_block(wl, layout, b, h):

@@ -17,6 +17,7 @@ import torch
 from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern,
                                      KVSource, LayerPatterns, SeqLayout, plan_layer,
                                      sparse_attention)
+from vllm_minference.kernels.block_sparse import block_sparse_worklist
 from vllm_minference.kernels.page_lists import page_list_attention
 
 _done: set[tuple] = set()
@@ -67,6 +68,10 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
     wl = plan_layer(query, kv, layout, patterns, scale,  # as LayerPlanner.run plans
                     row_lse_fn=row_lse_fn)
+    # long prompts rank Block-Sparse tiles instead (this tiny one holds every score)
+    block_sparse_worklist(query, kv, layout, torch.tensor([0], device=device),
+                          torch.tensor([bs_budget], device=device), bs_budget, scale,
+                          ranked=True)
     out = torch.empty_like(query)
     sparse_attention(query, kv, layout, wl, scale, out=out)  # fa3 layers use it too
     if kernel == "fa3":

@@ -413,18 +413,36 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     return out
 
 
+def ranks_block_sparse(num_heads: int, num_blocks: int, num_tiles: int, k_max: int) -> bool:
+    """Should :func:`block_sparse_worklist` rank (True) or hold every score (False)?  Rank
+    where the score array would pass ``RANK_BYTES`` or the chosen buckets hold under a
+    quarter of the tiles: on an H100 with 100 tiles per block, holding was as fast or faster
+    at 128K keys (0.88 vs 1.44 ms, a 16K chunk of Qwen2.5-0.5B's shape), ranking faster at
+    1M (1.88 vs 4.51 ms in a 64K chunk; Llama-3-8B shape 5.27 vs 15.05 ms)."""
+    held = 4 * num_heads * num_blocks * num_tiles
+    return held > RANK_BYTES or 4 * max(1, k_max - 1) * BUCKET < num_tiles
+
+
 def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
                           topk: torch.Tensor, k_max: int, sm_scale: float | None = None,
-                          kbar: torch.Tensor | None = None) -> WorkList:
-    """Block-Sparse work lists of ``heads`` without a ``[blocks, tiles]`` score array: what
-    :func:`build_block_sparse_worklist` keeps from :func:`block_sparse_scores` (the sink and
-    the block's own tiles, then the best others up to ``topk[h]``, at most ``k_max`` tiles),
-    with the others ranked like the extra tiles (:func:`extra_block_tiles` with no local
-    band: the tiles before the block's own, best first).  At 1M keys in a 64K chunk the
-    score array alone would be 64 MB per head; this holds at most ``RANK_BYTES``.
-    ``kbar``: the batch's :func:`pool_keys`, if already computed."""
+                          kbar: torch.Tensor | None = None, ranked: bool | None = None
+                          ) -> WorkList:
+    """Block-Sparse work lists of ``heads``: what :func:`build_block_sparse_worklist` keeps
+    from :func:`block_sparse_scores` (the sink and the block's own tiles, then the best
+    others up to ``topk[h]``, at most ``k_max`` tiles).  Long sequences (``ranked``, by
+    default :func:`ranks_block_sparse`) skip the ``[blocks, tiles]`` score array (at 1M keys
+    in a 64K chunk 64 MB per head): the others are ranked like the extra tiles
+    (:func:`extra_block_tiles` with no local band: the tiles before the block's own, best
+    first), holding at most ``RANK_BYTES``.  ``kbar``: the batch's :func:`pool_keys`, if
+    already computed."""
     H, NB = heads.numel(), layout.num_blocks
     dev = q.device
+    n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
+    if ranked is None:
+        ranked = ranks_block_sparse(H, NB, n_tiles, k_max)
+    if not ranked:
+        return build_block_sparse_worklist(
+            block_sparse_scores(q, kv, layout, heads, sm_scale, kbar=kbar), topk, k_max)
     k = max(1, k_max)  # not capped by the length: the ranking compiles per k_max only
     ranked = extra_block_tiles(q, kv, layout, heads, max(1, k - 1), 0, sm_scale, kbar=kbar)
     # the always-kept tiles of every block: sink, first and last row's tiles (-1: repeated)
