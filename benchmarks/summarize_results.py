@@ -468,8 +468,9 @@ def estimate_table(rows: list[dict]) -> str:
         return f"{r[key]:.2f}" if r.get(key) is not None else ""
 
     extra = [r for r in rows if r.get("kind") == "extra_tiles"]
+    block_sparse = [r for r in rows if r.get("kind") == "block_sparse_lists"]
     for r in rows:
-        if r.get("kind") == "extra_tiles":
+        if r.get("kind") in ("extra_tiles", "block_sparse_lists"):
             continue
         fa3, ada = opt(r, "fa3_row_stats_ms"), opt(r, "adaptive_select_ms")
         out.append(f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
@@ -485,6 +486,12 @@ def estimate_table(rows: list[dict]) -> str:
                 f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['per_block']} | "
                 f"{r['extra_tiles_ms']:.2f} | {opt(r, 'pooling_ms')} | {_extra_scores(r)} | "
                 f"{_extra_topk(r)} | {_extra_slices(r)} |" for r in extra]
+    if block_sparse:
+        out += ["", "| package | shape | keys | prefill chunk | Block-Sparse heads | tiles per "
+                    "block | from every score ms | ranked ms |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['label']} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
+                f"{fmt_len(r['seq_len'])} | {fmt_len(r['chunk'])} | {r['heads']} | {r['k_max']} | "
+                f"{r['full_scores_ms']:.2f} | {opt(r, 'ranked_ms')} |" for r in block_sparse]
     return "\n".join(out)
 
 

@@ -70,7 +70,7 @@ class MInferenceSettings(BaseModel):
                     "in chunked prefill are not the prompt's question, so a block that needs a "
                     "far key those rows ignore misses it.  Read by the FA3 page lists only "
                     "(Hopper).  Default: 32 in fixed mode (multivalue at 128K 56.2 -> 59.7, "
-                    "dense 61.1; TTFT 1.359 -> 1.409 s on an H100), 0 in adaptive mode (its "
+                    "dense 61.1; TTFT 1.367 -> 1.431 s on an H100), 0 in adaptive mode (its "
                     "sparse lists run faster on the Triton kernel, and with 32 tiles it still "
                     "lost multivalue answers at 128K: 43.8 vs dense 61.1)")
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
