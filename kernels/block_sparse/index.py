@@ -191,8 +191,7 @@ def _rank_far_tiles_kernel(
     the tiles of each block's ``KB`` best buckets, ranked in registers (``tl.topk`` over int64
     (score, tile) keys): ``OUT[head, block, r]``, the r-th best tile's first key, ``-1`` past
     the far tiles.  ``KP``: a power of two >= ``PER_BLOCK`` and ``KB``, and >= 16 (the ranked
-    row then has >= 256 entries: ``tl.topk`` over fewer entries than threads gave wrong
-    results on an H100)."""
+    row then has >= 256 entries, at least one per thread: see the sentinel below)."""
     hs = tl.program_id(1)
     i = tl.program_id(0) * BB + tl.arange(0, BB)
     i_ok = i < NB
@@ -209,8 +208,9 @@ def _rank_far_tiles_kernel(
     sc = tl.load(SCORES + hs.to(tl.int64) * stride_sh + i.to(tl.int64)[:, None] * N_TILES + t,
                  mask=t_ok, other=float("-inf"))
     t_ok = t_ok & (sc > float("-inf"))
-    # (the "no key" sentinel as a full tensor: a scalar int64 constant in tl.where came out
-    # as 0 on an H100, which outranks every negative score)
+    # (on an H100, two earlier variants returned tile 0 where no far tile existed: one with
+    # a scalar int64 sentinel in tl.where, one ranking 64 entries on 128 threads; the cause
+    # was not isolated, so the sentinel is a full tensor and a ranked row has >= 256 entries)
     best = tl.topk(tl.where(t_ok, _rank_keys(sc, t), tl.full([BB, KP * BUCKET], NO_KEY,
                                                             tl.int64)), KP)
     r = tl.arange(0, KP)[None, :]
