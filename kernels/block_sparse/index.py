@@ -408,8 +408,9 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
         part = out[:, blk0:blk0 + nb]
         _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
             buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), part,
-            part.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp, BB=RANK_LAUNCH["BB"],
-            BLOCK_N=BLOCK_N, num_warps=max(RANK_LAUNCH["num_warps"], kp * BUCKET // 512))
+            part.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp,
+            BB=RANK_LAUNCH["BB"], BLOCK_N=BLOCK_N,
+            num_warps=max(RANK_LAUNCH["num_warps"], kp * BUCKET // 512))
     return out
 
 
@@ -444,21 +445,20 @@ def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, head
         return build_block_sparse_worklist(
             block_sparse_scores(q, kv, layout, heads, sm_scale, kbar=kbar), topk, k_max)
     k = max(1, k_max)  # not capped by the length: the ranking compiles per k_max only
-    ranked = extra_block_tiles(q, kv, layout, heads, max(1, k - 1), 0, sm_scale, kbar=kbar)
+    best = extra_block_tiles(q, kv, layout, heads, max(1, k - 1), 0, sm_scale, kbar=kbar)
     # the always-kept tiles of every block: sink, first and last row's tiles (-1: repeated)
     b = layout.blk_seq.long()
     first = (layout.kv_len[b] - layout.q_len[b] + layout.blk_m * BLOCK_M).long()
     last = torch.minimum(first + BLOCK_M - 1, layout.kv_len[b].long() - 1)
-    f, l = first // BLOCK_N, last // BLOCK_N
-    none = torch.full_like(f, -1)
-    forced = torch.stack([torch.zeros_like(f), torch.where(f != 0, f, none),
-                          torch.where(l != f, l, none)], dim=-1)  # [NB, 3]
+    own0, own1 = first // BLOCK_N, last // BLOCK_N
+    none = torch.full_like(own0, -1)
+    forced = torch.stack([torch.zeros_like(own0), torch.where(own0 != 0, own0, none),
+                          torch.where(own1 != own0, own1, none)], dim=-1)  # [NB, 3]
     n_forced = (forced >= 0).sum(-1)
     limit = topk.to(device=dev, dtype=torch.long).clamp_min(MIN_BLOCKS).clamp_max(k)
     n_other = (limit[:, None] - n_forced[None, :]).clamp_min(0)  # [H, NB]
-    rank = torch.arange(ranked.shape[2], device=dev)
-    others = torch.where((rank < n_other[..., None]) & (ranked >= 0),
-                         ranked.long() // BLOCK_N, -1)
+    rank = torch.arange(best.shape[2], device=dev)
+    others = torch.where((rank < n_other[..., None]) & (best >= 0), best.long() // BLOCK_N, -1)
     big = 1 << 30
     tiles = torch.cat([forced.expand(H, NB, 3), others], dim=-1)
     tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
