@@ -230,6 +230,11 @@ def kernel_table(rows: list[dict]) -> str:
             pat = f"profile {r.get('profile', '?').removesuffix('.json')}"
             if r.get("budget_scale", 1.0) != 1.0:
                 pat += f" ×{r['budget_scale']}"
+        if r.get("extra_blocks"):  # bench_kernels --extra-blocks (fixed mode's default: 32)
+            computed = r.get("kernel", "triton").startswith("fa3")
+            pat += (f" + {r['extra_blocks']} extra tiles" if computed else
+                    f" ({r['extra_blocks']} extra tiles not computed by this kernel"
+                    f"{'' if r.get('extra_excluded') else ', yet in its density'})")
         agg[(r["input"], pat, r.get("kernel", "triton"), r["q_heads"], r["kv_heads"], r["head_dim"],
              r["seq_len"])].append(r)
     for (inp, pat, kern, qh, kh, d, n), rs in sorted(

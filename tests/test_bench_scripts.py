@@ -382,7 +382,7 @@ def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
                                                           budget_scale=0.05)
 
 
-def test_kernel_bench_extra_blocks_adds_the_plugins_far_tiles(device):
+def test_kernel_bench_extra_blocks_adds_the_plugins_far_tiles(device, monkeypatch):
     """``bench_kernels --extra-blocks N``: the fixed Vertical-Slash lists carry the same far
     tiles as the plugin's plan (so density and attention count them); other patterns and
     N = 0 are unchanged, and the rows name the setting."""
@@ -405,6 +405,15 @@ def test_kernel_bench_extra_blocks_adds_the_plugins_far_tiles(device):
     assert bench_kernels.density(wl, layout) > bench_kernels.density(index(est()), layout)
     args = argparse.Namespace(extra_blocks=4)
     assert bench_kernels.mode_of("vertical_slash", args) == dict(mode="fixed", extra_blocks=4)
+    # the Triton kernel does not compute them: its row's density leaves them out
+    monkeypatch.setattr(bench_kernels, "time_ms", lambda fn, reps=None: (fn(), 1.0)[1])
+    rows: list[dict] = []
+    bench_kernels.measure_kernel(
+        rows, "triton", input_kind="real", pattern="vertical_slash", q=q, k=kv.key,
+        v=kv.value, kv=kv, layout=layout, dense_ms=1.0, est_fn=est,
+        index_fn=bench_kernels.with_extra_tiles(index, "vertical_slash", 4, q, kv, layout))
+    assert rows[-1]["extra_excluded"]
+    assert rows[-1]["density"] == round(bench_kernels.density(index(est()), layout), 4)
 
 
 def test_chunked_bench_times_every_step_and_sums_the_prompt(device, monkeypatch):
