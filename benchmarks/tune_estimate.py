@@ -178,14 +178,9 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
         row.update(bucket_topk_ms=bench_ms(lambda: torch.topk(bmax, kb, dim=-1, sorted=False)))
         buckets = torch.topk(bmax, kb, dim=-1, sorted=False).indices
         out = torch.empty(H, NB, per_block, dtype=torch.int32, device=device)
-        kp = max(16, triton.next_power_of_2(per_block))
 
         def rank_kernel():  # the chosen buckets' tiles of every block, ranked in registers
-            bb = bs.RANK_LAUNCH["BB"]
-            bs._rank_far_tiles_kernel[(triton.cdiv(NB, bb), H)](
-                buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0),
-                out, out.stride(0), NB, T, bmax.shape[2], kb, per_block, BUCKET=bs.BUCKET,
-                KP=kp, BB=bb, BLOCK_N=64, num_warps=bs.RANK_LAUNCH["num_warps"])
+            bs.rank_far_tiles_into(out, buckets, bmax, scores)
         row.update(rank_kernel_ms=bench_ms(rank_kernel))
         rank_bytes = bs.RANK_BYTES
         for mb in slice_mbs:  # the whole call with other limits on the scores held at once

@@ -17,6 +17,7 @@ from vllm.v1.attention.backend import AttentionType
 
 from vllm_minference.kernels import (BLOCK_SPARSE, VERTICAL_SLASH, KVSource, LayerPatterns,
                                      plan_layer, sparse_attention)
+from vllm_minference.kernels.block_sparse.index import block_sparse_ranked, ranking_width
 from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
 from vllm_minference.kernels.vertical_slash import estimate_row_lse
 
@@ -337,28 +338,29 @@ class LayerPlanner:
     def vs_budgets(self) -> list[tuple[int, int]]:
         """The distinct (columns, diagonals) maxima of this planner's Vertical-Slash heads
         over the profile's layers (budgets scaled): what the warm-up must cover."""
-        pairs = set()
-        for index in range(len(self.profile.layers)):
-            vs = [p for p in self.profile.layer_patterns(index, self.head_ids,
-                                                         self.settings.budget_scale)
-                  if p.kind == VERTICAL_SLASH]
-            if vs:
-                pairs.add((max(p.a for p in vs), max(p.b for p in vs)))
+        pairs = {(max(p.a for p in vs), max(p.b for p in vs))
+                 for vs in self._layer_heads(VERTICAL_SLASH)}
         return sorted(pairs) or [SMALL_VS_BUDGET]
 
     def bs_budgets(self) -> list[int]:
         """The distinct tile-budget maxima of this planner's Block-Sparse heads over the
-        profile's layers (scaled), one per power of two (the ranking kernel's variants)."""
+        profile's layers (scaled), one per ranking-kernel width (the kernel's variants)."""
         widths: dict[int, int] = {}
-        for index in range(len(self.profile.layers)):
-            bs = [p.a for p in self.profile.layer_patterns(index, self.head_ids,
-                                                           self.settings.budget_scale)
-                  if p.kind == BLOCK_SPARSE]
-            if bs:
-                k = max(bs)
-                width = max(16, 1 << max(0, k - 2).bit_length())  # ranking width, k - 1 tiles
-                widths[width] = max(widths.get(width, 0), k)
+        for bs in self._layer_heads(BLOCK_SPARSE):
+            k = max(p.a for p in bs)
+            width = ranking_width(block_sparse_ranked(k))
+            widths[width] = max(widths.get(width, 0), k)
         return sorted(widths.values()) or [SMALL_BS_BUDGET]
+
+    def _layer_heads(self, kind: str):
+        """Per profile layer with heads of ``kind`` among this planner's: those heads'
+        patterns (budgets scaled)."""
+        for index in range(len(self.profile.layers)):
+            heads = [p for p in self.profile.layer_patterns(index, self.head_ids,
+                                                            self.settings.budget_scale)
+                     if p.kind == kind]
+            if heads:
+                yield heads
 
     def layer_index(self, layer) -> int:
         """This layer's row in the profile."""

@@ -359,6 +359,34 @@ RANK_BYTES = 256 << 20
 RANK_LAUNCH = dict(BB=1, num_warps=1)
 
 
+def ranking_width(per_block: int) -> int:
+    """``KP`` of :func:`_rank_far_tiles_kernel` for ``per_block`` tiles: the kernel compiles
+    per value, so the warm-up covers each width a profile needs."""
+    return max(16, triton.next_power_of_2(per_block))
+
+
+def block_sparse_ranked(k_max: int) -> int:
+    """Tiles a Block-Sparse head of budget ``k_max`` ranks per block (the sink is kept)."""
+    return max(1, k_max - 1)
+
+
+def rank_far_tiles_into(out: torch.Tensor, buckets: torch.Tensor, bmax: torch.Tensor,
+                        scores: torch.Tensor) -> None:
+    """The ``out.shape[2]`` best far tiles of ``out.shape[1]`` blocks (``[H, nb, per_block]``
+    first keys, ``-1`` past the far tiles) from the tiles of their chosen ``buckets``
+    (``[H, nb, KB]``), given :meth:`PooledBlocks.far_scores_into`'s ``bmax`` and ``scores``."""
+    H, nb, per_block = out.shape
+    kb, n_buckets, n_tiles = buckets.shape[2], bmax.shape[2], scores.shape[2]
+    assert out.stride(2) == 1 and out.stride(1) == per_block and buckets.is_contiguous()
+    assert bmax.stride(1) == n_buckets and scores.stride(1) == n_tiles
+    kp = ranking_width(per_block)
+    _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
+        buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), out,
+        out.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp,
+        BB=RANK_LAUNCH["BB"], BLOCK_N=BLOCK_N,
+        num_warps=max(RANK_LAUNCH["num_warps"], kp * BUCKET // 512))
+
+
 def rank_slice_blocks(num_heads: int, num_blocks: int, num_tiles: int) -> int:
     """Blocks ranked at once: at most ``RANK_BYTES`` of far scores, in whole programs of the
     scores kernel (``BUCKET_BLOCKS``) where that fits at least one."""
@@ -396,7 +424,6 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
         return out
     n_buckets = triton.cdiv(n_tiles, BUCKET)
     kb = min(per_block, n_buckets)
-    kp = max(16, triton.next_power_of_2(per_block))
     split_tiles = triton.cdiv(max(1, split_tiles), BUCKET_TB) * BUCKET_TB
     step = rank_slice_blocks(H, NB, n_tiles)
     bmax = torch.empty(H, step, n_buckets, dtype=torch.float32, device=q.device)
@@ -405,12 +432,7 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
         pooled.far_scores_into(bmax[:, :nb], scores[:, :nb], seq, blk0, local, sm_scale,
                                split_tiles)
         buckets = torch.topk(bmax[:, :nb], kb, dim=-1, sorted=False).indices  # int64
-        part = out[:, blk0:blk0 + nb]
-        _rank_far_tiles_kernel[(triton.cdiv(nb, RANK_LAUNCH["BB"]), H)](
-            buckets, buckets.stride(0), bmax, bmax.stride(0), scores, scores.stride(0), part,
-            part.stride(0), nb, n_tiles, n_buckets, kb, per_block, BUCKET=BUCKET, KP=kp,
-            BB=RANK_LAUNCH["BB"], BLOCK_N=BLOCK_N,
-            num_warps=max(RANK_LAUNCH["num_warps"], kp * BUCKET // 512))
+        rank_far_tiles_into(out[:, blk0:blk0 + nb], buckets, bmax[:, :nb], scores[:, :nb])
     return out
 
 
@@ -437,7 +459,6 @@ def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, head
     first), holding at most ``RANK_BYTES``.  ``kbar``: the batch's :func:`pool_keys`, if
     already computed."""
     H, NB = heads.numel(), layout.num_blocks
-    dev = q.device
     n_tiles = triton.cdiv(layout.max_kv_len, BLOCK_N)
     if ranked is None:
         ranked = ranks_block_sparse(H, NB, n_tiles, k_max)
@@ -445,47 +466,42 @@ def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, head
         return build_block_sparse_worklist(
             block_sparse_scores(q, kv, layout, heads, sm_scale, kbar=kbar), topk, k_max)
     k = max(1, k_max)  # not capped by the length: the ranking compiles per k_max only
-    best = extra_block_tiles(q, kv, layout, heads, max(1, k - 1), 0, sm_scale, kbar=kbar)
+    best = extra_block_tiles(q, kv, layout, heads, block_sparse_ranked(k), 0, sm_scale,
+                             kbar=kbar)
     # the always-kept tiles of every block: sink, first and last row's tiles (-1: repeated)
-    b = layout.blk_seq.long()
-    first = (layout.kv_len[b] - layout.q_len[b] + layout.blk_m * BLOCK_M).long()
-    last = torch.minimum(first + BLOCK_M - 1, layout.kv_len[b].long() - 1)
-    own0, own1 = first // BLOCK_N, last // BLOCK_N
+    own0 = layout.block_first_pos() // BLOCK_N
+    own1 = layout.block_last_pos() // BLOCK_N
     none = torch.full_like(own0, -1)
     forced = torch.stack([torch.zeros_like(own0), torch.where(own0 != 0, own0, none),
                           torch.where(own1 != own0, own1, none)], dim=-1)  # [NB, 3]
     n_forced = (forced >= 0).sum(-1)
-    limit = topk.to(device=dev, dtype=torch.long).clamp_min(MIN_BLOCKS).clamp_max(k)
+    limit = topk.to(device=q.device, dtype=torch.long).clamp_min(MIN_BLOCKS).clamp_max(k)
     n_other = (limit[:, None] - n_forced[None, :]).clamp_min(0)  # [H, NB]
-    rank = torch.arange(best.shape[2], device=dev)
+    rank = torch.arange(best.shape[2], device=q.device)
     others = torch.where((rank < n_other[..., None]) & (best >= 0), best.long() // BLOCK_N, -1)
+    return _tile_worklist(torch.cat([forced.expand(H, NB, 3), others], dim=-1))
+
+
+def _tile_worklist(tiles: torch.Tensor) -> WorkList:
+    """Absolute chunk lists of every (head, block) from its key tiles ``[H, NB, W]`` (tile
+    indices, ``-1`` for none), in ascending key order."""
+    H, NB, width = tiles.shape
     big = 1 << 30
-    tiles = torch.cat([forced.expand(H, NB, 3), others], dim=-1)
     tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
-    width = tiles.shape[2]
     start = torch.where(tiles < big, tiles * BLOCK_N, 0)
     chunks = torch.stack([start, start], dim=-1).to(torch.int32).reshape(-1, 2)
-    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=dev)
-    desc[..., 0] = (torch.arange(H * NB, device=dev) * width).reshape(H, NB)
+    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=tiles.device)
+    desc[..., 0] = (torch.arange(H * NB, device=tiles.device) * width).reshape(H, NB)
     desc[..., 1] = (tiles < big).sum(-1)
-    cols = torch.zeros(1, dtype=torch.int32, device=dev)
+    cols = torch.zeros(1, dtype=torch.int32, device=tiles.device)
     return WorkList(desc.to(torch.int32), chunks, cols)
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:
     """Keep the ``topk[h]`` best key tiles of every (head, block); absolute chunk lists."""
-    H, NB, n_tiles = scores.shape
-    k = max(1, min(k_max, n_tiles))
+    k = max(1, min(k_max, scores.shape[2]))
     topk = topk.to(device=scores.device, dtype=torch.long).clamp_min(MIN_BLOCKS)
     val, idx = torch.topk(scores, k, dim=-1, sorted=True)
     rank = torch.arange(k, device=scores.device)
     keep = (rank[None, None, :] < topk[:, None, None]) & (val > float("-inf"))
-    big = torch.full_like(idx, 1 << 30)
-    tiles = torch.sort(torch.where(keep, idx, big), dim=-1).values
-    start = torch.where(tiles < (1 << 30), tiles * BLOCK_N, torch.zeros_like(tiles))
-    chunks = torch.stack([start, start], dim=-1).to(torch.int32).reshape(-1, 2)
-    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=scores.device)
-    desc[..., 0] = (torch.arange(H * NB, device=scores.device) * k).reshape(H, NB)
-    desc[..., 1] = keep.sum(dim=-1)
-    cols = torch.zeros(1, dtype=torch.int32, device=scores.device)
-    return WorkList(desc.to(torch.int32), chunks, cols)
+    return _tile_worklist(torch.where(keep, idx, -1))
