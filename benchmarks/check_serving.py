@@ -39,13 +39,15 @@ def parse_config(name: str) -> tuple[str, int]:
     return backend, int(tp or 1)
 
 
-def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log_path: str):
+def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log_path: str,
+                 extra: dict | None = None):
     backend, tp = parse_config(config)
     cmd = ["vllm", "serve", model, "--port", str(PORT), "--max-model-len", str(max_len),
            "--gpu-memory-utilization", "0.80", "--served-model-name", "model",
            "--attention-backend", backend, "--tensor-parallel-size", str(tp)]
     if backend.lower() == "minference":
-        cmd += ["--additional-config", json.dumps({"minference": {"min_sparse_len": min_sparse_len}})]
+        settings = {"min_sparse_len": min_sparse_len, **(extra or {})}
+        cmd += ["--additional-config", json.dumps({"minference": settings})]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
@@ -184,12 +186,22 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--max-len", type=int, default=32768)
     ap.add_argument("--min-sparse-len", type=int, default=16384)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a minference setting for every minference server (JSON value), e.g. "
+                         "budget_scale=0.25 so that 16K-31K prompts run the sparse kernels")
     ap.add_argument("--load", action="store_true")
     ap.add_argument("--skip-functional", action="store_true")
     ap.add_argument("--logdir", default=".")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     PORT = args.port
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
     from openai import OpenAI
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -197,8 +209,10 @@ def main() -> None:
     report = {}
     for config in args.configs:
         log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}.log")
-        proc = start_server(args.model, config, args.max_len, args.min_sparse_len, log_path)
-        entry = {"mem_mib_start": gpu_memory_mib()}
+        proc = start_server(args.model, config, args.max_len, args.min_sparse_len, log_path,
+                            extra)
+        entry = {"mem_mib_start": gpu_memory_mib(),
+                 "settings": extra if config.lower().startswith("minference") else {}}
         try:
             if not args.skip_functional:
                 entry["functional"] = functional(client, tok, args.max_len, args.min_sparse_len)

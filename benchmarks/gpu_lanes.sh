@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
+#   bash benchmarks/gpu_lanes.sh P1..P3             one GPU: one-pass query gather, 1M kernels, serving load
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -765,6 +766,29 @@ O7_block_sparse() {  # no gpu-kit needed: Block-Sparse lists ranked vs from the 
     --options default --no-estimate --block-sparse-chunks 16384 65536 --label ranked \
     --out $OUT/tune_estimate.json
 }
+# Fourteenth session: the page lists' queries gathered in one pass; issue 3's 1M row with
+# the extra tiles; serving under load with today's defaults (the last load test, 2026-11-25,
+# ran adaptive mode)
+P1_kernels_128k() {  # GPU tests of the page lists (real FA3), then issue 3's 128K table
+  gpu_tests 150 $PWD/tests/test_page_lists.py
+  O2_kernels_extra
+}
+P2_kernels_1m() {  # issue 3's 1M row (real lists, layer 3, Llama-3-8B shape replay)
+  timeout 470 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
+    --patterns vertical_slash --kernels fa3 --extra-blocks 32 --out $OUT/kernels_1m_extra32.json
+}
+P3_serving() {  # vllm serve, 32 concurrent requests (1K-31K tokens, a third sharing a
+  # prefix, half streaming): FLASH_ATTN, minference sparse from 16K (every other default: the
+  # density guard decides), and with budgets x0.25 so the sparse kernels serve (traced)
+  timeout 200 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
+    --logdir $LOGS --out $OUT/serving.json > $LOGS/serving.log 2>&1
+  timeout 130 python3 $B/check_serving.py --configs minference --load --skip-functional \
+    --set budget_scale=0.25 --set trace="$LOGS/trace-{pid}.jsonl" --logdir $LOGS \
+    --out $OUT/serving_budget025.json > $LOGS/serving_budget025.log 2>&1
+  cat $LOGS/trace-*.jsonl | python3 -c "import sys, json, collections
+c = collections.Counter((r['path'], r.get('kernel')) for r in map(json.loads, sys.stdin) if r)
+print(dict(c))" > $OUT/serving_budget025_paths.txt 2>&1
+}
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \
              "minference --mode fixed --set fixed_local=4096"; do
@@ -867,6 +891,9 @@ case "$1" in
   O5) lane 0 O5_multivalue; wait_lanes 290; jit_check ;;
   O6) lane 0 O6_adaptive_variants; wait_lanes 585; jit_check ;;
   O7) lane 0 O7_block_sparse; wait_lanes 340 ;;
+  P1) lane 0 P1_kernels_128k; wait_lanes 480 ;;
+  P2) lane 0 P2_kernels_1m; wait_lanes 480 ;;
+  P3) lane 0 P3_serving; wait_lanes 345; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

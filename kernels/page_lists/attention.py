@@ -188,7 +188,9 @@ def page_list_attention(
     kv_args = _kv_args(KVSource.packed(kv_cache, block_table))
 
     clock = _StageClock(stats is not None and q.is_cuda)
-    q_perm = q[geo.token_index].transpose(0, 1).reshape(-1, 1, head_dim)
+    # head-major virtual sequences in one gather (indexing, then a transposing copy, read and
+    # wrote the queries twice: 2.4 ms of a 116 ms layer at 128K, Llama-3-8B shape)
+    q_perm = torch.index_select(q.transpose(0, 1), 1, geo.token_index).view(-1, 1, head_dim)
     o_perm = torch.empty_like(q_perm)
     starts = geo.row_starts_dev
     slices = geo.slices(table_bytes)
