@@ -21,7 +21,7 @@
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
-#   bash benchmarks/gpu_lanes.sh P1..P3             one GPU: one-pass query gather, 1M kernels, serving load
+#   bash benchmarks/gpu_lanes.sh P1..P6             one GPU: short runs on a packed Triton pass, serving load
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -769,9 +769,27 @@ O7_block_sparse() {  # no gpu-kit needed: Block-Sparse lists ranked vs from the 
 # Fourteenth session: the page lists' queries gathered in one pass; issue 3's 1M row with
 # the extra tiles; serving under load with today's defaults (the last load test, 2026-11-25,
 # ran adaptive mode)
-P1_kernels_128k() {  # GPU tests of the page lists (real FA3), then issue 3's 128K table
+P1_kernels_128k() {  # GPU tests of the page lists (real FA3), then issue 3's 128K table,
+  # with the short diagonal runs on the packed Triton pass (fa3/runN) beside it
   gpu_tests 150 $PWD/tests/test_page_lists.py
-  O2_kernels_extra
+  timeout 400 python3 $B/bench_kernels.py --seq-lens 131072 --patterns vertical_slash \
+    --no-random --extra-blocks 32 --kernels triton,fa3,fa3/run2,fa3/run3 \
+    --out $OUT/kernels_extra32.json
+}
+P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
+  # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
+  timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
+    --kernels fa3,fa3/run2,fa3/run3 --out $OUT/chunked_1m_runs.json
+}
+P5_ttft_1m_runs() {  # TTFT 1M in 64K chunks: every default, and fa3_min_run=$MIN_RUN
+  for cfg in "minference --mode fixed" "minference --mode fixed --set fa3_min_run=${MIN_RUN:-3}"; do
+    timeout 200 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
+      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  done
+}
+P6_ttft_1m_dense() {  # FLASH_ATTN's 1M TTFT in 64K chunks, same lease as P5
+  timeout 250 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
 P2_kernels_1m() {  # issue 3's 1M row (real lists, layer 3, Llama-3-8B shape replay)
   timeout 470 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
@@ -894,6 +912,9 @@ case "$1" in
   P1) lane 0 P1_kernels_128k; wait_lanes 480 ;;
   P2) lane 0 P2_kernels_1m; wait_lanes 480 ;;
   P3) lane 0 P3_serving; wait_lanes 345; jit_check ;;
+  P4) lane 0 P4_steps_1m; wait_lanes 340 ;;
+  P5) lane 0 P5_ttft_1m_runs; wait_lanes 410; jit_check ;;
+  P6) lane 0 P6_ttft_1m_dense; wait_lanes 260 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

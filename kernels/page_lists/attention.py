@@ -19,11 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.kernel import LOG2E, _attend_tile, _kv_args, dot_precision
-from ..layout import BLOCK_M, KVSource, SeqLayout, kv_row_offsets, query_block
+from ..attention.kernel import (LOG2E, _attend_tile, _chunk_meta, _kv_args, _tile_offsets,
+                                dot_precision)
+from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import WorkList
 from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
-                    long_run_flags, mark_pages)
+                    long_run_flags, mark_pages, short_chunk_index)
 
 
 def fa3_varlen() -> Callable:
@@ -60,15 +61,16 @@ def _attend_uncovered(acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_po
 def _column_pass_kernel(
     Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-    DESC, stride_dh, stride_db, CHUNKS, FLAGS, COLS,
+    DESC, stride_dh, stride_db, CHUNKS, SHORT_IDX, SHORT_BEFORE, COLS,
     G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
     PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, HAS_FLAGS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Block ``j`` of a row's group: resume FA3's softmax state, add the chunks of short runs
-    (with ``HAS_FLAGS``) and the columns, each key only if the pages do not hold it."""
+    (with ``HAS_FLAGS``: the packed list of :func:`.index.short_chunk_index`) and the columns,
+    each key only if the pages do not hold it."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -92,19 +94,28 @@ def _column_pass_kernel(
         bits = BITS + r_loc.to(tl.int64) * stride_bits
         offs = tl.arange(0, 64)
         if HAS_FLAGS:
+            # the block's short-run chunks, packed: a chunk's scalars (and its pages) are
+            # loaded one step ahead, as in the main kernel, since its key addresses need them
             chunk_ptr = tl.load(desc + 0)
             base = tl.load(desc + 2)
-            for c in range(0, tl.load(desc + 1)):
-                if tl.load(FLAGS + chunk_ptr + c) == 0:
-                    cp = CHUNKS + 2 * (chunk_ptr + c).to(tl.int64)
-                    start = tl.load(cp)
-                    floor = base + tl.maximum(tl.load(cp + 1), start)
-                    keys = base + start + offs
-                    inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
-                    acc, m_i, l_i = _attend_uncovered(
-                        acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_pos, qk_scale,
-                        K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt,
-                        KV_START, HEAD_DIM, PAGE, PAGED, PREC, SUB_)
+            s0 = tl.load(SHORT_BEFORE + chunk_ptr)
+            s1 = tl.load(SHORT_BEFORE + chunk_ptr + tl.load(desc + 1))
+            first_pos = kv_len - q_len + m * BLOCK_M
+            meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + s0), s0 < s1, base, kv_len,
+                               first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
+            for i in range(s0, s1):
+                k0, floor, need, first, page_a, page_b = meta
+                meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + i + 1), i + 1 < s1, base,
+                                   kv_len, first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
+                keys = k0 + offs
+                inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
+                covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+                off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
+                                    KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
+                                             inside & (covered == 0), kv_len > 0, q_pos,
+                                             qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM,
+                                             PREC)
         for c0 in range(0, col_cnt, 64):
             c_ok = c0 + offs < col_cnt
             keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
@@ -200,6 +211,8 @@ def page_list_attention(
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
     bpg = geo.rows_per_group // BLOCK_M
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
+    short_idx, short_before = (short_chunk_index(flags) if flags is not None
+                               else (worklist.cols, worklist.cols))  # unread placeholders
     clock.lap("gather")
     for r0, r1 in slices:
         n = r1 - r0
@@ -219,14 +232,14 @@ def page_list_attention(
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks,
-            FLAGS=worklist.chunks if flags is None else flags, COLS=worklist.cols,
+            SHORT_IDX=short_idx, SHORT_BEFORE=short_before, COLS=worklist.cols,
             G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
             BLK_SEQ=layout.blk_seq, BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups,
             N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
-            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=flags is not None,
-            BLOCK_M=BLOCK_M,
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=min_run > 1,
+            BLOCK_M=BLOCK_M, CHUNK=BLOCK_N,
             num_warps=4, num_stages=2)
         clock.lap("columns")
         if stats is not None:
