@@ -39,8 +39,32 @@ def parse_config(name: str) -> tuple[str, int]:
     return backend, int(tp or 1)
 
 
+STARTED: list[subprocess.Popen] = []  # servers to stop if this script is stopped
+
+
+def stop_all_and_exit(*_) -> None:
+    """SIGTERM (``timeout``): stop the servers this script started (each in its own session,
+    so they would outlive it), then exit."""
+    for proc in STARTED:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit(124)
+
+
+def server_answers() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://localhost:{PORT}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log_path: str,
                  extra: dict | None = None):
+    # a server left over on the port (a run cut short by its time limit) would answer for
+    # this one, and this one would fail for lack of GPU memory
+    if server_answers():
+        raise RuntimeError(f"port {PORT} already has a server; stop it first")
     backend, tp = parse_config(config)
     cmd = ["vllm", "serve", model, "--port", str(PORT), "--max-model-len", str(max_len),
            "--gpu-memory-utilization", "0.80", "--served-model-name", "model",
@@ -50,6 +74,7 @@ def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log
         cmd += ["--additional-config", json.dumps({"minference": settings})]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    STARTED.append(proc)
     t0 = time.time()
     while time.time() - t0 < 400:
         if proc.poll() is not None:
@@ -195,6 +220,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     PORT = args.port
+    signal.signal(signal.SIGTERM, stop_all_and_exit)
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -208,7 +234,10 @@ def main() -> None:
     client = OpenAI(base_url=f"http://localhost:{PORT}/v1", api_key="x")
     report = {}
     for config in args.configs:
-        log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}.log")
+        tag = "-".join(f"{k}{v}" for k, v in extra.items() if k != "trace")
+        tag = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in tag)
+        log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}"
+                                f"{'-' + tag if tag and config.lower().startswith('minference') else ''}.log")
         proc = start_server(args.model, config, args.max_len, args.min_sparse_len, log_path,
                             extra)
         entry = {"mem_mib_start": gpu_memory_mib(),
