@@ -21,7 +21,7 @@
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
-#   bash benchmarks/gpu_lanes.sh P1..P6             one GPU: short runs on a packed Triton pass, serving load
+#   bash benchmarks/gpu_lanes.sh P1..P8             one GPU: short runs on a packed Triton pass, serving load, guard
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -776,6 +776,25 @@ P1_kernels_128k() {  # GPU tests of the page lists (real FA3), then issue 3's 12
     --no-random --extra-blocks 32 --kernels triton,fa3,fa3/run2,fa3/run3 \
     --out $OUT/kernels_extra32.json
 }
+P7_serving_guard() {  # P3 again after the guard's cross-prompt rule (a layer found clearly
+  # too dense with at least as many keys skips planning in later prompts); then the default
+  # server once more, traced, to count which path each layer-step took
+  pkill -KILL -f "EngineCor[e]"; pkill -KILL -f "entrypoints.cli.mai[n]"  # leftovers
+  timeout 360 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
+    --logdir $LOGS --out $OUT/serving.json > $LOGS/serving.log 2>&1
+  timeout 150 python3 $B/check_serving.py --configs minference --load --skip-functional \
+    --set trace="$LOGS/trace-{pid}.jsonl" --logdir $LOGS \
+    --out $OUT/serving_traced.json > $LOGS/serving_traced.log 2>&1
+  cat $LOGS/trace-*.jsonl | python3 -c "import sys, json, collections
+c = collections.Counter((r['path'], r.get('kernel')) for r in map(json.loads, sys.stdin) if r)
+print(dict(c))" > $OUT/serving_traced_paths.txt 2>&1
+}
+P8_ttft_128k() {  # TTFT at 128K in vLLM's default chunks; FLASH_ATTN first (a fresh
+  # machine's first engine compiles for ~100 s: it timed out as the first run of O3)
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set extra_blocks=0"; do
+    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -914,6 +933,8 @@ case "$1" in
   P2) lane 0 P2_kernels_1m; wait_lanes 480 ;;
   P3) lane 0 P3_serving; wait_lanes 540; jit_check ;;
   P4) lane 0 P4_steps_1m; wait_lanes 340 ;;
+  P7) lane 0 P7_serving_guard; wait_lanes 540; jit_check ;;
+  P8) lane 0 P8_ttft_128k; wait_lanes 470; jit_check ;;
   P5) lane 0 P5_ttft_1m_runs; wait_lanes 410; jit_check ;;
   P6) lane 0 P6_ttft_1m_dense; wait_lanes 260 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;

@@ -453,10 +453,33 @@ def test_density_guard_carries_keys_per_row_across_growing_chunks():
     # a close call waits: 0.4 expected, 0.6 found
     g.known_keys = 0.4 * 360448.5 / 0.999999
     assert g.decide(torch.tensor(0.6), layouts[5]) is False and g.waited == 4
-    # a new (shorter) prompt plans and waits: its lists are not this prompt's
+    # a new (shorter) prompt: this layer was too dense at 360K keys, so it is at 64K
     short = SeqLayout.from_lengths([chunk], [chunk], "cpu")
-    assert g.should_plan(short)
-    assert g.decide(torch.tensor(0.1), short) is True and g.waited == 5
+    assert not g.should_plan(short)
+
+
+def test_density_guard_across_prompts():
+    """A new prompt plans and waits for its own density, except where the layer was found
+    clearly too dense with at least as many keys per row (then it runs dense unplanned, and
+    re-measures every reprobe_steps); a sparse finding with fewer keys withdraws that."""
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import DensityGuard
+    k16, k32, k64 = (SeqLayout.from_lengths([16384], [n], "cpu") for n in (16384, 32768, 65536))
+    g = DensityGuard(max_density=0.45, reprobe_steps=4)
+    assert g.should_plan(k64) and g.decide(torch.tensor(0.3), k64) is True
+    assert g.should_plan(k16)  # a new prompt, no dense finding: plan and wait
+    assert g.decide(torch.tensor(0.9), k16) is False and g.waited == 2
+    assert g.dense_up_to == pytest.approx(8192.5)
+    # the next prompt's first chunk: dense without planning; its second chunk sees more keys
+    assert not g.should_plan(k16)
+    assert g.should_plan(k32)
+    assert g.decide(torch.tensor(0.5), k32) is False  # found, not clearly too dense
+    assert g.dense_up_to == pytest.approx(8192.5)
+    # many prompts of 16K: one re-measuring plan every reprobe_steps
+    assert [g.should_plan(k16) for _ in range(4)] == [False, False, True, False]
+    # that re-measure found it sparse: the rule is withdrawn, 16K prompts plan again
+    assert g.decide(torch.tensor(0.3), k16) is True and g.dense_up_to == 0.0
+    assert g.should_plan(k16)
 
 
 def _guard_walk(guard, layouts, density: float) -> list[bool]:
