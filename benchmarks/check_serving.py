@@ -234,7 +234,7 @@ def main() -> None:
     client = OpenAI(base_url=f"http://localhost:{PORT}/v1", api_key="x")
     report = {}
     for config in args.configs:
-        tag = "-".join(f"{k}{v}" for k, v in extra.items() if k != "trace")
+        tag = "-".join(f"{k}{v}" if k != "trace" else "traced" for k, v in extra.items())
         tag = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in tag)
         log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}"
                                 f"{'-' + tag if tag and config.lower().startswith('minference') else ''}.log")

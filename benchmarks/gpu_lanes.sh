@@ -779,15 +779,11 @@ P1_kernels_128k() {  # GPU tests of the page lists (real FA3), then issue 3's 12
 P7_serving_guard() {  # P3 again after the guard's cross-prompt rule (a layer found clearly
   # too dense with at least as many keys skips planning in later prompts); then the default
   # server once more, traced, to count which path each layer-step took
-  pkill -KILL -f "EngineCor[e]"; pkill -KILL -f "entrypoints.cli.mai[n]"  # leftovers
-  timeout 360 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
-    --logdir $LOGS --out $OUT/serving.json > $LOGS/serving.log 2>&1
+  serving_pair
   timeout 150 python3 $B/check_serving.py --configs minference --load --skip-functional \
     --set trace="$LOGS/trace-{pid}.jsonl" --logdir $LOGS \
     --out $OUT/serving_traced.json > $LOGS/serving_traced.log 2>&1
-  cat $LOGS/trace-*.jsonl | python3 -c "import sys, json, collections
-c = collections.Counter((r['path'], r.get('kernel')) for r in map(json.loads, sys.stdin) if r)
-print(dict(c))" > $OUT/serving_traced_paths.txt 2>&1
+  traced_paths $OUT/serving_traced_paths.txt
 }
 P8_ttft_128k() {  # TTFT at 128K in vLLM's default chunks; FLASH_ATTN first (a fresh
   # machine's first engine compiles for ~100 s: it timed out as the first run of O3)
@@ -814,18 +810,24 @@ P2_kernels_1m() {  # issue 3's 1M row (real lists, layer 3, Llama-3-8B shape rep
   timeout 470 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
     --patterns vertical_slash --kernels fa3 --extra-blocks 32 --out $OUT/kernels_1m_extra32.json
 }
-P3_serving() {  # vllm serve, 32 concurrent requests (1K-31K tokens, a third sharing a
-  # prefix, half streaming): FLASH_ATTN, minference sparse from 16K (every other default: the
-  # density guard decides), and with budgets x0.25 so the sparse kernels serve (traced)
+serving_pair() {  # vllm serve, 32 concurrent requests (1K-31K tokens, a third sharing a
+  # prefix, half streaming): FLASH_ATTN, then minference sparse from 16K (every other default)
   pkill -KILL -f "EngineCor[e]"; pkill -KILL -f "entrypoints.cli.mai[n]"  # leftovers
   timeout 360 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
     --logdir $LOGS --out $OUT/serving.json > $LOGS/serving.log 2>&1
+}
+traced_paths() {  # traced_paths OUT_FILE: layer-steps per (path, kernel) in the lane's traces
+  cat $LOGS/trace-*.jsonl | python3 -c "import sys, json, collections
+c = collections.Counter((r['path'], r.get('kernel')) for r in map(json.loads, sys.stdin) if r)
+print(dict(c))" > $1 2>&1
+}
+P3_serving() {  # serving_pair, then minference with budgets x0.25 so the sparse kernels serve
+  # (traced)
+  serving_pair
   timeout 150 python3 $B/check_serving.py --configs minference --load --skip-functional \
     --set budget_scale=0.25 --set trace="$LOGS/trace-{pid}.jsonl" --logdir $LOGS \
     --out $OUT/serving_budget025.json > $LOGS/serving_budget025.log 2>&1
-  cat $LOGS/trace-*.jsonl | python3 -c "import sys, json, collections
-c = collections.Counter((r['path'], r.get('kernel')) for r in map(json.loads, sys.stdin) if r)
-print(dict(c))" > $OUT/serving_budget025_paths.txt 2>&1
+  traced_paths $OUT/serving_budget025_paths.txt
 }
 F2_local_band_ttft() {
   for cfg in "FLASH_ATTN" "minference --mode fixed" "minference --mode fixed --set fixed_local=2048" \

@@ -86,8 +86,10 @@ class MInferenceSettings(BaseModel):
         description="fa3 key tiles: chunks of a diagonal run shorter than this many 64-key "
                     "chunks (isolated diagonals) stay on the Triton kernel, whose cost per row "
                     "is 64 keys where a 192-row FA3 group pays ~208; 1 = all on FA3, the "
-                    "fastest measured: on an H100 at 128K, 2 and 4 were 1.1-1.7x slower, "
-                    "as the Triton pass computes a tile at ~0.55 of FA3's speed)")
+                    "fastest measured: on an H100, a 1M prompt's layer in 64K chunks took "
+                    "755 ms with 1, 797 with 2, 1117 with 3, and 2-3 were 1.1-1.4x slower "
+                    "at 128K: the Triton pass computes a short run's tile at 0.2-0.25 of "
+                    "FA3's dense speed)")
     estimate_stats: Literal["triton", "fa3"] = Field(
         "triton",
         description="where the Vertical-Slash estimate's softmax statistics (the last 64 "
