@@ -21,7 +21,7 @@
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
-#   bash benchmarks/gpu_lanes.sh P1..P8             one GPU: short runs on a packed Triton pass, serving load, guard
+#   bash benchmarks/gpu_lanes.sh P1..P9             one GPU: short runs on a packed Triton pass, serving load, guard
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -791,6 +791,11 @@ P8_ttft_128k() {  # TTFT at 128K in vLLM's default chunks; FLASH_ATTN first (a f
     timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
   done
 }
+P9_ttft_1m() {  # the 1M prompt in 64K chunks after the guard's cross-prompt rule (every
+  # default; FLASH_ATTN's 104.54 s is the thirteenth session's: no device time was left for it)
+  timeout 280 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -937,6 +942,7 @@ case "$1" in
   P4) lane 0 P4_steps_1m; wait_lanes 340 ;;
   P7) lane 0 P7_serving_guard; wait_lanes 540; jit_check ;;
   P8) lane 0 P8_ttft_128k; wait_lanes 470; jit_check ;;
+  P9) lane 0 P9_ttft_1m; wait_lanes 290; jit_check ;;
   P5) lane 0 P5_ttft_1m_runs; wait_lanes 410; jit_check ;;
   P6) lane 0 P6_ttft_1m_dense; wait_lanes 260 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
