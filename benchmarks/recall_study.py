@@ -171,6 +171,57 @@ def block_sparse_keys(q, k, scale: float, blocks: list[int], topk: list[int], N:
     return out
 
 
+def antidiagonal_keys(q, k, scale: float, blocks: list[int], N: int, tau: float,
+                      stride: int = 8, sink_tiles: int = 1, local_tiles: int = 2
+                      ) -> torch.Tensor:
+    """``[H, S, N]`` keys of a per-block selection from antidiagonal scores (XAttention's
+    estimate, read in torch): for each sampled 64-row block, the scores of ``stride``-strided
+    antidiagonals (``q[a*S + S-1-i] . k[b*S + i]`` summed over ``i``) give every row group
+    ``a`` a softmax over the key positions ``b``; summed per 64-key tile, the block keeps its
+    fewest tiles holding ``tau`` of that mass, plus ``sink_tiles`` first and ``local_tiles``
+    nearest tiles.  Unlike the Vertical-Slash estimate it reads the block's own rows, so a
+    block in the middle of a chunk chooses from its own attention, and a diagonal crosses
+    every antidiagonal of the tiles it passes through."""
+    H, G = q.shape[1], q.shape[1] // k.shape[1]
+    S = stride
+    tiles_per = BLOCK_N // S
+    out = torch.zeros(H, len(blocks), N, dtype=torch.bool)
+    pos = torch.arange(N)
+    for si, blk in enumerate(blocks):
+        r0 = blk * BLOCK_M
+        last = min(N - 1, r0 + BLOCK_M - 1)
+        n_keys = (last // S + 1) * S  # whole strided groups up to the block's last row
+        rows = torch.arange(r0, last + 1)
+        n_rows = (len(rows) // S) * S
+        if n_rows == 0:
+            out[:, si] = pos <= last
+            continue
+        qa = q[r0:r0 + n_rows].float().view(n_rows // S, S, H, -1).flip(1)  # reverse in group
+        kk = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, max(0, n_keys - N)))[:n_keys]
+        kb = kk.view(n_keys // S, S, k.shape[1], -1).repeat_interleave(G, 2)
+        sc = torch.einsum("aihd,bihd->hab", qa, kb) * scale / S  # [H, A, B] antidiagonal sums
+        a_last = (r0 + (torch.arange(n_rows // S) + 1) * S - 1)  # last row of each row group
+        b_first = torch.arange(n_keys // S) * S
+        sc = sc.masked_fill(b_first[None, None, :] > a_last[None, :, None], float("-inf"))
+        p = torch.softmax(sc, dim=-1).sum(1)  # [H, B]
+        n_tiles = -(-n_keys // BLOCK_N)
+        p = torch.nn.functional.pad(p, (0, n_tiles * tiles_per - p.shape[1]))
+        tile_mass = p.view(H, n_tiles, tiles_per).sum(-1)  # [H, tiles]
+        order = tile_mass.argsort(dim=-1, descending=True)
+        cum = tile_mass.gather(1, order).cumsum(-1) / tile_mass.sum(-1, keepdim=True)
+        keep_n = (cum < tau).sum(-1) + 1  # fewest tiles reaching tau
+        own = last // BLOCK_N
+        for h in range(H):
+            t = set(order[h, :int(keep_n[h])].tolist())
+            t |= set(range(min(sink_tiles, own + 1)))
+            t |= set(range(max(0, own - local_tiles + 1), own + 1))
+            mask = torch.zeros(max(N, n_tiles * BLOCK_N), dtype=torch.bool)
+            for ti in t:
+                mask[ti * BLOCK_N:(ti + 1) * BLOCK_N] = True
+            out[h, si] = mask[:N] & (pos <= last)
+    return out
+
+
 def profile_keys(specs, v, s, layout: SeqLayout, blocks: list[int], N: int,
                  q=None, k=None, scale: float | None = None) -> torch.Tensor:
     """``[H, S, N]`` keys of a profile layer's heads: Vertical-Slash heads through the same
@@ -229,7 +280,7 @@ def chunk_keys(q, k, scale, rule_fns, blocks: list[int], chunk: int, profiles=No
 
 @torch.no_grad()
 def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
-                chunk: int | None = None) -> dict:
+                chunk: int | None = None, taus: list[float] = ()) -> dict:
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
     blocks = sample_blocks(layout.num_blocks, n_blocks)
@@ -248,6 +299,9 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
         for name, prof in (profiles or {}).items():
             named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N,
                                                   q, k, scale)))
+    for tau in taus:  # per block from its own rows: the same in one step or in chunks
+        named_keys.append((f"antidiagonal tau={tau}",
+                           antidiagonal_keys(q, k, scale, blocks, N, tau)))
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
     per_block = block_recalls(q, k, scale, layout, blocks, keys)  # [C, H, S]
@@ -302,6 +356,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None,
                     help="estimate per prefill chunk of this many tokens, as vLLM's chunked "
                          "prefill does (default: one estimate from the prompt's last rows)")
+    ap.add_argument("--antidiagonal-taus", type=float, nargs="*", default=[],
+                    help="per-block tile selection from stride-8 antidiagonal scores "
+                         "(XAttention's estimate) at these mass thresholds")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -339,13 +396,15 @@ def main() -> None:
     for li in sorted(captured):
         q, k, scale = captured[li]
         result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
-                                           chunk=args.chunk)
+                                           chunk=args.chunk, taus=args.antidiagonal_taus)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
-    for n in [n for n in fns if not (args.chunk and MULTI in n)] + list(profiles):
+    names = ([n for n in fns if not (args.chunk and MULTI in n)] + list(profiles)
+             + [f"antidiagonal tau={t}" for t in args.antidiagonal_taus])
+    for n in names:
         rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
         ds = [x for L in result["layers"].values() for x in L[n]["density"]]
         fs = [x for L in result["layers"].values() for x in L[n]["final_recall"]]

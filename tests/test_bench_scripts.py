@@ -271,6 +271,27 @@ def test_recall_study_a_shape_keys_match_the_a_shape_lists(device):
     assert torch.equal(ours, theirs)
 
 
+def test_recall_study_antidiagonal_keys_find_a_far_column_and_stay_causal():
+    """A block whose rows all attend to one far key keeps that key's tile, the sink and its
+    own tile and little else, nothing past its last row; tau 1 keeps every causal tile."""
+    import torch
+    import recall_study
+    g = torch.Generator().manual_seed(3)
+    N, D = 640, 32
+    k = 0.1 * torch.randn(N, 1, D, generator=g)
+    q = 0.1 * torch.randn(N, 2, D, generator=g)
+    k[300] = torch.randn(1, D, generator=g)
+    q[448:512] = 10 * k[300].expand(64, 2, D)  # block 7 reads key 300 (tile 4)
+    keys = recall_study.antidiagonal_keys(q, k, D ** -0.5, [7], N, tau=0.8,
+                                          sink_tiles=1, local_tiles=1)
+    tiles = keys[:, 0].view(2, 10, 64).any(-1)
+    assert tiles[:, [0, 4, 7]].all()  # the sink, the column's tile, its own
+    assert (tiles.sum(-1) <= 4).all()  # and little else of the 8 causal tiles
+    assert not keys[:, 0, 512:].any()
+    full = recall_study.antidiagonal_keys(q, k, D ** -0.5, [3, 7], N, tau=1.0)
+    assert torch.equal(full[:, 1], (torch.arange(N) < 512).expand(2, N))
+
+
 def test_set_pairs_become_plugin_settings_in_the_row_config():
     import argparse
     args = argparse.Namespace(set=["adaptive_local=1024", "profile=x.json"], min_sparse_len=4096,
