@@ -645,21 +645,29 @@ def main() -> None:
                "host wait per step):", "",
                trace_steps.markdown([trace_steps.step_row(st) for st in prompt]), ""]
 
-    spath = os.path.join(args.raw, "serving.json")
-    if os.path.exists(spath):
-        s = load(spath)
+    # check_serving.py files: serving.json, or L<n>-<lane>-...serving*.json (one per run)
+    # (a file named *leftover* was answered by another run's server: not a measurement of
+    # its own settings, left out)
+    spaths = sorted(p for p in glob.glob(os.path.join(args.raw, "*serving*.json"))
+                    if "leftover" not in os.path.basename(p))
+    if spaths:
+        runs = {os.path.basename(p): load(p) for p in spaths}
         with open(os.path.join(RESULTS, f"serving-{dev}.json"), "w") as f:
-            json.dump(s, f, indent=1)
+            json.dump(runs, f, indent=1)
         md += ["### Serving under load (32 concurrent requests, 1K-31K tokens)", "",
-               "| backend | answered | errors | wall s | req/s | TTFT p50 s | TTFT p99 s | "
-               "GPU MiB start → end |", "|---|---|---|---|---|---|---|---|"]
-        for name, e in s.items():
-            if not isinstance(e, dict) or "load" not in e:
-                continue
-            ld = e["load"]
-            md.append(f"| {name} | {ld['answered']}/{ld['requests']} | {len(ld['errors'])} | "
-                      f"{ld['wall_s']:.2f} | {ld['requests_per_s']:.2f} | {ld['ttft_p50_s']:.2f} | "
-                      f"{ld['ttft_p99_s']:.2f} | {e.get('mem_mib_start')} → {e.get('mem_mib_end')} |")
+               "| file | backend (settings) | answered | errors | wall s | req/s | TTFT p50 s | "
+               "TTFT p99 s | GPU MiB start → end |", "|---|---|---|---|---|---|---|---|---|"]
+        for fname, s in runs.items():
+            for name, e in s.items():
+                if not isinstance(e, dict) or "load" not in e:
+                    continue
+                ld = e["load"]
+                label = name + (f" {json.dumps(e['settings'])}" if e.get("settings") else "")
+                md.append(f"| {fname} | {label} | {ld['answered']}/{ld['requests']} | "
+                          f"{len(ld['errors'])} | {ld['wall_s']:.2f} | "
+                          f"{ld['requests_per_s']:.2f} | {ld['ttft_p50_s']:.2f} | "
+                          f"{ld['ttft_p99_s']:.2f} | "
+                          f"{e.get('mem_mib_start')} → {e.get('mem_mib_end')} |")
         md.append("")
     with open(os.path.join(RESULTS, f"RESULTS-{dev}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
