@@ -59,6 +59,14 @@ def server_answers() -> bool:
         return False
 
 
+def server_log_name(config: str, settings: dict) -> str:
+    """``server-<config>[-<settings>].log``: runs of one backend with other settings (a
+    ``trace`` file counts as ``traced``) keep their own logs."""
+    tag = "-".join("traced" if k == "trace" else f"{k}{v}" for k, v in settings.items())
+    tag = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in tag)
+    return f"server-{config.replace('@', '-')}{'-' + tag if tag else ''}.log"
+
+
 def start_server(model: str, config: str, max_len: int, min_sparse_len: int, log_path: str,
                  extra: dict | None = None):
     # a server left over on the port (a run cut short by its time limit) would answer for
@@ -234,14 +242,11 @@ def main() -> None:
     client = OpenAI(base_url=f"http://localhost:{PORT}/v1", api_key="x")
     report = {}
     for config in args.configs:
-        tag = "-".join(f"{k}{v}" if k != "trace" else "traced" for k, v in extra.items())
-        tag = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in tag)
-        log_path = os.path.join(args.logdir, f"server-{config.replace('@', '-')}"
-                                f"{'-' + tag if tag and config.lower().startswith('minference') else ''}.log")
+        settings = extra if parse_config(config)[0].lower() == "minference" else {}
+        log_path = os.path.join(args.logdir, server_log_name(config, settings))
         proc = start_server(args.model, config, args.max_len, args.min_sparse_len, log_path,
-                            extra)
-        entry = {"mem_mib_start": gpu_memory_mib(),
-                 "settings": extra if config.lower().startswith("minference") else {}}
+                            settings)
+        entry = {"mem_mib_start": gpu_memory_mib(), "settings": settings}
         try:
             if not args.skip_functional:
                 entry["functional"] = functional(client, tok, args.max_len, args.min_sparse_len)

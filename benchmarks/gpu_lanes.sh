@@ -21,7 +21,7 @@
 #   bash benchmarks/gpu_lanes.sh G1..G10            one GPU: one-step prefill; extra_blocks (eleventh session)
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
-#   bash benchmarks/gpu_lanes.sh P1..P9             one GPU: short runs on a packed Triton pass, serving load, guard
+#   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -743,11 +743,15 @@ O2_kernels_extra() {  # issue 3's 128K table with fixed mode's default extra til
 O3_ttft_128k() {  # TTFT at 128K in vLLM's default chunks, with and without the extra tiles
   I6_ttft_128k
 }
+TTFT1M_64K() {  # TTFT1M_64K SECONDS BACKEND ARGS...: the 1M prompt in 64K prefill chunks,
+  # into ttft_chunk64k.json
+  local limit=$1; shift
+  timeout $limit python3 $B/bench_ttft.py --backend "$@" --lengths 1048576 \
+    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+}
 O4_ttft_1m() {  # 1M in 64K chunks, fixed mode (every default), FLASH_ATTN in the same lease
-  for cfg in "minference --mode fixed" "FLASH_ATTN"; do
-    timeout 230 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
-      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  done
+  TTFT1M_64K 230 minference --mode fixed
+  TTFT1M_64K 230 FLASH_ATTN
 }
 O5_multivalue() {  # the 36 multivalue prompts at 128K with every default: same answers?
   MULTIVALUE128 280 extra32_ranked
@@ -793,23 +797,12 @@ P8_ttft_128k() {  # TTFT at 128K in vLLM's default chunks; FLASH_ATTN first (a f
 }
 P9_ttft_1m() {  # the 1M prompt in 64K chunks after the guard's cross-prompt rule (every
   # default; FLASH_ATTN's 104.54 s is the thirteenth session's: no device time was left for it)
-  timeout 280 python3 $B/bench_ttft.py --backend minference --mode fixed --lengths 1048576 \
-    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
+  TTFT1M_64K 280 minference --mode fixed
 }
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
     --kernels fa3,fa3/run2,fa3/run3 --out $OUT/chunked_1m_runs.json
-}
-P5_ttft_1m_runs() {  # TTFT 1M in 64K chunks: every default, and fa3_min_run=$MIN_RUN
-  for cfg in "minference --mode fixed" "minference --mode fixed --set fa3_min_run=${MIN_RUN:-3}"; do
-    timeout 200 python3 $B/bench_ttft.py --backend $cfg --lengths 1048576 \
-      --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
-  done
-}
-P6_ttft_1m_dense() {  # FLASH_ATTN's 1M TTFT in 64K chunks, same lease as P5
-  timeout 250 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 1048576 \
-    --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
 P2_kernels_1m() {  # issue 3's 1M row (real lists, layer 3, Llama-3-8B shape replay)
   timeout 470 python3 $B/bench_kernels.py --seq-lens 1048576 --layers 3 --no-random \
@@ -943,8 +936,6 @@ case "$1" in
   P7) lane 0 P7_serving_guard; wait_lanes 540; jit_check ;;
   P8) lane 0 P8_ttft_128k; wait_lanes 470; jit_check ;;
   P9) lane 0 P9_ttft_1m; wait_lanes 290; jit_check ;;
-  P5) lane 0 P5_ttft_1m_runs; wait_lanes 410; jit_check ;;
-  P6) lane 0 P6_ttft_1m_dense; wait_lanes 260 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

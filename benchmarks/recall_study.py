@@ -187,19 +187,20 @@ def antidiagonal_keys(q, k, scale: float, blocks: list[int], N: int, tau: float,
     tiles_per = BLOCK_N // S
     out = torch.zeros(H, len(blocks), N, dtype=torch.bool)
     pos = torch.arange(N)
+    # every key in groups of S, once for all blocks ([groups, S, H, D], query heads' order)
+    k_groups = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, -N % S))
+    k_groups = k_groups.view(-1, S, k.shape[1], k.shape[2]).repeat_interleave(G, 2)
     for si, blk in enumerate(blocks):
         r0 = blk * BLOCK_M
         last = min(N - 1, r0 + BLOCK_M - 1)
         n_keys = (last // S + 1) * S  # whole strided groups up to the block's last row
-        rows = torch.arange(r0, last + 1)
-        n_rows = (len(rows) // S) * S
+        n_rows = (last + 1 - r0) // S * S
         if n_rows == 0:
             out[:, si] = pos <= last
             continue
         qa = q[r0:r0 + n_rows].float().view(n_rows // S, S, H, -1).flip(1)  # reverse in group
-        kk = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, max(0, n_keys - N)))[:n_keys]
-        kb = kk.view(n_keys // S, S, k.shape[1], -1).repeat_interleave(G, 2)
-        sc = torch.einsum("aihd,bihd->hab", qa, kb) * scale / S  # [H, A, B] antidiagonal sums
+        sc = torch.einsum("aihd,bihd->hab", qa, k_groups[:n_keys // S]) * scale / S
+        # [H, A, B]: the antidiagonal sums
         a_last = (r0 + (torch.arange(n_rows // S) + 1) * S - 1)  # last row of each row group
         b_first = torch.arange(n_keys // S) * S
         sc = sc.masked_fill(b_first[None, None, :] > a_last[None, :, None], float("-inf"))
@@ -211,14 +212,13 @@ def antidiagonal_keys(q, k, scale: float, blocks: list[int], N: int, tau: float,
         cum = tile_mass.gather(1, order).cumsum(-1) / tile_mass.sum(-1, keepdim=True)
         keep_n = (cum < tau).sum(-1) + 1  # fewest tiles reaching tau
         own = last // BLOCK_N
-        for h in range(H):
-            t = set(order[h, :int(keep_n[h])].tolist())
-            t |= set(range(min(sink_tiles, own + 1)))
-            t |= set(range(max(0, own - local_tiles + 1), own + 1))
-            mask = torch.zeros(max(N, n_tiles * BLOCK_N), dtype=torch.bool)
-            for ti in t:
-                mask[ti * BLOCK_N:(ti + 1) * BLOCK_N] = True
-            out[h, si] = mask[:N] & (pos <= last)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tiles).expand(H, -1))
+        keep = rank < keep_n[:, None]  # [H, tiles]: the fewest tiles reaching tau
+        keep[:, :min(sink_tiles, own + 1)] = True
+        keep[:, max(0, own - local_tiles + 1):own + 1] = True
+        mask = keep.repeat_interleave(BLOCK_N, dim=1)
+        mask = torch.nn.functional.pad(mask, (0, max(0, N - mask.shape[1])))[:, :N]
+        out[:, si] = mask & (pos <= last)
     return out
 
 
