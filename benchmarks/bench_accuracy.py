@@ -189,7 +189,7 @@ def main() -> None:
                          "prompts, so that the two runs together have more samples per cell)")
     ap.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
                     help="only these tasks (default: all)")
-    ap.add_argument("--mode", choices=["adaptive", "fixed"], default=None)
+    ap.add_argument("--mode", choices=["adaptive", "fixed", "antidiagonal"], default=None)
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--budget-scale", type=float, default=None)
     ap.add_argument("--min-sparse-len", type=int, default=None)

@@ -51,6 +51,7 @@ from vllm_minference.kernels.worklist import WorkList
 VS_BUDGET = (1000, 6096)
 BS_TOPK = 100
 A_SHAPE = (128, 3968)
+ANTIDIAGONAL = dict(tau=0.9, stride=8, max_tiles=2048)  # pattern "antidiagonal" (--tau, --stride)
 PAGE = 64  # the backend's preferred KV block size (see --page)
 LLAMA = dict(q_heads=32, kv_heads=8, head_dim=128)
 QWEN = dict(q_heads=14, kv_heads=2, head_dim=64)
@@ -253,6 +254,13 @@ def plan_pattern(pattern: str, q, kv, layout, n_heads, gamma=0.95):
         topk = torch.full((n_heads,), BS_TOPK, device=q.device)
         return (lambda: block_sparse_scores(q, kv, layout, heads),
                 lambda sc: build_block_sparse_worklist(sc, topk, BS_TOPK))
+    if pattern == "antidiagonal":  # --tau, --stride: per-block lists (mode "antidiagonal")
+        from vllm_minference.kernels.antidiagonal import antidiagonal_tiles
+        from vllm_minference.kernels.worklist import tile_worklist
+        heads = torch.arange(n_heads, device=q.device)
+        return (lambda: antidiagonal_tiles(q, kv, layout, heads, ANTIDIAGONAL["tau"],
+                                           ANTIDIAGONAL["max_tiles"], ANTIDIAGONAL["stride"]),
+                lambda tiles: tile_worklist(tiles, ascending=True))
     if pattern == "a_shape":
         sink = torch.full((n_heads,), A_SHAPE[0], device=q.device)
         local = torch.full((n_heads,), A_SHAPE[1], device=q.device)
@@ -463,6 +471,8 @@ def mode_of(pattern: str, args) -> dict:
                     budget_scale=args.budget_scale)
     if pattern == "vertical_slash_adaptive":
         return dict(mode="adaptive", gamma=args.gamma)
+    if pattern == "antidiagonal":
+        return dict(mode="antidiagonal", **ANTIDIAGONAL)
     if pattern == "vertical_slash":
         extra = getattr(args, "extra_blocks", 0)
         return dict(mode="fixed", extra_blocks=extra) if extra else dict(mode="fixed")
@@ -487,6 +497,10 @@ def main() -> None:
     ap.add_argument("--patterns",
                     default="vertical_slash,vertical_slash_adaptive,block_sparse,a_shape")
     ap.add_argument("--gamma", type=float, default=0.95, help="adaptive Vertical-Slash target")
+    ap.add_argument("--tau", type=float, default=ANTIDIAGONAL["tau"],
+                    help="pattern antidiagonal: attention share each block keeps")
+    ap.add_argument("--stride", type=int, default=ANTIDIAGONAL["stride"],
+                    help="pattern antidiagonal: antidiagonal stride")
     ap.add_argument("--extra-blocks", type=int, default=0,
                     help="fixed Vertical-Slash lists also carry this many far tiles per query "
                          "block (the plugin's fixed-mode default is 32; 0 keeps the rows "
@@ -517,6 +531,7 @@ def main() -> None:
                           ).split(","))
     global DEVICE, PAGE, ESTIMATE_STATS
     DEVICE, PAGE, ESTIMATE_STATS = args.device, args.page, args.estimate_stats
+    ANTIDIAGONAL.update(tau=args.tau, stride=args.stride)
     tokens = None
     if args.model and args.random_tokens:  # smoke tests with a tiny random model
         tokens = torch.randint(0, 1000, (max(args.seq_lens),))

@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--decode-context", type=int, default=32768)
     ap.add_argument("--decode-tokens", type=int, default=256)
     ap.add_argument("--min-sparse-len", type=int, default=None)
-    ap.add_argument("--mode", choices=["adaptive", "fixed"], default=None,
+    ap.add_argument("--mode", choices=["adaptive", "fixed", "antidiagonal"], default=None,
                     help="minference selection mode (default: the plugin's)")
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")

@@ -22,6 +22,7 @@
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
+#   bash benchmarks/gpu_lanes.sh Q1..Q3             one GPU: per-block antidiagonal lists (fifteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -799,6 +800,24 @@ P9_ttft_1m() {  # the 1M prompt in 64K chunks after the guard's cross-prompt rul
   # default; FLASH_ATTN's 104.54 s is the thirteenth session's: no device time was left for it)
   TTFT1M_64K 280 minference --mode fixed
 }
+# Fifteenth session: per-block lists from antidiagonal scores (mode "antidiagonal").
+AD="--mode antidiagonal"
+Q1_antidiagonal_kernels() {  # GPU tests of the estimate (bf16 on the GPU), then its density,
+  # cost and attention time at 128K on the real model's captured Q/K, beside the fixed lists
+  gpu_tests 200 $PWD/tests/test_antidiagonal.py $PWD/tests/test_plan.py
+  timeout 300 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash,antidiagonal --tau 0.9 --stride 8 --kernels triton,fa3 \
+    --out $OUT/kernels_antidiagonal.json
+}
+Q2_antidiagonal_multivalue() {  # the 36 multivalue prompts at 128K (dense: 61.1, eleventh)
+  MULTIVALUE128 200 antidiagonal_t090 $AD --set tau=0.9
+  MULTIVALUE128 200 antidiagonal_t095 $AD --set tau=0.95
+}
+Q3_antidiagonal_ttft() {  # TTFT at 128K in vLLM's default chunks, FLASH_ATTN first
+  for cfg in "FLASH_ATTN" "minference $AD --set tau=0.9" "minference $AD --set tau=0.95"; do
+    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -936,6 +955,9 @@ case "$1" in
   P7) lane 0 P7_serving_guard; wait_lanes 540; jit_check ;;
   P8) lane 0 P8_ttft_128k; wait_lanes 470; jit_check ;;
   P9) lane 0 P9_ttft_1m; wait_lanes 290; jit_check ;;
+  Q1) lane 0 Q1_antidiagonal_kernels; wait_lanes 540 ;;
+  Q2) lane 0 Q2_antidiagonal_multivalue; wait_lanes 420; jit_check ;;
+  Q3) lane 0 Q3_antidiagonal_ttft; wait_lanes 470; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

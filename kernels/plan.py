@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
+from .antidiagonal.index import STRIDES, antidiagonal_worklist
 from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
@@ -48,6 +49,28 @@ class HeadPattern:
             raise ValueError(f"unknown pattern {self.kind!r}; expected one of {PATTERNS}")
 
 
+@dataclass(frozen=True)
+class AntidiagonalRule:
+    """Per-block selection for Vertical-Slash heads (:mod:`.antidiagonal`): each 64-row
+    query block keeps its fewest key tiles holding ``tau`` of its attention as stride-``stride``
+    antidiagonal scores estimate it, with ``sink_tiles`` first tiles and its own tiles plus
+    ``local_tiles`` before them always kept, at most ``max_tiles`` tiles per block."""
+
+    tau: float = 0.9
+    stride: int = 8
+    sink_tiles: int = 1
+    local_tiles: int = 1
+    max_tiles: int = 2048
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.stride not in STRIDES:
+            raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {self.stride}")
+        if self.sink_tiles < 0 or self.local_tiles < 0 or self.max_tiles < 1:
+            raise ValueError("need sink_tiles >= 0, local_tiles >= 0 and max_tiles >= 1")
+
+
 @dataclass
 class LayerPatterns:
     """The heads of one layer grouped by pattern, with their budgets on the device.
@@ -60,6 +83,8 @@ class LayerPatterns:
     need; a fixed floor keeps their recall).  ``extra_blocks`` > 0 gives every
     Vertical-Slash query block that many far key tiles more, its own best by pooled Q.K
     (read by the FA3 page lists only; see :attr:`.worklist.WorkList.extra`).
+    ``antidiagonal`` replaces both selections of Vertical-Slash heads by per-block lists
+    from the blocks' own antidiagonal scores (:class:`AntidiagonalRule`).
     """
 
     num_heads: int
@@ -68,6 +93,7 @@ class LayerPatterns:
     keep_diag: int = KEEP_NEAR_DIAGS  # always-kept nearest diagonals (local window)
     floor_scale: float = 0.0  # adaptive mode: fixed top-k at this fraction of the budgets
     extra_blocks: int = 0  # Vertical-Slash heads: far key tiles per query block, pooled
+    antidiagonal: AntidiagonalRule | None = None  # Vertical-Slash heads: per-block lists
     groups: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> head ids (int64)
     budget_a: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> [n] int64
     budget_b: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -78,7 +104,8 @@ class LayerPatterns:
     def from_heads(patterns: list[HeadPattern], device: torch.device | str,
                    gamma: float | None = None, keep_first: int = KEEP_FIRST_KEYS,
                    keep_diag: int = KEEP_NEAR_DIAGS, floor_scale: float = 0.0,
-                   extra_blocks: int = 0) -> "LayerPatterns":
+                   extra_blocks: int = 0, antidiagonal: AntidiagonalRule | None = None
+                   ) -> "LayerPatterns":
         if gamma is not None and not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if not 0.0 <= floor_scale <= 1.0:
@@ -90,7 +117,7 @@ class LayerPatterns:
                              f"{keep_diag}")
         lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
                            keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0,
-                           extra_blocks=extra_blocks)
+                           extra_blocks=extra_blocks, antidiagonal=antidiagonal)
         for kind in PATTERNS:
             ids = [h for h, p in enumerate(patterns) if p.kind == kind]
             if not ids:
@@ -126,7 +153,12 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     # mean key per 64-key tile: pooled once for the extra tiles and the Block-Sparse heads
     pooled_keys = cache(lambda: pool_keys(kv, layout, q.shape[2], q.device))
     for kind, heads in patterns.groups.items():
-        if kind == VERTICAL_SLASH:
+        if kind == VERTICAL_SLASH and patterns.antidiagonal is not None:
+            rule = patterns.antidiagonal
+            wl = antidiagonal_worklist(q, kv, layout, heads, rule.tau, rule.max_tiles,
+                                       rule.stride, rule.sink_tiles, rule.local_tiles,
+                                       sm_scale)
+        elif kind == VERTICAL_SLASH:
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
                                                       row_lse=row_lse)

@@ -68,6 +68,21 @@ def test_mode_and_gamma():
         MInferenceSettings.from_sources({"minference": {"adaptive_local": 0}}, environ={})
 
 
+def test_antidiagonal_mode():
+    from vllm_minference.kernels import AntidiagonalRule
+    s = MInferenceSettings.from_sources({"minference": {"mode": "antidiagonal"}}, environ={})
+    assert s.plan_options() == {"antidiagonal": AntidiagonalRule(0.9, 8, 1, 1, 2048),
+                                "extra_blocks": 0}
+    s = MInferenceSettings.from_sources(
+        {"minference": {"mode": "antidiagonal", "tau": "0.95", "antidiagonal_stride": "16"}},
+        environ={"MINFERENCE_ANTIDIAGONAL_LOCAL": "4", "MINFERENCE_ANTIDIAGONAL_MAX_TILES": "99"})
+    assert s.plan_options()["antidiagonal"] == AntidiagonalRule(0.95, 16, 1, 4, 99)
+    for bad in ({"antidiagonal_stride": 5}, {"tau": 0}, {"tau": 1.5},
+                {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MInferenceSettings.from_sources({"minference": bad}, environ={})
+
+
 def test_every_setting_is_documented_in_the_readme():
     from pathlib import Path
 

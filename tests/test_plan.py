@@ -1,11 +1,14 @@
 """A layer whose heads mix patterns, planned and run in one launch; the density guard."""
 
+import pytest
 import torch
 
 from kernel_inputs import make_batch, tolerance
-from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, DENSE, VERTICAL_SLASH, HeadPattern,
-                                     LayerPatterns, apply_density_guard, dense_worklist,
-                                     plan_layer, sparse_attention)
+from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, DENSE, VERTICAL_SLASH,
+                                     AntidiagonalRule, HeadPattern, LayerPatterns,
+                                     apply_density_guard, dense_worklist, plan_layer,
+                                     sparse_attention)
+from vllm_minference.kernels.antidiagonal import antidiagonal_worklist
 from vllm_minference.kernels.attention.reference import masked_attention_reference, worklist_mask
 from vllm_minference.kernels.worklist import merge_worklists
 
@@ -77,3 +80,22 @@ def test_extra_tiles_go_to_vertical_slash_heads_only(device, monkeypatch):
     assert torch.equal(wl.desc, plain.desc)  # the lists themselves are unchanged
     assert torch.equal(wl.tiles().cpu(),
                        plain.tiles().cpu() + (wl.extra >= 0).sum(-1).cpu())
+
+
+def test_antidiagonal_rule_replaces_vertical_slash_heads_only(device):
+    batch = make_batch([150, 64], [900, 64], 4, 2, 64, torch.float16, device, structured=True)
+    rule = AntidiagonalRule(tau=0.8, stride=8, local_tiles=0, max_tiles=6)
+    heads = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(A_SHAPE, 16, 64),
+             HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 3)]
+    wl = plan_layer(batch.q, batch.paged, batch.layout,
+                    LayerPatterns.from_heads(heads, device, antidiagonal=rule))
+    plain = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(heads, device))
+    per_block = antidiagonal_worklist(batch.q, batch.paged, batch.layout,
+                                      torch.tensor([0, 2], device=device), 0.8, 6, 8, 1, 0)
+    for b in range(batch.layout.num_seqs):
+        for h, (src, row) in enumerate([(per_block, 0), (plain, 1), (per_block, 1), (plain, 3)]):
+            assert torch.equal(worklist_mask(wl, batch.layout, b, h),
+                               worklist_mask(src, batch.layout, b, row))
+    for bad in (dict(tau=0.0), dict(stride=5), dict(max_tiles=0)):
+        with pytest.raises(ValueError):
+            AntidiagonalRule(**bad)

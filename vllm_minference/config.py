@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "MINFERENCE_"
 # vLLM's --max-num-batched-tokens for long prompts: each prefill chunk pays one pattern
@@ -36,13 +36,16 @@ class MInferenceSettings(BaseModel):
     min_sparse_len: int = Field(
         65536, ge=64, description="prefills whose sequence reaches this take the sparse path")
     budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
-    mode: Literal["fixed", "adaptive"] = Field(
+    mode: Literal["fixed", "adaptive", "antidiagonal"] = Field(
         "fixed",
         description="fixed: MInference's profile budgets (the default: accuracy first); "
                     "adaptive: per prompt, the fewest columns/diagonal tiles of each "
                     "Vertical-Slash head that hold `gamma` of the estimated attention, the "
                     "profile budgets as ceilings (much faster at 128K-1M, but it lost points "
-                    "on multi-needle tasks in our accuracy suite: see README)")
+                    "on multi-needle tasks in our accuracy suite: see README); antidiagonal: "
+                    "every 64-row query block of a Vertical-Slash head keeps its own fewest "
+                    "64-key tiles holding `tau` of its attention, estimated from strided "
+                    "antidiagonal scores of its own rows (XAttention's estimate)")
     fixed_sinks: int = Field(
         30, ge=0, description="fixed mode: first keys every Vertical-Slash head keeps, within "
                               "its column budget (MInference: 30)")
@@ -62,6 +65,16 @@ class MInferenceSettings(BaseModel):
         description="adaptive mode: also keep MInference's fixed top-k columns/diagonals at "
                     "this fraction of the profile budgets (recall where the estimate misjudges "
                     "other query blocks; see README)")
+    tau: float = Field(
+        0.9, gt=0, le=1, description="antidiagonal mode: attention share each block keeps")
+    antidiagonal_stride: int = Field(
+        8, description="antidiagonal mode: rows and keys per antidiagonal cell; the estimate "
+                       "costs about 1/(2 x stride) of dense attention")
+    antidiagonal_local: int = Field(
+        1, ge=0, description="antidiagonal mode: 64-key tiles before its own that every block "
+                             "keeps (the first tile, the sinks, is kept too)")
+    antidiagonal_max_tiles: int = Field(
+        2048, ge=4, description="antidiagonal mode: most 64-key tiles a block keeps")
     extra_blocks: int | None = Field(
         None, ge=0, le=64,
         description="Vertical-Slash heads: far 64-key tiles each 64-row query block adds, its "
@@ -106,8 +119,22 @@ class MInferenceSettings(BaseModel):
                           "prefill step (path, kernel, density, ms) to this file ('{pid}' "
                           "becomes the process id); costs one wait for the GPU per step")
 
+    @field_validator("antidiagonal_stride")
+    @classmethod
+    def _known_stride(cls, stride: int) -> int:
+        if stride not in (4, 8, 16):
+            raise ValueError("must be 4, 8 or 16")
+        return stride
+
     def plan_options(self) -> dict:
         """Keyword arguments of ``LayerPatterns.from_heads`` for the selection mode."""
+        if self.mode == "antidiagonal":
+            # imported here: the settings load in processes that never import Triton
+            from vllm_minference.kernels import AntidiagonalRule
+            return {"antidiagonal": AntidiagonalRule(
+                tau=self.tau, stride=self.antidiagonal_stride,
+                local_tiles=self.antidiagonal_local, max_tiles=self.antidiagonal_max_tiles),
+                "extra_blocks": 0}
         if self.mode != "adaptive":
             return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local,
                     "extra_blocks": self.extra_tiles}
@@ -120,7 +147,7 @@ class MInferenceSettings(BaseModel):
         """``extra_blocks`` with the mode's default where unset."""
         if self.extra_blocks is not None:
             return self.extra_blocks
-        return 0 if self.mode == "adaptive" else FIXED_EXTRA_BLOCKS
+        return FIXED_EXTRA_BLOCKS if self.mode == "fixed" else 0
 
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,

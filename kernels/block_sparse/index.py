@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
-from ..worklist import DESC_FIELDS, WorkList
+from ..worklist import WorkList, tile_worklist
 
 MIN_BLOCKS = 3  # sink + up to two diagonal tiles
 
@@ -479,22 +479,7 @@ def block_sparse_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout, head
     n_other = (limit[:, None] - n_forced[None, :]).clamp_min(0)  # [H, NB]
     rank = torch.arange(best.shape[2], device=q.device)
     others = torch.where((rank < n_other[..., None]) & (best >= 0), best.long() // BLOCK_N, -1)
-    return _tile_worklist(torch.cat([forced.expand(H, NB, 3), others], dim=-1))
-
-
-def _tile_worklist(tiles: torch.Tensor) -> WorkList:
-    """Absolute chunk lists of every (head, block) from its key tiles ``[H, NB, W]`` (tile
-    indices, ``-1`` for none), in ascending key order."""
-    H, NB, width = tiles.shape
-    big = 1 << 30
-    tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
-    start = torch.where(tiles < big, tiles * BLOCK_N, 0)
-    chunks = torch.stack([start, start], dim=-1).to(torch.int32).reshape(-1, 2)
-    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=tiles.device)
-    desc[..., 0] = (torch.arange(H * NB, device=tiles.device) * width).reshape(H, NB)
-    desc[..., 1] = (tiles < big).sum(-1)
-    cols = torch.zeros(1, dtype=torch.int32, device=tiles.device)
-    return WorkList(desc.to(torch.int32), chunks, cols)
+    return tile_worklist(torch.cat([forced.expand(H, NB, 3), others], dim=-1))
 
 
 def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max: int) -> WorkList:
@@ -504,4 +489,4 @@ def build_block_sparse_worklist(scores: torch.Tensor, topk: torch.Tensor, k_max:
     val, idx = torch.topk(scores, k, dim=-1, sorted=True)
     rank = torch.arange(k, device=scores.device)
     keep = (rank[None, None, :] < topk[:, None, None]) & (val > float("-inf"))
-    return _tile_worklist(torch.where(keep, idx, -1))
+    return tile_worklist(torch.where(keep, idx, -1))

@@ -1,0 +1,3 @@
+from .index import antidiagonal_tiles, antidiagonal_worklist
+
+__all__ = ["antidiagonal_tiles", "antidiagonal_worklist"]

@@ -1,0 +1,283 @@
+"""Per-block key tiles from strided antidiagonal scores (XAttention's estimate), on the GPU.
+
+Vertical-Slash lists come from the last 64 query rows of a prefill chunk.  In chunked
+prefill those rows are not the prompt's question, and a block whose rows need far keys the
+chunk's last rows ignore never gets them (multi-needle answers at 128K are lost that way).
+Here every 64-row query block picks its own key tiles from a cheap look at its own
+attention.  With stride ``S``, row group ``a`` of a block (``S`` consecutive rows) scores key
+group ``b`` (``S`` consecutive keys) by the sum along the antidiagonal of their ``S x S``
+cell, ``sum_i q[aS + S-1-i] . k[bS + i]``: every row and every key of the cell is sampled
+once, so a vertical line or a diagonal crossing the cell shows in it.  Each row group's
+softmax over its causal key groups, summed per 64-key tile and averaged over the block's
+row groups, estimates the share of the block's attention each tile holds.  The block keeps
+its first ``sink_tiles`` tiles and its own tiles with the ``local_tiles`` before them, then
+the fewest other tiles that bring the kept share to ``tau`` (at most ``max_tiles`` in all).
+
+Cost: ``1/S`` of dense attention's ``QK^T`` and no ``PV``, about ``1/(2S)`` of dense
+attention, whatever the selected density.
+
+Two launches per slab of blocks (the plan half; the lists run on the usual kernels):
+
+1. :func:`_partials_kernel`: for every (row group, tile) the log2 of its summed ``exp2``
+   scores, ``PART[head, block * RG + a, tile]`` (``RG = 64 / S`` row groups per block).
+   The scores are formed as ``S`` ``tl.dot`` of ``[64 row groups, D] x [D, 64 key groups]``.
+2. :func:`_select_kernel`: per (head, block), each row group's log-sum-exp over its tiles,
+   the tiles' shares (written over the block's first partial row), the share threshold by
+   bisection (no sort), and the kept tiles in key order into ``OUT[head, block, :]``.
+
+The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
+from ..worklist import WorkList, tile_worklist
+
+STRIDES = (4, 8, 16)  # supported antidiagonal strides (row groups per block: 16, 8, 4)
+KEY_GROUPS = 64  # key groups per scores step (one tl.dot width)
+SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of 16)
+SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
+BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
+SLAB_BYTES = 256 << 20  # partials held at once
+LOG2E = 1.4426950408889634
+
+
+@triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_bt", "stride_ph", "stride_pr",
+                               "SEQ", "BLK0", "NB", "N_TILES", "SPLIT_TILES"])
+def _partials_kernel(
+    Q, stride_qt, stride_qh, K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
+    HEADS, Q_START, Q_LEN, KV_LEN, BLK_M, PART, stride_ph, stride_pr, qk_scale,
+    SEQ, BLK0, NB, N_TILES, SPLIT_TILES,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
+    KEY_GROUPS: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Row groups ``program_id(0) * 64 + [0, 64)`` of sequence ``SEQ``'s blocks ``BLK0 +
+    [0, NB)`` (``64 / RG`` blocks) against the key tiles of split ``program_id(2)``, head
+    ``HEADS[program_id(1)]``: ``PART[hs, row group, tile]`` = log2 sum of ``exp2`` scores
+    (``-inf`` where no key group of the tile is causal for the row group)."""
+    RG: tl.constexpr = BLOCK_M // STRIDE
+    M: tl.constexpr = 64  # row groups per program
+    TT: tl.constexpr = KEY_GROUPS * STRIDE // BLOCK_N  # tiles per step
+    GPT: tl.constexpr = BLOCK_N // STRIDE  # key groups per tile
+    hs = tl.program_id(1)
+    qh = tl.load(HEADS + hs)
+    kvh = qh // GROUP
+    g = tl.program_id(0) * M + tl.arange(0, M)  # row group within the slab
+    j = g // RG
+    a = g % RG
+    j_ok = j < NB
+    m = tl.load(BLK_M + BLK0 + j, mask=j_ok, other=0)
+    q_start = tl.load(Q_START + SEQ)
+    q_len = tl.load(Q_LEN + SEQ)
+    kv_len = tl.load(KV_LEN + SEQ)
+    row0 = m * BLOCK_M + a * STRIDE  # the group's first row in the chunk
+    g_ok = j_ok & (row0 < q_len)
+    g_last = kv_len - q_len + tl.minimum(row0 + STRIDE, q_len) - 1  # its last row's position
+    reach = tl.max(tl.where(g_ok, g_last, -1), axis=0) + 1  # keys any group here may see
+    lo = tl.program_id(2) * SPLIT_TILES * BLOCK_N
+    hi = tl.minimum(lo + SPLIT_TILES * BLOCK_N, reach)
+    d = tl.arange(0, HEAD_DIM)
+    kg = tl.arange(0, KEY_GROUPS)
+    out = PART + hs.to(tl.int64) * stride_ph + g.to(tl.int64)[:, None] * stride_pr
+    for k0 in range(lo, hi, KEY_GROUPS * STRIDE):
+        s = tl.zeros([M, KEY_GROUPS], tl.float32)
+        for i in tl.static_range(STRIDE):
+            r = row0 + STRIDE - 1 - i  # antidiagonal: the group's rows in reverse
+            r_ok = g_ok & (r < q_len)
+            q = tl.load(Q + (q_start + r).to(tl.int64)[:, None] * stride_qt + qh * stride_qh
+                        + d[None, :], mask=r_ok[:, None], other=0.0)
+            kk = k0 + kg * STRIDE + i
+            k_ok = kk < kv_len
+            off = kv_row_offsets(SEQ, kk, k_ok, BT, stride_bt, KV_START, stride_kp, stride_kt,
+                                 PAGE, PAGED)
+            k = tl.load(K + kvh * stride_kh + off[:, None] + d[None, :], mask=k_ok[:, None],
+                        other=0.0)
+            s += tl.dot(q, tl.trans(k))
+        causal = g_ok[:, None] & ((k0 + kg * STRIDE)[None, :] <= g_last[:, None])
+        s = tl.where(causal, s * qk_scale, float("-inf"))
+        s3 = tl.reshape(s, [M, TT, GPT])
+        mx = tl.max(s3, axis=2)
+        mx_safe = tl.where(mx > float("-inf"), mx, 0.0)
+        part = mx_safe + tl.log2(tl.sum(tl.exp2(s3 - mx_safe[:, :, None]), axis=2))
+        t = k0 // BLOCK_N + tl.arange(0, TT)
+        tl.store(out + t[None, :], part, mask=j_ok[:, None] & (t < N_TILES)[None, :])
+
+
+@triton.jit
+def _forced(t, own0, own1, SINK_TILES, LOCAL_TILES):
+    """Tiles every block keeps: the sink tiles, its own tiles and ``LOCAL_TILES`` before."""
+    return (t < SINK_TILES) | ((t >= own0 - LOCAL_TILES) & (t <= own1))
+
+
+@triton.jit(do_not_specialize=["stride_ph", "stride_pr", "stride_oh", "stride_ob", "SEQ",
+                               "BLK0", "WIDTH", "SINK_TILES", "LOCAL_TILES"])
+def _select_kernel(
+    PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, OUT, stride_oh, stride_ob,
+    SEQ, BLK0, WIDTH, tau, SINK_TILES, LOCAL_TILES,
+    STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
+    STEPS: tl.constexpr,
+):
+    """Kept tiles of block ``BLK0 + program_id(0)`` (of sequence ``SEQ``), head slot
+    ``program_id(1)``: ``OUT[hs, block, :]`` in key order, the rest left ``-1``."""
+    RG: tl.constexpr = BLOCK_M // STRIDE
+    j = tl.program_id(0)
+    hs = tl.program_id(1)
+    m = tl.load(BLK_M + BLK0 + j)
+    q_len = tl.load(Q_LEN + SEQ)
+    kv_len = tl.load(KV_LEN + SEQ)
+    first = kv_len - q_len + m * BLOCK_M
+    last = tl.minimum(first + BLOCK_M - 1, kv_len - 1)
+    own0 = first // BLOCK_N
+    own1 = last // BLOCK_N
+    n_t = own1 + 1  # the block's causal tiles
+    a = tl.arange(0, RG)
+    rows = PART + hs.to(tl.int64) * stride_ph + (j * RG + a).to(tl.int64)[:, None] * stride_pr
+    share = PART + hs.to(tl.int64) * stride_ph + (j * RG).to(tl.int64) * stride_pr
+    # 1. each row group's log2-sum-exp2 over its tiles
+    mx = tl.full([RG], float("-inf"), tl.float32)
+    sm = tl.zeros([RG], tl.float32)
+    for t0 in range(0, n_t, CH):
+        t = t0 + tl.arange(0, CH)
+        p = tl.load(rows + t[None, :], mask=(t < n_t)[None, :], other=float("-inf"))
+        new = tl.maximum(mx, tl.max(p, axis=1))
+        new_safe = tl.where(new > float("-inf"), new, 0.0)
+        sm = sm * tl.exp2(mx - new_safe) + tl.sum(tl.exp2(p - new_safe[:, None]), axis=1)
+        mx = new
+    valid = mx > float("-inf")  # row groups with a row (each has a causal key then)
+    lse = tl.where(valid, mx + tl.log2(tl.maximum(sm, 1e-30)), 0.0)
+    n_valid = tl.maximum(tl.sum(valid.to(tl.float32), axis=0), 1.0)
+    # 2. each tile's share of the block's attention, over the block's first partial row
+    total = 0.0
+    forced_share = 0.0
+    n_forced = 0
+    for t0 in range(0, n_t, CH):
+        t = t0 + tl.arange(0, CH)
+        t_ok = t < n_t
+        p = tl.load(rows + t[None, :], mask=t_ok[None, :], other=float("-inf"))
+        w = tl.sum(tl.where(valid[:, None], tl.exp2(p - lse[:, None]), 0.0), axis=0) / n_valid
+        w = tl.where(t_ok, w, 0.0)
+        forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
+        total += tl.sum(w, axis=0)
+        forced_share += tl.sum(tl.where(forced, w, 0.0), axis=0)
+        n_forced += tl.sum(forced.to(tl.int32), axis=0)
+        tl.store(share + t, w, mask=t_ok)
+    cap = WIDTH - n_forced  # other tiles that fit the list
+    need = tau * total - forced_share
+    # 3. the largest threshold 2^-x whose tiles (with the forced ones) hold tau, or fill cap
+    x_lo = 0.0
+    x_hi = 40.0
+    for _ in tl.static_range(STEPS):
+        x = 0.5 * (x_lo + x_hi)
+        th = tl.exp2(-x)
+        got = 0.0
+        cnt = 0
+        for t0 in range(0, n_t, CH):
+            t = t0 + tl.arange(0, CH)
+            t_ok = t < n_t
+            w = tl.load(share + t, mask=t_ok, other=0.0)
+            take = t_ok & (w >= th) & ~_forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
+            got += tl.sum(tl.where(take, w, 0.0), axis=0)
+            cnt += tl.sum(take.to(tl.int32), axis=0)
+        enough = (got >= need) | (cnt >= cap)
+        x_hi = tl.where(enough, x, x_hi)
+        x_lo = tl.where(enough, x_lo, x)
+    th = tl.where(need > 0, tl.exp2(-x_hi), 2.0)  # forced tiles alone hold tau: no others
+    # 4. the kept tiles in key order (others past the cap dropped, the latest first)
+    out = OUT + hs.to(tl.int64) * stride_oh + (BLK0 + j).to(tl.int64) * stride_ob
+    n_kept = 0
+    n_taken = 0
+    for t0 in range(0, n_t, CH):
+        t = t0 + tl.arange(0, CH)
+        t_ok = t < n_t
+        w = tl.load(share + t, mask=t_ok, other=0.0)
+        forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
+        take = t_ok & (w >= th) & ~forced
+        rank = n_taken + tl.cumsum(take.to(tl.int32), axis=0) - 1
+        keep = forced | (take & (rank < cap))
+        pos = n_kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+        tl.store(out + pos, t, mask=keep & (pos < WIDTH))
+        n_kept += tl.sum(keep.to(tl.int32), axis=0)
+        n_taken += tl.sum(take.to(tl.int32), axis=0)
+
+
+def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int) -> int:
+    """Blocks whose partials fit ``SLAB_BYTES`` (at least one program's worth)."""
+    per_block = 4 * max(1, num_heads) * row_groups * max(1, num_tiles)
+    blocks_per_program = 64 // row_groups
+    step = max(blocks_per_program, SLAB_BYTES // per_block)
+    return min(max(1, num_blocks), step - step % blocks_per_program)
+
+
+def block_ranges(layout: SeqLayout, step: int) -> list[tuple[int, int, int]]:
+    """``(sequence, first flat block, blocks)`` ranges of at most ``step`` blocks, each
+    inside one sequence."""
+    out, blk0 = [], 0
+    for seq, q_len in enumerate(layout.q_lens_host):
+        n = triton.cdiv(q_len, BLOCK_M)
+        out += [(seq, blk0 + i, min(step, n - i)) for i in range(0, n, step)]
+        blk0 += n
+    return out
+
+
+def antidiagonal_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
+                       tau: float, max_tiles: int, stride: int = 8, sink_tiles: int = 1,
+                       local_tiles: int = 1, sm_scale: float | None = None,
+                       shares: torch.Tensor | None = None) -> torch.Tensor:
+    """Kept key tiles of every (head, block): ``[len(heads), NB, W]`` int32 tile indices in
+    ascending order, ``-1`` after them, ``W = min(max_tiles, tiles of the longest
+    sequence)``.  ``shares`` (``[len(heads), NB, tiles]`` float32, tests): receives each
+    tile's estimated share of its block's attention (tiles past a block's causal edge are
+    left as they were)."""
+    if stride not in STRIDES:
+        raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {stride}")
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    H, NB = heads.numel(), layout.num_blocks
+    n_tiles = max(1, triton.cdiv(layout.max_kv_len, BLOCK_N))
+    width = max(1, min(max_tiles, n_tiles))
+    out = torch.full((H, NB, width), -1, dtype=torch.int32, device=q.device)
+    if not (H and NB):
+        return out
+    heads = heads.to(device=q.device, dtype=torch.int32)
+    rg = BLOCK_M // stride
+    step = slab_blocks(H, rg, n_tiles, NB)
+    part = torch.empty(H, step * rg, n_tiles, dtype=torch.float32, device=q.device)
+    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
+    args = kv.kernel_args()
+    split = triton.cdiv(SPLIT_TILES, stride) * stride  # whole scores steps per split
+    for seq, blk0, nb in block_ranges(layout, step):
+        grid = (triton.cdiv(nb * rg, 64), H, triton.cdiv(n_tiles, split))
+        _partials_kernel[grid](
+            q, q.stride(0), q.stride(1), args["K"], args["stride_kp"], args["stride_kt"],
+            args["stride_kh"], args["BT"], args["stride_bt"], args["KV_START"], heads,
+            layout.q_start, layout.q_len, layout.kv_len, layout.blk_m, part, part.stride(0),
+            part.stride(1), scale, seq, blk0, nb, n_tiles, split,
+            GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, STRIDE=stride,
+            KEY_GROUPS=KEY_GROUPS, PAGE=args["PAGE"], PAGED=args["PAGED"], BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N, num_warps=4)
+        _select_kernel[(nb, H)](
+            part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
+            out, out.stride(0), out.stride(1), seq, blk0, width, float(tau), sink_tiles,
+            local_tiles, STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=SELECT_CHUNK,
+            STEPS=BISECT_STEPS, num_warps=4)
+        if shares is not None:
+            shares[:, blk0:blk0 + nb] = part[:, :nb * rg:rg, :shares.shape[2]]
+    return out
+
+
+def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
+                          heads: torch.Tensor, tau: float, max_tiles: int, stride: int = 8,
+                          sink_tiles: int = 1, local_tiles: int = 1,
+                          sm_scale: float | None = None) -> WorkList:
+    """Absolute chunk lists of :func:`antidiagonal_tiles` for ``heads``."""
+    tiles = antidiagonal_tiles(q, kv, layout, heads, tau, max_tiles, stride, sink_tiles,
+                               local_tiles, sm_scale)
+    return tile_worklist(tiles, ascending=True)
