@@ -255,12 +255,13 @@ def plan_pattern(pattern: str, q, kv, layout, n_heads, gamma=0.95):
         return (lambda: block_sparse_scores(q, kv, layout, heads),
                 lambda sc: build_block_sparse_worklist(sc, topk, BS_TOPK))
     if pattern == "antidiagonal":  # --tau, --stride: per-block lists (mode "antidiagonal")
-        from vllm_minference.kernels.antidiagonal import antidiagonal_tiles
-        from vllm_minference.kernels.worklist import tile_worklist
+        from vllm_minference.kernels.antidiagonal import antidiagonal_worklist
         heads = torch.arange(n_heads, device=q.device)
-        return (lambda: antidiagonal_tiles(q, kv, layout, heads, ANTIDIAGONAL["tau"],
-                                           ANTIDIAGONAL["max_tiles"], ANTIDIAGONAL["stride"]),
-                lambda tiles: tile_worklist(tiles, ascending=True))
+        # estimate and lists in one step: the selection kernel writes the lists itself
+        return (lambda: antidiagonal_worklist(q, kv, layout, heads, ANTIDIAGONAL["tau"],
+                                              ANTIDIAGONAL["max_tiles"],
+                                              ANTIDIAGONAL["stride"]),
+                lambda wl: wl)
     if pattern == "a_shape":
         sink = torch.full((n_heads,), A_SHAPE[0], device=q.device)
         local = torch.full((n_heads,), A_SHAPE[1], device=q.device)

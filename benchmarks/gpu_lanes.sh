@@ -22,7 +22,7 @@
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
-#   bash benchmarks/gpu_lanes.sh Q1..Q3             one GPU: per-block antidiagonal lists (fifteenth)
+#   bash benchmarks/gpu_lanes.sh Q0..Q3             one GPU: per-block antidiagonal lists (fifteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -802,6 +802,11 @@ P9_ttft_1m() {  # the 1M prompt in 64K chunks after the guard's cross-prompt rul
 }
 # Fifteenth session: per-block lists from antidiagonal scores (mode "antidiagonal").
 AD="--mode antidiagonal"
+Q0_antidiagonal_tune() {  # GPU tests, then the estimate's parts and launch options (random
+  # inputs, Qwen2.5-0.5B and Llama-3-8B shapes, 128K keys in one step and in a 16K chunk)
+  gpu_tests 150 $PWD/tests/test_antidiagonal.py $PWD/tests/test_plan.py
+  timeout 200 python3 $B/tune_antidiagonal.py --out $OUT/tune_antidiagonal.json
+}
 Q1_antidiagonal_kernels() {  # GPU tests of the estimate (bf16 on the GPU), then its density,
   # cost and attention time at 128K on the real model's captured Q/K, beside the fixed lists
   gpu_tests 200 $PWD/tests/test_antidiagonal.py $PWD/tests/test_plan.py
@@ -955,6 +960,7 @@ case "$1" in
   P7) lane 0 P7_serving_guard; wait_lanes 540; jit_check ;;
   P8) lane 0 P8_ttft_128k; wait_lanes 470; jit_check ;;
   P9) lane 0 P9_ttft_1m; wait_lanes 290; jit_check ;;
+  Q0) lane 0 Q0_antidiagonal_tune; wait_lanes 370 ;;
   Q1) lane 0 Q1_antidiagonal_kernels; wait_lanes 540 ;;
   Q2) lane 0 Q2_antidiagonal_multivalue; wait_lanes 420; jit_check ;;
   Q3) lane 0 Q3_antidiagonal_ttft; wait_lanes 470; jit_check ;;

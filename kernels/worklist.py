@@ -85,20 +85,17 @@ def dense_worklist(layout: SeqLayout, num_heads: int) -> WorkList:
     return WorkList(desc, chunks, cols)
 
 
-def tile_worklist(tiles: torch.Tensor, ascending: bool = False) -> WorkList:
+def tile_worklist(tiles: torch.Tensor) -> WorkList:
     """Absolute chunk lists of every (head, block) from its key tiles ``[H, NB, W]`` (tile
-    indices, ``-1`` for none), in ascending key order.  ``ascending``: the tiles already are
-    (each row ascending, its ``-1`` entries last), so the sort is skipped."""
+    indices, ``-1`` for none), in ascending key order."""
     H, NB, width = tiles.shape
     big = 1 << 30
-    if not ascending:
-        tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
-    used = (tiles >= 0) & (tiles < big)
-    start = torch.where(used, tiles * BLOCK_N, 0)
+    tiles = torch.sort(torch.where(tiles >= 0, tiles, big), dim=-1).values
+    start = torch.where(tiles < big, tiles * BLOCK_N, 0)
     chunks = torch.stack([start, start], dim=-1).to(torch.int32).reshape(-1, 2)
     desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.long, device=tiles.device)
     desc[..., 0] = (torch.arange(H * NB, device=tiles.device) * width).reshape(H, NB)
-    desc[..., 1] = used.sum(-1)
+    desc[..., 1] = (tiles < big).sum(-1)
     _, cols = empty_pools(tiles.device)
     return WorkList(desc.to(torch.int32), chunks, cols)
 

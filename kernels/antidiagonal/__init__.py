@@ -1,3 +1,3 @@
-from .index import antidiagonal_tiles, antidiagonal_worklist
+from .index import antidiagonal_worklist, worklist_tiles
 
-__all__ = ["antidiagonal_tiles", "antidiagonal_worklist"]
+__all__ = ["antidiagonal_worklist", "worklist_tiles"]

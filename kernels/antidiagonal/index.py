@@ -20,10 +20,12 @@ Two launches per slab of blocks (the plan half; the lists run on the usual kerne
 
 1. :func:`_partials_kernel`: for every (row group, tile) the log2 of its summed ``exp2``
    scores, ``PART[head, block * RG + a, tile]`` (``RG = 64 / S`` row groups per block).
-   The scores are formed as ``S`` ``tl.dot`` of ``[64 row groups, D] x [D, 64 key groups]``.
+   A program holds the row groups of all query heads of one KV group (and of several
+   blocks where they are few), so every key load serves them all.
 2. :func:`_select_kernel`: per (head, block), each row group's log-sum-exp over its tiles,
    the tiles' shares (written over the block's first partial row), the share threshold by
-   bisection (no sort), and the kept tiles in key order into ``OUT[head, block, :]``.
+   bisection (no sort), and the kept tiles in key order, written straight as the block's
+   absolute 64-key chunks and descriptor (no index-building pass after it).
 
 The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no host sync.
 """
@@ -37,14 +39,14 @@ import triton
 import triton.language as tl
 
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
-from ..worklist import WorkList, tile_worklist
+from ..worklist import DESC_FIELDS, WorkList, empty_pools
 
 STRIDES = (4, 8, 16)  # supported antidiagonal strides (row groups per block: 16, 8, 4)
-KEY_GROUPS = 64  # key groups per scores step (one tl.dot width)
 SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of 16)
 SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
 SLAB_BYTES = 256 << 20  # partials held at once
+PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
 LOG2E = 1.4426950408889634
 
 
@@ -52,27 +54,34 @@ LOG2E = 1.4426950408889634
                                "SEQ", "BLK0", "NB", "N_TILES", "SPLIT_TILES"])
 def _partials_kernel(
     Q, stride_qt, stride_qh, K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
-    HEADS, Q_START, Q_LEN, KV_LEN, BLK_M, PART, stride_ph, stride_pr, qk_scale,
+    SLOT, Q_START, Q_LEN, KV_LEN, BLK_M, PART, stride_ph, stride_pr, qk_scale,
     SEQ, BLK0, NB, N_TILES, SPLIT_TILES,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr,
-    KEY_GROUPS: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr, HP: tl.constexpr, BG: tl.constexpr, ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr, KEY_GROUPS: tl.constexpr,
+    PAGE: tl.constexpr, PAGED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Row groups ``program_id(0) * 64 + [0, 64)`` of sequence ``SEQ``'s blocks ``BLK0 +
-    [0, NB)`` (``64 / RG`` blocks) against the key tiles of split ``program_id(2)``, head
-    ``HEADS[program_id(1)]``: ``PART[hs, row group, tile]`` = log2 sum of ``exp2`` scores
-    (``-inf`` where no key group of the tile is causal for the row group)."""
+    """Row groups of ``BG`` blocks (sequence ``SEQ``'s blocks ``BLK0 + program_id(0) * BG +
+    [0, BG)``) x ``HP`` query heads of KV head ``program_id(1) // head programs`` against the
+    key tiles of split ``program_id(2)``: ``PART[SLOT[head], block * RG + a, tile]`` = log2
+    sum of ``exp2`` scores (``-inf`` where no key group of the tile is causal for the group).
+
+    The heads of a KV group share every key load, and each row group's ``STRIDE`` rows are
+    loaded once as one ``[STRIDE * HEAD_DIM]`` vector: a step is one ``tl.dot`` of
+    ``[ROWS, STRIDE * D] x [STRIDE * D, KEY_GROUPS]`` (the keys of a group side by side)."""
     RG: tl.constexpr = BLOCK_M // STRIDE
-    M: tl.constexpr = 64  # row groups per program
     TT: tl.constexpr = KEY_GROUPS * STRIDE // BLOCK_N  # tiles per step
     GPT: tl.constexpr = BLOCK_N // STRIDE  # key groups per tile
-    hs = tl.program_id(1)
-    qh = tl.load(HEADS + hs)
-    kvh = qh // GROUP
-    g = tl.program_id(0) * M + tl.arange(0, M)  # row group within the slab
-    j = g // RG
+    HEAD_PROGS: tl.constexpr = (GROUP + HP - 1) // HP
+    kvh = tl.program_id(1) // HEAD_PROGS
+    g = tl.arange(0, ROWS)  # (block jj, head hh, row group a)
     a = g % RG
-    j_ok = j < NB
+    hh = (g // RG) % HP + (tl.program_id(1) % HEAD_PROGS) * HP
+    jj = g // (RG * HP)
+    j = tl.program_id(0) * BG + jj
+    qh = kvh * GROUP + hh
+    used = (jj < BG) & (hh < GROUP)
+    slot = tl.load(SLOT + qh, mask=used, other=-1)
+    j_ok = used & (j < NB) & (slot >= 0)
     m = tl.load(BLK_M + BLK0 + j, mask=j_ok, other=0)
     q_start = tl.load(Q_START + SEQ)
     q_len = tl.load(Q_LEN + SEQ)
@@ -84,25 +93,28 @@ def _partials_kernel(
     lo = tl.program_id(2) * SPLIT_TILES * BLOCK_N
     hi = tl.minimum(lo + SPLIT_TILES * BLOCK_N, reach)
     d = tl.arange(0, HEAD_DIM)
+    i = tl.arange(0, STRIDE)
+    r = row0[:, None] + (STRIDE - 1 - i)[None, :]  # antidiagonal: the group's rows reversed
+    r_ok = g_ok[:, None] & (r < q_len)
+    q = tl.load(Q + (q_start + r).to(tl.int64)[:, :, None] * stride_qt
+                + (qh.to(tl.int64) * stride_qh)[:, None, None] + d[None, None, :],
+                mask=r_ok[:, :, None], other=0.0)
+    q = tl.reshape(q, [ROWS, STRIDE * HEAD_DIM])
+    kk_step = tl.arange(0, KEY_GROUPS * STRIDE)
     kg = tl.arange(0, KEY_GROUPS)
-    out = PART + hs.to(tl.int64) * stride_ph + g.to(tl.int64)[:, None] * stride_pr
+    out = (PART + slot.to(tl.int64)[:, None] * stride_ph
+           + (j * RG + a).to(tl.int64)[:, None] * stride_pr)
     for k0 in range(lo, hi, KEY_GROUPS * STRIDE):
-        s = tl.zeros([M, KEY_GROUPS], tl.float32)
-        for i in tl.static_range(STRIDE):
-            r = row0 + STRIDE - 1 - i  # antidiagonal: the group's rows in reverse
-            r_ok = g_ok & (r < q_len)
-            q = tl.load(Q + (q_start + r).to(tl.int64)[:, None] * stride_qt + qh * stride_qh
-                        + d[None, :], mask=r_ok[:, None], other=0.0)
-            kk = k0 + kg * STRIDE + i
-            k_ok = kk < kv_len
-            off = kv_row_offsets(SEQ, kk, k_ok, BT, stride_bt, KV_START, stride_kp, stride_kt,
-                                 PAGE, PAGED)
-            k = tl.load(K + kvh * stride_kh + off[:, None] + d[None, :], mask=k_ok[:, None],
-                        other=0.0)
-            s += tl.dot(q, tl.trans(k))
+        kk = k0 + kk_step
+        k_ok = kk < kv_len
+        off = kv_row_offsets(SEQ, kk, k_ok, BT, stride_bt, KV_START, stride_kp, stride_kt,
+                             PAGE, PAGED)
+        k = tl.load(K + kvh * stride_kh + off[:, None] + d[None, :], mask=k_ok[:, None],
+                    other=0.0)
+        s = tl.dot(q, tl.trans(tl.reshape(k, [KEY_GROUPS, STRIDE * HEAD_DIM])))
         causal = g_ok[:, None] & ((k0 + kg * STRIDE)[None, :] <= g_last[:, None])
         s = tl.where(causal, s * qk_scale, float("-inf"))
-        s3 = tl.reshape(s, [M, TT, GPT])
+        s3 = tl.reshape(s, [ROWS, TT, GPT])
         mx = tl.max(s3, axis=2)
         mx_safe = tl.where(mx > float("-inf"), mx, 0.0)
         part = mx_safe + tl.log2(tl.sum(tl.exp2(s3 - mx_safe[:, :, None]), axis=2))
@@ -116,16 +128,17 @@ def _forced(t, own0, own1, SINK_TILES, LOCAL_TILES):
     return (t < SINK_TILES) | ((t >= own0 - LOCAL_TILES) & (t <= own1))
 
 
-@triton.jit(do_not_specialize=["stride_ph", "stride_pr", "stride_oh", "stride_ob", "SEQ",
-                               "BLK0", "WIDTH", "SINK_TILES", "LOCAL_TILES"])
+@triton.jit(do_not_specialize=["stride_ph", "stride_pr", "SEQ", "BLK0", "NB_ALL", "WIDTH",
+                               "SINK_TILES", "LOCAL_TILES"])
 def _select_kernel(
-    PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, OUT, stride_oh, stride_ob,
-    SEQ, BLK0, WIDTH, tau, SINK_TILES, LOCAL_TILES,
+    PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, CHUNKS, DESC,
+    SEQ, BLK0, NB_ALL, WIDTH, tau, SINK_TILES, LOCAL_TILES,
     STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
-    STEPS: tl.constexpr,
+    STEPS: tl.constexpr, DESC_FIELDS: tl.constexpr,
 ):
     """Kept tiles of block ``BLK0 + program_id(0)`` (of sequence ``SEQ``), head slot
-    ``program_id(1)``: ``OUT[hs, block, :]`` in key order, the rest left ``-1``."""
+    ``program_id(1)``, in key order, as the absolute 64-key chunks of the block's list:
+    ``CHUNKS[(hs * NB_ALL + block) * WIDTH + n]`` and its descriptor ``DESC[hs, block]``."""
     RG: tl.constexpr = BLOCK_M // STRIDE
     j = tl.program_id(0)
     hs = tl.program_id(1)
@@ -190,7 +203,8 @@ def _select_kernel(
         x_lo = tl.where(enough, x_lo, x)
     th = tl.where(need > 0, tl.exp2(-x_hi), 2.0)  # forced tiles alone hold tau: no others
     # 4. the kept tiles in key order (others past the cap dropped, the latest first)
-    out = OUT + hs.to(tl.int64) * stride_oh + (BLK0 + j).to(tl.int64) * stride_ob
+    first_chunk = (hs.to(tl.int64) * NB_ALL + BLK0 + j) * WIDTH
+    out = CHUNKS + 2 * first_chunk
     n_kept = 0
     n_taken = 0
     for t0 in range(0, n_t, CH):
@@ -202,15 +216,20 @@ def _select_kernel(
         rank = n_taken + tl.cumsum(take.to(tl.int32), axis=0) - 1
         keep = forced | (take & (rank < cap))
         pos = n_kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-        tl.store(out + pos, t, mask=keep & (pos < WIDTH))
+        start = t * BLOCK_N
+        tl.store(out + 2 * pos, start, mask=keep & (pos < WIDTH))
+        tl.store(out + 2 * pos + 1, start, mask=keep & (pos < WIDTH))
         n_kept += tl.sum(keep.to(tl.int32), axis=0)
         n_taken += tl.sum(take.to(tl.int32), axis=0)
+    desc = DESC + (hs.to(tl.int64) * NB_ALL + BLK0 + j) * DESC_FIELDS
+    tl.store(desc, first_chunk.to(tl.int32))
+    tl.store(desc + 1, tl.minimum(n_kept, WIDTH))
 
 
-def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int) -> int:
+def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int,
+                blocks_per_program: int) -> int:
     """Blocks whose partials fit ``SLAB_BYTES`` (at least one program's worth)."""
     per_block = 4 * max(1, num_heads) * row_groups * max(1, num_tiles)
-    blocks_per_program = 64 // row_groups
     step = max(blocks_per_program, SLAB_BYTES // per_block)
     return min(max(1, num_blocks), step - step % blocks_per_program)
 
@@ -226,15 +245,29 @@ def block_ranges(layout: SeqLayout, step: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def antidiagonal_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: torch.Tensor,
-                       tau: float, max_tiles: int, stride: int = 8, sink_tiles: int = 1,
-                       local_tiles: int = 1, sm_scale: float | None = None,
-                       shares: torch.Tensor | None = None) -> torch.Tensor:
-    """Kept key tiles of every (head, block): ``[len(heads), NB, W]`` int32 tile indices in
-    ascending order, ``-1`` after them, ``W = min(max_tiles, tiles of the longest
-    sequence)``.  ``shares`` (``[len(heads), NB, tiles]`` float32, tests): receives each
-    tile's estimated share of its block's attention (tiles past a block's causal edge are
-    left as they were)."""
+def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int) -> dict:
+    """Tile sizes of :func:`_partials_kernel`: row groups per program and key groups per
+    step, each at most 64 and at most 64 KB of operand (one row group's vector is
+    ``stride * head_dim`` elements), and how the rows split into heads and blocks."""
+    unit = stride * head_dim * elem_bytes
+    rows = max(16, min(64, (64 << 10) // unit))
+    key_groups = max(16, min(64, (64 << 10) // unit))
+    rg = BLOCK_M // stride
+    rows = max(rows, rg)
+    hp = max(1, min(group, rows // rg))  # heads of a KV group per program
+    bg = max(1, rows // (hp * rg))  # blocks per program
+    return dict(ROWS=rows, KEY_GROUPS=key_groups, HP=hp, BG=bg)
+
+
+def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
+                          heads: torch.Tensor, tau: float, max_tiles: int, stride: int = 8,
+                          sink_tiles: int = 1, local_tiles: int = 1,
+                          sm_scale: float | None = None,
+                          shares: torch.Tensor | None = None) -> WorkList:
+    """Absolute chunk lists of the kept tiles of every (head of ``heads``, block), at most
+    ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``shares``
+    (``[len(heads), NB, tiles]`` float32, tests): receives each tile's estimated share of its
+    block's attention (tiles past a block's causal edge are left as they were)."""
     if stride not in STRIDES:
         raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {stride}")
     if not 0.0 < tau <= 1.0:
@@ -243,41 +276,49 @@ def antidiagonal_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: 
     H, NB = heads.numel(), layout.num_blocks
     n_tiles = max(1, triton.cdiv(layout.max_kv_len, BLOCK_N))
     width = max(1, min(max_tiles, n_tiles))
-    out = torch.full((H, NB, width), -1, dtype=torch.int32, device=q.device)
+    desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.int32, device=q.device)
+    chunks = torch.empty(max(1, H * NB * width), 2, dtype=torch.int32, device=q.device)
+    _, cols = empty_pools(q.device)
     if not (H and NB):
-        return out
-    heads = heads.to(device=q.device, dtype=torch.int32)
+        return WorkList(desc, chunks, cols)
+    group = num_heads // kv.num_kv_heads
+    launch = partials_launch(stride, head_dim, q.element_size(), group)
+    slot = torch.full((num_heads,), -1, dtype=torch.int32, device=q.device)
+    slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
+        H, dtype=torch.int32, device=q.device)
     rg = BLOCK_M // stride
-    step = slab_blocks(H, rg, n_tiles, NB)
+    step = slab_blocks(H, rg, n_tiles, NB, launch["BG"])
     part = torch.empty(H, step * rg, n_tiles, dtype=torch.float32, device=q.device)
     scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
     args = kv.kernel_args()
-    split = triton.cdiv(SPLIT_TILES, stride) * stride  # whole scores steps per split
+    tiles_per_step = launch["KEY_GROUPS"] * stride // BLOCK_N
+    split = triton.cdiv(SPLIT_TILES, tiles_per_step) * tiles_per_step  # whole steps
+    head_programs = kv.num_kv_heads * triton.cdiv(group, launch["HP"])
     for seq, blk0, nb in block_ranges(layout, step):
-        grid = (triton.cdiv(nb * rg, 64), H, triton.cdiv(n_tiles, split))
+        grid = (triton.cdiv(nb, launch["BG"]), head_programs, triton.cdiv(n_tiles, split))
         _partials_kernel[grid](
             q, q.stride(0), q.stride(1), args["K"], args["stride_kp"], args["stride_kt"],
-            args["stride_kh"], args["BT"], args["stride_bt"], args["KV_START"], heads,
+            args["stride_kh"], args["BT"], args["stride_bt"], args["KV_START"], slot,
             layout.q_start, layout.q_len, layout.kv_len, layout.blk_m, part, part.stride(0),
-            part.stride(1), scale, seq, blk0, nb, n_tiles, split,
-            GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, STRIDE=stride,
-            KEY_GROUPS=KEY_GROUPS, PAGE=args["PAGE"], PAGED=args["PAGED"], BLOCK_M=BLOCK_M,
-            BLOCK_N=BLOCK_N, num_warps=4)
+            part.stride(1), scale, seq, blk0, nb, n_tiles, split, GROUP=group,
+            HEAD_DIM=head_dim, STRIDE=stride, PAGE=args["PAGE"], PAGED=args["PAGED"],
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **launch, **PARTIALS_WARPS)
         _select_kernel[(nb, H)](
             part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
-            out, out.stride(0), out.stride(1), seq, blk0, width, float(tau), sink_tiles,
-            local_tiles, STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=SELECT_CHUNK,
-            STEPS=BISECT_STEPS, num_warps=4)
+            chunks, desc, seq, blk0, NB, width, float(tau), sink_tiles, local_tiles,
+            STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=SELECT_CHUNK,
+            STEPS=BISECT_STEPS, DESC_FIELDS=DESC_FIELDS, num_warps=4)
         if shares is not None:
             shares[:, blk0:blk0 + nb] = part[:, :nb * rg:rg, :shares.shape[2]]
-    return out
+    return WorkList(desc, chunks, cols)
 
 
-def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
-                          heads: torch.Tensor, tau: float, max_tiles: int, stride: int = 8,
-                          sink_tiles: int = 1, local_tiles: int = 1,
-                          sm_scale: float | None = None) -> WorkList:
-    """Absolute chunk lists of :func:`antidiagonal_tiles` for ``heads``."""
-    tiles = antidiagonal_tiles(q, kv, layout, heads, tau, max_tiles, stride, sink_tiles,
-                               local_tiles, sm_scale)
-    return tile_worklist(tiles, ascending=True)
+def worklist_tiles(wl: WorkList) -> torch.Tensor:
+    """The kept tiles of an :func:`antidiagonal_worklist` list, ``[H, NB, W]`` tile indices
+    in ascending order, ``-1`` after them (tests, benchmarks)."""
+    H, NB = wl.desc.shape[:2]
+    width = max(1, wl.chunks.shape[0] // max(1, H * NB))
+    starts = wl.chunks[:H * NB * width, 0].view(H, NB, width).long()
+    n = wl.desc[..., 1].long()
+    return torch.where(torch.arange(width, device=n.device) < n[..., None],
+                       starts // BLOCK_N, -1).to(torch.int32)
