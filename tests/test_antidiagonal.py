@@ -110,7 +110,7 @@ def test_worklist_runs_exactly_the_kept_tiles(device):
     ref = masked_attention_reference(batch.q, batch.kv, batch.layout,
                                      lambda b, h, *_: worklist_mask(wl, batch.layout, b, h))
     tol = 2e-3 if batch.q.dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(out.float().cpu(), ref.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(out.float().cpu(), ref.float().cpu(), atol=tol, rtol=tol)
 
 
 def test_bad_settings_are_refused(device):
@@ -119,3 +119,6 @@ def test_bad_settings_are_refused(device):
         _tiles(batch, batch.kv, [0], 0.9, 8, stride=5)
     with pytest.raises(ValueError, match="tau"):
         _tiles(batch, batch.kv, [0], 0.0, 8)
+    odd_pages = make_batch([64], [64], 2, 1, 64, torch.float32, device, page_size=8)
+    with pytest.raises(ValueError, match="multiple of its stride"):
+        _tiles(odd_pages, odd_pages.paged, [0], 0.9, 8, stride=16)
