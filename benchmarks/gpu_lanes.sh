@@ -22,7 +22,7 @@
 #   bash benchmarks/gpu_lanes.sh I1..               one GPU: extra tiles in adaptive mode; fused top-k (twelfth)
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
-#   bash benchmarks/gpu_lanes.sh Q0..Q3             one GPU: per-block antidiagonal lists (fifteenth)
+#   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -827,6 +827,15 @@ Q3_antidiagonal_ttft() {  # TTFT at 128K in vLLM's default chunks, FLASH_ATTN fi
     timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
   done
 }
+Q5_antidiagonal_shapes() {  # next: more rows per key load (the partials ran 12.1 ms at 128K,
+  # Qwen shape, 64 x 64; 84-108 ms at Llama-3-8B's, 32 x 32 rows x key groups)
+  timeout 260 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 8 \
+    --options w8n2 r128k32w8n2 r128k32w8n3 r128k16w8n2 r64k32w4n2 \
+    --out $OUT/tune_antidiagonal_qwen.json
+  timeout 260 python3 $B/tune_antidiagonal.py --shapes 32/8/128 --strides 8 \
+    --options w4n1 r64k16w8n2 r64k16w4n2 r64k32w8n1 r128k16w8n1 \
+    --out $OUT/tune_antidiagonal_llama.json
+}
 Q4_antidiagonal_multivalue() {  # Q2 at higher tau (0.95 kept 57.6 of dense's 61.1); the
   # first run also compiles on a fresh machine
   MULTIVALUE128 260 antidiagonal_t098 $AD --set tau=0.98
@@ -974,6 +983,7 @@ case "$1" in
   Q2) lane 0 Q2_antidiagonal_multivalue; wait_lanes 420; jit_check ;;
   Q3) lane 0 Q3_antidiagonal_ttft; wait_lanes 470; jit_check ;;
   Q4) lane 0 Q4_antidiagonal_multivalue; wait_lanes 480; jit_check ;;
+  Q5) lane 0 Q5_antidiagonal_shapes; wait_lanes 540 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

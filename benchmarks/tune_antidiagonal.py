@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import torch
@@ -37,10 +38,15 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-def parse_option(text: str) -> dict:
-    """``w8n2``: warps 8, pipeline stages 2."""
-    warps, _, stages = text[1:].partition("n")
-    return dict(num_warps=int(warps), num_stages=int(stages or 2))
+def parse_option(text: str) -> tuple[dict, dict]:
+    """``w8n2``: warps 8, pipeline stages 2; ``r128k32w8n2``: also 128 row groups per
+    program and 32 key groups per step (else :func:`partials_launch`'s defaults)."""
+    m = re.fullmatch(r"(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
+    if not m:
+        raise SystemExit(f"bad option {text!r}: expected e.g. w8n2 or r128k32w8n2")
+    rows, key_groups, warps, stages = m.groups()
+    shape = dict(rows=int(rows), key_groups=int(key_groups)) if rows else {}
+    return dict(num_warps=int(warps), num_stages=int(stages or 2)), shape
 
 
 def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], tau: float,
@@ -59,7 +65,7 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
         return ad.antidiagonal_worklist(q, kv, layout, heads, tau, 2048, stride)
     first = None
     for opt in options:
-        ad.PARTIALS_WARPS = parse_option(opt)
+        ad.PARTIALS_WARPS, ad.PARTIALS_SHAPE = parse_option(opt)
         wl = plan()
         counts = wl.desc[..., 1].clone()
         same = None if first is None else bool(torch.equal(counts, first))
@@ -73,7 +79,8 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
             ad._select_kernel = select
         density = float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * hq)
         row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, option=opt,
-                   launch=ad.partials_launch(stride, d, 2, hq // hk), dense_ms=dense_ms,
+                   launch=ad.partials_launch(stride, d, 2, hq // hk, **ad.PARTIALS_SHAPE),
+                   dense_ms=dense_ms,
                    partials_ms=partials_ms, select_ms=total_ms - partials_ms,
                    total_ms=total_ms, share_of_dense=total_ms / dense_ms,
                    density_random=density, same_tiles_as_first=same)

@@ -90,6 +90,9 @@ def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):
     monkeypatch.setattr(ad_index, "SPLIT_TILES", 8)  # several key splits per program
     sliced = _tiles(batch, batch.paged, [1, 2], 0.9, 64)
     assert torch.equal(whole, sliced)
+    monkeypatch.setattr(ad_index, "PARTIALS_SHAPE", dict(rows=128, key_groups=16))
+    wide = _tiles(batch, batch.paged, [1, 2], 0.9, 64)  # 8 blocks x 2 heads per program
+    assert torch.equal(whole, wide)
 
 
 def test_worklist_runs_exactly_the_kept_tiles(device):

@@ -622,3 +622,28 @@ def test_recall_study_fixed_rule_runs_without_triton(monkeypatch):
     got = recall_study.rules([0.9, 0.95])["fixed 1000/6096"](vert, slash, layout, 2)
     for x, y in zip(got, expect):
         assert torch.equal(x, y)
+
+
+def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatch):
+    """``bench_kernels --patterns antidiagonal``: the plugin's per-block lists at ``--tau``;
+    ``tune_antidiagonal`` options name warps, stages and optionally the tile shape."""
+    import argparse
+    import torch
+    import bench_kernels
+    import tune_antidiagonal
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels.antidiagonal import antidiagonal_worklist
+    batch = make_batch([300], [300], 4, 2, 64, torch.float16, device, structured=True)
+    monkeypatch.setitem(bench_kernels.ANTIDIAGONAL, "tau", 0.8)
+    plan, index = bench_kernels.plan_pattern("antidiagonal", batch.q, batch.kv, batch.layout, 4)
+    want = antidiagonal_worklist(batch.q, batch.kv, batch.layout,
+                                 torch.arange(4, device=device), 0.8, 2048, 8)
+    assert torch.equal(index(plan()).desc[..., 1], want.desc[..., 1])
+    args = argparse.Namespace()
+    assert bench_kernels.mode_of("antidiagonal", args) == dict(
+        mode="antidiagonal", tau=0.8, stride=8, max_tiles=2048)
+    assert tune_antidiagonal.parse_option("w4n1") == (dict(num_warps=4, num_stages=1), {})
+    assert tune_antidiagonal.parse_option("r128k32w8") == (
+        dict(num_warps=8, num_stages=2), dict(rows=128, key_groups=32))
+    with pytest.raises(SystemExit):
+        tune_antidiagonal.parse_option("x8")

@@ -47,6 +47,7 @@ SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
+PARTIALS_SHAPE: dict = {}  # rows / key_groups of partials_launch, when set (tuning)
 LOG2E = 1.4426950408889634
 
 
@@ -248,14 +249,22 @@ def block_ranges(layout: SeqLayout, step: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int) -> dict:
+def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
+                    rows: int | None = None, key_groups: int | None = None) -> dict:
     """Tile sizes of :func:`_partials_kernel`: row groups per program and key groups per
-    step, each at most 64 and at most 64 KB of operand (one row group's vector is
-    ``stride * head_dim`` elements), and how the rows split into heads and blocks."""
+    step (by default each at most 64 and at most 64 KB of operand; one row group's vector is
+    ``stride * head_dim`` elements), and how the rows split into heads and blocks.
+
+    H100, 128K keys (``tune_antidiagonal.py``, 2026-11-27): 64 x 64 at Qwen2.5-0.5B's
+    shape (stride 8) took 12.1 ms for a whole 128K prompt (dense FA3 58.5 ms); Llama-3-8B's
+    shape gets 32 x 32, which took 84-108 ms (dense 209 ms): the next candidates are more
+    rows per key load (``rows``/``key_groups`` override the defaults)."""
     unit = stride * head_dim * elem_bytes
-    rows = max(16, min(64, (64 << 10) // unit))
-    key_groups = max(16, min(64, (64 << 10) // unit))
     rg = BLOCK_M // stride
+    if rows is None:
+        rows = max(16, min(64, (64 << 10) // unit))
+    if key_groups is None:
+        key_groups = max(16, min(64, (64 << 10) // unit))
     rows = max(rows, rg)
     hp = max(1, min(group, rows // rg))  # heads of a KV group per program
     bg = max(1, rows // (hp * rg))  # blocks per program
@@ -288,7 +297,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         raise ValueError(f"KV pages of {kv.key.shape[1]} tokens: the antidiagonal estimate "
                          f"needs pages of a multiple of its stride ({stride})")
     group = num_heads // kv.num_kv_heads
-    launch = partials_launch(stride, head_dim, q.element_size(), group)
+    launch = partials_launch(stride, head_dim, q.element_size(), group, **PARTIALS_SHAPE)
     slot = torch.full((num_heads,), -1, dtype=torch.int32, device=q.device)
     slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
         H, dtype=torch.int32, device=q.device)
