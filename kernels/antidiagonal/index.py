@@ -132,6 +132,17 @@ def _forced(t, own0, own1, SINK_TILES, LOCAL_TILES):
     return (t < SINK_TILES) | ((t >= own0 - LOCAL_TILES) & (t <= own1))
 
 
+@triton.jit
+def _candidates(share, t0, n_t, th, own0, own1, SINK_TILES, LOCAL_TILES, CH: tl.constexpr):
+    """Tiles ``t0 + [0, CH)`` of a block: their shares, which ones are forced, and which
+    others reach the share threshold ``th``."""
+    t = t0 + tl.arange(0, CH)
+    t_ok = t < n_t
+    w = tl.load(share + t, mask=t_ok, other=0.0)
+    forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
+    return t, w, forced, t_ok & (w >= th) & ~forced
+
+
 @triton.jit(do_not_specialize=["stride_ph", "stride_pr", "SEQ", "BLK0", "NB_ALL", "WIDTH",
                                "SINK_TILES", "LOCAL_TILES"])
 def _select_kernel(
@@ -196,10 +207,8 @@ def _select_kernel(
         got = 0.0
         cnt = 0
         for t0 in range(0, n_t, CH):
-            t = t0 + tl.arange(0, CH)
-            t_ok = t < n_t
-            w = tl.load(share + t, mask=t_ok, other=0.0)
-            take = t_ok & (w >= th) & ~_forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
+            t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, SINK_TILES,
+                                             LOCAL_TILES, CH)
             got += tl.sum(tl.where(take, w, 0.0), axis=0)
             cnt += tl.sum(take.to(tl.int32), axis=0)
         enough = (got >= need) | (cnt >= cap)
@@ -212,11 +221,8 @@ def _select_kernel(
     n_kept = 0
     n_taken = 0
     for t0 in range(0, n_t, CH):
-        t = t0 + tl.arange(0, CH)
-        t_ok = t < n_t
-        w = tl.load(share + t, mask=t_ok, other=0.0)
-        forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
-        take = t_ok & (w >= th) & ~forced
+        t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, SINK_TILES,
+                                         LOCAL_TILES, CH)
         rank = n_taken + tl.cumsum(take.to(tl.int32), axis=0) - 1
         keep = forced | (take & (rank < cap))
         pos = n_kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
@@ -288,6 +294,9 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
     H, NB = heads.numel(), layout.num_blocks
     n_tiles = max(1, triton.cdiv(layout.max_kv_len, BLOCK_N))
     width = max(1, min(max_tiles, n_tiles))
+    if H * NB * width >= 1 << 31:  # the descriptors' chunk pointers are int32
+        raise ValueError(f"{H} heads x {NB} blocks x {width} tiles exceed the lists' int32 "
+                         "pointers: lower antidiagonal_max_tiles or the prefill chunk")
     desc = torch.zeros(H, NB, DESC_FIELDS, dtype=torch.int32, device=q.device)
     chunks = torch.empty(max(1, H * NB * width), 2, dtype=torch.int32, device=q.device)
     _, cols = empty_pools(q.device)
