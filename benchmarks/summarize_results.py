@@ -328,6 +328,17 @@ def pair_accuracy(raw: list[dict]) -> list[dict]:
     return out
 
 
+def unpaired_scores(raw: list[dict]) -> list[dict]:
+    """Mean score per configuration, task and length, for a folder without the dense rows to
+    pair with (they were measured in an earlier session): reported, not compared."""
+    cells = defaultdict(list)
+    for r in raw:
+        label = "dense" if r["mode"] == "dense" else config_label(r["mode"], run_config(r))
+        cells[(label, r["task"], r["length"])].append(r["score"])
+    return [dict(label=k[0], task=k[1], length=k[2], score=round(100 * sum(v) / len(v), 1),
+                 prompts=len(v)) for k, v in sorted(cells.items())]
+
+
 def paired_changes(raw: list[dict]) -> list[dict]:
     """Per configuration, task and length: prompts (same task, length, depth and seed) that
     scored higher / lower than dense.  With 12 samples a cell moves by one answer in 12, so
@@ -608,9 +619,15 @@ def main() -> None:
         md.append("")
 
     apaths = sorted(glob.glob(os.path.join(args.raw, "*accuracy*.json")))
-    if apaths:
-        raw_accuracy = [r for p in apaths for r in load(p)]
-        rows = [r for r in pair_accuracy(raw_accuracy) if r["mode"] not in args.exclude_mode]
+    raw_accuracy = [r for p in apaths for r in load(p)]
+    rows = [r for r in pair_accuracy(raw_accuracy) if r["mode"] not in args.exclude_mode]
+    if raw_accuracy and not rows:  # no dense rows here: scores alone, no table to pair
+        md += ["### Accuracy (% correct; no FLASH_ATTN rows in this folder to pair with)", "",
+               "| configuration | task | length | score | prompts |", "|---|---|---|---|---|"]
+        md += [f"| {c['label']} | {c['task']} | {fmt_len(c['length'])} | {c['score']} | "
+               f"{c['prompts']} |" for c in unpaired_scores(raw_accuracy)]
+        md.append("")
+    elif rows:
         with open(os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.json"), "w") as f:
             json.dump(rows, f, indent=0)
         plot_accuracy(rows, os.path.join(RESULTS, f"accuracy-qwen2.5-coder-0.5b-{dev}.png"))

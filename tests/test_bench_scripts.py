@@ -647,3 +647,15 @@ def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatc
         dict(num_warps=8, num_stages=2), dict(rows=128, key_groups=32))
     with pytest.raises(SystemExit):
         tune_antidiagonal.parse_option("x8")
+
+
+def test_accuracy_without_dense_rows_is_reported_unpaired():
+    """A raw folder whose dense rows were measured in another session: the scores alone."""
+    raw = [dict(task="multivalue", length=131072, depth=None, seed=s, score=x,
+                mode="antidiagonal", config={"mode": "antidiagonal", "tau": "0.98"})
+           for s, x in enumerate([1.0, 0.5, 0.25, 0.0])]
+    assert summarize_results.pair_accuracy(raw) == []
+    (cell,) = summarize_results.unpaired_scores(raw)
+    assert (cell["task"], cell["length"], cell["score"], cell["prompts"]) == (
+        "multivalue", 131072, 43.8, 4)
+    assert "0.98" in cell["label"]
