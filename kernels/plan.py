@@ -174,10 +174,6 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                     patterns.budget_b[FLOOR], patterns.max_a[FLOOR], patterns.max_b[FLOOR],
                     keep_first=patterns.keep_first, keep_diag=patterns.keep_diag))
             wl = build_vertical_slash_worklist(*sel, layout)
-            if patterns.extra_blocks:
-                wl.extra = extra_block_tiles(q, kv, layout, heads, patterns.extra_blocks,
-                                             patterns.keep_diag, sm_scale,
-                                             kbar=pooled_keys())
         elif kind == BLOCK_SPARSE:
             wl = block_sparse_worklist(q, kv, layout, heads, patterns.budget_a[kind],
                                        patterns.max_a[kind], sm_scale, kbar=pooled_keys())
@@ -186,6 +182,9 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                                         patterns.max_a[kind], patterns.max_b[kind])
         else:
             wl = dense_worklist(layout, heads.numel())
+        if kind == VERTICAL_SLASH and patterns.extra_blocks:
+            wl.extra = extra_block_tiles(q, kv, layout, heads, patterns.extra_blocks,
+                                         patterns.keep_diag, sm_scale, kbar=pooled_keys())
         parts.append((heads, wl))
     if len(parts) == 1 and parts[0][0].numel() == patterns.num_heads:
         merged = parts[0][1]  # one pattern for every head (groups list heads in order)

@@ -77,6 +77,9 @@ def test_antidiagonal_mode():
         {"minference": {"mode": "antidiagonal", "tau": "0.95", "antidiagonal_stride": "16"}},
         environ={"MINFERENCE_ANTIDIAGONAL_LOCAL": "4", "MINFERENCE_ANTIDIAGONAL_MAX_TILES": "99"})
     assert s.plan_options()["antidiagonal"] == AntidiagonalRule(0.95, 16, 1, 4, 99)
+    s = MInferenceSettings.from_sources({"minference": {"mode": "antidiagonal",
+                                                        "extra_blocks": "8"}}, environ={})
+    assert s.plan_options()["extra_blocks"] == 8  # set explicitly: honoured
     for bad in ({"antidiagonal_stride": 5}, {"tau": 0}, {"tau": 1.5},
                 {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):

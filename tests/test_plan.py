@@ -96,6 +96,12 @@ def test_antidiagonal_rule_replaces_vertical_slash_heads_only(device):
         for h, (src, row) in enumerate([(per_block, 0), (plain, 1), (per_block, 1), (plain, 3)]):
             assert torch.equal(worklist_mask(wl, batch.layout, b, h),
                                worklist_mask(src, batch.layout, b, row))
+    with_extra = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(
+        heads, device, antidiagonal=rule, extra_blocks=2))
+    assert torch.equal(with_extra.desc, wl.desc)  # the same lists, plus far tiles
+    assert with_extra.extra.shape == (4, batch.layout.num_blocks, 2)
+    assert (with_extra.extra[[1, 3]] == -1).all()  # A-shape and Block-Sparse heads: none
+    assert (with_extra.extra[[0, 2]] >= 0).any()
     for bad in (dict(tau=0.0), dict(stride=5), dict(max_tiles=0)):
         with pytest.raises(ValueError):
             AntidiagonalRule(**bad)

@@ -85,7 +85,8 @@ class MInferenceSettings(BaseModel):
                     "(Hopper).  Default: 32 in fixed mode (multivalue at 128K 56.2 -> 59.7, "
                     "dense 61.1; TTFT 1.367 -> 1.431 s on an H100), 0 in adaptive mode (its "
                     "sparse lists run faster on the Triton kernel, and with 32 tiles it still "
-                    "lost multivalue answers at 128K: 43.8 vs dense 61.1)")
+                    "lost multivalue answers at 128K: 43.8 vs dense 61.1) and in antidiagonal "
+                    "mode (each block's list is already its own)")
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
@@ -134,7 +135,7 @@ class MInferenceSettings(BaseModel):
             return {"antidiagonal": AntidiagonalRule(
                 tau=self.tau, stride=self.antidiagonal_stride,
                 local_tiles=self.antidiagonal_local, max_tiles=self.antidiagonal_max_tiles),
-                "extra_blocks": 0}
+                "extra_blocks": self.extra_tiles}
         if self.mode != "adaptive":
             return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local,
                     "extra_blocks": self.extra_tiles}
