@@ -171,7 +171,7 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
         scores = torch.empty(H, NB, T, dtype=torch.float32, device=device)
 
         def far_scores():  # every sequence's blocks (one slice: the timing of the kernels)
-            for seq, blk0, nb in pooled.block_ranges(NB):
+            for seq, blk0, nb in pooled.layout.block_ranges(NB):
                 pooled.far_scores_into(bmax[:, blk0:blk0 + nb], scores[:, blk0:blk0 + nb], seq,
                                        blk0, 100, None, bs.SPLIT_TILES)
         row.update(bucket_max_ms=bench_ms(far_scores))
@@ -201,7 +201,7 @@ def time_extra_tiles(rows: list[dict], n_heads: int, kv_heads: int, head_dim: in
     elif hasattr(pooled, "far_bucket_max_into"):  # the two-level package (commit 8e5f745)
 
         def bucket_maxima():  # every sequence's blocks: the first ranking's scores
-            for seq, blk0, nb in pooled.block_ranges(NB):
+            for seq, blk0, nb in pooled.layout.block_ranges(NB):
                 pooled.far_bucket_max_into(bmax[:, blk0:blk0 + nb], seq, blk0, 100, None,
                                            bs.SPLIT_TILES)
         row.update(bucket_max_ms=bench_ms(bucket_maxima))

@@ -89,6 +89,16 @@ class SeqLayout:
             q_starts_host=q_starts,
         )
 
+    def block_ranges(self, step: int) -> list[tuple[int, int, int]]:
+        """``(sequence, first flat block, blocks)`` ranges of at most ``step`` blocks, each
+        inside one sequence: the slices in which index builders launch per sequence."""
+        out, blk0 = [], 0
+        for seq, q_len in enumerate(self.q_lens_host):
+            n = triton.cdiv(q_len, BLOCK_M)
+            out += [(seq, blk0 + j, min(step, n - j)) for j in range(0, n, step)]
+            blk0 += n
+        return out
+
     def block_first_pos(self) -> torch.Tensor:
         """Key position of the first query row of every flat block, ``[NB]`` int64."""
         ctx = (self.kv_len - self.q_len).long()

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
-from .antidiagonal.index import STRIDES, antidiagonal_worklist
+from .antidiagonal.index import antidiagonal_worklist, check_tau_and_stride
 from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
@@ -63,10 +63,7 @@ class AntidiagonalRule:
     max_tiles: int = 2048
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.stride not in STRIDES:
-            raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {self.stride}")
+        check_tau_and_stride(self.tau, self.stride)
         if self.sink_tiles < 0 or self.local_tiles < 0 or self.max_tiles < 1:
             raise ValueError("need sink_tiles >= 0, local_tiles >= 0 and max_tiles >= 1")
 

@@ -244,15 +244,12 @@ def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int
     return min(max(1, num_blocks), step - step % blocks_per_program)
 
 
-def block_ranges(layout: SeqLayout, step: int) -> list[tuple[int, int, int]]:
-    """``(sequence, first flat block, blocks)`` ranges of at most ``step`` blocks, each
-    inside one sequence."""
-    out, blk0 = [], 0
-    for seq, q_len in enumerate(layout.q_lens_host):
-        n = triton.cdiv(q_len, BLOCK_M)
-        out += [(seq, blk0 + i, min(step, n - i)) for i in range(0, n, step)]
-        blk0 += n
-    return out
+def check_tau_and_stride(tau: float, stride: int) -> None:
+    """Raise ``ValueError`` unless ``0 < tau <= 1`` and ``stride`` is one of ``STRIDES``."""
+    if stride not in STRIDES:
+        raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {stride}")
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
 
 
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
@@ -286,10 +283,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
     ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``shares``
     (``[len(heads), NB, tiles]`` float32, tests): receives each tile's estimated share of its
     block's attention (tiles past a block's causal edge are left as they were)."""
-    if stride not in STRIDES:
-        raise ValueError(f"antidiagonal stride must be one of {STRIDES}, got {stride}")
-    if not 0.0 < tau <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    check_tau_and_stride(tau, stride)
     num_heads, head_dim = q.shape[1], q.shape[2]
     H, NB = heads.numel(), layout.num_blocks
     n_tiles = max(1, triton.cdiv(layout.max_kv_len, BLOCK_N))
@@ -318,7 +312,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
     tiles_per_step = launch["KEY_GROUPS"] * stride // BLOCK_N
     split = triton.cdiv(SPLIT_TILES, tiles_per_step) * tiles_per_step  # whole steps
     head_programs = kv.num_kv_heads * triton.cdiv(group, launch["HP"])
-    for seq, blk0, nb in block_ranges(layout, step):
+    for seq, blk0, nb in layout.block_ranges(step):
         grid = (triton.cdiv(nb, launch["BG"]), head_programs, triton.cdiv(n_tiles, split))
         _partials_kernel[grid](
             q, q.stride(0), q.stride(1), args["K"], args["stride_kp"], args["stride_kt"],

@@ -231,7 +231,7 @@ def block_sparse_scores(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads:
     pooled = PooledBlocks.build(q, kv, layout, heads, kbar)
     scores = torch.empty(pooled.num_heads, layout.num_blocks, pooled.num_tiles,
                          dtype=torch.float32, device=q.device)
-    for seq, blk0, nb in pooled.block_ranges(layout.num_blocks):
+    for seq, blk0, nb in layout.block_ranges(layout.num_blocks):
         pooled.scores_into(scores[:, blk0:blk0 + nb], seq, blk0, sm_scale)
     return scores
 
@@ -288,16 +288,6 @@ class PooledBlocks:
         if kbar is None:
             kbar = pool_keys(kv, layout, head_dim, q.device)
         return PooledBlocks(qbar, kbar, heads, layout, num_heads // kv.num_kv_heads)
-
-    def block_ranges(self, step: int) -> list[tuple[int, int, int]]:
-        """``(sequence, first block, blocks)`` ranges of at most ``step`` blocks, each
-        inside one sequence."""
-        out, blk0 = [], 0
-        for seq, q_len in enumerate(self.layout.q_lens_host):
-            n = triton.cdiv(q_len, BLOCK_M)
-            out += [(seq, blk0 + j, min(step, n - j)) for j in range(0, n, step)]
-            blk0 += n
-        return out
 
     def scores_into(self, scores: torch.Tensor, seq: int, blk0: int, sm_scale: float | None
                     ) -> None:
@@ -428,7 +418,7 @@ def extra_block_tiles(q: torch.Tensor, kv: KVSource, layout: SeqLayout, heads: t
     step = rank_slice_blocks(H, NB, n_tiles)
     bmax = torch.empty(H, step, n_buckets, dtype=torch.float32, device=q.device)
     scores = torch.empty(H, step, n_tiles, dtype=torch.float32, device=q.device)
-    for seq, blk0, nb in pooled.block_ranges(step):
+    for seq, blk0, nb in layout.block_ranges(step):
         pooled.far_scores_into(bmax[:, :nb], scores[:, :nb], seq, blk0, local, sm_scale,
                                split_tiles)
         buckets = torch.topk(bmax[:, :nb], kb, dim=-1, sorted=False).indices  # int64
