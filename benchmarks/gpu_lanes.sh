@@ -23,6 +23,7 @@
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
 #   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
+#   bash benchmarks/gpu_lanes.sh AD1..AD3           one GPU: the estimate as a GEMM; TTFT, multivalue
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -841,6 +842,39 @@ Q4_antidiagonal_multivalue() {  # Q2 at higher tau (0.95 kept 57.6 of dense's 61
   MULTIVALUE128 260 antidiagonal_t098 $AD --set tau=0.98
   MULTIVALUE128 200 antidiagonal_t099 $AD --set tau=0.99
 }
+# Sixteenth session: the estimate's partials kernel as a GEMM (an inner loop over the
+# stride: [rows, D] x [D, key groups] per step, wider tensor-core tiles) against the
+# row-group-resident form (Q5's shapes); then TTFT and multivalue with the fastest option.
+AD_LAUNCH_FILE=/tmp/antidiagonal_launch.txt  # AD1's pick, read by AD2/AD3 on the same machine
+AD1_inner_loop() {
+  gpu_tests 120 $PWD/tests/test_antidiagonal.py -k "shares or agree or exactly"
+  timeout 150 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 8 \
+    --options w8n2 r128k32w8n2 iw8n3 ir128k128w8n3 ir128k64w4n3 ir256k64w8n3 ir64k64w4n3 \
+    --out $OUT/tune_antidiagonal_qwen.json
+  python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 8 \
+    --best $OUT/tune_antidiagonal_qwen.json > $AD_LAUNCH_FILE 2>> $OUT/gpu_tests.log \
+    || echo w8n2 > $AD_LAUNCH_FILE
+  timeout 60 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 16 \
+    --options w4n1 iw8n3 ir128k128w8n3 --out $OUT/tune_antidiagonal_qwen_s16.json
+  timeout 150 python3 $B/tune_antidiagonal.py --shapes 32/8/128 --strides 8 \
+    --options w4n1 r64k16w8n2 iw8n3 ir128k128w8n3 ir256k64w8n2 ir64k64w4n3 \
+    --out $OUT/tune_antidiagonal_llama.json
+}
+ad_launch() { cat $AD_LAUNCH_FILE 2>/dev/null || echo w8n2; }
+AD2_ttft() {  # TTFT at 128K in vLLM's default chunks: FLASH_ATTN, antidiagonal at tau=$TAU
+  # (default 0.98) with AD1's launch, sparse from 64K (the default) and from 32K
+  local adl="--set antidiagonal_launch=$(ad_launch)"
+  for cfg in "FLASH_ATTN" "minference $AD --set tau=${TAU:-0.98} $adl" \
+      "minference $AD --set tau=${TAU:-0.98} $adl --min-sparse-len 32768"; do
+    timeout 160 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AD3_multivalue() {  # 36 multivalue prompts at 128K (dense 61.1, eleventh session; tau 0.98
+  # alone 59.0): tau 0.98 with the pooled far tiles of fixed mode, and tau 0.99
+  local adl="--set antidiagonal_launch=$(ad_launch)"
+  MULTIVALUE128 250 antidiagonal_t098_extra32 $AD --set tau=0.98 --set extra_blocks=32 $adl
+  MULTIVALUE128 220 antidiagonal_t099 $AD --set tau=0.99 $adl
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -984,6 +1018,9 @@ case "$1" in
   Q3) lane 0 Q3_antidiagonal_ttft; wait_lanes 470; jit_check ;;
   Q4) lane 0 Q4_antidiagonal_multivalue; wait_lanes 480; jit_check ;;
   Q5) lane 0 Q5_antidiagonal_shapes; wait_lanes 540 ;;
+  AD1) lane 0 AD1_inner_loop; wait_lanes 560 ;;
+  AD2) lane 0 AD2_ttft; wait_lanes 560; jit_check ;;
+  AD3) lane 0 AD3_multivalue; wait_lanes 540; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

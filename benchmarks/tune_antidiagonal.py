@@ -4,7 +4,7 @@ The first version of ``antidiagonal`` mode's estimate took 38 ms per layer at 12
 the real model's shape on an H100 (dense FA3: 58 ms), 1/16 of dense attention's work at a
 third of FA3's speed.  This times the estimate on its own: the partials kernel alone (the
 selection launch replaced by nothing), and the whole plan, for each stride and launch
-option (``w8n2``: warps, pipeline stages), against FA3's dense attention of the same rows,
+option (``w8n2``: warps, pipeline stages; see ``parse_launch``), against FA3's dense attention of the same rows,
 and checks that every option keeps the same tiles as the first.
 
 Inputs are random: the partials cost the same whatever the attention looks like (the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 import torch
@@ -38,34 +37,23 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-def parse_option(text: str) -> tuple[dict, dict]:
-    """``w8n2``: warps 8, pipeline stages 2; ``r128k32w8n2``: also 128 row groups per
-    program and 32 key groups per step (else :func:`partials_launch`'s defaults)."""
-    m = re.fullmatch(r"(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
-    if not m:
-        raise SystemExit(f"bad option {text!r}: expected e.g. w8n2 or r128k32w8n2")
-    rows, key_groups, warps, stages = m.groups()
-    shape = dict(rows=int(rows), key_groups=int(key_groups)) if rows else {}
-    return dict(num_warps=int(warps), num_stages=int(stages or 2)), shape
-
-
 def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], tau: float,
-        rows: list) -> None:
+        rows: list, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> None:
     hq, hk, d = (int(x) for x in shape.split("/"))
-    g = torch.Generator(device="cuda").manual_seed(kv_len)
-    k = torch.randn(kv_len, hk, d, generator=g, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(kv_len, hk, d, generator=g, device="cuda", dtype=torch.bfloat16)
-    q = torch.randn(q_len, hq, d, generator=g, device="cuda", dtype=torch.bfloat16)
+    g = torch.Generator(device=device).manual_seed(kv_len)
+    k = torch.randn(kv_len, hk, d, generator=g, device=device, dtype=dtype)
+    v = torch.randn(kv_len, hk, d, generator=g, device=device, dtype=dtype)
+    q = torch.randn(q_len, hq, d, generator=g, device=device, dtype=dtype)
     kv, cache = bk.paged(k, v)
-    layout = SeqLayout.from_lengths([q_len], [kv_len], "cuda")
-    heads = torch.arange(hq, device="cuda")
+    layout = SeqLayout.from_lengths([q_len], [kv_len], device)
+    heads = torch.arange(hq, device=device)
     dense_ms = bench_ms(bk.fa3(q, k, v))
 
-    def plan():
-        return ad.antidiagonal_worklist(q, kv, layout, heads, tau, 2048, stride)
     first = None
     for opt in options:
-        ad.PARTIALS_WARPS, ad.PARTIALS_SHAPE = parse_option(opt)
+        def plan():
+            return ad.antidiagonal_worklist(q, kv, layout, heads, tau, 2048, stride,
+                                            launch=opt)
         wl = plan()
         counts = wl.desc[..., 1].clone()
         same = None if first is None else bool(torch.equal(counts, first))
@@ -79,7 +67,7 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
             ad._select_kernel = select
         density = float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * hq)
         row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, option=opt,
-                   launch=ad.partials_launch(stride, d, 2, hq // hk, **ad.PARTIALS_SHAPE),
+                   launch=ad.partials_launch(stride, d, 2, hq // hk, **ad.parse_launch(opt)[1]),
                    dense_ms=dense_ms,
                    partials_ms=partials_ms, select_ms=total_ms - partials_ms,
                    total_ms=total_ms, share_of_dense=total_ms / dense_ms,
@@ -90,24 +78,52 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
     torch.cuda.empty_cache()
 
 
+def best_option(rows: list[dict], shape: str, stride: int = 8) -> str:
+    """The option of ``shape`` and ``stride`` with the least summed plan time over the cases
+    timed for every option, among those that kept the first option's tiles."""
+    rows = [r for r in rows if r["shape"] == shape and r["stride"] == stride]
+    cases = {(r["q_len"], r["kv_len"]) for r in rows}
+    totals: dict[str, float] = {}
+    for opt in dict.fromkeys(r["option"] for r in rows):
+        mine = [r for r in rows if r["option"] == opt]
+        if {(r["q_len"], r["kv_len"]) for r in mine} == cases and all(
+                r["same_tiles_as_first"] is not False for r in mine):
+            totals[opt] = sum(r["total_ms"] for r in mine)
+    if not totals:
+        raise SystemExit(f"no complete option for {shape} at stride {stride}")
+    return min(totals, key=totals.get)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="14/2/64,32/8/128", help="q_heads/kv_heads/head_dim")
     ap.add_argument("--cases", nargs="+", default=["131072:131072", "16384:131072"],
                     help="query rows:keys (a prefill chunk at the end of its keys)")
     ap.add_argument("--strides", type=int, nargs="+", default=[8, 16])
-    ap.add_argument("--options", nargs="+", default=["w8n2", "w4n2", "w8n3", "w4n1"])
+    ap.add_argument("--options", nargs="+", default=["w8n2", "w4n2", "w8n3", "w4n1"],
+                    help="launch options (vllm_minference.kernels.antidiagonal.index."
+                         "parse_launch), the first the reference for same_tiles_as_first")
     ap.add_argument("--tau", type=float, default=0.9)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--best", metavar="JSON",
+                    help="print the fastest option of the first of --shapes in this earlier "
+                         "output (first of --strides) and exit")
+    ap.add_argument("--out")
     args = ap.parse_args()
+    if args.best:
+        with open(args.best) as f:
+            print(best_option(json.load(f)["rows"], args.shapes.split(",")[0], args.strides[0]))
+        return
+    if not args.out:
+        ap.error("--out is required")
     rows: list = []
     for shape in args.shapes.split(","):
         for case in args.cases:
             q_len, kv_len = (int(x) for x in case.split(":"))
             for stride in args.strides:
                 run(shape, q_len, kv_len, stride, args.options, args.tau, rows)
-    with open(args.out, "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+                with open(args.out, "w") as f:  # after each, so a stopped run leaves rows
+                    json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f,
+                              indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
-from .antidiagonal.index import antidiagonal_worklist, check_tau_and_stride
+from .antidiagonal.index import antidiagonal_worklist, check_tau_and_stride, parse_launch
 from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
 from .layout import KVSource, SeqLayout
 from .vertical_slash.adaptive import select_adaptive, union_selections
@@ -54,16 +54,20 @@ class AntidiagonalRule:
     """Per-block selection for Vertical-Slash heads (:mod:`.antidiagonal`): each 64-row
     query block keeps its fewest key tiles holding ``tau`` of its attention as stride-``stride``
     antidiagonal scores estimate it, with ``sink_tiles`` first tiles and its own tiles plus
-    ``local_tiles`` before them always kept, at most ``max_tiles`` tiles per block."""
+    ``local_tiles`` before them always kept, at most ``max_tiles`` tiles per block;
+    ``launch``: the estimate kernel's launch option (:func:`.antidiagonal.index.parse_launch`,
+    "" for the defaults)."""
 
     tau: float = 0.9
     stride: int = 8
     sink_tiles: int = 1
     local_tiles: int = 1
     max_tiles: int = 2048
+    launch: str = ""
 
     def __post_init__(self) -> None:
         check_tau_and_stride(self.tau, self.stride)
+        parse_launch(self.launch)
         if self.sink_tiles < 0 or self.local_tiles < 0 or self.max_tiles < 1:
             raise ValueError("need sink_tiles >= 0, local_tiles >= 0 and max_tiles >= 1")
 
@@ -154,7 +158,7 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
             rule = patterns.antidiagonal
             wl = antidiagonal_worklist(q, kv, layout, heads, rule.tau, rule.max_tiles,
                                        rule.stride, rule.sink_tiles, rule.local_tiles,
-                                       sm_scale)
+                                       sm_scale, rule.launch)
         elif kind == VERTICAL_SLASH:
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,

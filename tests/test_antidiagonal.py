@@ -25,9 +25,10 @@ def _kept(tiles: torch.Tensor) -> list[list[set[int]]]:
     return [[{int(t) for t in row if t >= 0} for row in head] for head in tiles.cpu()]
 
 
-def _tiles(batch, kv, heads, tau, max_tiles, stride=8, sink=1, local=1, shares=None):
+def _tiles(batch, kv, heads, tau, max_tiles, stride=8, sink=1, local=1, shares=None,
+           launch=""):
     wl = antidiagonal_worklist(batch.q, kv, batch.layout, torch.tensor(heads), tau, max_tiles,
-                               stride, sink, local, shares=shares)
+                               stride, sink, local, launch=launch, shares=shares)
     return worklist_tiles(wl)
 
 
@@ -35,13 +36,17 @@ def _dtype(device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.float16  # the GPU's fp32 dot is TF32
 
 
-@pytest.mark.parametrize("q_lens,kv_lens,stride,heads_kv,head_dim,heads", CASES)
-def test_shares_match_reference(device, q_lens, kv_lens, stride, heads_kv, head_dim, heads):
+@pytest.mark.parametrize("q_lens,kv_lens,stride,heads_kv,head_dim,heads,launch", [
+    *[(*case, "") for case in CASES],
+    (*CASES[1], "iw4n2"), (*CASES[3], "iw4n2"), (*CASES[4], "ir64k16w4n2"),  # inner loop
+])
+def test_shares_match_reference(device, q_lens, kv_lens, stride, heads_kv, head_dim, heads,
+                                launch):
     batch = make_batch(q_lens, kv_lens, *heads_kv, head_dim, _dtype(device), device,
                        structured=True)
     n_tiles = -(-max(kv_lens) // BLOCK_N)
     shares = torch.full((len(heads), batch.layout.num_blocks, n_tiles), -1.0, device=device)
-    _tiles(batch, batch.paged, heads, 0.9, 10_000, stride, shares=shares)
+    _tiles(batch, batch.paged, heads, 0.9, 10_000, stride, shares=shares, launch=launch)
     ref = tile_shares_reference(batch.q, batch.kv, batch.layout, heads, stride)
     causal = ref >= 0
     tol = 2e-5 if batch.q.dtype == torch.float32 else 1e-3
@@ -90,9 +95,10 @@ def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):
     monkeypatch.setattr(ad_index, "SPLIT_TILES", 8)  # several key splits per program
     sliced = _tiles(batch, batch.paged, [1, 2], 0.9, 64)
     assert torch.equal(whole, sliced)
-    monkeypatch.setattr(ad_index, "PARTIALS_SHAPE", dict(rows=128, key_groups=16))
-    wide = _tiles(batch, batch.paged, [1, 2], 0.9, 64)  # 8 blocks x 2 heads per program
-    assert torch.equal(whole, wide)
+    wide = _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch="r128k16w8n2")
+    assert torch.equal(whole, wide)  # 8 blocks x 2 heads per program
+    for launch in ("iw4n2", "ir64k32w4n2"):  # the GEMM-style inner loop over the stride
+        assert torch.equal(whole, _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch=launch))
 
 
 def test_worklist_runs_exactly_the_kept_tiles(device):
@@ -125,3 +131,6 @@ def test_bad_settings_are_refused(device):
     odd_pages = make_batch([64], [64], 2, 1, 64, torch.float32, device, page_size=8)
     with pytest.raises(ValueError, match="multiple of its stride"):
         _tiles(odd_pages, odd_pages.paged, [0], 0.9, 8, stride=16)
+    for launch in ("w3", "r100k16w4", "x8n2", "r8k8w4"):
+        with pytest.raises(ValueError, match="launch option"):
+            _tiles(batch, batch.kv, [0], 0.9, 8, launch=launch)

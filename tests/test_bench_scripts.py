@@ -642,11 +642,41 @@ def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatc
     args = argparse.Namespace()
     assert bench_kernels.mode_of("antidiagonal", args) == dict(
         mode="antidiagonal", tau=0.8, stride=8, max_tiles=2048)
-    assert tune_antidiagonal.parse_option("w4n1") == (dict(num_warps=4, num_stages=1), {})
-    assert tune_antidiagonal.parse_option("r128k32w8") == (
-        dict(num_warps=8, num_stages=2), dict(rows=128, key_groups=32))
+    rows = []
+    monkeypatch.setattr(tune_antidiagonal, "bench_ms", lambda fn: (fn(), 1.0)[1])
+    monkeypatch.setattr(tune_antidiagonal.bk, "fa3", lambda q, k, v: lambda: None)
+    tune_antidiagonal.run("4/2/64", 200, 300, 8, ["w4n2", "iw4n2"], 0.9, rows, device,
+                          torch.float16)
+    assert [r["launch"]["INNER_LOOP"] for r in rows] == [False, True]
+    assert rows[1]["same_tiles_as_first"] is True
+
+
+def test_tune_antidiagonal_picks_the_fastest_complete_option():
+    import tune_antidiagonal
+
+    def row(opt, q_len, ms, same=True, stride=8):
+        return dict(shape="14/2/64", stride=stride, q_len=q_len, kv_len=131072, option=opt,
+                    total_ms=ms, same_tiles_as_first=same)
+    rows = [row("w8n2", 131072, 14.0, None), row("w8n2", 16384, 3.0, None),
+            row("iw8n3", 131072, 6.0), row("iw8n3", 16384, 1.5),
+            row("ir256k64w8n3", 131072, 4.0, False), row("ir256k64w8n3", 16384, 1.0),
+            row("ir128k128w8n3", 131072, 5.0),  # its 16K case was not reached
+            row("w4n1", 131072, 1.0, stride=16), row("w4n1", 16384, 1.0, stride=16)]
+    assert tune_antidiagonal.best_option(rows, "14/2/64") == "iw8n3"
+    assert tune_antidiagonal.best_option(rows, "14/2/64", 16) == "w4n1"
     with pytest.raises(SystemExit):
-        tune_antidiagonal.parse_option("x8")
+        tune_antidiagonal.best_option(rows, "32/8/128")
+
+
+def test_antidiagonal_launch_options_parse():
+    from vllm_minference.kernels.antidiagonal.index import parse_launch
+    assert parse_launch("w4n1") == (dict(num_warps=4, num_stages=1), dict(inner_loop=False))
+    assert parse_launch("r128k32w8") == (
+        dict(num_warps=8, num_stages=2), dict(inner_loop=False, rows=128, key_groups=32))
+    assert parse_launch("ir128k64w8n3")[1] == dict(inner_loop=True, rows=128, key_groups=64)
+    for bad in ("x8", "w3", "r100k16w4", "r8k8w4"):
+        with pytest.raises(ValueError, match="launch option"):
+            parse_launch(bad)
 
 
 def test_accuracy_without_dense_rows_is_reported_unpaired():

@@ -80,6 +80,14 @@ def test_antidiagonal_mode():
     s = MInferenceSettings.from_sources({"minference": {"mode": "antidiagonal",
                                                         "extra_blocks": "8"}}, environ={})
     assert s.plan_options()["extra_blocks"] == 8  # set explicitly: honoured
+    s = MInferenceSettings.from_sources(
+        {"minference": {"mode": "antidiagonal"}},
+        environ={"MINFERENCE_ANTIDIAGONAL_LAUNCH": "ir128k64w8n3"})
+    assert s.plan_options()["antidiagonal"].launch == "ir128k64w8n3"
+    s = MInferenceSettings.from_sources(
+        {"minference": {"mode": "antidiagonal", "antidiagonal_launch": "fast"}}, environ={})
+    with pytest.raises(ValueError, match="launch option"):  # refused when the plan is made
+        s.plan_options()
     for bad in ({"antidiagonal_stride": 5}, {"tau": 0}, {"tau": 1.5},
                 {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -75,6 +75,9 @@ class MInferenceSettings(BaseModel):
                              "keeps (the first tile, the sinks, is kept too)")
     antidiagonal_max_tiles: int = Field(
         2048, ge=4, description="antidiagonal mode: most 64-key tiles a block keeps")
+    antidiagonal_launch: str = Field(
+        "", description="antidiagonal mode: launch option of the estimate kernel (tuning; "
+                        "e.g. w8n2, r128k32w8n2, ir128k64w8n3; empty: the defaults)")
     extra_blocks: int | None = Field(
         None, ge=0, le=64,
         description="Vertical-Slash heads: far 64-key tiles each 64-row query block adds, its "
@@ -134,7 +137,8 @@ class MInferenceSettings(BaseModel):
             from vllm_minference.kernels import AntidiagonalRule
             return {"antidiagonal": AntidiagonalRule(
                 tau=self.tau, stride=self.antidiagonal_stride,
-                local_tiles=self.antidiagonal_local, max_tiles=self.antidiagonal_max_tiles),
+                local_tiles=self.antidiagonal_local, max_tiles=self.antidiagonal_max_tiles,
+                launch=self.antidiagonal_launch),
                 "extra_blocks": self.extra_tiles}
         if self.mode != "adaptive":
             return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local,

@@ -33,6 +33,7 @@ The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no hos
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import triton
@@ -47,7 +48,6 @@ SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
-PARTIALS_SHAPE: dict = {}  # rows / key_groups of partials_launch, when set (tuning)
 LOG2E = 1.4426950408889634
 
 
@@ -60,6 +60,7 @@ def _partials_kernel(
     GROUP: tl.constexpr, HP: tl.constexpr, BG: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr, KEY_GROUPS: tl.constexpr,
     PAGE: tl.constexpr, PAGED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INNER_LOOP: tl.constexpr = False,
 ):
     """Row groups of ``BG`` blocks (sequence ``SEQ``'s blocks ``BLK0 + program_id(0) * BG +
     [0, BG)``) x ``HP`` query heads of KV head ``program_id(1) // head programs`` against the
@@ -70,7 +71,10 @@ def _partials_kernel(
     loaded once as one ``[STRIDE * HEAD_DIM]`` vector: a step is one ``tl.dot`` of
     ``[ROWS, STRIDE * D] x [STRIDE * D, KEY_GROUPS]`` (the keys of a group side by side),
     both operands loaded straight in that shape (an H100 ran a version that loaded
-    ``[rows, STRIDE, D]`` and reshaped at a third of the speed)."""
+    ``[rows, STRIDE, D]`` and reshaped at a third of the speed).  With ``INNER_LOOP`` the
+    same scores come from ``STRIDE`` dots of ``[ROWS, D] x [D, KEY_GROUPS]`` (row ``S-1-i``
+    of every group against key ``i`` of every group), GEMM-style: no row group is held
+    whole, so a program can take more rows and key groups (wider tensor-core tiles)."""
     RG: tl.constexpr = BLOCK_M // STRIDE
     TT: tl.constexpr = KEY_GROUPS * STRIDE // BLOCK_N  # tiles per step
     GPT: tl.constexpr = BLOCK_N // STRIDE  # key groups per tile
@@ -95,27 +99,42 @@ def _partials_kernel(
     reach = tl.max(tl.where(g_ok, g_last, -1), axis=0) + 1  # keys any group here may see
     lo = tl.program_id(2) * SPLIT_TILES * BLOCK_N
     hi = tl.minimum(lo + SPLIT_TILES * BLOCK_N, reach)
-    # one row group's rows side by side, reversed: column c holds row S-1-c//D, dim c%D
-    c = tl.arange(0, STRIDE * HEAD_DIM)
-    ci = c // HEAD_DIM
-    cd = c % HEAD_DIM
-    r = row0[:, None] + (STRIDE - 1 - ci)[None, :]  # antidiagonal: the group's rows reversed
-    q = tl.load(Q + (q_start + r).to(tl.int64) * stride_qt
-                + (qh.to(tl.int64) * stride_qh)[:, None] + cd[None, :],
-                mask=g_ok[:, None] & (r < q_len), other=0.0)
+    q_row = Q + (qh.to(tl.int64) * stride_qh)[:, None]
+    if INNER_LOOP:
+        d = tl.arange(0, HEAD_DIM)
+        q_row += (q_start + row0).to(tl.int64)[:, None] * stride_qt + d[None, :]
+        k_col = d.to(tl.int64)
+    else:
+        # a row group's rows side by side, reversed: column c holds row S-1-c//D, dim c%D
+        c = tl.arange(0, STRIDE * HEAD_DIM)
+        ci = c // HEAD_DIM
+        cd = c % HEAD_DIM
+        r = row0[:, None] + (STRIDE - 1 - ci)[None, :]  # antidiagonal: the rows reversed
+        q = tl.load(q_row + (q_start + r).to(tl.int64) * stride_qt + cd[None, :],
+                    mask=g_ok[:, None] & (r < q_len), other=0.0)
+        # a key group's keys side by side (column c: key c//D of the group, dim c%D)
+        k_col = ci.to(tl.int64) * stride_kt + cd
     kg = tl.arange(0, KEY_GROUPS)
-    # a key group's keys side by side (column c: key c//D of the group, dim c%D); a group
-    # never crosses a page (pages hold a multiple of 16 keys), so one table lookup per group
-    k_col = ci.to(tl.int64) * stride_kt + cd
     out = (PART + slot.to(tl.int64)[:, None] * stride_ph
            + (j * RG + a).to(tl.int64)[:, None] * stride_pr)
     for k0 in range(lo, hi, KEY_GROUPS * STRIDE):
         first = k0 + kg * STRIDE  # each group's first key
+        # a group never crosses a page (pages hold a multiple of the stride, checked by the
+        # caller), so one table lookup per group
         off = kv_row_offsets(SEQ, first, first < kv_len, BT, stride_bt, KV_START, stride_kp,
                              stride_kt, PAGE, PAGED)
-        k = tl.load(K + kvh * stride_kh + off[:, None] + k_col[None, :],
-                    mask=(first[:, None] + ci[None, :]) < kv_len, other=0.0)
-        s = tl.dot(q, tl.trans(k))
+        k_row = K + kvh * stride_kh + off[:, None] + k_col[None, :]
+        if INNER_LOOP:
+            s = tl.zeros([ROWS, KEY_GROUPS], tl.float32)
+            for i in range(STRIDE):  # row S-1-i of each group against key i of each group
+                qi = tl.load(q_row + (STRIDE - 1 - i) * stride_qt,
+                             mask=(g_ok & (row0 + STRIDE - 1 - i < q_len))[:, None], other=0.0)
+                ki = tl.load(k_row + i * stride_kt, mask=(first + i < kv_len)[:, None],
+                             other=0.0)
+                s = tl.dot(qi, tl.trans(ki), s)
+        else:
+            k = tl.load(k_row, mask=(first[:, None] + ci[None, :]) < kv_len, other=0.0)
+            s = tl.dot(q, tl.trans(k))
         causal = g_ok[:, None] & (first[None, :] <= g_last[:, None])
         s = tl.where(causal, s * qk_scale, float("-inf"))
         s3 = tl.reshape(s, [ROWS, TT, GPT])
@@ -252,37 +271,67 @@ def check_tau_and_stride(tau: float, stride: int) -> None:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
 
 
+def parse_launch(text: str) -> tuple[dict, dict]:
+    """A launch option of the partials kernel as (warps and stages, tile shape):
+    ``""`` keeps the defaults; ``w8n2``: 8 warps, 2 pipeline stages; ``r128k32w8n2``: also
+    128 row groups per program and 32 key groups per step; a leading ``i`` (``iw8n3``,
+    ``ir128k64w8n3``) takes the GEMM-style inner loop (see :func:`_partials_kernel`).
+    Raises ``ValueError`` on anything else."""
+    if not text:
+        return dict(PARTIALS_WARPS), {}
+    m = re.fullmatch(r"(i)?(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
+    if not m:
+        raise ValueError(f"bad antidiagonal launch option {text!r}: expected e.g. w8n2, "
+                         "r128k32w8n2 or ir128k64w8n3")
+    inner, rows, key_groups, warps, stages = m.groups()
+    shape: dict = dict(inner_loop=bool(inner))
+    if rows:
+        shape.update(rows=int(rows), key_groups=int(key_groups))
+        if min(shape["rows"], shape["key_groups"]) < 16 or any(
+                v & (v - 1) for v in (shape["rows"], shape["key_groups"])):
+            raise ValueError(f"antidiagonal launch option {text!r}: rows and key groups "
+                             "must be powers of two of at least 16")
+    if int(warps) not in (1, 2, 4, 8, 16):
+        raise ValueError(f"antidiagonal launch option {text!r}: warps must be 1-16, a power "
+                         "of two")
+    return dict(num_warps=int(warps), num_stages=int(stages or 2)), shape
+
+
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
-                    rows: int | None = None, key_groups: int | None = None) -> dict:
+                    rows: int | None = None, key_groups: int | None = None,
+                    inner_loop: bool = False) -> dict:
     """Tile sizes of :func:`_partials_kernel`: row groups per program and key groups per
-    step (by default each at most 64 and at most 64 KB of operand; one row group's vector is
-    ``stride * head_dim`` elements), and how the rows split into heads and blocks.
+    step, and how the rows split into heads and blocks.  By default each is at most 64 and
+    at most 64 KB of operand (one row group's vector is ``stride * head_dim`` elements); in
+    the inner-loop form an operand is one row per group, so the defaults are 128 x 64.
 
     H100, 128K keys (``tune_antidiagonal.py``, 2026-11-27): 64 x 64 at Qwen2.5-0.5B's
     shape (stride 8) took 12.1 ms for a whole 128K prompt (dense FA3 58.5 ms); Llama-3-8B's
-    shape gets 32 x 32, which took 84-108 ms (dense 209 ms): the next candidates are more
-    rows per key load (``rows``/``key_groups`` override the defaults)."""
-    unit = stride * head_dim * elem_bytes
+    shape gets 32 x 32, which took 84-108 ms (dense 209 ms): small tensor-core tiles, which
+    ``rows``/``key_groups`` and the inner loop are there to widen."""
+    unit = (1 if inner_loop else stride) * head_dim * elem_bytes
     rg = BLOCK_M // stride
+    cap = 128 if inner_loop else 64
     if rows is None:
-        rows = max(16, min(64, (64 << 10) // unit))
+        rows = max(16, min(cap, (64 << 10) // unit))
     if key_groups is None:
         key_groups = max(16, min(64, (64 << 10) // unit))
     rows = max(rows, rg)
     hp = max(1, min(group, rows // rg))  # heads of a KV group per program
     bg = max(1, rows // (hp * rg))  # blocks per program
-    return dict(ROWS=rows, KEY_GROUPS=key_groups, HP=hp, BG=bg)
+    return dict(ROWS=rows, KEY_GROUPS=key_groups, HP=hp, BG=bg, INNER_LOOP=inner_loop)
 
 
 def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
                           heads: torch.Tensor, tau: float, max_tiles: int, stride: int = 8,
                           sink_tiles: int = 1, local_tiles: int = 1,
-                          sm_scale: float | None = None,
+                          sm_scale: float | None = None, launch: str = "",
                           shares: torch.Tensor | None = None) -> WorkList:
     """Absolute chunk lists of the kept tiles of every (head of ``heads``, block), at most
-    ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``shares``
-    (``[len(heads), NB, tiles]`` float32, tests): receives each tile's estimated share of its
-    block's attention (tiles past a block's causal edge are left as they were)."""
+    ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``launch``: the partials
+    kernel's launch option (:func:`parse_launch`).  ``shares`` (``[len(heads), NB, tiles]``
+    float32, tests): receives each tile's estimated share of its block's attention (tiles
+    past a block's causal edge are left as they were)."""
     check_tau_and_stride(tau, stride)
     num_heads, head_dim = q.shape[1], q.shape[2]
     H, NB = heads.numel(), layout.num_blocks
@@ -300,27 +349,28 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         raise ValueError(f"KV pages of {kv.key.shape[1]} tokens: the antidiagonal estimate "
                          f"needs pages of a multiple of its stride ({stride})")
     group = num_heads // kv.num_kv_heads
-    launch = partials_launch(stride, head_dim, q.element_size(), group, **PARTIALS_SHAPE)
+    warps, shape = parse_launch(launch)
+    tiles = partials_launch(stride, head_dim, q.element_size(), group, **shape)
     slot = torch.full((num_heads,), -1, dtype=torch.int32, device=q.device)
     slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
         H, dtype=torch.int32, device=q.device)
     rg = BLOCK_M // stride
-    step = slab_blocks(H, rg, n_tiles, NB, launch["BG"])
+    step = slab_blocks(H, rg, n_tiles, NB, tiles["BG"])
     part = torch.empty(H, step * rg, n_tiles, dtype=torch.float32, device=q.device)
     scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
     args = kv.kernel_args()
-    tiles_per_step = launch["KEY_GROUPS"] * stride // BLOCK_N
+    tiles_per_step = tiles["KEY_GROUPS"] * stride // BLOCK_N
     split = triton.cdiv(SPLIT_TILES, tiles_per_step) * tiles_per_step  # whole steps
-    head_programs = kv.num_kv_heads * triton.cdiv(group, launch["HP"])
+    head_programs = kv.num_kv_heads * triton.cdiv(group, tiles["HP"])
     for seq, blk0, nb in layout.block_ranges(step):
-        grid = (triton.cdiv(nb, launch["BG"]), head_programs, triton.cdiv(n_tiles, split))
+        grid = (triton.cdiv(nb, tiles["BG"]), head_programs, triton.cdiv(n_tiles, split))
         _partials_kernel[grid](
             q, q.stride(0), q.stride(1), args["K"], args["stride_kp"], args["stride_kt"],
             args["stride_kh"], args["BT"], args["stride_bt"], args["KV_START"], slot,
             layout.q_start, layout.q_len, layout.kv_len, layout.blk_m, part, part.stride(0),
             part.stride(1), scale, seq, blk0, nb, n_tiles, split, GROUP=group,
             HEAD_DIM=head_dim, STRIDE=stride, PAGE=args["PAGE"], PAGED=args["PAGED"],
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **launch, **PARTIALS_WARPS)
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **tiles, **warps)
         _select_kernel[(nb, H)](
             part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
             chunks, desc, seq, blk0, NB, width, float(tau), sink_tiles, local_tiles,
