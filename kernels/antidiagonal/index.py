@@ -48,6 +48,12 @@ SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
+# the fastest launch option per row-group vector size (stride x head_dim elements) in
+# bytes, H100, 128K keys, tune_antidiagonal.py of 2026-11-27 (raw-h100x1-2026-11-27b):
+# 1 KB (stride 8, d 64): 128 x 32 resident 11.5 ms (64 x 64: 12.2, GEMM-style 128 x 128:
+# 17.5); 2 KB (stride 8, d 128 or stride 16, d 64): GEMM-style 128 x 128, 54.5 ms at
+# Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4)
+DEFAULT_LAUNCH = {1024: "r128k32w8n2", 2048: "ir128k128w8n3", 4096: "ir128k128w8n3"}
 LOG2E = 1.4426950408889634
 
 
@@ -278,7 +284,7 @@ def parse_launch(text: str) -> tuple[dict, dict]:
     ``ir128k64w8n3``) takes the GEMM-style inner loop (see :func:`_partials_kernel`).
     Raises ``ValueError`` on anything else."""
     if not text:
-        return dict(PARTIALS_WARPS), {}
+        return dict(PARTIALS_WARPS), dict(inner_loop=False)
     m = re.fullmatch(r"(i)?(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
     if not m:
         raise ValueError(f"bad antidiagonal launch option {text!r}: expected e.g. w8n2, "
@@ -295,6 +301,12 @@ def parse_launch(text: str) -> tuple[dict, dict]:
         raise ValueError(f"antidiagonal launch option {text!r}: warps must be 1-16, a power "
                          "of two")
     return dict(num_warps=int(warps), num_stages=int(stages or 2)), shape
+
+
+def default_launch(stride: int, head_dim: int, elem_bytes: int) -> str:
+    """The launch option measured fastest for this row-group vector size ("" where none
+    was timed: :func:`partials_launch`'s defaults)."""
+    return DEFAULT_LAUNCH.get(stride * head_dim * elem_bytes, "")
 
 
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
@@ -329,7 +341,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
                           shares: torch.Tensor | None = None) -> WorkList:
     """Absolute chunk lists of the kept tiles of every (head of ``heads``, block), at most
     ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``launch``: the partials
-    kernel's launch option (:func:`parse_launch`).  ``shares`` (``[len(heads), NB, tiles]``
+    kernel's launch option (:func:`parse_launch`; "" for :func:`default_launch`).  ``shares`` (``[len(heads), NB, tiles]``
     float32, tests): receives each tile's estimated share of its block's attention (tiles
     past a block's causal edge are left as they were)."""
     check_tau_and_stride(tau, stride)
@@ -349,7 +361,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         raise ValueError(f"KV pages of {kv.key.shape[1]} tokens: the antidiagonal estimate "
                          f"needs pages of a multiple of its stride ({stride})")
     group = num_heads // kv.num_kv_heads
-    warps, shape = parse_launch(launch)
+    warps, shape = parse_launch(launch or default_launch(stride, head_dim, q.element_size()))
     tiles = partials_launch(stride, head_dim, q.element_size(), group, **shape)
     slot = torch.full((num_heads,), -1, dtype=torch.int32, device=q.device)
     slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
