@@ -25,6 +25,7 @@ import trace_steps  # a sibling script (this folder is first on the path when ru
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
+SUITE_MIN_SPARSE_LEN = 4096  # the accuracy lanes' --min-sparse-len (short prompts sparse too)
 
 
 def load(path: str):
@@ -276,14 +277,17 @@ def stage_table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------- accuracy
 def config_label(mode: str, cfg: dict) -> str:
-    """Column name of a minference configuration: mode, gamma, budget scale, other settings."""
+    """Column name of a minference configuration: mode, gamma, budget scale, other settings
+    (``min_sparse_len`` only where it is not the accuracy suite's 4096: a 128K prompt sparse
+    from 32K is another configuration than one dense up to the plugin's 64K)."""
     parts = [mode]
     if mode == "adaptive":
         parts.append(f"γ={cfg.get('gamma', 0.95)}")
     if float(cfg.get("budget_scale", 1.0)) != 1.0:
         parts.append(f"×{cfg['budget_scale']}")
     for k in sorted(cfg):
-        if k in ("mode", "gamma", "budget_scale", "min_sparse_len"):
+        if k in ("mode", "gamma", "budget_scale") or (
+                k == "min_sparse_len" and int(cfg[k]) == SUITE_MIN_SPARSE_LEN):
             continue
         v = os.path.basename(str(cfg[k])).removesuffix(".json") if k == "profile" else cfg[k]
         parts.append(f"{k}={v}")

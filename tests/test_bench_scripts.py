@@ -688,4 +688,11 @@ def test_accuracy_without_dense_rows_is_reported_unpaired():
     (cell,) = summarize_results.unpaired_scores(raw)
     assert (cell["task"], cell["length"], cell["score"], cell["prompts"]) == (
         "multivalue", 131072, 43.8, 4)
+    # sparse from 32K is a configuration of its own; the suite's 4096 is left out of labels
+    cells = summarize_results.unpaired_scores(raw + [
+        dict(r, config=dict(r["config"], min_sparse_len=32768), score=1.0) for r in raw] + [
+        dict(r, config=dict(r["config"], min_sparse_len=4096), score=0.0) for r in raw])
+    assert [(c["label"], c["score"], c["prompts"]) for c in cells] == [
+        ("antidiagonal min_sparse_len=32768 tau=0.98", 100.0, 4),
+        ("antidiagonal tau=0.98", 21.9, 8)]
     assert "0.98" in cell["label"]
