@@ -23,7 +23,7 @@
 #   bash benchmarks/gpu_lanes.sh O1..               one GPU: extra tiles ranked in three levels (thirteenth)
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
 #   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
-#   bash benchmarks/gpu_lanes.sh AD1..AD3           one GPU: the estimate as a GEMM; TTFT, multivalue
+#   bash benchmarks/gpu_lanes.sh AD1..AD8           one GPU: the estimate as a GEMM; TTFT, multivalue (sixteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -853,17 +853,20 @@ AD1_inner_loop() {
     --out $OUT/tune_antidiagonal_qwen.json
   python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 8 \
     --best $OUT/tune_antidiagonal_qwen.json > $AD_LAUNCH_FILE 2>> $OUT/gpu_tests.log \
-    || echo w8n2 > $AD_LAUNCH_FILE
+    || rm -f $AD_LAUNCH_FILE
   timeout 60 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 16 \
     --options w4n1 iw8n3 ir128k128w8n3 --out $OUT/tune_antidiagonal_qwen_s16.json
   timeout 150 python3 $B/tune_antidiagonal.py --shapes 32/8/128 --strides 8 \
     --options w4n1 r64k16w8n2 iw8n3 ir128k128w8n3 ir256k64w8n2 ir64k64w4n3 \
     --out $OUT/tune_antidiagonal_llama.json
 }
-ad_launch() { cat $AD_LAUNCH_FILE 2>/dev/null || echo w8n2; }
+ad_launch() {  # "--set antidiagonal_launch=<AD1's pick>", nothing without AD1 (defaults)
+  local pick=$(cat $AD_LAUNCH_FILE 2>/dev/null)
+  echo ${pick:+--set antidiagonal_launch=$pick}
+}
 AD2_ttft() {  # TTFT at 128K in vLLM's default chunks: FLASH_ATTN, antidiagonal at tau=$TAU
   # (default 0.98) with AD1's launch, sparse from 64K (the default) and from 32K
-  local adl="--set antidiagonal_launch=$(ad_launch)"
+  local adl=$(ad_launch)
   for cfg in "FLASH_ATTN" "minference $AD --set tau=${TAU:-0.98} $adl" \
       "minference $AD --set tau=${TAU:-0.98} $adl --min-sparse-len 32768"; do
     timeout 160 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
@@ -871,9 +874,56 @@ AD2_ttft() {  # TTFT at 128K in vLLM's default chunks: FLASH_ATTN, antidiagonal 
 }
 AD3_multivalue() {  # 36 multivalue prompts at 128K (dense 61.1, eleventh session; tau 0.98
   # alone 59.0): tau 0.98 with the pooled far tiles of fixed mode, and tau 0.99
-  local adl="--set antidiagonal_launch=$(ad_launch)"
+  local adl=$(ad_launch)
   MULTIVALUE128 250 antidiagonal_t098_extra32 $AD --set tau=0.98 --set extra_blocks=32 $adl
   MULTIVALUE128 220 antidiagonal_t099 $AD --set tau=0.99 $adl
+}
+# Lease 1 (2026-11-27b) then ran these as the same commands typed out (budget left after
+# AD1-AD3): fixed mode's TTFT beside AD2's FLASH_ATTN, and sparse from 32K.  AD1 picked
+# r128k32w8n2 (now the default at Qwen2.5-0.5B's shape: the setting is no longer needed).
+AD4_sparse32k() {
+  local adl=$(ad_launch) s32="--min-sparse-len 32768"
+  for cfg in "--mode fixed" "$AD --set tau=0.9 $adl $s32"; do
+    timeout 150 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 \
+      --out $OUT/ttft.json
+  done
+  timeout 120 python3 $B/bench_ttft.py --backend minference $AD --set tau=0.98 \
+    --set extra_blocks=32 $adl $s32 --lengths 131072 --out $OUT/ttft.json
+  MULTIVALUE128 260 antidiagonal_t098_extra32_sparse32k $AD --set tau=0.98 \
+    --set extra_blocks=32 $adl $s32
+  MULTIVALUE128 250 antidiagonal_t090_sparse32k $AD --set tau=0.9 $adl $s32
+}
+# Next session.  Tau 0.98 gave 1.61x at 128K (fixed 1.39x in the same lease) at fixed mode's
+# multivalue score; before it can be a default: every task at 128K, random attention (the
+# estimate is paid before the density guard sees near-dense lists), 1M, and stride 16
+# (the GEMM-style estimate costs 0.14 of dense there, 0.20 at stride 8).
+AD_T098="$AD --set tau=0.98 --set extra_blocks=32"
+AD5_all_tasks() {  # M4's first 12 samples a cell (70 prompts; dense in 1126c/1126h)
+  timeout 290 python3 $B/bench_accuracy.py --backend minference $AD_T098 $RULER128 \
+    --out $OUT/accuracy12_128k_antidiagonal.json
+  timeout 250 python3 $B/bench_accuracy.py --backend minference $AD_T098 \
+    --set antidiagonal_stride=16 --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 \
+    --tasks multivalue --out $OUT/accuracy_128k_multivalue_antidiagonal_t098_s16.json
+}
+AD6_random_and_stride16() {  # random attention (dummy Llama-3-8B shape, 32 layers) and TTFT
+  # at stride 16, FLASH_ATTN first
+  for cfg in "FLASH_ATTN" "minference $AD_T098"; do
+    timeout 170 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama \
+      --lengths 131072 --reps 1 --out $OUT/ttft_dummy.json
+  done
+  for cfg in "FLASH_ATTN" "minference $AD_T098 --set antidiagonal_stride=16"; do
+    timeout 110 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AD7_ttft_1m() {  # 1M in 64K chunks: antidiagonal (stride 16) and fixed; FLASH_ATTN (~105 s a
+  # run) in a call of its own on the same machine (O4's second half)
+  TTFT1M_64K 200 minference $AD_T098 --set antidiagonal_stride=16
+  TTFT1M_64K 200 minference --mode fixed
+}
+AD8_wider_tiles() {  # the GEMM-style estimate's tile shape beyond 128 x 128
+  timeout 250 python3 $B/tune_antidiagonal.py --shapes 32/8/128,14/2/64 --strides 8 16 \
+    --options ir128k128w8n3 ir128k128w8n4 ir128k128w4n3 ir64k128w4n3 ir128k256w8n3 \
+    ir256k128w8n3 --out $OUT/tune_antidiagonal_wide.json
 }
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
@@ -1021,6 +1071,11 @@ case "$1" in
   AD1) lane 0 AD1_inner_loop; wait_lanes 560 ;;
   AD2) lane 0 AD2_ttft; wait_lanes 560; jit_check ;;
   AD3) lane 0 AD3_multivalue; wait_lanes 540; jit_check ;;
+  AD4) lane 0 AD4_sparse32k; wait_lanes 590; jit_check ;;
+  AD5) lane 0 AD5_all_tasks; wait_lanes 560; jit_check ;;
+  AD6) lane 0 AD6_random_and_stride16; wait_lanes 590; jit_check ;;
+  AD7) lane 0 AD7_ttft_1m; wait_lanes 420; jit_check ;;
+  AD8) lane 0 AD8_wider_tiles; wait_lanes 280 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
@@ -1031,13 +1086,15 @@ case "$1" in
   S3) lane 0 S3_long; wait_lanes 420; jit_check ;;
   S4) lane 0 S4_kernels; wait_lanes 440 ;;
   S5) lane 0 S5_dummy; wait_lanes 420; jit_check ;;
-  P1) lane 0 P1_plan; wait_lanes 570; jit_check ;;
-  P2) lane 0 P2_dense; wait_lanes 460 ;;
+  # the fourth session's P1/P2 (the fourteenth reused the names: these had become unreachable)
+  RP1) lane 0 P1_plan; wait_lanes 570; jit_check ;;
+  RP2) lane 0 P2_dense; wait_lanes 460 ;;
   R1) lane 0 R1_tight; wait_lanes 350; jit_check ;;
   R2) lane 0 R2_adaptive; wait_lanes 240; jit_check ;;
-  Q1) lane 0 Q1_dense128; wait_lanes 340 ;;
-  Q2) lane 0 Q2_tight128; wait_lanes 470; jit_check ;;
-  Q3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
+  # an earlier session's Q1-Q3 (the fifteenth reused the names: these had become unreachable)
+  RQ1) lane 0 Q1_dense128; wait_lanes 340 ;;
+  RQ2) lane 0 Q2_tight128; wait_lanes 470; jit_check ;;
+  RQ3) lane 0 Q3_adaptive128; wait_lanes 510; jit_check ;;
   N1) lane 0 N1_chunk_accuracy; wait_lanes 570; jit_check ;;
   N2) lane 0 N2_floor_chunk; wait_lanes 570; jit_check ;;
   N3) lane 0 N3_default_settings; wait_lanes 260; jit_check ;;

@@ -696,3 +696,17 @@ def test_accuracy_without_dense_rows_is_reported_unpaired():
         ("antidiagonal min_sparse_len=32768 tau=0.98", 100.0, 4),
         ("antidiagonal tau=0.98", 21.9, 8)]
     assert "0.98" in cell["label"]
+
+
+def test_gpu_lanes_names_are_unique_and_their_functions_exist():
+    """A lane name used twice in ``gpu_lanes.sh``'s case runs only its first entry."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_lanes.sh").read_text()
+    cases = text[text.index('case "$1" in'):text.rindex("esac")]
+    names = re.findall(r"^  ([A-Za-z0-9]+)\)", cases, re.M)
+    assert len(names) > 50 and len(names) == len(set(names)), sorted(
+        n for n in set(names) if names.count(n) > 1)
+    defined = set(re.findall(r"^([A-Za-z0-9_]+)\(\) \{", text, re.M))
+    called = set(re.findall(r"lane \d ([A-Za-z0-9_]+)", cases))
+    assert called and not called - defined, sorted(called - defined)
