@@ -278,9 +278,14 @@ def chunk_keys(q, k, scale, rule_fns, blocks: list[int], chunk: int, profiles=No
     return list(parts.items())
 
 
+def antidiagonal_name(tau: float, stride: int) -> str:
+    return f"antidiagonal tau={tau}" + ("" if stride == 8 else f" stride={stride}")
+
+
 @torch.no_grad()
 def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
-                chunk: int | None = None, taus: list[float] = ()) -> dict:
+                chunk: int | None = None, taus: list[float] = (),
+                strides: list[int] = (8,)) -> dict:
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
     blocks = sample_blocks(layout.num_blocks, n_blocks)
@@ -300,8 +305,9 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
             named_keys.append((name, profile_keys(prof.layers[layer], v, s, layout, blocks, N,
                                                   q, k, scale)))
     for tau in taus:  # per block from its own rows: the same in one step or in chunks
-        named_keys.append((f"antidiagonal tau={tau}",
-                           antidiagonal_keys(q, k, scale, blocks, N, tau)))
+        for stride in strides:
+            named_keys.append((antidiagonal_name(tau, stride),
+                               antidiagonal_keys(q, k, scale, blocks, N, tau, stride)))
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
     per_block = block_recalls(q, k, scale, layout, blocks, keys)  # [C, H, S]
@@ -357,8 +363,10 @@ def main() -> None:
                     help="estimate per prefill chunk of this many tokens, as vLLM's chunked "
                          "prefill does (default: one estimate from the prompt's last rows)")
     ap.add_argument("--antidiagonal-taus", type=float, nargs="*", default=[],
-                    help="per-block tile selection from stride-8 antidiagonal scores "
+                    help="per-block tile selection from antidiagonal scores "
                          "(XAttention's estimate) at these mass thresholds")
+    ap.add_argument("--antidiagonal-strides", type=int, nargs="+", default=[8],
+                    help="antidiagonal strides to measure each threshold at")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -396,14 +404,16 @@ def main() -> None:
     for li in sorted(captured):
         q, k, scale = captured[li]
         result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
-                                           chunk=args.chunk, taus=args.antidiagonal_taus)
+                                           chunk=args.chunk, taus=args.antidiagonal_taus,
+                                           strides=args.antidiagonal_strides)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
     names = ([n for n in fns if not (args.chunk and MULTI in n)] + list(profiles)
-             + [f"antidiagonal tau={t}" for t in args.antidiagonal_taus])
+             + [antidiagonal_name(t, st) for t in args.antidiagonal_taus
+                for st in args.antidiagonal_strides])
     for n in names:
         rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
         ds = [x for L in result["layers"].values() for x in L[n]["density"]]

@@ -376,6 +376,9 @@ def test_recall_study_chunked_estimate():
     assert chunked != one
     for r in chunked.values():
         assert all(0.0 <= x <= 1.0 + 1e-6 for x in r["recall"])
+    ad = recall_study.layer_stats(q, k, 0.125, {}, 6, taus=[0.5], strides=[8, 16])
+    assert list(ad) == ["antidiagonal tau=0.5", "antidiagonal tau=0.5 stride=16"]
+    assert ad["antidiagonal tau=0.5"] != ad["antidiagonal tau=0.5 stride=16"]
 
 
 def test_kernel_bench_profile_pattern_plans_the_profile_heads(device):
