@@ -4,8 +4,8 @@ The first version of ``antidiagonal`` mode's estimate took 38 ms per layer at 12
 the real model's shape on an H100 (dense FA3: 58 ms), 1/16 of dense attention's work at a
 third of FA3's speed.  This times the estimate on its own: the partials kernel alone (the
 selection launch replaced by nothing), and the whole plan, for each stride and launch
-option (``w8n2``: warps, pipeline stages; see ``parse_launch``), against FA3's dense attention of the same rows,
-and checks that every option keeps the same tiles as the first.
+option (``w8n2``: warps, pipeline stages; see ``parse_launch``), against FA3's dense
+attention of the same rows, and checks that every option keeps the same tiles as the first.
 
 Inputs are random: the partials cost the same whatever the attention looks like (the
 selection's time depends a little on it).  One row per (shape, case, stride, option).

@@ -52,7 +52,8 @@ PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kerne
 # bytes, H100, 128K keys, tune_antidiagonal.py of 2026-11-27 (raw-h100x1-2026-11-27b):
 # 1 KB (stride 8, d 64): 128 x 32 resident 11.5 ms (64 x 64: 12.2, GEMM-style 128 x 128:
 # 17.5); 2 KB (stride 8, d 128 or stride 16, d 64): GEMM-style 128 x 128, 54.5 ms at
-# Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4)
+# Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4); 4 KB
+# (stride 16, d 128): not timed, but the GEMM-style steps are the same as at stride 8
 DEFAULT_LAUNCH = {1024: "r128k32w8n2", 2048: "ir128k128w8n3", 4096: "ir128k128w8n3"}
 LOG2E = 1.4426950408889634
 
@@ -304,9 +305,10 @@ def parse_launch(text: str) -> tuple[dict, dict]:
 
 
 def default_launch(stride: int, head_dim: int, elem_bytes: int) -> str:
-    """The launch option measured fastest for this row-group vector size ("" where none
-    was timed: :func:`partials_launch`'s defaults)."""
-    return DEFAULT_LAUNCH.get(stride * head_dim * elem_bytes, "")
+    """The launch option measured fastest for this row-group vector size in fp16/bf16 (""
+    elsewhere: :func:`partials_launch`'s defaults, whose operands fit any dtype's shared
+    memory)."""
+    return DEFAULT_LAUNCH.get(stride * head_dim * elem_bytes, "") if elem_bytes == 2 else ""
 
 
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
@@ -341,9 +343,10 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
                           shares: torch.Tensor | None = None) -> WorkList:
     """Absolute chunk lists of the kept tiles of every (head of ``heads``, block), at most
     ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``launch``: the partials
-    kernel's launch option (:func:`parse_launch`; "" for :func:`default_launch`).  ``shares`` (``[len(heads), NB, tiles]``
-    float32, tests): receives each tile's estimated share of its block's attention (tiles
-    past a block's causal edge are left as they were)."""
+    kernel's launch option (:func:`parse_launch`; "" for :func:`default_launch`).
+    ``shares`` (``[len(heads), NB, tiles]`` float32, tests): receives each tile's estimated
+    share of its block's attention (tiles past a block's causal edge are left as they
+    were)."""
     check_tau_and_stride(tau, stride)
     num_heads, head_dim = q.shape[1], q.shape[2]
     H, NB = heads.numel(), layout.num_blocks
