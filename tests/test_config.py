@@ -71,7 +71,7 @@ def test_mode_and_gamma():
 def test_antidiagonal_mode():
     from vllm_minference.kernels import AntidiagonalRule
     s = MInferenceSettings.from_sources({"minference": {"mode": "antidiagonal"}}, environ={})
-    assert s.plan_options() == {"antidiagonal": AntidiagonalRule(0.9, 8, 1, 1, 2048),
+    assert s.plan_options() == {"antidiagonal": AntidiagonalRule(0.98, 8, 1, 1, 2048),
                                 "extra_blocks": 0}
     s = MInferenceSettings.from_sources(
         {"minference": {"mode": "antidiagonal", "tau": "0.95", "antidiagonal_stride": "16"}},
