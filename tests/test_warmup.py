@@ -1,5 +1,6 @@
 """Kernel warm-up at model load: runs every kernel once, once per shape, never fatal."""
 
+import pytest
 import torch
 
 from vllm_minference import warmup
@@ -46,6 +47,19 @@ def test_planner_warm_up_failure_only_warns(monkeypatch):
     monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels", boom)
     planner = LayerPlanner(MInferenceSettings(), default_profile(1, 4), [0, 1, 2, 3], 2)
     planner.warm_up(64, torch.bfloat16, 0.125)  # must not raise
+
+
+def test_bad_plan_option_stops_start_up_not_the_first_prefill(monkeypatch):
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.layer_plan import LayerPlanner
+    from vllm_minference.profiles import default_profile
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("vllm_minference.layer_plan.warm_up_kernels", lambda *a, **k: True)
+    settings = MInferenceSettings(mode="antidiagonal", antidiagonal_launch="fast")
+    with pytest.raises(ValueError, match="launch option"):
+        LayerPlanner(settings, default_profile(1, 4), [0, 1, 2, 3], 2)
+    good = MInferenceSettings(mode="antidiagonal", antidiagonal_launch="ir128k128w8n3")
+    LayerPlanner(good, default_profile(1, 4), [0, 1, 2, 3], 2).warm_up(64, torch.bfloat16, 0.1)
 
 
 def test_fa3_warm_up_failure_falls_back_to_triton(monkeypatch):

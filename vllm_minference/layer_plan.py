@@ -273,6 +273,10 @@ class LayerPlanner:
         self._patterns: LayerPatterns | None = None
         self._layer_index: int | None = None
         self.guard = DensityGuard(settings.max_density)
+        # the plan options are built from the settings here, at model load, so a setting
+        # only they check (an antidiagonal launch option) stops start-up with its error
+        # instead of the first long prefill (the warm-up would swallow it)
+        self.plan_options()
         self._dense_logged = False
         self.trace = trace_for(settings.trace, len(profile.layers))
         # what the latest step did: the trace's fields (a GPU density tensor is read late)
