@@ -101,6 +101,35 @@ def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):
         assert torch.equal(whole, _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch=launch))
 
 
+def test_a_launch_that_does_not_fit_falls_back_and_is_remembered(device, monkeypatch):
+    """Defaults sized on an H100 may not fit a GPU with less shared memory: the estimate
+    falls back to smaller tiles (same tiles kept) instead of failing the prefill."""
+    from triton.runtime.errors import OutOfResources
+    batch = make_batch([300, 70], [900, 70], 4, 2, 64, torch.float16, device, structured=True)
+    want = _tiles(batch, batch.paged, [1, 2], 0.9, 64)
+    kernel, tried = ad_index._partials_kernel, []
+
+    class SmallGpu:  # refuses programs of more than 32 row groups, as a small GPU would
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                tried.append(kw["ROWS"])
+                if kw["ROWS"] > 32:
+                    raise OutOfResources(300_000, 101_376, "shared memory")
+                return kernel[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(ad_index, "_partials_kernel", SmallGpu())
+    monkeypatch.setattr(ad_index, "_FITTING", {})
+    warned = []
+    monkeypatch.setattr(ad_index.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    got = _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch="r128k32w8n2")
+    assert torch.equal(got, want)
+    assert tried[:2] == [128, 64] and set(tried[2:]) == {32}  # chosen, defaults, fallback
+    assert len(warned) == 2 and "'r128k32w8n2' does not fit" in warned[0]
+    tried.clear()
+    _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch="r128k32w8n2")
+    assert set(tried) == {32}  # remembered: no second failing launch
+
+
 def test_worklist_runs_exactly_the_kept_tiles(device):
     batch = make_batch([130, 64], [700, 64], 4, 2, 64, _dtype(device), device, structured=True)
     wl = antidiagonal_worklist(batch.q, batch.paged, batch.layout, torch.arange(4), 0.8, 16)

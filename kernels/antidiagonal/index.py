@@ -32,12 +32,14 @@ The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no hos
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
 from ..worklist import DESC_FIELDS, WorkList, empty_pools
@@ -55,7 +57,13 @@ PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kerne
 # Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4); 4 KB
 # (stride 16, d 128): not timed, but the GEMM-style steps are the same as at stride 8
 DEFAULT_LAUNCH = {1024: "r128k32w8n2", 2048: "ir128k128w8n3", 4096: "ir128k128w8n3"}
+# where a launch needs more shared memory or registers than the GPU has (the defaults were
+# sized on an H100), the partials kernel falls back to partials_launch's defaults, then to
+# these small tiles; what compiled is remembered per device and shape
+FALLBACK_LAUNCH = "ir32k32w4n1"
+_FITTING: dict[tuple, str] = {}
 LOG2E = 1.4426950408889634
+logger = logging.getLogger(f"vllm.{__name__}")  # under "vllm": vLLM configures that tree
 
 
 @triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_bt", "stride_ph", "stride_pr",
@@ -364,15 +372,39 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         raise ValueError(f"KV pages of {kv.key.shape[1]} tokens: the antidiagonal estimate "
                          f"needs pages of a multiple of its stride ({stride})")
     group = num_heads // kv.num_kv_heads
-    warps, shape = parse_launch(launch or default_launch(stride, head_dim, q.element_size()))
-    tiles = partials_launch(stride, head_dim, q.element_size(), group, **shape)
     slot = torch.full((num_heads,), -1, dtype=torch.int32, device=q.device)
     slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
         H, dtype=torch.int32, device=q.device)
+    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
+    chosen = launch or default_launch(stride, head_dim, q.element_size())
+    key = (str(q.device), chosen, stride, head_dim, q.element_size(), group)
+    options = [_FITTING[key]] if key in _FITTING else list(dict.fromkeys(
+        [chosen, "", FALLBACK_LAUNCH]))
+    for i, option in enumerate(options):
+        try:  # a launch that does not fit fails at its first slab, before any GPU work
+            _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
+                                 sink_tiles, local_tiles, group, option, desc, chunks, shares)
+        except OutOfResources as e:
+            if i == len(options) - 1:
+                raise
+            logger.warning("minference: antidiagonal launch %r does not fit this GPU (%s); "
+                           "using %r", option, e, options[i + 1])
+            continue
+        _FITTING[key] = option
+        break
+    return WorkList(desc, chunks, cols)
+
+
+def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
+                         sink_tiles, local_tiles, group, option, desc, chunks, shares) -> None:
+    """The two launches of :func:`antidiagonal_worklist` over every slab of blocks, with
+    the partials kernel's launch ``option``."""
+    warps, shape = parse_launch(option)
+    tiles = partials_launch(stride, q.shape[2], q.element_size(), group, **shape)
+    NB = layout.num_blocks
     rg = BLOCK_M // stride
     step = slab_blocks(H, rg, n_tiles, NB, tiles["BG"])
     part = torch.empty(H, step * rg, n_tiles, dtype=torch.float32, device=q.device)
-    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
     args = kv.kernel_args()
     tiles_per_step = tiles["KEY_GROUPS"] * stride // BLOCK_N
     split = triton.cdiv(SPLIT_TILES, tiles_per_step) * tiles_per_step  # whole steps
@@ -384,7 +416,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
             args["stride_kh"], args["BT"], args["stride_bt"], args["KV_START"], slot,
             layout.q_start, layout.q_len, layout.kv_len, layout.blk_m, part, part.stride(0),
             part.stride(1), scale, seq, blk0, nb, n_tiles, split, GROUP=group,
-            HEAD_DIM=head_dim, STRIDE=stride, PAGE=args["PAGE"], PAGED=args["PAGED"],
+            HEAD_DIM=q.shape[2], STRIDE=stride, PAGE=args["PAGE"], PAGED=args["PAGED"],
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **tiles, **warps)
         _select_kernel[(nb, H)](
             part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
@@ -393,7 +425,6 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
             STEPS=BISECT_STEPS, DESC_FIELDS=DESC_FIELDS, num_warps=4)
         if shares is not None:
             shares[:, blk0:blk0 + nb] = part[:, :nb * rg:rg, :shares.shape[2]]
-    return WorkList(desc, chunks, cols)
 
 
 def worklist_tiles(wl: WorkList) -> torch.Tensor:
