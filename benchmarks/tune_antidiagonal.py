@@ -67,6 +67,7 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
             ad._select_kernel = select
         density = float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * hq)
         row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, option=opt,
+                   ran=ad.fitted_launch(q, opt, stride, hq // hk),  # != option: did not fit
                    launch=ad.partials_launch(stride, d, 2, hq // hk, **ad.parse_launch(opt)[1]),
                    dense_ms=dense_ms,
                    partials_ms=partials_ms, select_ms=total_ms - partials_ms,

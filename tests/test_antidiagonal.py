@@ -128,6 +128,8 @@ def test_a_launch_that_does_not_fit_falls_back_and_is_remembered(device, monkeyp
     tried.clear()
     _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch="r128k32w8n2")
     assert set(tried) == {32}  # remembered: no second failing launch
+    assert ad_index.fitted_launch(batch.q, "r128k32w8n2", 8, 2) == ad_index.FALLBACK_LAUNCH
+    assert ad_index.fitted_launch(batch.q, "w4n1", 8, 2) is None  # not run yet
 
 
 def test_worklist_runs_exactly_the_kept_tiles(device):

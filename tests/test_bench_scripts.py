@@ -651,6 +651,7 @@ def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatc
     tune_antidiagonal.run("4/2/64", 200, 300, 8, ["w4n2", "iw4n2"], 0.9, rows, device,
                           torch.float16)
     assert [r["launch"]["INNER_LOOP"] for r in rows] == [False, True]
+    assert [r["ran"] for r in rows] == ["w4n2", "iw4n2"]  # both fit: ran as asked
     assert rows[1]["same_tiles_as_first"] is True
 
 

@@ -377,7 +377,7 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         H, dtype=torch.int32, device=q.device)
     scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
     chosen = launch or default_launch(stride, head_dim, q.element_size())
-    key = (str(q.device), chosen, stride, head_dim, q.element_size(), group)
+    key = _fitting_key(q, chosen, stride, group)
     options = [_FITTING[key]] if key in _FITTING else list(dict.fromkeys(
         [chosen, "", FALLBACK_LAUNCH]))
     for i, option in enumerate(options):
@@ -393,6 +393,18 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
         _FITTING[key] = option
         break
     return WorkList(desc, chunks, cols)
+
+
+def _fitting_key(q: torch.Tensor, launch: str, stride: int, group: int) -> tuple:
+    return (str(q.device), launch, stride, q.shape[2], q.element_size(), group)
+
+
+def fitted_launch(q: torch.Tensor, launch: str, stride: int, group: int) -> str | None:
+    """The option that ran for ``launch`` (resolved as :func:`antidiagonal_worklist` does)
+    on ``q``'s device and shape: ``launch`` itself, a smaller one where it did not fit, or
+    ``None`` before the first run (benchmarks: what a timing really measured)."""
+    chosen = launch or default_launch(stride, q.shape[2], q.element_size())
+    return _FITTING.get(_fitting_key(q, chosen, stride, group))
 
 
 def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
