@@ -153,6 +153,17 @@ def test_worklist_runs_exactly_the_kept_tiles(device):
     torch.testing.assert_close(out.float().cpu(), ref.float().cpu(), atol=tol, rtol=tol)
 
 
+def test_launch_options_parse():
+    parse = ad_index.parse_launch
+    assert parse("w4n1") == (dict(num_warps=4, num_stages=1), dict(inner_loop=False))
+    assert parse("r128k32w8") == (
+        dict(num_warps=8, num_stages=2), dict(inner_loop=False, rows=128, key_groups=32))
+    assert parse("ir128k64w8n3")[1] == dict(inner_loop=True, rows=128, key_groups=64)
+    for bad in ("x8", "w3", "r100k16w4", "r8k8w4"):
+        with pytest.raises(ValueError, match="launch option"):
+            parse(bad)
+
+
 def test_bad_settings_are_refused(device):
     batch = make_batch([64], [64], 2, 1, 64, torch.float32, device)
     with pytest.raises(ValueError, match="stride"):

@@ -672,17 +672,6 @@ def test_tune_antidiagonal_picks_the_fastest_complete_option():
         tune_antidiagonal.best_option(rows, "32/8/128")
 
 
-def test_antidiagonal_launch_options_parse():
-    from vllm_minference.kernels.antidiagonal.index import parse_launch
-    assert parse_launch("w4n1") == (dict(num_warps=4, num_stages=1), dict(inner_loop=False))
-    assert parse_launch("r128k32w8") == (
-        dict(num_warps=8, num_stages=2), dict(inner_loop=False, rows=128, key_groups=32))
-    assert parse_launch("ir128k64w8n3")[1] == dict(inner_loop=True, rows=128, key_groups=64)
-    for bad in ("x8", "w3", "r100k16w4", "r8k8w4"):
-        with pytest.raises(ValueError, match="launch option"):
-            parse_launch(bad)
-
-
 def test_accuracy_without_dense_rows_is_reported_unpaired():
     """A raw folder whose dense rows were measured in another session: the scores alone."""
     raw = [dict(task="multivalue", length=131072, depth=None, seed=s, score=x,

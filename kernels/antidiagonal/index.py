@@ -376,10 +376,9 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
     slot[heads.to(device=q.device, dtype=torch.long)] = torch.arange(
         H, dtype=torch.int32, device=q.device)
     scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * LOG2E / stride
-    chosen = launch or default_launch(stride, head_dim, q.element_size())
-    key = _fitting_key(q, chosen, stride, group)
+    key = _fitting_key(q, launch, stride, group)
     options = [_FITTING[key]] if key in _FITTING else list(dict.fromkeys(
-        [chosen, "", FALLBACK_LAUNCH]))
+        [key[1], "", FALLBACK_LAUNCH]))  # key[1]: the asked or default launch
     for i, option in enumerate(options):
         try:  # a launch that does not fit fails at its first slab, before any GPU work
             _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
@@ -396,15 +395,17 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
 
 
 def _fitting_key(q: torch.Tensor, launch: str, stride: int, group: int) -> tuple:
-    return (str(q.device), launch, stride, q.shape[2], q.element_size(), group)
+    """``_FITTING``'s key: device, the launch asked for ("" resolved to
+    :func:`default_launch`), stride, head size, element size, query heads per KV head."""
+    chosen = launch or default_launch(stride, q.shape[2], q.element_size())
+    return (str(q.device), chosen, stride, q.shape[2], q.element_size(), group)
 
 
 def fitted_launch(q: torch.Tensor, launch: str, stride: int, group: int) -> str | None:
     """The option that ran for ``launch`` (resolved as :func:`antidiagonal_worklist` does)
     on ``q``'s device and shape: ``launch`` itself, a smaller one where it did not fit, or
     ``None`` before the first run (benchmarks: what a timing really measured)."""
-    chosen = launch or default_launch(stride, q.shape[2], q.element_size())
-    return _FITTING.get(_fitting_key(q, chosen, stride, group))
+    return _FITTING.get(_fitting_key(q, launch, stride, group))
 
 
 def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
