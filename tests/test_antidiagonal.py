@@ -18,6 +18,7 @@ CASES = [  # lengths, stride, query heads : KV heads, head size, heads planned
     ([64, 30], [1100, 30], 16, (4, 2), 128, [1, 2]),  # fewer rows than a group of 16
     ([200], [700], 4, (16, 1), 64, list(range(16))),  # 16 row groups; 2 programs per group
     ([130], [600], 8, (32, 8), 128, [31, 4, 9]),     # Llama-3-8B's heads
+    ([90, 20], [1000, 20], 32, (14, 2), 64, [0, 6, 13]),  # 2 row groups; rows short of one
 ]
 
 
@@ -39,11 +40,12 @@ def _dtype(device: str) -> torch.dtype:
 @pytest.mark.parametrize("q_lens,kv_lens,stride,heads_kv,head_dim,heads,launch", [
     *[(*case, "") for case in CASES],
     (*CASES[1], "iw4n2"), (*CASES[3], "iw4n2"), (*CASES[4], "ir64k16w4n2"),  # inner loop
+    (*CASES[5], "ir32k16w4n2"),
 ])
 def test_shares_match_reference(device, q_lens, kv_lens, stride, heads_kv, head_dim, heads,
                                 launch):
     batch = make_batch(q_lens, kv_lens, *heads_kv, head_dim, _dtype(device), device,
-                       structured=True)
+                       page_size=max(16, stride), structured=True)
     n_tiles = -(-max(kv_lens) // BLOCK_N)
     shares = torch.full((len(heads), batch.layout.num_blocks, n_tiles), -1.0, device=device)
     _tiles(batch, batch.paged, heads, 0.9, 10_000, stride, shares=shares, launch=launch)

@@ -514,6 +514,31 @@ def test_density_guard_keeps_random_like_layers_dense():
     assert _guard_walk(g, steps[1:], 1.0) == [False, False, True, False]
 
 
+def test_density_guard_for_share_based_lists_plans_a_random_like_layer_once():
+    """Antidiagonal mode keeps a share of each block's attention: a random-like layer keeps
+    about all of it at any length, and each plan pays the estimate.  Its guard predicts with
+    keys growing as the square root of the keys seen, so such a layer plans once in issue
+    5's worst case (where budget-bounded prediction planned two steps of five), while a
+    layer just above the bar still re-plans as its prompt grows."""
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import SHARE_KEYS_GROWTH, DensityGuard, LayerPlanner
+    from vllm_minference.profiles import default_profile
+    steps = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(4, 9)]
+    g = DensityGuard(max_density=0.45, reprobe_steps=16, keys_growth=SHARE_KEYS_GROWTH)
+    assert g.decide(torch.tensor(0.98), steps[0]) is False
+    causal = [s.causal_keys() / 16384 for s in steps]
+    assert g.expected_density(steps[4]) == pytest.approx(0.98 * (causal[0] / causal[4]) ** 0.5)
+    assert _guard_walk(g, steps[1:], 0.98) == [False, False, False, False]
+    g = DensityGuard(max_density=0.45, reprobe_steps=16, keys_growth=SHARE_KEYS_GROWTH)
+    assert g.decide(torch.tensor(0.6), steps[0]) is False  # 0.53 expected next: within margin
+    assert g.should_plan(steps[1])
+    assert g.decide(torch.tensor(0.4), steps[1]) is True
+    modes = {m: LayerPlanner(MInferenceSettings(mode=m), default_profile(1, 4), [0, 1, 2, 3],
+                             2).guard.keys_growth for m in ("fixed", "adaptive", "antidiagonal")}
+    assert modes == {"fixed": 0.0, "adaptive": 0.0, "antidiagonal": SHARE_KEYS_GROWTH}
+
+
 def test_extra_blocks_without_page_lists_warn_once_when_set(monkeypatch):
     """Only the FA3 page lists read extra tiles: a user who sets ``extra_blocks`` on an
     engine without them is told once; fixed mode's own default is not warned about."""

@@ -88,7 +88,15 @@ def test_antidiagonal_mode():
         {"minference": {"mode": "antidiagonal", "antidiagonal_launch": "fast"}}, environ={})
     with pytest.raises(ValueError, match="launch option"):  # refused when the plan is made
         s.plan_options()
-    for bad in ({"antidiagonal_stride": 5}, {"tau": 0}, {"tau": 1.5},
+    from vllm_minference.config import ANTIDIAGONAL_STRIDES
+    from vllm_minference.kernels.antidiagonal.index import STRIDES
+    assert ANTIDIAGONAL_STRIDES == STRIDES  # the settings check what the kernel supports
+    for stride in STRIDES:
+        s = MInferenceSettings.from_sources(
+            {"minference": {"mode": "antidiagonal", "antidiagonal_stride": stride}}, environ={})
+        assert s.plan_options()["antidiagonal"].stride == stride
+    for bad in ({"antidiagonal_stride": 5}, {"antidiagonal_stride": 64}, {"tau": 0},
+                {"tau": 1.5},
                 {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             MInferenceSettings.from_sources({"minference": bad}, environ={})

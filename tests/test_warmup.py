@@ -60,6 +60,11 @@ def test_bad_plan_option_stops_start_up_not_the_first_prefill(monkeypatch):
         LayerPlanner(settings, default_profile(1, 4), [0, 1, 2, 3], 2)
     good = MInferenceSettings(mode="antidiagonal", antidiagonal_launch="ir128k128w8n3")
     LayerPlanner(good, default_profile(1, 4), [0, 1, 2, 3], 2).warm_up(64, torch.bfloat16, 0.1)
+    # a stride the KV pages cannot hold whole groups of (--block-size 16, stride 32)
+    wide = MInferenceSettings(mode="antidiagonal", antidiagonal_stride=32)
+    with pytest.raises(ValueError, match="block-size"):
+        LayerPlanner(wide, default_profile(1, 4), [0, 1, 2, 3], 2, page_size=16)
+    LayerPlanner(wide, default_profile(1, 4), [0, 1, 2, 3], 2, page_size=64)
 
 
 def test_fa3_warm_up_failure_falls_back_to_triton(monkeypatch):

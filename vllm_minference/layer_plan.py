@@ -103,6 +103,9 @@ _warned_kernel = False
 # budgets 1.30-1.33x faster (~22K), 1M fixed 1.08-1.24x faster (~42K); 128K adaptive
 # 1.4-1.8x slower (~2.4K), 1M adaptive 1.2-1.4x slower (~5K).
 FA3_MIN_KEYS = 8192
+# the density guard's growth of kept keys with seen keys for antidiagonal mode's share-based
+# lists (see DensityGuard)
+SHARE_KEYS_GROWTH = 0.5
 
 
 def resolve_kernel(setting: str, fa_version: int | None) -> str:
@@ -171,14 +174,23 @@ class DensityGuard:
     for the density cost a layer 1.7 ms per step there (H100, ``vllm serve`` load test at
     16K-31K tokens), for a step that then runs dense anyway.  A sparse finding at fewer keys
     withdraws the rule for that layer.
+
+    ``keys_growth``: how the keys a row keeps grow with the keys it sees between steps of
+    a prompt, ``keys ~ causal ** keys_growth``.  0 for budget-bounded lists (fixed and
+    adaptive modes).  Antidiagonal mode keeps a share of each block's attention, whatever
+    its length: random-like lists keep about ``tau`` of everything (growth 1) and real heads
+    fall between, so it predicts with 0.5.  With 0 there, a random-like layer's predictions
+    fell into the margin every chunk or two, and each such step paid the antidiagonal
+    estimate (0.14-0.28 of the dense step) for lists that then ran dense.
     """
 
     def __init__(self, max_density: float, margin: float = 0.1, max_ratio: float = 1.5,
-                 reprobe_steps: int = 16):
+                 reprobe_steps: int = 16, keys_growth: float = 0.0):
         self.max_density = max_density
         self.margin = margin
         self.max_ratio = max_ratio
         self.reprobe_steps = reprobe_steps
+        self.keys_growth = keys_growth
         self.known_keys: float | None = None  # keys per query row, latest step on the host
         self.known_causal = 0.0  # keys a row of that step could see (dense causal)
         self.expected: float | None = None  # the latest step's prediction (for the trace)
@@ -208,7 +220,9 @@ class DensityGuard:
 
     def _expected(self, causal: float) -> float | None:
         self._collect()
-        return None if self.known_keys is None else self.known_keys / causal
+        if self.known_keys is None:
+            return None
+        return self.known_keys * (causal / self.known_causal) ** self.keys_growth / causal
 
     def _trusted(self, expected: float | None, causal: float) -> bool:
         if expected is None:
@@ -272,11 +286,18 @@ class LayerPlanner:
         self.num_kv_heads = num_kv_heads
         self._patterns: LayerPatterns | None = None
         self._layer_index: int | None = None
-        self.guard = DensityGuard(settings.max_density)
+        self.guard = DensityGuard(settings.max_density,
+                                  keys_growth=SHARE_KEYS_GROWTH
+                                  if settings.mode == "antidiagonal" else 0.0)
         # the plan options are built from the settings here, at model load, so a setting
         # only they check (an antidiagonal launch option) stops start-up with its error
         # instead of the first long prefill (the warm-up would swallow it)
-        self.plan_options()
+        rule = self.plan_options().get("antidiagonal")
+        if rule is not None and page_size % rule.stride:
+            raise ValueError(
+                f"minference: antidiagonal_stride={rule.stride} needs KV pages of a multiple "
+                f"of {rule.stride} tokens, and this engine's are {page_size} (--block-size): "
+                f"pick a stride that divides the page size, or a larger --block-size")
         self._dense_logged = False
         self.trace = trace_for(settings.trace, len(profile.layers))
         # what the latest step did: the trace's fields (a GPU density tensor is read late)
