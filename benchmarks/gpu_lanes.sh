@@ -24,6 +24,7 @@
 #   bash benchmarks/gpu_lanes.sh P1..P4, P7..P9     one GPU: short runs on a packed Triton pass, serving load, guard
 #   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
 #   bash benchmarks/gpu_lanes.sh AD1..AD8           one GPU: the estimate as a GEMM; TTFT, multivalue (sixteenth)
+#   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -925,6 +926,54 @@ AD8_wider_tiles() {  # the GEMM-style estimate's tile shape beyond 128 x 128
     --options ir128k128w8n3 ir128k128w8n4 ir128k128w4n3 ir64k128w4n3 ir128k256w8n3 \
     ir256k128w8n3 --out $OUT/tune_antidiagonal_wide.json
 }
+# Seventeenth session: stride 32 (recall study on the CPU first), and the guard's share-based
+# prediction for random-like layers (the dummy model); sparse from 32K keys, no extra tiles
+ADS=${ADS:-32}
+AE="$AD --set tau=0.98 --min-sparse-len 32768"
+AE1_ttft() {  # GPU tests of the estimate (stride 32 in bf16 too), the estimate's cost per
+  # stride, then TTFT at 128K: FLASH_ATTN, antidiagonal stride 16 and stride $ADS
+  gpu_tests 100 $PWD/tests/test_antidiagonal.py
+  timeout 100 python3 $B/tune_antidiagonal.py --shapes 14/2/64,32/8/128 --strides 16 32 \
+    --cases 131072:131072 --options "" --out $OUT/tune_antidiagonal_strides.json
+  for cfg in "FLASH_ATTN" "minference $AE --set antidiagonal_stride=16" \
+      "minference $AE --set antidiagonal_stride=$ADS"; do
+    timeout 110 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AE2_multivalue() {  # the 36 multivalue prompts at 128K, stride $ADS then 16 (dense: 1126j)
+  MULTIVALUE128 270 antidiagonal_t098_s${ADS}_sparse32k $AE --set antidiagonal_stride=$ADS
+  MULTIVALUE128 270 antidiagonal_t098_s16_sparse32k $AE --set antidiagonal_stride=16
+}
+AE3_random_and_1m() {  # random attention (dummy Llama-3-8B shape, 32 layers), FLASH_ATTN
+  # first; then 1M in 64K chunks at stride $ADS (FLASH_ATTN at 1M: earlier leases, ~104 s)
+  for cfg in "FLASH_ATTN" "minference $AE --set antidiagonal_stride=$ADS"; do
+    timeout 170 python3 $B/bench_ttft.py --backend $cfg --model-kind dummy-llama \
+      --lengths 131072 --reps 1 --out $OUT/ttft_dummy.json
+  done
+  TTFT1M_64K 220 minference $AD --set tau=0.98 --set antidiagonal_stride=$ADS
+}
+# Second lease: AE1's FLASH_ATTN and stride-16 runs hit their 110 s limits on the fresh
+# machine (first vLLM start), so its stride-32 TTFT had no baseline in that lease
+AS32="$AE --set antidiagonal_stride=32"
+AF1_ttft() {  # TTFT at 128K: FLASH_ATTN, fixed (every default), antidiagonal stride 32 from
+  # 32K keys and from 64K (the default min_sparse_len)
+  for cfg in "FLASH_ATTN" "minference --mode fixed" "minference $AS32" \
+      "minference $AS32 --min-sparse-len 65536"; do
+    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AF2_accuracy() {  # antidiagonal stride 32 from 32K keys: the default suite (passkey 8K-128K,
+  # RULER at 16K/32K/128K, 3 samples), then M4's 12 samples a cell at 128K (dense: earlier
+  # leases, the same prompts)
+  timeout 290 python3 $B/bench_accuracy.py --backend minference $AS32 \
+    --out $OUT/accuracy_antidiagonal_s32.json
+  timeout 290 python3 $B/bench_accuracy.py --backend minference $AS32 $RULER128 \
+    --out $OUT/accuracy12_128k_antidiagonal_s32.json
+}
+AF3_1m() {  # 1M in 64K chunks: FLASH_ATTN and antidiagonal stride 32 (AE3's) in one lease
+  TTFT1M_64K 230 FLASH_ATTN
+  TTFT1M_64K 200 minference $AD --set tau=0.98 --set antidiagonal_stride=32
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1076,6 +1125,12 @@ case "$1" in
   AD6) lane 0 AD6_random_and_stride16; wait_lanes 590; jit_check ;;
   AD7) lane 0 AD7_ttft_1m; wait_lanes 420; jit_check ;;
   AD8) lane 0 AD8_wider_tiles; wait_lanes 280 ;;
+  AE1) lane 0 AE1_ttft; wait_lanes 500; jit_check ;;
+  AE2) lane 0 AE2_multivalue; wait_lanes 560; jit_check ;;
+  AE3) lane 0 AE3_random_and_1m; wait_lanes 580; jit_check ;;
+  AF1) lane 0 AF1_ttft; wait_lanes 580; jit_check ;;
+  AF2) lane 0 AF2_accuracy; wait_lanes 590; jit_check ;;
+  AF3) lane 0 AF3_1m; wait_lanes 440; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
