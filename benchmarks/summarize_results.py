@@ -303,6 +303,19 @@ def run_config(r: dict) -> dict:
     return cfg
 
 
+def prompt_means(raw: list[dict]) -> list[dict]:
+    """One row per (configuration, prompt): a prompt run again by the same configuration (a
+    folder holding a 12-sample suite and a 36-prompt run overlap on 12 prompts) counts once,
+    at its mean score (batching differs between runs, so a repeat may answer differently)."""
+    groups: dict = {}
+    for r in raw:
+        cfg = "dense" if r["mode"] == "dense" else json.dumps(
+            [r["mode"], run_config(r)], sort_keys=True)
+        groups.setdefault((cfg, r["task"], r["length"], r["depth"], r["seed"]), []).append(r)
+    return [dict(rs[0], score=sum(r["score"] for r in rs) / len(rs), runs=len(rs))
+            for rs in groups.values()]
+
+
 def pair_accuracy(raw: list[dict]) -> list[dict]:
     """Mean score over seeds per (task, length, depth), dense vs each minference config."""
     def key(r):
@@ -623,7 +636,7 @@ def main() -> None:
         md.append("")
 
     apaths = sorted(glob.glob(os.path.join(args.raw, "*accuracy*.json")))
-    raw_accuracy = [r for p in apaths for r in load(p)]
+    raw_accuracy = prompt_means([r for p in apaths for r in load(p)])
     rows = [r for r in pair_accuracy(raw_accuracy) if r["mode"] not in args.exclude_mode]
     if raw_accuracy and not rows:  # no dense rows here: scores alone, no table to pair
         md += ["### Accuracy (% correct; no FLASH_ATTN rows in this folder to pair with)", "",

@@ -66,9 +66,10 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
         finally:
             ad._select_kernel = select
         density = float(wl.tiles().sum()) / (float(layout.dense_tiles().sum()) * hq)
-        row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, option=opt,
-                   ran=ad.fitted_launch(q, opt, stride, hq // hk),  # != option: did not fit
-                   launch=ad.partials_launch(stride, d, 2, hq // hk, **ad.parse_launch(opt)[1]),
+        ran = ad.fitted_launch(q, opt, stride, hq // hk)  # != option: "" or did not fit
+        row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, option=opt, ran=ran,
+                   launch=ad.partials_launch(stride, d, q.element_size(), hq // hk,
+                                             **ad.parse_launch(ran)[1]),
                    dense_ms=dense_ms,
                    partials_ms=partials_ms, select_ms=total_ms - partials_ms,
                    total_ms=total_ms, share_of_dense=total_ms / dense_ms,

@@ -165,6 +165,13 @@ def test_paired_changes_count_prompts_against_the_same_dense_prompt():
            r("fixed", 0, 0.75), r("fixed", 1, 0.5), r("fixed", 2, 0.5), r("fixed", 3, 1.0)]
     (c,) = summarize_results.paired_changes(raw)  # seed 3 has no dense prompt: not counted
     assert (c["label"], c["better"], c["worse"], c["prompts"]) == ("fixed", 1, 2, 3)
+    # a second run of prompts 0 and 1 (another suite in the folder): each prompt counts once,
+    # at its mean (prompt 0: 0.75 and 0.25 -> 0.5, a tie; prompt 1: 0.5 both times)
+    raw += [r("fixed", 0, 0.25), r("fixed", 1, 0.5), r("dense", 1, 0.75)]
+    (c,) = summarize_results.paired_changes(summarize_results.prompt_means(raw))
+    assert (c["better"], c["worse"], c["prompts"]) == (0, 2, 3)
+    (row,) = summarize_results.pair_accuracy(summarize_results.prompt_means(raw))
+    assert row["dense"] == 75.0 and row["minference"] == 62.5 and row["n"] == 4  # 58.3 / 6
 
 
 def test_stage_table_reads_fa3_speed_from_the_stages():
@@ -653,6 +660,12 @@ def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatc
     assert [r["launch"]["INNER_LOOP"] for r in rows] == [False, True]
     assert [r["ran"] for r in rows] == ["w4n2", "iw4n2"]  # both fit: ran as asked
     assert rows[1]["same_tiles_as_first"] is True
+    # "" runs the default launch, and the row's tile shape is that launch's (it recorded the
+    # non-inner-loop defaults of "" before: H100 rows of 2026-11-27c)
+    rows.clear()
+    tune_antidiagonal.run("4/2/64", 200, 300, 16, [""], 0.9, rows, device, torch.float16)
+    assert rows[0]["ran"] == "ir128k128w8n3"
+    assert rows[0]["launch"]["INNER_LOOP"] and rows[0]["launch"]["ROWS"] == 128
 
 
 def test_tune_antidiagonal_picks_the_fastest_complete_option():
