@@ -25,6 +25,7 @@
 #   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
 #   bash benchmarks/gpu_lanes.sh AD1..AD8           one GPU: the estimate as a GEMM; TTFT, multivalue (sixteenth)
 #   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
+#   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -974,6 +975,22 @@ AF3_1m() {  # 1M in 64K chunks: FLASH_ATTN and antidiagonal stride 32 (AE3's) in
   TTFT1M_64K 230 FLASH_ATTN
   TTFT1M_64K 200 minference $AD --set tau=0.98 --set antidiagonal_stride=32
 }
+# Next session: which of stride 32, tau 0.98 and sparse-from-32K cost AF2's answers (6 better
+# / 16 worse of 94 prompts at 128K); the 12-sample 128K suite each (~215 s; dense: 1126c)
+ACC128() {  # ACC128 NAME ARGS...: the 12-sample 128K suite into accuracy12_128k_NAME.json
+  local name=$1; shift
+  timeout 280 python3 $B/bench_accuracy.py --backend minference "$@" $RULER128 \
+    --out $OUT/accuracy12_128k_$name.json
+}
+AG1_stride8() {  # the mode's defaults (stride 8, tau 0.98, sparse from 64K), then stride 32
+  # sparse from 64K
+  ACC128 antidiagonal_s8 $AD
+  ACC128 antidiagonal_s32_sparse64k $AD --set antidiagonal_stride=32
+}
+AG2_tau() {  # stride 32 sparse from 32K at tau 0.99 (1.78x) and 0.995
+  ACC128 antidiagonal_s32_t099 $AS32 --set tau=0.99
+  ACC128 antidiagonal_s32_t0995 $AS32 --set tau=0.995
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1131,6 +1148,8 @@ case "$1" in
   AF1) lane 0 AF1_ttft; wait_lanes 400; jit_check ;;
   AF2) lane 0 AF2_accuracy; wait_lanes 590; jit_check ;;
   AF3) lane 0 AF3_1m; wait_lanes 440; jit_check ;;
+  AG1) lane 0 AG1_stride8; wait_lanes 580; jit_check ;;
+  AG2) lane 0 AG2_tau; wait_lanes 580; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;
