@@ -178,6 +178,31 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     torch.testing.assert_close(out3, reference, atol=0, rtol=0)
 
 
+def test_pages_the_stride_does_not_divide_run_dense_with_one_warning(model_dir, monkeypatch):
+    """Start-up checks the antidiagonal stride against the page size vLLM is expected to
+    use (64 here); a cache of 16-token pages at run time keeps the layer dense, warned once,
+    where the estimate used to raise mid-serve."""
+    from vllm_minference import layer_plan
+    q_lens, seq_lens = [100, 200], [400, 200]
+    batch = make_paged_batch(q_lens, seq_lens, seed=2)  # 16-token pages
+    builder, vc = _builder(model_dir, mode="antidiagonal", antidiagonal_stride=32)
+    impl = _impl(vc, monkeypatch)
+    assert impl.planner.page_size == 64  # what start-up checked
+    said = []
+    monkeypatch.setattr(layer_plan.logger, "warning", lambda msg, *a: said.append(msg % a))
+    md = builder.build(0, batch.cam)
+    assert md.minference.req_ids == [0, 1]
+    reference = torch.zeros(sum(q_lens), 4, 64, dtype=torch.float16)
+    dense_reference_forward(impl, _Layer(), batch.query, batch.key, batch.value,
+                            batch.kv_cache, md, reference)
+    for _ in range(2):
+        out = torch.full_like(reference, float("nan"))
+        impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out)
+        torch.testing.assert_close(out, reference, atol=0, rtol=0)
+    assert len(said) == 1 and "antidiagonal_stride=32" in said[0]
+    assert impl.planner.last_step["path"] == "dense (pages)"
+
+
 def test_fixed_mode_sinks_and_local_band_reach_the_plan(model_dir, monkeypatch):
     _, vc = _builder(model_dir, fixed_sinks=8, fixed_local=512)
     lp = _impl(vc, monkeypatch).planner.patterns(_Layer(), "cpu")

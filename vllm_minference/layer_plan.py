@@ -299,6 +299,7 @@ class LayerPlanner:
                 f"of {rule.stride} tokens, and this engine's are {page_size} (--block-size): "
                 f"pick a stride that divides the page size, or a larger --block-size")
         self._dense_logged = False
+        self._warned_pages = False
         self.trace = trace_for(settings.trace, len(profile.layers))
         # what the latest step did: the trace's fields (a GPU density tensor is read late)
         self.last_step: dict = {}
@@ -442,6 +443,9 @@ class LayerPlanner:
         (see :class:`DensityGuard`).
         """
         layout = batch.layout
+        if not self._pages_hold_stride(kv_cache.shape[2]):
+            self.last_step = dict(expected=None, density=None, path="dense (pages)", kernel=None)
+            return False
         planned = self.guard.should_plan(layout)
         self.last_step = dict(expected=self.guard.expected, density=None,
                               path="planned" if planned else "dense (expected)", kernel=None)
@@ -477,6 +481,20 @@ class LayerPlanner:
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True
+
+    def _pages_hold_stride(self, page_size: int) -> bool:
+        """Antidiagonal lists read whole stride groups from a KV page.  Start-up checked the
+        page size vLLM was expected to use; should it run with another that the stride does
+        not divide, the layer stays dense (one warning) instead of failing mid-serve."""
+        stride = self.settings.antidiagonal_stride if self.settings.mode == "antidiagonal" else 1
+        if page_size % stride == 0:
+            return True
+        if not self._warned_pages:
+            self._warned_pages = True
+            logger.warning("minference: KV pages of %d tokens do not hold whole groups of "
+                           "antidiagonal_stride=%d; layer %s runs dense (choose a stride "
+                           "that divides the page size)", page_size, stride, self._layer_index)
+        return False
 
     def _log_dense_once(self, layout) -> None:
         """Say (once per layer and process) that a layer fell back to dense, and why."""
