@@ -190,6 +190,7 @@ def test_pages_the_stride_does_not_divide_run_dense_with_one_warning(model_dir, 
     assert impl.planner.page_size == 64  # what start-up checked
     said = []
     monkeypatch.setattr(layer_plan.logger, "warning", lambda msg, *a: said.append(msg % a))
+    monkeypatch.setattr(layer_plan, "_warned_pages", False)
     md = builder.build(0, batch.cam)
     assert md.minference.req_ids == [0, 1]
     reference = torch.zeros(sum(q_lens), 4, 64, dtype=torch.float16)

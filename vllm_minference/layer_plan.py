@@ -125,6 +125,7 @@ def resolve_kernel(setting: str, fa_version: int | None) -> str:
 
 
 _warned_extra = False
+_warned_pages = False  # KV pages the antidiagonal stride does not divide, at run time
 
 
 def _warn_extra_without_fa3(extra_blocks: int, kernel: str) -> None:
@@ -292,14 +293,14 @@ class LayerPlanner:
         # the plan options are built from the settings here, at model load, so a setting
         # only they check (an antidiagonal launch option) stops start-up with its error
         # instead of the first long prefill (the warm-up would swallow it)
-        rule = self.plan_options().get("antidiagonal")
-        if rule is not None and page_size % rule.stride:
+        self.plan_options()
+        stride = self._stride_misfit(page_size)
+        if stride:
             raise ValueError(
-                f"minference: antidiagonal_stride={rule.stride} needs KV pages of a multiple "
-                f"of {rule.stride} tokens, and this engine's are {page_size} (--block-size): "
+                f"minference: antidiagonal_stride={stride} needs KV pages of a multiple "
+                f"of {stride} tokens, and this engine's are {page_size} (--block-size): "
                 f"pick a stride that divides the page size, or a larger --block-size")
         self._dense_logged = False
-        self._warned_pages = False
         self.trace = trace_for(settings.trace, len(profile.layers))
         # what the latest step did: the trace's fields (a GPU density tensor is read late)
         self.last_step: dict = {}
@@ -443,7 +444,7 @@ class LayerPlanner:
         (see :class:`DensityGuard`).
         """
         layout = batch.layout
-        if not self._pages_hold_stride(kv_cache.shape[2]):
+        if self._stride_misfit(kv_cache.shape[2], warn=True):
             self.last_step = dict(expected=None, density=None, path="dense (pages)", kernel=None)
             return False
         planned = self.guard.should_plan(layout)
@@ -482,19 +483,22 @@ class LayerPlanner:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True
 
-    def _pages_hold_stride(self, page_size: int) -> bool:
-        """Antidiagonal lists read whole stride groups from a KV page.  Start-up checked the
-        page size vLLM was expected to use; should it run with another that the stride does
-        not divide, the layer stays dense (one warning) instead of failing mid-serve."""
+    def _stride_misfit(self, page_size: int, warn: bool = False) -> int:
+        """The antidiagonal stride where KV pages of ``page_size`` tokens do not hold whole
+        groups of it (its lists read a group from one page), else 0.  Start-up refuses such a
+        page size as vLLM is expected to use it; should vLLM run with another, ``warn``
+        (the step's check) says so once per process, and the layer stays dense instead of
+        failing mid-serve."""
+        global _warned_pages
         stride = self.settings.antidiagonal_stride if self.settings.mode == "antidiagonal" else 1
         if page_size % stride == 0:
-            return True
-        if not self._warned_pages:
-            self._warned_pages = True
+            return 0
+        if warn and not _warned_pages:
+            _warned_pages = True
             logger.warning("minference: KV pages of %d tokens do not hold whole groups of "
-                           "antidiagonal_stride=%d; layer %s runs dense (choose a stride "
-                           "that divides the page size)", page_size, stride, self._layer_index)
-        return False
+                           "antidiagonal_stride=%d; the sparse layers run dense (choose a "
+                           "stride that divides the page size)", page_size, stride)
+        return stride
 
     def _log_dense_once(self, layout) -> None:
         """Say (once per layer and process) that a layer fell back to dense, and why."""
