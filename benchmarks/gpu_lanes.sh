@@ -25,7 +25,8 @@
 #   bash benchmarks/gpu_lanes.sh Q0..Q5             one GPU: per-block antidiagonal lists (fifteenth)
 #   bash benchmarks/gpu_lanes.sh AD1..AD8           one GPU: the estimate as a GEMM; TTFT, multivalue (sixteenth)
 #   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
-#   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers (next)
+#   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
+#   bash benchmarks/gpu_lanes.sh AH1                one GPU: TRITON_ATTN vs FLASH_ATTN answers
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -991,6 +992,19 @@ AG2_tau() {  # stride 32 sparse from 32K at tau 0.99 (1.78x) and 0.995
   ACC128 antidiagonal_s32_t099 $AS32 --set tau=0.99
   ACC128 antidiagonal_s32_t0995 $AS32 --set tau=0.995
 }
+# Eighteenth session: every antidiagonal configuration (stride 8 or 32, tau 0.98-0.995, sparse
+# from 32K or 64K) scored 7-12 prompts lower / 2-3 higher than FLASH_ATTN of 70, and fixed
+# (mostly dense at 128K) 8 / 3 earlier: is that more than two exact attentions differ by?
+AH1_null() {  # TRITON_ATTN (dense, another kernel) on the prompts that differed: the 36
+  # multivalue prompts, then multikey, variable tracking and common words (12 each; passkey
+  # is 100 everywhere), paired with FLASH_ATTN's answers of earlier leases (reproducible:
+  # 1126c and 1126e/h answered the 12 shared prompts alike, character for character)
+  timeout 300 python3 $B/bench_accuracy.py --backend TRITON_ATTN --lengths 131072 \
+    --ruler-lengths 131072 --ruler-samples 36 --tasks multivalue \
+    --out $OUT/accuracy_128k_multivalue_triton_attn.json
+  timeout 260 python3 $B/bench_accuracy.py --backend TRITON_ATTN $RULER128 \
+    --tasks multikey variable_tracking common_words --out $OUT/accuracy12_128k_triton_attn.json
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1150,6 +1164,7 @@ case "$1" in
   AF3) lane 0 AF3_1m; wait_lanes 440; jit_check ;;
   AG1) lane 0 AG1_stride8; wait_lanes 580; jit_check ;;
   AG2) lane 0 AG2_tau; wait_lanes 580; jit_check ;;
+  AH1) lane 0 AH1_null; wait_lanes 570 ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

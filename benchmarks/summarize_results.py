@@ -110,8 +110,21 @@ def lease_of(path: str) -> str | None:
     return head if sep and head[:1] == "L" and head[1:].isdigit() else None
 
 
+REFERENCE_BACKEND = "FLASH_ATTN"
+
+
+def as_reference_or_not(row: dict) -> dict:
+    """Dense rows of a backend other than FLASH_ATTN (e.g. TRITON_ATTN) are a configuration
+    of their own, ``dense:<backend>``, compared with FLASH_ATTN like a sparse one: how often
+    two exact attentions answer differently is the noise floor the sparse counts sit on."""
+    backend = row.get("backend", REFERENCE_BACKEND)
+    if row.get("mode") == "dense" and backend.upper() != REFERENCE_BACKEND:
+        return dict(row, mode=f"dense:{backend.upper()}")
+    return row
+
+
 def load_tagged(path: str) -> list[dict]:
-    rows = load(path)
+    rows = [as_reference_or_not(r) for r in load(path)]
     lease = lease_of(path)
     name = os.path.basename(path)
     return [dict(r, lease=lease, file=name) if lease else dict(r, file=name) for r in rows]

@@ -1,5 +1,6 @@
 """The GPU benchmark scripts' CPU-side logic: prompts, YaRN settings and result pairing."""
 
+import json
 import random
 import re
 import sys
@@ -172,6 +173,22 @@ def test_paired_changes_count_prompts_against_the_same_dense_prompt():
     assert (c["better"], c["worse"], c["prompts"]) == (0, 2, 3)
     (row,) = summarize_results.pair_accuracy(summarize_results.prompt_means(raw))
     assert row["dense"] == 75.0 and row["minference"] == 62.5 and row["n"] == 4  # 58.3 / 6
+
+
+def test_a_second_dense_backend_is_compared_with_flash_attn(tmp_path):
+    """TRITON_ATTN's dense rows are the noise floor: a configuration against FLASH_ATTN's,
+    never mixed into the reference they are compared with."""
+    def r(backend, seed, score):
+        return dict(task="multivalue", length=131072, depth=None, seed=seed, score=score,
+                    mode="dense", backend=backend, config={})
+    (tmp_path / "L1-acc.json").write_text(json.dumps(
+        [r("FLASH_ATTN", 0, 1.0), r("FLASH_ATTN", 1, 0.5),
+         r("TRITON_ATTN", 0, 0.5), r("TRITON_ATTN", 1, 0.5)]))
+    raw = summarize_results.load_tagged(str(tmp_path / "L1-acc.json"))
+    (c,) = summarize_results.paired_changes(summarize_results.prompt_means(raw))
+    assert (c["label"], c["better"], c["worse"], c["prompts"]) == ("dense:TRITON_ATTN", 0, 1, 2)
+    (row,) = summarize_results.pair_accuracy(raw)
+    assert row["dense"] == 75.0 and row["minference"] == 50.0
 
 
 def test_stage_table_reads_fa3_speed_from_the_stages():
