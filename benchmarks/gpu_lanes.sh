@@ -27,6 +27,7 @@
 #   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
 #   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
+#   bash benchmarks/gpu_lanes.sh AI1, AI2           one GPU: the prompt's last rows exact (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1014,6 +1015,25 @@ AH2_near_exact() {  # antidiagonal tau 1.0 keeps every tile whose estimated shar
     --set max_density=1.0 $RULER128 --tasks multivalue variable_tracking \
     --out $OUT/accuracy12_128k_near_exact.json
 }
+# AH2: near-exact lists moved 2 of 24 answers (0 higher), every antidiagonal setting 6-10 of
+# 24, and changed the first answer token of variable-tracking prompts that near-exact kept.
+# Next: the prompt's last rows over every key after the sparse pass (dense_tail)
+AI1_tail() {  # the 12-sample 128K suite, stride 32 from 32K keys, last 128 / 1024 rows exact
+  # (a fresh machine's first engine start is ~60 s slower: the first run has 300 s)
+  timeout 300 python3 $B/bench_accuracy.py --backend minference $AS32 --set dense_tail=128 \
+    $RULER128 --out $OUT/accuracy12_128k_antidiagonal_s32_tail128.json
+  ACC128 antidiagonal_s32_tail1024 $AS32 --set dense_tail=1024
+}
+AI2_tail_ttft() {  # TTFT at 128K: FLASH_ATTN, stride 32 from 32K keys without and with the
+  # 128-row dense tail; then the 36 multivalue prompts with it
+  timeout 110 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --out $OUT/ttft.json
+  for cfg in "minference $AS32" "minference $AS32 --set dense_tail=128"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+  timeout 150 python3 $B/bench_accuracy.py --backend minference $AS32 --set dense_tail=128 \
+    --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 --tasks multivalue \
+    --out $OUT/accuracy_128k_multivalue_antidiagonal_s32_tail128.json
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1175,6 +1195,8 @@ case "$1" in
   AG2) lane 0 AG2_tau; wait_lanes 580; jit_check ;;
   AH1) lane 0 AH1_null; wait_lanes 570 ;;
   AH2) lane 0 AH2_near_exact; wait_lanes 240 ;;
+  AI1) lane 0 AI1_tail; wait_lanes 560; jit_check ;;
+  AI2) lane 0 AI2_tail_ttft; wait_lanes 560; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

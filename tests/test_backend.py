@@ -120,6 +120,27 @@ def test_builder_routes_mixed_batch(model_dir):
     assert type(builder.build(0, short.cam)) is FlashAttentionMetadata
 
 
+def test_builder_lists_each_sparse_chunks_last_rows_for_a_dense_pass(model_dir):
+    builder, _ = _builder(model_dir, dense_tail=16)
+    q_lens, seq_lens = [1, 64, 200, 30, 100], [300, 500, 200, 600, 100]
+    batch = make_paged_batch(q_lens, seq_lens)
+    sb = builder.build(0, batch.cam).minference
+    assert sb.req_ids == [1, 2]
+    assert [(r.token_start, r.token_end) for r in sb.tail_runs] == [(49, 65), (249, 265)]
+    run = sb.tail_runs[1]  # the last 16 rows of request 2, against all its 200 keys
+    assert run.metadata.num_actual_tokens == 16 and run.metadata.max_query_len == 16
+    assert run.metadata.query_start_loc.tolist() == [0, 16]
+    assert run.metadata.seq_lens.tolist() == [200] and run.metadata.max_seq_len == 200
+    assert torch.equal(run.metadata.block_table, batch.cam.block_table_tensor[2:3])
+    assert torch.equal(run.metadata.slot_mapping, batch.cam.slot_mapping[249:265])
+    # a tail longer than the chunk is the whole chunk; 0 (the default) lists none
+    builder, _ = _builder(model_dir, dense_tail=100)
+    sb = builder.build(0, batch.cam).minference
+    assert [(r.token_start, r.token_end) for r in sb.tail_runs] == [(1, 65), (165, 265)]
+    builder, _ = _builder(model_dir)
+    assert builder.build(0, batch.cam).minference.tail_runs == []
+
+
 class _Layer:
     layer_name = LAYER
 
@@ -170,6 +191,20 @@ def test_forward_mixed_batch(model_dir, monkeypatch, device):
     sparse_rows = torch.cat([torch.arange(101, 231), torch.arange(232, 432)]).to(device)
     assert float((out2[sparse_rows].double() - expect[sparse_rows]).norm()
                  / expect[sparse_rows].norm()) < 1e-2
+
+    # the last rows of each sparse chunk again over every key (dense_tail): those rows equal
+    # dense attention exactly, the rows before them keep the sparse lists
+    tail = MInferenceMetadataBuilder._tail_run
+    qsl = batch.cam.query_start_loc_cpu.tolist()
+    md.minference.tail_runs = [tail(md, qsl, seq_lens, r, 8) for r in (2, 4)]
+    out4 = torch.full_like(reference, float("nan"))
+    impl.forward(_Layer(), batch.query, batch.key, batch.value, batch.kv_cache, md, out4)
+    tail_rows = torch.cat([torch.arange(223, 231), torch.arange(424, 432)]).to(device)
+    torch.testing.assert_close(out4[tail_rows], reference[tail_rows], atol=0, rtol=0)
+    assert not torch.equal(out2[tail_rows], reference[tail_rows])  # sparse there before
+    kept = sparse_rows[~torch.isin(sparse_rows, tail_rows)]
+    torch.testing.assert_close(out4[kept], out2[kept], atol=0, rtol=0)
+    md.minference.tail_runs = []
 
     # a density limit below what the lists need sends the layer to the dense path
     impl.planner.guard.max_density = 0.01

@@ -59,6 +59,8 @@ class SparseBatch:
     block_table: torch.Tensor  # [n_sparse, max_pages] rows of the step's block table
     dense_runs: list[DenseRun]  # the other requests
     sparse_runs: list[DenseRun]  # the sparse requests, for a layer that falls back to dense
+    tail_runs: list[DenseRun] = field(default_factory=list)  # each sparse chunk's last rows,
+    # attending to every key after the sparse pass (``dense_tail``)
     _geometry: dict[tuple[int, int], PageGeometry] = field(default_factory=dict)
 
     def page_geometry(self, num_heads: int, rows_per_group: int) -> PageGeometry:
@@ -132,6 +134,8 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
                         for r0, r1 in runs_of(sparse, False)],
             sparse_runs=[self._run(md, qsl, q_lens, seq_lens, r0, r1)
                          for r0, r1 in runs_of(sparse, True)],
+            tail_runs=[self._tail_run(md, qsl, seq_lens, r, min(tail, q_lens[r]))
+                       for r in ids] if (tail := self.settings.dense_tail) else [],
         )
         fields = {f.name: getattr(md, f.name) for f in dataclasses.fields(md)}
         return MInferenceMetadata(**fields, minference=batch)
@@ -141,22 +145,42 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
              seq_lens: list[int], r0: int, r1: int) -> DenseRun:
         """FlashAttention metadata of requests ``[r0, r1)`` alone (rows rebased to 0)."""
         t0, t1 = qsl[r0], qsl[r1]
-        sub = dataclasses.replace(
-            md,
-            num_actual_tokens=t1 - t0,
-            max_query_len=max(q_lens[r0:r1]),
-            query_start_loc=md.query_start_loc[r0:r1 + 1] - t0,
-            max_seq_len=max(seq_lens[r0:r1]),
-            seq_lens=md.seq_lens[r0:r1],
-            block_table=md.block_table[r0:r1],
-            slot_mapping=md.slot_mapping[t0:t1],
-            use_cascade=False,
-            common_prefix_len=0,
-            scheduler_metadata=None,
-            prefix_scheduler_metadata=None,
-            max_num_splits=0,
-        )
-        return DenseRun(t0, t1, sub)
+        return DenseRun(t0, t1, _sub_metadata(md, t0, t1, r0, r1,
+                                              md.query_start_loc[r0:r1 + 1] - t0,
+                                              max(q_lens[r0:r1]), max(seq_lens[r0:r1])))
+
+    @staticmethod
+    def _tail_run(md: FlashAttentionMetadata, qsl: list[int], seq_lens: list[int], r: int,
+                  rows: int) -> DenseRun:
+        """FlashAttention metadata of the last ``rows`` query rows of request ``r`` alone: a
+        chunk's end rows against all its keys (causal from the bottom right, as for any
+        chunk of a longer sequence)."""
+        t1 = qsl[r + 1]
+        t0 = t1 - rows
+        ends = md.query_start_loc[r:r + 2] - t0  # [start of request r - t0, rows], on device
+        starts = torch.cat([torch.zeros_like(ends[:1]), ends[1:]])
+        return DenseRun(t0, t1, _sub_metadata(md, t0, t1, r, r + 1, starts, rows, seq_lens[r]))
+
+
+def _sub_metadata(md: FlashAttentionMetadata, t0: int, t1: int, r0: int, r1: int,
+                  query_start_loc: torch.Tensor, max_query_len: int,
+                  max_seq_len: int) -> FlashAttentionMetadata:
+    """``md`` for query rows ``[t0, t1)`` of requests ``[r0, r1)``, rebased to row 0."""
+    return dataclasses.replace(
+        md,
+        num_actual_tokens=t1 - t0,
+        max_query_len=max_query_len,
+        query_start_loc=query_start_loc,
+        max_seq_len=max_seq_len,
+        seq_lens=md.seq_lens[r0:r1],
+        block_table=md.block_table[r0:r1],
+        slot_mapping=md.slot_mapping[t0:t1],
+        use_cascade=False,
+        common_prefix_len=0,
+        scheduler_metadata=None,
+        prefix_scheduler_metadata=None,
+        max_num_splits=0,
+    )
 
 
 class MInferenceImpl(FlashAttentionImpl):
@@ -198,6 +222,9 @@ class MInferenceImpl(FlashAttentionImpl):
         done = self.planner.run(layer, query, kv_cache, batch, self.scale, output)
         if not done:  # the layer's work lists were too dense: FlashAttention is faster
             for run in batch.sparse_runs:
+                self._dense(layer, query, key, value, kv_cache, run, output)
+        else:  # each sparse chunk's last rows (the prompt's question) again, over every key
+            for run in batch.tail_runs:
                 self._dense(layer, query, key, value, kv_cache, run, output)
         if trace is not None:
             layout = batch.layout

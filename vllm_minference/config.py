@@ -98,6 +98,15 @@ class MInferenceSettings(BaseModel):
                     "sparse lists run faster on the Triton kernel, and with 32 tiles it still "
                     "lost multivalue answers at 128K: 43.8 vs dense 61.1) and in antidiagonal "
                     "mode (each block's list is already its own)")
+    dense_tail: int = Field(
+        0, ge=0,
+        description="rows at the end of each sparse prefill chunk that attend to every key "
+                    "(one FlashAttention call per layer, overwriting their sparse rows).  The "
+                    "prompt's last chunk ends with its question and the row that picks the "
+                    "first answer token: on an H100 at 128K, every antidiagonal setting tried "
+                    "changed the first answer token of a variable-tracking prompt that the "
+                    "plugin's near-exact lists (tau 1.0) kept.  Costs at most dense_tail / "
+                    "chunk of a dense step; 0 (off) until measured")
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
