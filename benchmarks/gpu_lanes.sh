@@ -27,7 +27,7 @@
 #   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
 #   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
-#   bash benchmarks/gpu_lanes.sh AI1, AI2           one GPU: the prompt's last rows exact (next)
+#   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1034,6 +1034,16 @@ AI2_tail_ttft() {  # TTFT at 128K: FLASH_ATTN, stride 32 from 32K keys without a
     --lengths 131072 --ruler-lengths 131072 --ruler-samples 36 --tasks multivalue \
     --out $OUT/accuracy_128k_multivalue_antidiagonal_s32_tail128.json
 }
+AI3_stride64() {  # stride 64 (one antidiagonal per 64 x 64 cell): GPU tests, the estimate's
+  # cost at 128K against stride 32, TTFT at 128K from 32K keys (FLASH_ATTN: AI2's, same
+  # lease), then the 12-sample 128K suite
+  gpu_tests 100 $PWD/tests/test_antidiagonal.py
+  timeout 100 python3 $B/tune_antidiagonal.py --shapes 14/2/64,32/8/128 --strides 32 64 \
+    --cases 131072:131072 --options "" --out $OUT/tune_antidiagonal_stride64.json
+  timeout 100 python3 $B/bench_ttft.py --backend minference $AE --set antidiagonal_stride=64 \
+    --lengths 131072 --out $OUT/ttft.json
+  ACC128 antidiagonal_s64 $AE --set antidiagonal_stride=64
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1197,6 +1207,7 @@ case "$1" in
   AH2) lane 0 AH2_near_exact; wait_lanes 240 ;;
   AI1) lane 0 AI1_tail; wait_lanes 560; jit_check ;;
   AI2) lane 0 AI2_tail_ttft; wait_lanes 560; jit_check ;;
+  AI3) lane 0 AI3_stride64; wait_lanes 560; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

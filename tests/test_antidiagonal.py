@@ -19,6 +19,7 @@ CASES = [  # lengths, stride, query heads : KV heads, head size, heads planned
     ([200], [700], 4, (16, 1), 64, list(range(16))),  # 16 row groups; 2 programs per group
     ([130], [600], 8, (32, 8), 128, [31, 4, 9]),     # Llama-3-8B's heads
     ([90, 20], [1000, 20], 32, (14, 2), 64, [0, 6, 13]),  # 2 row groups; rows short of one
+    ([100, 40], [900, 40], 64, (14, 2), 64, [1, 7, 12]),  # 1 row group a block (one tile)
 ]
 
 
@@ -40,7 +41,7 @@ def _dtype(device: str) -> torch.dtype:
 @pytest.mark.parametrize("q_lens,kv_lens,stride,heads_kv,head_dim,heads,launch", [
     *[(*case, "") for case in CASES],
     (*CASES[1], "iw4n2"), (*CASES[3], "iw4n2"), (*CASES[4], "ir64k16w4n2"),  # inner loop
-    (*CASES[5], "ir32k16w4n2"),
+    (*CASES[5], "ir32k16w4n2"), (*CASES[6], "ir16k16w4n2"),
 ])
 def test_shares_match_reference(device, q_lens, kv_lens, stride, heads_kv, head_dim, heads,
                                 launch):

@@ -95,7 +95,7 @@ def test_antidiagonal_mode():
         s = MInferenceSettings.from_sources(
             {"minference": {"mode": "antidiagonal", "antidiagonal_stride": stride}}, environ={})
         assert s.plan_options()["antidiagonal"].stride == stride
-    for bad in ({"antidiagonal_stride": 5}, {"antidiagonal_stride": 64}, {"tau": 0},
+    for bad in ({"antidiagonal_stride": 5}, {"antidiagonal_stride": 128}, {"tau": 0},
                 {"tau": 1.5},
                 {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -26,7 +26,7 @@ LONG_CONTEXT = 131072
 FIXED_EXTRA_BLOCKS = 32
 # the antidiagonal estimate's strides (kernels.antidiagonal.index.STRIDES, which a test
 # keeps equal: the settings load in processes that never import Triton)
-ANTIDIAGONAL_STRIDES = (4, 8, 16, 32)
+ANTIDIAGONAL_STRIDES = (4, 8, 16, 32, 64)
 
 
 class MInferenceSettings(BaseModel):

@@ -44,7 +44,7 @@ from triton.runtime.errors import OutOfResources
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets
 from ..worklist import DESC_FIELDS, WorkList, empty_pools
 
-STRIDES = (4, 8, 16, 32)  # supported antidiagonal strides (row groups per block: 16 to 2)
+STRIDES = (4, 8, 16, 32, 64)  # supported antidiagonal strides (row groups per block: 16 to 1)
 SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of 16)
 SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
@@ -59,7 +59,7 @@ PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kerne
 # GEMM-style steps are the same whatever the stride (one [rows, D] x [D, key groups] dot
 # per row of a group), so the 2 KB winner is taken
 DEFAULT_LAUNCH = {1024: "r128k32w8n2", 2048: "ir128k128w8n3", 4096: "ir128k128w8n3",
-                  8192: "ir128k128w8n3"}
+                  8192: "ir128k128w8n3", 16384: "ir128k128w8n3"}
 # where a launch needs more shared memory or registers than the GPU has (the defaults were
 # sized on an H100), the partials kernel falls back to partials_launch's defaults, then to
 # these small tiles; what compiled is remembered per device and shape
