@@ -994,8 +994,9 @@ AG2_tau() {  # stride 32 sparse from 32K at tau 0.99 (1.78x) and 0.995
   ACC128 antidiagonal_s32_t0995 $AS32 --set tau=0.995
 }
 # Eighteenth session: every antidiagonal configuration (stride 8 or 32, tau 0.98-0.995, sparse
-# from 32K or 64K) scored 7-12 prompts lower / 2-3 higher than FLASH_ATTN of 70, and fixed
-# (mostly dense at 128K) 8 / 3 earlier: is that more than two exact attentions differ by?
+# from 32K or 64K) scored 7-12 of 70 prompts lower than FLASH_ATTN and 2-3 higher (fixed
+# mode, mostly dense at 128K, 8 lower / 3 higher in the sixth session): is that more than
+# two exact attentions differ by?
 AH1_null() {  # TRITON_ATTN (dense, another kernel) on the prompts that differed: the 36
   # multivalue prompts, then multikey, variable tracking and common words (12 each; passkey
   # is 100 everywhere), paired with FLASH_ATTN's answers of earlier leases (reproducible:
@@ -1015,8 +1016,9 @@ AH2_near_exact() {  # antidiagonal tau 1.0 keeps every tile whose estimated shar
     --set max_density=1.0 $RULER128 --tasks multivalue variable_tracking \
     --out $OUT/accuracy12_128k_near_exact.json
 }
-# AH2: near-exact lists moved 2 of 24 answers (0 higher), every antidiagonal setting 6-10 of
-# 24, and changed the first answer token of variable-tracking prompts that near-exact kept.
+# AH2: near-exact lists moved the score of 2 of 24 prompts (both lower), the antidiagonal
+# settings 8-12 (5-9 lower), and changed the first answer token of variable-tracking prompts
+# that near-exact lists kept.
 # Next: the prompt's last rows over every key after the sparse pass (dense_tail)
 AI1_tail() {  # the 12-sample 128K suite, stride 32 from 32K keys, last 128 / 1024 rows exact
   # (a fresh machine's first engine start is ~60 s slower: the first run has 300 s)
