@@ -1119,8 +1119,10 @@ H2_accuracy() {
 }
 C_searched() { tight $SEARCHED; }
 
-wait_lanes() {  # wait for the lanes, but stop them at $1 seconds so the logs still come back
-  while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $1 ]; do sleep 3; done
+wait_lanes() {  # wait for the lanes, but stop them so that all is over by $1 seconds (the
+  # stopping takes ~12 s) and the logs still come back; a first call that also unpacks the
+  # kit's last part (~20 s) fits a 600 s call with $1 up to 575 (580 overran it twice)
+  while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $(($1 - 15)) ]; do sleep 3; done
   if [ -n "$(jobs -rp)" ]; then
     echo "deadline: stopping the lanes still running" | tee -a $LOGS/deadline.log
     kill $(jobs -rp) 2>/dev/null; pkill -INT -f "python3 $B/"; sleep 8; pkill -KILL -f "python3 $B/"
