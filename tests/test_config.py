@@ -25,6 +25,8 @@ def test_cli_strings_are_coerced_and_override_env():
     ({"budget_scale": 0}, "budget_scale"),
     ({"max_density": 1.5}, "max_density"),
     ({"unknown_key": 1}, "unknown_key"),
+    ({"dense_tail": -1}, "dense_tail"),
+    ({"dense_tail": "last"}, "dense_tail"),
 ])
 def test_bad_values_are_named(section, needle):
     with pytest.raises(ValueError, match=needle):
