@@ -979,9 +979,10 @@ AF3_1m() {  # 1M in 64K chunks: FLASH_ATTN and antidiagonal stride 32 (AE3's) in
 }
 # Next session: which of stride 32, tau 0.98 and sparse-from-32K cost AF2's answers (6 better
 # / 16 worse of 94 prompts at 128K); the 12-sample 128K suite each (~215 s; dense: 1126c)
-ACC128() {  # ACC128 NAME ARGS...: the 12-sample 128K suite into accuracy12_128k_NAME.json
+ACC128() {  # ACC128 NAME ARGS...: the 12-sample 128K suite into accuracy12_128k_NAME.json,
+  # stopped after ACC128_LIMIT seconds (280: ~215 s on a warm machine)
   local name=$1; shift
-  timeout 280 python3 $B/bench_accuracy.py --backend minference "$@" $RULER128 \
+  timeout ${ACC128_LIMIT:-280} python3 $B/bench_accuracy.py --backend minference "$@" $RULER128 \
     --out $OUT/accuracy12_128k_$name.json
 }
 AG1_stride8() {  # the mode's defaults (stride 8, tau 0.98, sparse from 64K), then stride 32
@@ -1012,9 +1013,8 @@ AH1_null() {  # TRITON_ATTN (dense, another kernel) on the prompts that differed
 AH2_near_exact() {  # antidiagonal tau 1.0 keeps every tile whose estimated share is >= 2^-40
   # and max_density 1.0 never sends a layer dense, so the plugin's kernels compute ~all of
   # the causal area: how many multivalue / variable-tracking answers kernel numerics move
-  timeout 230 python3 $B/bench_accuracy.py --backend minference $AS32 --set tau=1.0 \
-    --set max_density=1.0 $RULER128 --tasks multivalue variable_tracking \
-    --out $OUT/accuracy12_128k_near_exact.json
+  ACC128_LIMIT=230 ACC128 near_exact $AS32 --set tau=1.0 --set max_density=1.0 \
+    --tasks multivalue variable_tracking
 }
 # AH2: near-exact lists moved the score of 2 of 24 prompts (both lower), the antidiagonal
 # settings 8-12 (5-9 lower), and changed the first answer token of variable-tracking prompts
@@ -1022,8 +1022,7 @@ AH2_near_exact() {  # antidiagonal tau 1.0 keeps every tile whose estimated shar
 # Next: the prompt's last rows over every key after the sparse pass (dense_tail)
 AI1_tail() {  # the 12-sample 128K suite, stride 32 from 32K keys, last 128 / 1024 rows exact
   # (a fresh machine's first engine start is ~60 s slower: the first run has 300 s)
-  timeout 300 python3 $B/bench_accuracy.py --backend minference $AS32 --set dense_tail=128 \
-    $RULER128 --out $OUT/accuracy12_128k_antidiagonal_s32_tail128.json
+  ACC128_LIMIT=300 ACC128 antidiagonal_s32_tail128 $AS32 --set dense_tail=128
   ACC128 antidiagonal_s32_tail1024 $AS32 --set dense_tail=1024
 }
 AI2_tail_ttft() {  # TTFT at 128K: FLASH_ATTN, stride 32 from 32K keys without and with the

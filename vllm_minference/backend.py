@@ -157,8 +157,8 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
         chunk of a longer sequence)."""
         t1 = qsl[r + 1]
         t0 = t1 - rows
-        ends = md.query_start_loc[r:r + 2] - t0  # [start of request r - t0, rows], on device
-        starts = torch.cat([torch.zeros_like(ends[:1]), ends[1:]])
+        end = md.query_start_loc[r + 1:r + 2] - t0  # [rows], on the device like the rest
+        starts = torch.cat([torch.zeros_like(end), end])
         return DenseRun(t0, t1, _sub_metadata(md, t0, t1, r, r + 1, starts, rows, seq_lens[r]))
 
 
