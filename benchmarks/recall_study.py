@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ BUDGET = (1000, 6096)
 
 
 def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[float] = (),
-          part_floors: bool = False) -> dict:
+          part_floors: bool = False, columns: list[int] = ()) -> dict:
     """name -> select(vertical, slash, layout, H) returning (cols, n_cols, diags, n_diags)."""
     def fixed_rule(scale, parts=(1.0, 1.0)):
         def fixed(v, s, layout, H):
@@ -84,6 +85,8 @@ def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[floa
                                (gammas[1], 128, 1024, " + A-shape floor")):
             out[f"adaptive g={g}{tag} + fixed x{f} floor"] = union_rule(
                 adaptive_rule(g, keep_first=kf, keep_diag=kd), floor)
+    for n in columns:  # the chunk's top-n columns alone: unioned with the antidiagonal tiles
+        out[columns_name(n)] = fixed_columns_rule(n)
     if part_floors:  # which half of MInference's top-k carries what the adaptive rule misses:
         # its 1000 columns alone (a column costs a row one key) or its 6096 diagonals alone
         ad = adaptive_rule(gammas[1], keep_first=128, keep_diag=1024)
@@ -100,6 +103,21 @@ def union_rule(rule, floor):
 
 
 MULTI = "[4-block estimate]"
+COLUMNS = "columns of the chunk's last rows"
+
+
+def columns_name(n: int) -> str:
+    return f"{COLUMNS}: top {n}"
+
+
+def fixed_columns_rule(n: int):
+    """MInference's top-``n`` columns (first 30 keys forced) of the chunk's last 64 rows,
+    without diagonals: the keys its question-like rows read, for every block of the chunk."""
+    def sel(v, s, layout, H):
+        cols, n_cols, diags, n_diags = select_vertical_slash(
+            v, s, layout, torch.full((H,), n), torch.full((H,), 1), n, 1)
+        return cols, n_cols, diags, torch.zeros_like(n_diags)
+    return sel
 
 
 def estimate_blocks(q, k, scale, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,10 +303,18 @@ def antidiagonal_name(tau: float, stride: int) -> str:
 @torch.no_grad()
 def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
                 chunk: int | None = None, taus: list[float] = (),
-                strides: list[int] = (8,)) -> dict:
+                strides: list[int] = (8,), needle_rows: list[int] = (),
+                targets: torch.Tensor | None = None, low: float = 0.8) -> dict:
+    """Per rule and head: mean recall of the sampled blocks, of the prompt's last blocks,
+    of ``needle_rows`` (rows that must read one far line, e.g. variable tracking's chain
+    lines; their blocks join the sample) overall and on the far ``targets`` keys
+    (:func:`far_line_recall`), the share of rows below ``low``, and density."""
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
     blocks = sample_blocks(layout.num_blocks, n_blocks)
+    last_two = blocks[-2:]  # the question's blocks stay last (weighted_recall's final pair)
+    blocks = sorted(set(blocks[:-2]) | {r // BLOCK_M for r in needle_rows}
+                    - set(last_two)) + last_two
     if chunk:
         named_keys = chunk_keys(q, k, scale, rule_fns, blocks, chunk, profiles, layer)
     else:
@@ -306,12 +332,21 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
                                                   q, k, scale)))
     for tau in taus:  # per block from its own rows: the same in one step or in chunks
         for stride in strides:
-            named_keys.append((antidiagonal_name(tau, stride),
-                               antidiagonal_keys(q, k, scale, blocks, N, tau, stride)))
+            ad = antidiagonal_keys(q, k, scale, blocks, N, tau, stride)
+            named_keys.append((antidiagonal_name(tau, stride), ad))
+            named_keys += [(f"{antidiagonal_name(tau, stride)} + {name}", ad | kk)
+                           for name, kk in named_keys if name.startswith(COLUMNS)]
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
     # the search's own recall: true causal softmax of the sampled blocks, fp32
-    per_block = block_recalls(q, k, scale, layout, blocks, keys)  # [C, H, S]
+    per_row = block_recalls(q, k, scale, layout, blocks, keys, per_row=True)  # [C, H, S, M]
+    per_block = per_row.nanmean(dim=-1)  # [C, H, S]
     recall = per_block.mean(dim=-1)  # [C, H]
+    low_share = (per_row < low).float().nansum((-1, -2)) / per_row[0, 0].isfinite().sum()
+    pos = torch.tensor(blocks)[:, None] * BLOCK_M + torch.arange(BLOCK_M)  # [S, M]
+    at_needle = torch.isin(pos, torch.tensor(list(needle_rows), dtype=torch.long))
+    needle = per_row[:, :, at_needle].mean(-1) if at_needle.any() else None
+    far = (far_line_recall(q, k, scale, blocks, keys, list(needle_rows), targets)
+           if needle_rows and targets is not None else None)
     final = weighted_recall(per_block, 1.0)  # the prompt's last blocks only: its question
     # key density: computed keys over the mean causal keys of each block's rows
     ends = torch.tensor([min(N, (b + 1) * BLOCK_M) for b in blocks])
@@ -319,8 +354,46 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
     causal_keys = (ends - (n_rows - 1) / 2).clamp_min(1)
     density = (keys.sum(-1) / causal_keys).mean(-1).clamp_max(1.0)  # [C, H]
     return {name: dict(recall=recall[c].tolist(), final_recall=final[c].tolist(),
+                       needle_recall=None if needle is None else needle[c].tolist(),
+                       far_line_recall=None if far is None else far[c].tolist(),
+                       low_share=low_share[c].tolist(),
                        density=density[c].tolist())
             for c, (name, _) in enumerate(named_keys)}
+
+
+CHAIN_LINE = r"VAR [A-Z]{5} = VAR [A-Z]{5}\. "  # variable tracking's lines that point back
+ANY_LINE = r"VAR [A-Z]{5} = [^.]*\. "  # and every line they may point to
+
+
+def prompt_rows(tok, prompt: str, pattern: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and the positions of the tokens inside its matches of the
+    regular expression ``pattern`` (e.g. the chain lines, whose rows must read a far line)."""
+    import re
+    enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [m.span() for m in re.finditer(pattern, prompt)]
+    rows = [i for i, (a, b) in enumerate(enc["offset_mapping"])
+            if any(s <= a and b <= e for s, e in spans)]
+    return enc["input_ids"], rows
+
+
+def far_line_recall(q, k, scale: float, blocks: list[int], keys: torch.Tensor,
+                    rows: list[int], targets: torch.Tensor, gap: int = 256) -> torch.Tensor:
+    """``[C, H]``: of the attention ``rows`` pay to ``targets`` keys more than ``gap``
+    positions back (variable tracking: a chain line reading the line it points to), the
+    share each candidate's keys keep, summed over the rows (mass-weighted)."""
+    N, H, D = q.shape
+    G = H // k.shape[1]
+    kept = torch.zeros(keys.shape[0], H)
+    true = torch.zeros(H)
+    for r in rows:
+        s = blocks.index(r // BLOCK_M)
+        kk = k[:r + 1].float().repeat_interleave(G, 1)  # [r+1, H, D]
+        p = torch.softmax(torch.einsum("hd,nhd->hn", q[r].float(), kk) * scale, dim=-1)
+        far = targets[:r + 1] & (torch.arange(r + 1) < r - gap)
+        pf = p * far  # [H, r+1]
+        true += pf.sum(-1)
+        kept += (pf[None] * keys[:, :, s, :r + 1]).sum(-1)
+    return kept / true.clamp_min(1e-30)
 
 
 def chunked_causal_attention(module, query, key, value, attention_mask, scale: float,
@@ -344,7 +417,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
     ap.add_argument("--length", type=int, default=8192)
-    ap.add_argument("--prompt", choices=["multivalue", "code"], default="multivalue")
+    ap.add_argument("--prompt", choices=["multivalue", "variable_tracking", "code"],
+                    default="multivalue")
     ap.add_argument("--layers", type=int, nargs="*", default=None)
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.9, 0.95, 0.99])
     ap.add_argument("--blocks", type=int, default=24)
@@ -367,19 +441,26 @@ def main() -> None:
                          "(XAttention's estimate) at these mass thresholds")
     ap.add_argument("--antidiagonal-strides", type=int, nargs="+", default=[8],
                     help="antidiagonal strides to measure each threshold at")
+    ap.add_argument("--columns", type=int, nargs="*", default=[],
+                    help="also each antidiagonal rule unioned with the chunk's top-N columns "
+                         "(from its last 64 rows, as the fixed mode estimates them)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
+    needle_rows: list[int] = []
+    targets = None
     if args.prompt == "code":
         from bench_kernels import code_tokens
         ids = code_tokens(tok, args.length).tolist()
     else:
         import random
         import bench_accuracy
-        item = bench_accuracy.multivalue(bench_accuracy.PromptMaker(tok), args.length,
-                                         random.Random(0))
-        ids = tok.encode(item["prompt"], add_special_tokens=False)
+        item = getattr(bench_accuracy, args.prompt)(bench_accuracy.PromptMaker(tok),
+                                                    args.length, random.Random(0))
+        ids, needle_rows = prompt_rows(tok, item["prompt"], CHAIN_LINE)
+        targets = torch.zeros(len(ids), dtype=torch.bool)
+        targets[prompt_rows(tok, item["prompt"], ANY_LINE)[1]] = True
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
                                                  attn_implementation="sdpa")
     captured = {}
@@ -393,33 +474,36 @@ def main() -> None:
     with torch.no_grad(), capture_attention(on_layer, attend=chunked_causal_attention):
         model.model(torch.tensor([ids]), use_cache=False)
     print(f"forward of {len(ids)} tokens: {time.time() - t0:.0f}s", flush=True)
-    fns = rules(args.gammas, args.scales, args.floor_scales, args.part_floors)
+    fns = rules(args.gammas, args.scales, args.floor_scales, args.part_floors, args.columns)
     if args.only:
         fns = {n: fn for n, fn in fns.items() if any(o in n for o in args.only)}
     from vllm_minference.profiles import load_profile, locate_profile
     profiles = {f"profile {os.path.basename(p)}": load_profile(locate_profile(p))
                 for p in args.profiles}
     result = dict(model=args.model, prompt=args.prompt, length=len(ids), chunk=args.chunk,
-                  layers={})
+                  needle_rows=needle_rows, layers={})
     for li in sorted(captured):
         q, k, scale = captured[li]
         result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
                                            chunk=args.chunk, taus=args.antidiagonal_taus,
-                                           strides=args.antidiagonal_strides)
+                                           strides=args.antidiagonal_strides,
+                                           needle_rows=needle_rows, targets=targets)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
-    names = ([n for n in fns if not (args.chunk and MULTI in n)] + list(profiles)
-             + [antidiagonal_name(t, st) for t in args.antidiagonal_taus
-                for st in args.antidiagonal_strides])
-    for n in names:
-        rs = [x for L in result["layers"].values() for x in L[n]["recall"]]
-        ds = [x for L in result["layers"].values() for x in L[n]["density"]]
-        fs = [x for L in result["layers"].values() for x in L[n]["final_recall"]]
+    for n in next(iter(result["layers"].values())):
+        def every(field: str) -> list[float]:  # [nan] where the prompt has no needle rows
+            return [x for L in result["layers"].values() for x in L[n][field] or [math.nan]]
+        rs, ds, fs, ns = every("recall"), every("density"), every("final_recall"), every(
+            "needle_recall")
+        fl = every("far_line_recall")
         summary[n] = dict(mean_recall=sum(rs) / len(rs), min_recall=min(rs),
                           final_recall=sum(fs) / len(fs), min_final_recall=min(fs),
+                          needle_recall=sum(ns) / len(ns), min_needle_recall=min(ns),
+                          far_line_recall=sum(fl) / len(fl), min_far_line_recall=min(fl),
+                          low_row_share=sum(every("low_share")) / len(rs),
                           heads_below_0_9=sum(r < 0.9 for r in rs), mean_density=sum(ds) / len(ds))
     result["summary"] = summary
     print(json.dumps(summary, indent=1))

@@ -316,6 +316,79 @@ def test_recall_study_antidiagonal_keys_find_a_far_column_and_stay_causal():
     assert torch.equal(full[:, 1], (torch.arange(N) < 512).expand(2, N))
 
 
+def test_recall_study_far_line_recall_is_the_kept_share_of_far_target_mass():
+    """A row that reads one far target key: every key kept -> 1, that key dropped -> ~0;
+    a target within ``gap`` of the row does not count."""
+    import torch
+    import recall_study
+    g = torch.Generator().manual_seed(5)
+    N, D = 640, 32
+    k = 0.1 * torch.randn(N, 1, D, generator=g)
+    q = 0.1 * torch.randn(N, 2, D, generator=g)
+    k[100] = torch.randn(1, D, generator=g)
+    q[600] = 8 * k[100].expand(2, D)
+    targets = torch.zeros(N, dtype=torch.bool)
+    targets[[100, 590]] = True  # 590 is inside the gap of row 600
+    every = torch.ones(1, 2, 1, N, dtype=torch.bool)
+    missing = every.clone()
+    missing[..., 100] = False
+    only_near = torch.zeros_like(every)
+    only_near[..., 590] = True
+    keys = torch.cat([every, missing, only_near])  # [C=3, H, S=1, N]
+    far = recall_study.far_line_recall(q, k, D ** -0.5, [9], keys, [600], targets, gap=256)
+    assert torch.allclose(far[0], torch.ones(2))
+    assert (far[1] < 1e-6).all() and (far[2] < 1e-6).all()
+
+
+def test_recall_study_per_row_recalls_average_to_the_block_recalls():
+    import torch
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.search import block_recalls
+    g = torch.Generator().manual_seed(6)
+    N, D = 200, 16  # the last block has 8 rows: the rest of its row slots are NaN
+    q, k = torch.randn(N, 2, D, generator=g), torch.randn(N, 1, D, generator=g)
+    layout = SeqLayout.from_lengths([N], [N], "cpu")
+    keys = torch.rand(2, 2, 2, N, generator=g) < 0.5
+    mean = block_recalls(q, k, D ** -0.5, layout, [1, 3], keys)
+    rows = block_recalls(q, k, D ** -0.5, layout, [1, 3], keys, per_row=True)
+    assert rows.shape == (2, 2, 2, 64) and rows[:, :, 1, 8:].isnan().all()
+    assert torch.allclose(rows.nanmean(-1), mean)
+
+
+def test_recall_study_prompt_rows_are_the_tokens_inside_the_matches():
+    import recall_study
+
+    class WordTokenizer:  # one token per space-separated word, with character offsets
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            import re
+            spans = [m.span() for m in re.finditer(r"\S+\s*", text)]
+            return {"input_ids": list(range(len(spans))), "offset_mapping": spans}
+    prompt = "noise noise VAR ABCDE = VAR FGHIJ. noise VAR KLMNO = 12345. noise"
+    ids, rows = recall_study.prompt_rows(WordTokenizer(), prompt, recall_study.CHAIN_LINE)
+    assert len(ids) == 13 and rows == [2, 3, 4, 5, 6]
+    _, rows = recall_study.prompt_rows(WordTokenizer(), prompt, recall_study.ANY_LINE)
+    assert rows == [2, 3, 4, 5, 6, 8, 9, 10, 11]
+
+
+def test_recall_study_columns_rule_keeps_columns_only():
+    """``--columns N``: the chunk's top-N columns (the first 30 forced), no diagonals."""
+    import torch
+    import recall_study
+    from vllm_minference.kernels import SeqLayout
+    g = torch.Generator().manual_seed(7)
+    N, H = 3000, 2
+    layout = SeqLayout.from_lengths([64], [N], "cpu")
+    v, s = torch.rand(1, H, N, generator=g), torch.rand(1, H, N, generator=g)
+    cols, n_cols, _, n_diags = recall_study.rules([0.9, 0.95, 0.99], columns=[200])[
+        recall_study.columns_name(200)](v, s, layout, H)
+    assert (n_cols == 200).all() and (n_diags == 0).all()
+    for h in range(H):
+        kept = set(cols[0, h, :200].tolist())
+        assert set(range(30)) <= kept
+        top = set(torch.topk(v[0, h, 30:], 170).indices.add(30).tolist())
+        assert top <= kept
+
+
 def test_set_pairs_become_plugin_settings_in_the_row_config():
     import argparse
     args = argparse.Namespace(set=["adaptive_local=1024", "profile=x.json"], min_sparse_len=4096,

@@ -220,12 +220,14 @@ def weighted_recall(per_block: torch.Tensor, final_weight: float, n_final: int =
 
 
 def block_recalls(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLayout,
-                  blocks: list[int], keys: torch.Tensor) -> torch.Tensor:
+                  blocks: list[int], keys: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """Attention mass inside each candidate's key set per sampled block, ``[C, H, S]``.
 
     ``q`` ``[N, H, D]`` and ``k`` ``[N, Hkv, D]`` of one sequence (``q_len == kv_len``);
     ``keys`` ``[C, H, S, N]`` the candidates' key sets of the sampled blocks.  True scores
-    in fp32, causal softmax, one 64-row block at a time.
+    in fp32, causal softmax, one 64-row block at a time.  ``per_row``: each row's own mass,
+    ``[C, H, S, BLOCK_M]`` (NaN past a short last block), since a block's mean hides the
+    few rows whose needed keys were dropped.
     """
     N, H, D = q.shape
     Hkv = k.shape[1]
@@ -235,6 +237,7 @@ def block_recalls(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLay
     first = layout.block_first_pos().tolist()
     last = layout.block_last_pos().tolist()
     out = torch.zeros(C, H, len(blocks), device=q.device)
+    rows_out = torch.full((C, H, len(blocks), BLOCK_M), float("nan"), device=q.device)
     for s, blk in enumerate(blocks):
         r0, r1 = first[blk], last[blk] + 1
         rows = r1 - r0
@@ -244,9 +247,12 @@ def block_recalls(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLay
             r0 + torch.arange(rows, device=q.device))[:, None]
         p = torch.softmax(sc.masked_fill(~causal, float("-inf")), dim=-1)
         m = keys[:, :, s, :r1].permute(1, 2, 0).float()  # [H, r1, C]
-        out[:, :, s] = torch.bmm(p, m).mean(dim=1).T  # [C, H]
+        row_mass = torch.bmm(p, m)  # [H, rows, C]
+        out[:, :, s] = row_mass.mean(dim=1).T  # [C, H]
+        if per_row:
+            rows_out[:, :, s, :rows] = row_mass.permute(2, 0, 1)
         del sc, p, m
-    return out.clamp(0.0, 1.0)
+    return (rows_out if per_row else out).clamp(0.0, 1.0)
 
 
 def choose(cost: torch.Tensor, recall: torch.Tensor, target: float,
