@@ -170,15 +170,14 @@ def plot_ttft(rows: list[dict], path: str, device: str = "h100") -> None:
     styles = {("real", "adaptive"): "o-", ("real", "fixed"): "s--",
               ("dummy-llama", "adaptive"): "^:", ("dummy-llama", "fixed"): "v:"}
     lines = defaultdict(list)  # one line per model and configuration (mode and settings)
-    for r in rows:
-        if (r["kind"] == "ttft" and r["tp"] == 1 and (r["model"], r["mode"]) in styles
-                and "min_sparse_len" not in r["config"]):
+    for r in rows:  # other modes (antidiagonal, ...) as diamonds: a run of one length is a point
+        if r["kind"] == "ttft" and r["tp"] == 1:
             chunk = r.get("max_num_batched_tokens")
             cfg = config_label(r["mode"], r["config"]) + (
                 f", {fmt_len(chunk)} chunks" if chunk else "")
             lines[(r["model"], r["mode"], cfg)].append(r)
     for (model, mode, cfg), rs in sorted(lines.items()):
-        style = styles[(model, mode)]
+        style = styles.get((model, mode), "D-")
         rs = sorted(rs, key=lambda r: r["seq_len"])
         x = [r["seq_len"] for r in rs]
         label = ("Qwen2.5-Coder-0.5B" if model == "real" else "Llama-3-8B shape, dummy") + \
