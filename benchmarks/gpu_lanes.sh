@@ -27,7 +27,7 @@
 #   bash benchmarks/gpu_lanes.sh AE1..AE3, AF1..AF3 one GPU: stride 32; random attention, 1M (seventeenth)
 #   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
-#   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (next)
+#   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (nineteenth)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
