@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .a_shape.index import build_a_shape_worklist
+from .antidiagonal.columns import add_tile_columns
 from .antidiagonal.index import antidiagonal_worklist, check_tau_and_stride, parse_launch
 from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
 from .layout import KVSource, SeqLayout
@@ -56,7 +57,8 @@ class AntidiagonalRule:
     antidiagonal scores estimate it, with ``sink_tiles`` first tiles and its own tiles plus
     ``local_tiles`` before them always kept, at most ``max_tiles`` tiles per block;
     ``launch``: the estimate kernel's launch option (:func:`.antidiagonal.index.parse_launch`,
-    "" for the defaults)."""
+    "" for the defaults); ``columns`` > 0 adds the Vertical-Slash estimate's top ``columns``
+    columns of the chunk's last 64 rows to every block (:mod:`.antidiagonal.columns`)."""
 
     tau: float = 0.9
     stride: int = 8
@@ -64,12 +66,15 @@ class AntidiagonalRule:
     local_tiles: int = 1
     max_tiles: int = 2048
     launch: str = ""
+    columns: int = 0
 
     def __post_init__(self) -> None:
         check_tau_and_stride(self.tau, self.stride)
         parse_launch(self.launch)
         if self.sink_tiles < 0 or self.local_tiles < 0 or self.max_tiles < 1:
             raise ValueError("need sink_tiles >= 0, local_tiles >= 0 and max_tiles >= 1")
+        if self.columns < 0:
+            raise ValueError(f"columns must be >= 0, got {self.columns}")
 
 
 @dataclass
@@ -159,6 +164,8 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
             wl = antidiagonal_worklist(q, kv, layout, heads, rule.tau, rule.max_tiles,
                                        rule.stride, rule.sink_tiles, rule.local_tiles,
                                        sm_scale, rule.launch)
+            if rule.columns:
+                wl = _with_columns(wl, q, kv, layout, heads, rule, patterns, sm_scale)
         elif kind == VERTICAL_SLASH:
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
@@ -194,3 +201,17 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
     if max_density is not None:
         merged = apply_density_guard(merged, layout, max_density)
     return merged
+
+
+def _with_columns(wl: WorkList, q: torch.Tensor, kv: KVSource, layout: SeqLayout,
+                  heads: torch.Tensor, rule: AntidiagonalRule, patterns: LayerPatterns,
+                  sm_scale: float | None) -> WorkList:
+    """Antidiagonal lists plus the top ``rule.columns`` columns of the Vertical-Slash
+    estimate (the chunk's last 64 rows against every key; its diagonals are not used)."""
+    vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale)
+    n = heads.numel()
+    cols, n_cols, _, _ = select_vertical_slash(
+        vertical, slash, layout, torch.full((n,), rule.columns, device=q.device),
+        torch.full((n,), 1, device=q.device), rule.columns, 1,
+        keep_first=patterns.keep_first, keep_diag=1)
+    return add_tile_columns(wl, cols, n_cols, layout, rule.max_tiles)

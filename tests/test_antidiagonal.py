@@ -7,9 +7,11 @@ from kernel_inputs import make_batch
 from vllm_minference.kernels import sparse_attention
 from vllm_minference.kernels.antidiagonal import antidiagonal_worklist, worklist_tiles
 from vllm_minference.kernels.antidiagonal import index as ad_index
+from vllm_minference.kernels.antidiagonal.columns import add_tile_columns
 from vllm_minference.kernels.antidiagonal.reference import (kept_tiles_reference,
                                                              tile_shares_reference)
-from vllm_minference.kernels.attention.reference import masked_attention_reference, worklist_mask
+from vllm_minference.kernels.attention.reference import (masked_attention_reference,
+                                                        worklist_mask, worklist_overlaps)
 from vllm_minference.kernels.layout import BLOCK_N
 
 CASES = [  # lengths, stride, query heads : KV heads, head size, heads planned
@@ -154,6 +156,42 @@ def test_worklist_runs_exactly_the_kept_tiles(device):
                                      lambda b, h, *_: worklist_mask(wl, batch.layout, b, h))
     tol = 2e-3 if batch.q.dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.float().cpu(), ref.float().cpu(), atol=tol, rtol=tol)
+
+
+def test_columns_join_the_tiles_once_each(device):
+    """Each block gains the columns up to its last row outside its own tiles; no key twice;
+    the kernel runs exactly the joined lists."""
+    batch = make_batch([130, 64], [700, 64], 4, 2, 64, _dtype(device), device, structured=True)
+    wl = antidiagonal_worklist(batch.q, batch.paged, batch.layout, torch.arange(4), 0.8, 16)
+    g = torch.Generator().manual_seed(1)
+    counts = [[40, 25, 0, 7], [3, 0, 10, 40]]
+    cols = torch.full((2, 4, 40), -1, dtype=torch.int32)
+    n_cols = torch.zeros(2, 4, dtype=torch.int32)
+    for b, kv_len in enumerate(batch.layout.kv_lens_host):
+        for h in range(4):
+            n = min(counts[b][h], kv_len)
+            cols[b, h, :n] = torch.randperm(kv_len, generator=g)[:n].sort(descending=True).values
+            n_cols[b, h] = n
+    both = add_tile_columns(wl, cols.to(device), n_cols.to(device), batch.layout, 16)
+    for b, (q_len, kv_len) in enumerate(zip(batch.layout.q_lens_host,
+                                            batch.layout.kv_lens_host)):
+        for h in range(4):
+            want = worklist_mask(wl, batch.layout, b, h)
+            for r0 in range(0, q_len, 64):
+                r1 = min(q_len, r0 + 64)
+                for c in cols[b, h, :int(n_cols[b, h])].tolist():
+                    if c <= kv_len - q_len + r1 - 1:
+                        want[r0:r1, c] = True
+            assert torch.equal(worklist_mask(both, batch.layout, b, h), want)
+            assert worklist_overlaps(both, batch.layout, b, h) == 0
+    assert int(both.desc[..., 4].sum()) > 0
+    out = sparse_attention(batch.q, batch.paged, batch.layout, both)
+    ref = masked_attention_reference(batch.q, batch.kv, batch.layout,
+                                     lambda b, h, *_: worklist_mask(both, batch.layout, b, h))
+    tol = 2e-3 if batch.q.dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.float().cpu(), ref.float().cpu(), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="columns for 2 sequences x 3 heads"):
+        add_tile_columns(wl, cols[:, :3].to(device), n_cols[:, :3].to(device), batch.layout, 16)
 
 
 def test_launch_options_parse():

@@ -99,9 +99,14 @@ def test_antidiagonal_mode():
         assert s.plan_options()["antidiagonal"].stride == stride
     for bad in ({"antidiagonal_stride": 5}, {"antidiagonal_stride": 128}, {"tau": 0},
                 {"tau": 1.5},
-                {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1}):
+                {"antidiagonal_max_tiles": 2}, {"antidiagonal_local": -1},
+                {"antidiagonal_columns": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             MInferenceSettings.from_sources({"minference": bad}, environ={})
+    s = MInferenceSettings.from_sources(
+        {"minference": {"mode": "antidiagonal"}}, environ={"MINFERENCE_ANTIDIAGONAL_COLUMNS": "1000"})
+    assert s.plan_options()["antidiagonal"].columns == 1000
+    assert MInferenceSettings().antidiagonal_columns == 0  # off until measured
 
 
 def test_every_setting_is_documented_in_the_readme():

@@ -119,6 +119,30 @@ def test_attention_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hk
 
 
 @pytest.mark.parametrize("dtype", kernel_dtypes())
+def test_antidiagonal_tiles_with_columns_equal_masked_reference(device, dtype):
+    """Antidiagonal lists with the estimate's columns (``antidiagonal_columns``), as the
+    plugin plans them: the tiles go to the page lists, the columns to the Triton pass."""
+    from vllm_minference.kernels import (VERTICAL_SLASH, AntidiagonalRule, HeadPattern,
+                                         LayerPatterns, plan_layer)
+    batch = make_batch([150, 64], [700, 64], 4, 2, 64, dtype, device, page_size=64, seed=2,
+                       structured=True)
+    rule = AntidiagonalRule(tau=0.8, stride=8, local_tiles=0, max_tiles=8, columns=48)
+    wl = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(
+        [HeadPattern(VERTICAL_SLASH, 30, 50)] * 4, device, antidiagonal=rule))
+    assert int(wl.desc[..., 4].sum()) > 0  # some columns outside the tiles
+    rows = group_rows(64)
+    ref = masked_attention_reference(
+        batch.q, batch.kv, batch.layout,
+        lambda b, hh, ql, kl: page_list_mask(wl, batch.layout, rows, b, hh))
+    for name, fn in _varlen_fns(device):
+        if name == "fa3" and dtype == torch.float32:
+            continue  # FA3 takes fp16/bf16 only
+        out = page_list_attention(batch.q, hnd_cache(batch.paged), batch.paged.block_table,
+                                  batch.layout, wl, varlen_fn=fn)
+        assert _rel_err(out, ref) < tolerance(dtype), name
+
+
+@pytest.mark.parametrize("dtype", kernel_dtypes())
 def test_dense_list_equals_causal_attention(device, dtype):
     """A dense work list through page lists is plain causal attention (no columns at all)."""
     batch = make_batch([150, 64], [300, 64], 4, 2, 64, dtype, device, page_size=16, seed=1)

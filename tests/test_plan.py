@@ -102,6 +102,44 @@ def test_antidiagonal_rule_replaces_vertical_slash_heads_only(device):
     assert with_extra.extra.shape == (4, batch.layout.num_blocks, 2)
     assert (with_extra.extra[[1, 3]] == -1).all()  # A-shape and Block-Sparse heads: none
     assert (with_extra.extra[[0, 2]] >= 0).any()
-    for bad in (dict(tau=0.0), dict(stride=5), dict(max_tiles=0)):
+    for bad in (dict(tau=0.0), dict(stride=5), dict(max_tiles=0), dict(columns=-1)):
         with pytest.raises(ValueError):
             AntidiagonalRule(**bad)
+
+
+def test_antidiagonal_columns_add_the_estimates_top_columns(device):
+    """``columns``: each Vertical-Slash block keeps its tiles and gains the top columns of
+    the last-64-row estimate (PyTorch reference) up to its last row, outside its tiles;
+    other heads are untouched."""
+    from vllm_minference.kernels.vertical_slash.reference import (
+        estimate_reference, select_vertical_slash_reference)
+    batch = make_batch([150, 64], [900, 64], 4, 2, 64, torch.float32, device, structured=True)
+    heads = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(A_SHAPE, 16, 64),
+             HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(BLOCK_SPARSE, 3)]
+    rule = dict(tau=0.8, stride=8, local_tiles=0, max_tiles=6)
+    base = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(
+        heads, device, antidiagonal=AntidiagonalRule(**rule)))
+    wl = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(
+        heads, device, antidiagonal=AntidiagonalRule(**rule, columns=40)))
+    layout = batch.layout
+    v, s = estimate_reference(batch.q, batch.kv, layout, [0, 2])
+    cols, n_cols, _, _ = select_vertical_slash_reference(
+        v.float(), s.float(), layout, torch.full((2,), 40), torch.ones(2, dtype=torch.long),
+        40, 1, keep_first=30, keep_diag=1)
+    cols, n_cols = cols.cpu(), n_cols.cpu()
+    added = 0
+    for b, (q_len, kv_len) in enumerate(zip(layout.q_lens_host, layout.kv_lens_host)):
+        for h in range(4):
+            got = worklist_mask(wl, layout, b, h)
+            old = worklist_mask(base, layout, b, h)
+            if h in (1, 3):
+                assert torch.equal(got, old)
+                continue
+            assert not (old & ~got).any()
+            top = {int(c) for c in cols[b, h // 2, :int(n_cols[b, h // 2])]}
+            for r0 in range(0, q_len, 64):
+                last = kv_len - q_len + min(q_len, r0 + 64) - 1
+                extra = set(torch.nonzero(got[r0] & ~old[r0]).flatten().tolist())
+                assert extra == {c for c in top if c <= last and not old[r0, c]}
+                added += len(extra)
+    assert added > 0
