@@ -28,6 +28,7 @@
 #   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
 #   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (nineteenth)
+#   bash benchmarks/gpu_lanes.sh AJ1..AJ3           one GPU: the chunk's columns; retrieval heads dense (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1045,6 +1046,34 @@ AI3_stride64() {  # stride 64 (one antidiagonal per 64 x 64 cell): GPU tests, th
     --lengths 131072 --out $OUT/ttft.json
   ACC128 antidiagonal_s64 $AE --set antidiagonal_stride=64
 }
+# AI1-AI3: the dense tail (128 / 1024 rows) and stride 64 lost as many answers as stride 32
+# (4 / 11, 2 / 14, 3 / 14 of 70), so the loss is in the sparsely computed context.  The CPU
+# recall study: variable tracking's chain lines keep 0.94 of the attention they pay to the
+# far line they point to under stride 32 (mass-weighted; fixed lists 0.98); the chunk's top
+# 1000 columns bring it to 0.98, the 16 heads of most far-line attention dense to 0.97,
+# both to 0.99.  Next: measure those.
+RPROF=$PWD/benchmarks/results/profiles  # written by recall_study.py --retrieval-profile
+COLS="--set antidiagonal_columns=1000"
+AJ1_columns() {  # the 12-sample 128K suite, stride 32 from 32K keys, with the chunk's top
+  # 1000 columns; then with them and the 16 retrieval heads dense
+  ACC128_LIMIT=300 ACC128 antidiagonal_s32_columns1000 $AS32 $COLS
+  ACC128 antidiagonal_s32_columns1000_retrieval16 $AS32 $COLS \
+    --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval16.json
+}
+AJ2_columns_ttft() {  # GPU tests of the joined lists (real FA3), then TTFT at 128K:
+  # FLASH_ATTN, stride 32, + 1000 columns, + the 16 retrieval heads dense
+  gpu_tests 120 $PWD/tests/test_page_lists.py $PWD/tests/test_plan.py -k "antidiagonal"
+  timeout 110 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --out $OUT/ttft.json
+  for cfg in "$AS32" "$AS32 $COLS" "$AS32 $COLS --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval16.json"; do
+    timeout 100 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 \
+      --out $OUT/ttft.json
+  done
+}
+AJ3_retrieval() {  # the suite with the 32 heads of most far-line attention dense, then 32
+  # heads drawn at random (the control: does the choice of heads matter?)
+  ACC128 antidiagonal_s32_retrieval32 $AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32.json
+  ACC128 antidiagonal_s32_random32 $AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-random32.json
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1211,6 +1240,9 @@ case "$1" in
   AI1) lane 0 AI1_tail; wait_lanes 560; jit_check ;;
   AI2) lane 0 AI2_tail_ttft; wait_lanes 560; jit_check ;;
   AI3) lane 0 AI3_stride64; wait_lanes 560; jit_check ;;
+  AJ1) lane 0 AJ1_columns; wait_lanes 520; jit_check ;;
+  AJ2) lane 0 AJ2_columns_ttft; wait_lanes 520; jit_check ;;
+  AJ3) lane 0 AJ3_retrieval; wait_lanes 400; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -376,24 +376,62 @@ def prompt_rows(tok, prompt: str, pattern: str) -> tuple[list[int], list[int]]:
     return enc["input_ids"], rows
 
 
+def _far_attention(q, k, scale: float, r: int, targets: torch.Tensor, gap: int) -> torch.Tensor:
+    """``[H, r + 1]``: row ``r``'s true attention (fp32, causal softmax) on the ``targets``
+    keys more than ``gap`` positions back, zero elsewhere."""
+    G = q.shape[1] // k.shape[1]
+    kk = k[:r + 1].float().repeat_interleave(G, 1)  # [r+1, H, D]
+    p = torch.softmax(torch.einsum("hd,nhd->hn", q[r].float(), kk) * scale, dim=-1)
+    return p * (targets[:r + 1] & (torch.arange(r + 1) < r - gap))
+
+
 def far_line_recall(q, k, scale: float, blocks: list[int], keys: torch.Tensor,
                     rows: list[int], targets: torch.Tensor, gap: int = 256) -> torch.Tensor:
     """``[C, H]``: of the attention ``rows`` pay to ``targets`` keys more than ``gap``
     positions back (variable tracking: a chain line reading the line it points to), the
     share each candidate's keys keep, summed over the rows (mass-weighted)."""
-    N, H, D = q.shape
-    G = H // k.shape[1]
-    kept = torch.zeros(keys.shape[0], H)
-    true = torch.zeros(H)
+    kept = torch.zeros(keys.shape[0], q.shape[1])
+    true = torch.zeros(q.shape[1])
     for r in rows:
-        s = blocks.index(r // BLOCK_M)
-        kk = k[:r + 1].float().repeat_interleave(G, 1)  # [r+1, H, D]
-        p = torch.softmax(torch.einsum("hd,nhd->hn", q[r].float(), kk) * scale, dim=-1)
-        far = targets[:r + 1] & (torch.arange(r + 1) < r - gap)
-        pf = p * far  # [H, r+1]
+        pf = _far_attention(q, k, scale, r, targets, gap)
         true += pf.sum(-1)
-        kept += (pf[None] * keys[:, :, s, :r + 1]).sum(-1)
+        kept += (pf[None] * keys[:, :, blocks.index(r // BLOCK_M), :r + 1]).sum(-1)
     return kept / true.clamp_min(1e-30)
+
+
+def far_line_mass(q, k, scale: float, rows: list[int], targets: torch.Tensor,
+                  gap: int = 256) -> torch.Tensor:
+    """``[H]``: the mean share of a row's attention that each head pays to far ``targets``
+    keys: how much a head does the lookup that variable tracking needs (a retrieval head)."""
+    return sum(_far_attention(q, k, scale, r, targets, gap).sum(-1) for r in rows) / len(rows)
+
+
+def write_retrieval_profile(mass: dict[int, list[float]], n_dense: int, path: str,
+                            prompt: str, control_seed: int | None = None) -> None:
+    """A profile for antidiagonal (or fixed) mode: the ``n_dense`` heads with the most
+    far-line attention dense, every other head Vertical-Slash at MInference's default
+    budget; each head's far-line mass is its ``score``.  ``control_seed``: ``n_dense``
+    heads drawn at random instead (the control: does the choice of heads matter?)."""
+    from vllm_minference.profiles import HeadSpec, Profile, ProfileMetadata, save_profile
+    layers = sorted(mass)
+    if layers != list(range(len(layers))):
+        raise SystemExit("--retrieval-profile needs every layer captured (no --layers)")
+    ranked = sorted(((m, li, h) for li in layers for h, m in enumerate(mass[li])), reverse=True)
+    if control_seed is not None:
+        import random
+        random.Random(control_seed).shuffle(ranked)
+    dense = {(li, h) for _, li, h in ranked[:n_dense]}
+    heads = [[HeadSpec(pattern="dense" if (li, h) in dense else "vertical_and_slash",
+                       a=0 if (li, h) in dense else BUDGET[0],
+                       b=0 if (li, h) in dense else BUDGET[1], score=round(m, 6))
+              for h, m in enumerate(mass[li])] for li in layers]
+    how = (f"{n_dense} heads drawn at random (seed {control_seed}), the control of"
+           if control_seed is not None else f"the {n_dense} heads with the most far-line "
+           f"attention on")
+    save_profile(Profile(metadata=ProfileMetadata(
+        source=f"benchmarks/recall_study.py: {how} a {prompt} prompt run dense",
+        num_layers=len(layers),
+        num_heads=len(heads[0])), layers=heads), path)
 
 
 def chunked_causal_attention(module, query, key, value, attention_mask, scale: float,
@@ -444,6 +482,14 @@ def main() -> None:
     ap.add_argument("--columns", type=int, nargs="*", default=[],
                     help="also each antidiagonal rule unioned with the chunk's top-N columns "
                          "(from its last 64 rows, as the fixed mode estimates them)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the RULER-style prompt")
+    ap.add_argument("--retrieval-profile", default=None,
+                    help="variable tracking: write a profile whose --dense-heads heads with the "
+                         "most far-line attention (retrieval heads) run dense, the others "
+                         "Vertical-Slash at the default budget (capture every layer)")
+    ap.add_argument("--dense-heads", type=int, default=16)
+    ap.add_argument("--control-seed", type=int, default=None,
+                    help="--retrieval-profile with that many heads drawn at random instead")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -457,7 +503,7 @@ def main() -> None:
         import random
         import bench_accuracy
         item = getattr(bench_accuracy, args.prompt)(bench_accuracy.PromptMaker(tok),
-                                                    args.length, random.Random(0))
+                                                    args.length, random.Random(args.seed))
         ids, needle_rows = prompt_rows(tok, item["prompt"], CHAIN_LINE)
         targets = torch.zeros(len(ids), dtype=torch.bool)
         targets[prompt_rows(tok, item["prompt"], ANY_LINE)[1]] = True
@@ -482,8 +528,17 @@ def main() -> None:
                 for p in args.profiles}
     result = dict(model=args.model, prompt=args.prompt, length=len(ids), chunk=args.chunk,
                   needle_rows=needle_rows, layers={})
+    mass = {li: far_line_mass(*captured[li], needle_rows, targets).tolist()
+            for li in sorted(captured)} if needle_rows else {}
+    result["far_line_mass"] = mass
+    if args.retrieval_profile:
+        write_retrieval_profile(mass, args.dense_heads, args.retrieval_profile,
+                                f"{args.prompt} seed {args.seed}, {len(ids)} tokens",
+                                args.control_seed)
     for li in sorted(captured):
         q, k, scale = captured[li]
+        if not fns and not args.antidiagonal_taus and not profiles:
+            continue  # a profile only
         result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
                                            chunk=args.chunk, taus=args.antidiagonal_taus,
                                            strides=args.antidiagonal_strides,
@@ -493,7 +548,7 @@ def main() -> None:
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"
                                             for n, (r, mn, de) in row.items()), flush=True)
     summary = {}
-    for n in next(iter(result["layers"].values())):
+    for n in next(iter(result["layers"].values()), {}):
         def every(field: str) -> list[float]:  # [nan] where the prompt has no needle rows
             return [x for L in result["layers"].values() for x in L[n][field] or [math.nan]]
         rs, ds, fs, ns = every("recall"), every("density"), every("final_recall"), every(

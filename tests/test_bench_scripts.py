@@ -340,6 +340,30 @@ def test_recall_study_far_line_recall_is_the_kept_share_of_far_target_mass():
     assert (far[1] < 1e-6).all() and (far[2] < 1e-6).all()
 
 
+def test_recall_study_retrieval_profile_runs_the_most_far_looking_heads_dense(tmp_path):
+    """``--retrieval-profile``: the heads with the most far-line mass are dense, the rest
+    Vertical-Slash at the default budget, and the profile loads and fits the model."""
+    import pytest
+    import recall_study
+    from vllm_minference.profiles import load_profile
+    mass = {0: [0.01, 0.30, 0.02], 1: [0.25, 0.0, 0.05]}
+    path = tmp_path / "p.json"
+    recall_study.write_retrieval_profile(mass, 2, str(path), "variable_tracking seed 0")
+    prof = load_profile(path)
+    prof.check_fits(2, 3)
+    kinds = [[h.pattern for h in layer] for layer in prof.layers]
+    assert kinds == [["vertical_and_slash", "dense", "vertical_and_slash"],
+                     ["dense", "vertical_and_slash", "vertical_and_slash"]]
+    assert (prof.layers[0][0].a, prof.layers[0][0].b) == recall_study.BUDGET
+    assert prof.layers[0][1].score == 0.3
+    recall_study.write_retrieval_profile(mass, 2, str(path), "", control_seed=1)
+    control = load_profile(path)
+    assert sum(h.pattern == "dense" for layer in control.layers for h in layer) == 2
+    assert "random" in control.metadata.source
+    with pytest.raises(SystemExit):
+        recall_study.write_retrieval_profile({1: [0.1]}, 1, str(path), "")
+
+
 def test_recall_study_per_row_recalls_average_to_the_block_recalls():
     import torch
     from vllm_minference.kernels import SeqLayout
