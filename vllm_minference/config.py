@@ -90,7 +90,9 @@ class MInferenceSettings(BaseModel):
                     "The antidiagonal estimate samples one key in `stride` per row, so a "
                     "context row that reads one far key is often missed; on the CPU recall "
                     "study (variable tracking, 31K) 1000 columns raised the kept share of that "
-                    "attention from 0.94 to 0.98 at +0.01 density.  0 (off) until measured")
+                    "attention from 0.94 to 0.98 at +0.01 density at stride 32 (stride 8 kept "
+                    "0.99 there yet lost answers at 128K, so this does not settle it).  0 (off) "
+                    "until measured on a GPU")
     antidiagonal_launch: str = Field(
         "", description="antidiagonal mode: launch option of the estimate kernel (tuning; "
                         "e.g. w8n2, r128k32w8n2, ir128k64w8n3; empty: the defaults)")
@@ -114,7 +116,9 @@ class MInferenceSettings(BaseModel):
                     "first answer token: on an H100 at 128K, every antidiagonal setting tried "
                     "changed the first answer token of a variable-tracking prompt that the "
                     "plugin's near-exact lists (tau 1.0) kept.  Costs at most dense_tail / "
-                    "chunk of a dense step; 0 (off) until measured")
+                    "chunk of a dense step.  Measured (H100, 128K, stride 32): 128 and 1024 "
+                    "rows did not recover those answers (the loss is in the sparse context), "
+                    "so 0 (off)")
     attention_kernel: Literal["auto", "fa3", "triton"] = Field(
         "auto",
         description="what computes the sparse key tiles: fa3 = vLLM's FlashAttention-3 over "
