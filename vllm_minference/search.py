@@ -237,7 +237,8 @@ def block_recalls(q: torch.Tensor, k: torch.Tensor, scale: float, layout: SeqLay
     first = layout.block_first_pos().tolist()
     last = layout.block_last_pos().tolist()
     out = torch.zeros(C, H, len(blocks), device=q.device)
-    rows_out = torch.full((C, H, len(blocks), BLOCK_M), float("nan"), device=q.device)
+    rows_out = (torch.full((C, H, len(blocks), BLOCK_M), float("nan"), device=q.device)
+                if per_row else None)
     for s, blk in enumerate(blocks):
         r0, r1 = first[blk], last[blk] + 1
         rows = r1 - r0

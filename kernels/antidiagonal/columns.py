@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..layout import BLOCK_M, BLOCK_N, SeqLayout, query_block
-from ..vertical_slash.index import _first_greater
+from ..vertical_slash.index import _first_greater, append_kept, ascending_columns
 from ..worklist import WorkList
 
 
@@ -46,17 +46,12 @@ def _tile_columns_kernel(
     out_base = (hs * NB + blk).to(tl.int64) * V_MAX
     kept = 0
     for v0 in range(0, n_cols, VB):
-        i = v0 + tl.arange(0, VB)
-        ok = i < n_cols
-        c = tl.load(col_src + (n_cols - 1 - i), mask=ok, other=0)  # stored descending
+        c, ok = ascending_columns(col_src, n_cols, v0, VB)
         ok = ok & (c >= 0) & (c <= last)
         tile = c // BLOCK_N * BLOCK_N
         j = _first_greater(chunk0, 2, n_chunks, tile, LOG2_W) - 1  # last chunk <= tile
         start = tl.load(chunk0 + 2 * j, mask=ok & (j >= 0), other=-1)
-        keep = ok & (start != tile)
-        pos = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-        tl.store(COL_OUT + out_base + pos, c, mask=keep)
-        kept += tl.sum(keep.to(tl.int32), axis=0)
+        kept = append_kept(COL_OUT + out_base, kept, c, ok & (start != tile))
     tl.store(desc + 3, out_base.to(tl.int32))
     tl.store(desc + 4, kept)
 

@@ -46,6 +46,24 @@ def _first_greater(ptr, stride, n, target, LOG2: tl.constexpr):
 
 
 @triton.jit
+def ascending_columns(col_src, n_cols, v0, VB: tl.constexpr):
+    """Entries ``v0 .. v0 + VB`` of a descending column list, read in ascending order, and
+    which of them exist."""
+    i = v0 + tl.arange(0, VB)
+    ok = i < n_cols
+    return tl.load(col_src + (n_cols - 1 - i), mask=ok, other=0), ok
+
+
+@triton.jit
+def append_kept(out, kept, c, keep):
+    """Store the ``keep`` entries of ``c`` after the ``kept`` already at ``out``, in order;
+    returns the new count."""
+    pos = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+    tl.store(out + pos, c, mask=keep)
+    return kept + tl.sum(keep.to(tl.int32), axis=0)
+
+
+@triton.jit
 def _max_combine(a, b):
     return tl.maximum(a, b)
 
@@ -173,18 +191,13 @@ def _vs_block_lists_kernel(
     out_base = (hs * NB + blk).to(tl.int64) * V_MAX
     kept = 0
     for v0 in range(0, n_cols, VB):
-        i = v0 + tl.arange(0, VB)
-        ok = i < n_cols
-        c = tl.load(col_src + (n_cols - 1 - i), mask=ok, other=0)  # stored descending
+        c, ok = ascending_columns(col_src, n_cols, v0, VB)
         ok = ok & (c <= last)
         o = c - qs
         seg = _first_greater(SEG_S + seg_base, 1, n_seg, o, LOG2_S) - 1
         seg_end = tl.load(SEG_E + seg_base + seg, mask=ok & (seg >= 0), other=0)
         covered = (seg >= 0) & (o < seg_end)
-        keep = ok & ~covered
-        pos = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-        tl.store(COL_OUT + out_base + pos, c, mask=keep)
-        kept += tl.sum(keep.to(tl.int32), axis=0)
+        kept = append_kept(COL_OUT + out_base, kept, c, ok & ~covered)
 
     desc = DESC + (hs * NB + blk).to(tl.int64) * 5
     tl.store(desc + 0, (chunk_base + chunk_lo).to(tl.int32))
