@@ -11,8 +11,8 @@ the GPU runs to tell).
 
 One Triton launch per layer: per (block, head) it keeps the columns up to the block's last
 row whose 64-key tile the block's (absolute, ascending) chunks do not already hold, and
-compacts them into the block's column list, as the Vertical-Slash builder does for its
-diagonals.  Fixed shapes, no host sync.
+compacts them into the block's column list, as the Vertical-Slash builder does against
+its diagonals.  Fixed shapes, no host sync.
 """
 
 from __future__ import annotations
