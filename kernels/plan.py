@@ -31,6 +31,9 @@ BLOCK_SPARSE = "block_sparse"
 A_SHAPE = "stream_llm"
 DENSE = "dense"
 PATTERNS = (VERTICAL_SLASH, BLOCK_SPARSE, A_SHAPE, DENSE)
+# group of the Vertical-Slash heads pinned to MInference's fixed top-k (``HeadPattern.fixed``)
+# in a mode that would select theirs otherwise (adaptive, antidiagonal)
+PINNED = "vertical_and_slash fixed"
 
 MIN_VERTICAL, MIN_SLASH = 30, 50  # floors of the Vertical-Slash budgets
 FLOOR = "vertical_and_slash floor"  # budgets key of the adaptive mode's fixed floor
@@ -39,15 +42,24 @@ KEEP_FIRST_KEYS, KEEP_NEAR_DIAGS = 30, 100
 
 @dataclass(frozen=True)
 class HeadPattern:
-    """One head's pattern: (vertical, slash) budgets, (top-k blocks, -), (sink, local) or dense."""
+    """One head's pattern: (vertical, slash) budgets, (top-k blocks, -), (sink, local) or dense.
+
+    ``fixed`` pins a Vertical-Slash head to MInference's fixed top-k whatever the layer's
+    selection mode: the few heads that look far back for single tokens (retrieval heads)
+    keep the estimate's exact columns while the rest use cheaper per-block lists.
+    """
 
     kind: str
     a: int = 0
     b: int = 0
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PATTERNS:
             raise ValueError(f"unknown pattern {self.kind!r}; expected one of {PATTERNS}")
+        if self.fixed and self.kind != VERTICAL_SLASH:
+            raise ValueError(f"only {VERTICAL_SLASH} heads can be pinned to fixed top-k, "
+                             f"not {self.kind}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,8 @@ class LayerPatterns:
     Vertical-Slash query block that many far key tiles more, its own best by pooled Q.K
     (read by the FA3 page lists only; see :attr:`.worklist.WorkList.extra`).
     ``antidiagonal`` replaces both selections of Vertical-Slash heads by per-block lists
-    from the blocks' own antidiagonal scores (:class:`AntidiagonalRule`).
+    from the blocks' own antidiagonal scores (:class:`AntidiagonalRule`).  Heads with
+    ``HeadPattern.fixed`` keep the fixed top-k in either mode (group :data:`PINNED`).
     """
 
     num_heads: int
@@ -124,13 +137,18 @@ class LayerPatterns:
         lp = LayerPatterns(num_heads=len(patterns), gamma=gamma, keep_first=keep_first,
                            keep_diag=keep_diag, floor_scale=floor_scale if gamma else 0.0,
                            extra_blocks=extra_blocks, antidiagonal=antidiagonal)
-        for kind in PATTERNS:
-            ids = [h for h, p in enumerate(patterns) if p.kind == kind]
+        pin = gamma is not None or antidiagonal is not None  # else fixed is the mode's own
+
+        def group(p: HeadPattern) -> str:
+            return PINNED if p.fixed and pin else p.kind
+
+        for kind in (*PATTERNS, PINNED):
+            ids = [h for h, p in enumerate(patterns) if group(p) == kind]
             if not ids:
                 continue
             a = [patterns[h].a for h in ids]
             b = [patterns[h].b for h in ids]
-            if kind == VERTICAL_SLASH:
+            if kind in (VERTICAL_SLASH, PINNED):
                 a = [max(MIN_VERTICAL, x) for x in a]
                 b = [max(MIN_SLASH, x) for x in b]
             lp.groups[kind] = torch.tensor(ids, dtype=torch.long, device=device)
@@ -166,17 +184,17 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                                        sm_scale, rule.launch)
             if rule.columns:
                 wl = _with_columns(wl, q, kv, layout, heads, rule, patterns, sm_scale)
-        elif kind == VERTICAL_SLASH:
+        elif kind in (VERTICAL_SLASH, PINNED):
             row_lse = row_lse_fn(q, kv, layout, heads, sm_scale) if row_lse_fn else None
             vertical, slash = estimate_vertical_slash(q, kv, layout, heads, sm_scale,
                                                       row_lse=row_lse)
-            select = select_vertical_slash if patterns.gamma is None else partial(
-                select_adaptive, gamma=patterns.gamma)
+            select = select_vertical_slash if patterns.gamma is None or kind == PINNED else \
+                partial(select_adaptive, gamma=patterns.gamma)
             sel = select(
                 vertical, slash, layout, patterns.budget_a[kind], patterns.budget_b[kind],
                 patterns.max_a[kind], patterns.max_b[kind], keep_first=patterns.keep_first,
                 keep_diag=patterns.keep_diag)
-            if FLOOR in patterns.budget_a:
+            if FLOOR in patterns.budget_a and kind == VERTICAL_SLASH:
                 sel = union_selections(sel, select_vertical_slash(
                     vertical, slash, layout, patterns.budget_a[FLOOR],
                     patterns.budget_b[FLOOR], patterns.max_a[FLOOR], patterns.max_b[FLOOR],
@@ -190,7 +208,7 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
                                         patterns.max_a[kind], patterns.max_b[kind])
         else:
             wl = dense_worklist(layout, heads.numel())
-        if kind == VERTICAL_SLASH and patterns.extra_blocks:
+        if kind in (VERTICAL_SLASH, PINNED) and patterns.extra_blocks:
             wl.extra = extra_block_tiles(q, kv, layout, heads, patterns.extra_blocks,
                                          patterns.keep_diag, sm_scale, kbar=pooled_keys())
         parts.append((heads, wl))

@@ -21,8 +21,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from vllm_minference.kernels import (HeadPattern, KVSource, LayerPatterns, SeqLayout, plan_layer,
-                                     sparse_attention)
+from vllm_minference.kernels import (AntidiagonalRule, HeadPattern, KVSource, LayerPatterns,
+                                     SeqLayout, plan_layer, sparse_attention)
 from vllm_minference.kernels.page_lists import attention as page_attention
 from vllm_minference.kernels.page_lists import page_list_attention
 from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
@@ -127,7 +127,8 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
     kv = KVSource.paged(kc, vc, bt.to(device))
     layout = SeqLayout.from_lengths([q_len], [kv_len], device)
     # the default profile's budgets (MInference's 1000 columns / 6096 diagonals)
-    heads = [HeadPattern("vertical_and_slash", 1000, 6096)] * 2 + [
+    heads = [HeadPattern("vertical_and_slash", 1000, 6096),  # a pinned head: adaptive mode
+             HeadPattern("vertical_and_slash", 1000, 6096, fixed=True)] + [  # runs both
         HeadPattern("block_sparse", 8), HeadPattern("stream_llm", 64, 256)]
     patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
@@ -139,7 +140,8 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
 
 MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
          "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25},
-         "fixed with extra tiles": {"extra_blocks": 4}}
+         "fixed with extra tiles": {"extra_blocks": 4},
+         "antidiagonal": {"antidiagonal": AntidiagonalRule(tau=0.9, stride=32)}}
 
 
 def min_run_of(kernel: str) -> int:

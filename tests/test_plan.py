@@ -143,3 +143,40 @@ def test_antidiagonal_columns_add_the_estimates_top_columns(device):
                 assert extra == {c for c in top if c <= last and not old[r0, c]}
                 added += len(extra)
     assert added > 0
+
+
+@pytest.mark.parametrize("mode", ["antidiagonal", "adaptive"])
+def test_pinned_heads_keep_fixed_top_k_in_other_modes(device, mode):
+    """``HeadPattern(fixed=True)``: a Vertical-Slash head pinned to MInference's fixed top-k
+    gets exactly the fixed mode's lists while the layer's other Vertical-Slash heads use the
+    mode's selection; in fixed mode the pin changes nothing."""
+    batch = make_batch([150, 64], [900, 64], 4, 2, 64, torch.float16, device, structured=True)
+    options = (dict(antidiagonal=AntidiagonalRule(tau=0.8, stride=8, local_tiles=0,
+                                                  max_tiles=6))
+               if mode == "antidiagonal" else dict(gamma=0.5))
+    heads = [HeadPattern(VERTICAL_SLASH, 30, 50), HeadPattern(VERTICAL_SLASH, 40, 60),
+             HeadPattern(A_SHAPE, 16, 64), HeadPattern(VERTICAL_SLASH, 30, 50, fixed=True)]
+    unpinned = [HeadPattern(p.kind, p.a, p.b) for p in heads]
+    layout = batch.layout
+
+    def plan(patterns, **kw):
+        return plan_layer(batch.q, batch.paged, layout,
+                          LayerPatterns.from_heads(patterns, device, **kw))
+    wl, in_mode, fixed = plan(heads, **options), plan(unpinned, **options), plan(unpinned)
+    assert torch.equal(plan(heads).desc, fixed.desc)
+    for b in range(layout.num_seqs):
+        masks = [(worklist_mask(wl, layout, b, h), worklist_mask(in_mode, layout, b, h),
+                  worklist_mask(fixed, layout, b, h)) for h in range(4)]
+        for h in (0, 1, 2):
+            assert torch.equal(masks[h][0], masks[h][1])
+        assert torch.equal(masks[3][0], masks[3][2])
+    # the modes do select differently for that head, so the pin is what kept its lists
+    assert not all(torch.equal(worklist_mask(in_mode, layout, b, 3),
+                               worklist_mask(fixed, layout, b, 3))
+                   for b in range(layout.num_seqs))
+    out = sparse_attention(batch.q, batch.paged, layout, wl)
+    ref = masked_attention_reference(batch.q, batch.kv, layout,
+                                     lambda b, h, ql, kl: worklist_mask(wl, layout, b, h))
+    assert float((out.double() - ref).norm() / ref.norm()) < tolerance(torch.float16)
+    with pytest.raises(ValueError, match="pinned"):
+        HeadPattern(BLOCK_SPARSE, 3, fixed=True)

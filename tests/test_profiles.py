@@ -43,13 +43,16 @@ def test_searched_profile_ships_and_is_chosen_only_explicitly():
 def test_project_format_round_trip(tmp_path):
     prof = Profile(metadata=ProfileMetadata(model="m", search={"target_cost": 0.1}),
                    layers=[[HeadSpec(pattern=VERTICAL_SLASH, a=100, b=800, score=0.9),
-                            HeadSpec(pattern=A_SHAPE, a=64, b=1024)],
+                            HeadSpec(pattern=A_SHAPE, a=64, b=1024), HeadSpec(pattern="dense")],
                            [HeadSpec(pattern=BLOCK_SPARSE, a=50),
+                            HeadSpec(pattern=VERTICAL_SLASH, a=1000, b=6096, fixed=True),
                             HeadSpec(pattern="dense")]])
     save_profile(prof, tmp_path / "p.json")
     again = load_profile(tmp_path / "p.json")
     assert again.layers == prof.layers
-    assert again.metadata.num_layers == 2 and again.metadata.num_heads == 2
+    assert again.layer_patterns(1, [1]) == [HeadPattern(VERTICAL_SLASH, 1000, 6096, fixed=True)]
+    assert "fixed" not in json.dumps(json.loads((tmp_path / "p.json").read_text())["layers"][0])
+    assert again.metadata.num_layers == 2 and again.metadata.num_heads == 3
     assert again.metadata.search == {"target_cost": 0.1}
 
 
@@ -72,6 +75,9 @@ GOOD = [{"0": ["vertical_and_slash", 1000, 6096, 1.0], "1": ["stream_llm", 100, 
     ([{"0": ["vertical_and_slash", 1]}], "layer 0 head 0: expected [pattern, a, b, score]"),
     ({"format": "vllm-minference/profile-v1", "metadata": {"num_layers": 3},
       "layers": [[{"pattern": "dense"}]]}, "metadata says 3 layers, the data has 1"),
+    ({"format": "vllm-minference/profile-v1", "layers": [[{"pattern": "stream_llm", "a": 64,
+      "b": 256, "fixed": True}]]}, "layer 0 head 0: Value error, 'fixed' applies to "
+     "vertical_and_slash heads only, not stream_llm"),
 ])
 def test_broken_files_name_file_and_place(tmp_path, data, needle):
     path = _write(tmp_path, data)

@@ -10,7 +10,9 @@ Two file formats load into one ``Profile``:
 
 Patterns and their two numbers: ``vertical_and_slash`` (columns, diagonals),
 ``stream_llm`` (sink tokens, local window; the A-shape), ``block_sparse`` (top-k 64x64
-blocks, unused), ``dense``.  Every problem is a ``ProfileError`` that names the file, the
+blocks, unused), ``dense``.  In the project's format a ``vertical_and_slash`` head may add
+``"fixed": true``: it keeps MInference's fixed top-k in the adaptive and antidiagonal modes
+(a retrieval head among heads with cheaper per-block lists).  Every problem is a ``ProfileError`` that names the file, the
 layer/head and the expected vs found value: a profile never half-loads.
 """
 
@@ -21,7 +23,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, DENSE, PATTERNS, VERTICAL_SLASH,
                                      HeadPattern)
@@ -43,6 +45,13 @@ class HeadSpec(BaseModel):
     a: int = Field(0, ge=0)
     b: int = Field(0, ge=0)
     score: float | None = None
+    fixed: bool | None = None  # a Vertical-Slash head pinned to fixed top-k in every mode
+
+    @model_validator(mode="after")
+    def _fixed_is_vertical_slash(self) -> "HeadSpec":
+        if self.fixed and self.pattern != VERTICAL_SLASH:
+            raise ValueError(f"'fixed' applies to {VERTICAL_SLASH} heads only, not {self.pattern}")
+        return self
 
 
 class ProfileMetadata(BaseModel):
@@ -89,7 +98,7 @@ class Profile(BaseModel):
             a, b = spec.a * budget_scale, spec.b * budget_scale
             if spec.pattern == VERTICAL_SLASH:
                 out.append(HeadPattern(VERTICAL_SLASH, max(MIN_VERTICAL, round(a)),
-                                       max(MIN_SLASH, round(b))))
+                                       max(MIN_SLASH, round(b)), fixed=bool(spec.fixed)))
             elif spec.pattern == A_SHAPE:
                 out.append(HeadPattern(A_SHAPE, max(0, round(a)), max(64, round(b))))
             elif spec.pattern == BLOCK_SPARSE:
@@ -130,8 +139,9 @@ def _head(path, layer: int, head: int, fields: dict) -> HeadSpec:
         return HeadSpec(**fields)
     except ValidationError as e:
         err = e.errors()[0]
-        raise _fail(path, f"layer {layer} head {head}: {'.'.join(map(str, err['loc']))}: "
-                    f"{err['msg']} (found {err.get('input')!r})") from None
+        field = "".join(f"{x}: " for x in err["loc"])  # none for a check across fields
+        raise _fail(path, f"layer {layer} head {head}: {field}{err['msg']} "
+                    f"(found {err.get('input')!r})") from None
 
 
 def load_profile(path: str | Path) -> Profile:

@@ -63,8 +63,11 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     layout = SeqLayout.from_lengths([_Q_LEN], [_KV_LEN], device)
     kinds = [HeadPattern(VERTICAL_SLASH, *vs_budget), HeadPattern(BLOCK_SPARSE, bs_budget),
              HeadPattern(A_SHAPE, 16, 64)]
-    patterns = LayerPatterns.from_heads([kinds[h % 3] for h in range(num_heads)], device,
-                                        gamma=gamma, **plan_options)
+    if gamma is not None or plan_options.get("antidiagonal") is not None:
+        # heads a profile pins to fixed top-k run the fixed selection and index builder
+        kinds.append(HeadPattern(VERTICAL_SLASH, *vs_budget, fixed=True))
+    patterns = LayerPatterns.from_heads([kinds[h % len(kinds)] for h in range(num_heads)],
+                                        device, gamma=gamma, **plan_options)
     query = torch.randn(_Q_LEN, num_heads, head_size, dtype=dtype, device=device)
     wl = plan_layer(query, kv, layout, patterns, scale,  # as LayerPlanner.run plans
                     row_lse_fn=row_lse_fn)
