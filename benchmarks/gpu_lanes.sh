@@ -28,7 +28,8 @@
 #   bash benchmarks/gpu_lanes.sh AG1, AG2           one GPU: what costs stride 32 its answers
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
 #   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (nineteenth)
-#   bash benchmarks/gpu_lanes.sh AJ1..AJ3           one GPU: the chunk's columns; retrieval heads dense (next)
+#   bash benchmarks/gpu_lanes.sh AJ1..AJ3           one GPU: the chunk's columns; retrieval heads dense
+#   bash benchmarks/gpu_lanes.sh AK1..AK3           one GPU: retrieval heads pinned to fixed top-k (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1074,6 +1075,29 @@ AJ3_retrieval() {  # the suite with the 32 heads of most far-line attention dens
   ACC128 antidiagonal_s32_retrieval32 $AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32.json
   ACC128 antidiagonal_s32_random32 $AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-random32.json
 }
+# Twentieth session: the retrieval heads pinned to MInference's fixed top-k (profile
+# "fixed": true) instead of dense, so that they stay cheap at 1M; the other heads stride 32
+R32F="--set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32-fixed.json"
+R64F="--set profile=$RPROF/qwen2.5-coder-0.5b-retrieval64-fixed.json"
+AK1_pinned_ttft() {  # GPU tests of pinned heads, then TTFT at 128K: FLASH_ATTN, 32 heads
+  # dense, 32 and 64 heads pinned to fixed top-k
+  gpu_tests 150 $PWD/tests/test_plan.py $PWD/tests/test_profiles.py \
+    $PWD/tests/test_compile_variants.py -k "pinned or antidiagonal or adaptive or profile"
+  timeout 110 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --out $OUT/ttft.json
+  for cfg in "$AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32.json" "$AS32 $R32F" \
+      "$AS32 $R64F"; do
+    timeout 100 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 \
+      --out $OUT/ttft.json
+  done
+}
+AK2_pinned_suite() {  # the 12-sample 128K suite with 32, then 64 heads pinned to fixed top-k
+  ACC128 antidiagonal_s32_retrieval32_fixed $AS32 $R32F
+  ACC128 antidiagonal_s32_retrieval64_fixed $AS32 $R64F
+}
+AK3_pinned_1m() {  # 1M in 64K chunks: stride 32 with 32 heads pinned, then FLASH_ATTN
+  TTFT1M_64K 220 minference $AS32 $R32F
+  TTFT1M_64K 240 FLASH_ATTN
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1243,6 +1267,9 @@ case "$1" in
   AJ1) lane 0 AJ1_columns; wait_lanes 520; jit_check ;;
   AJ2) lane 0 AJ2_columns_ttft; wait_lanes 520; jit_check ;;
   AJ3) lane 0 AJ3_retrieval; wait_lanes 400; jit_check ;;
+  AK1) lane 0 AK1_pinned_ttft; wait_lanes 540; jit_check ;;
+  AK2) lane 0 AK2_pinned_suite; wait_lanes 520; jit_check ;;
+  AK3) lane 0 AK3_pinned_1m; wait_lanes 500; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

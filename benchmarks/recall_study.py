@@ -407,11 +407,13 @@ def far_line_mass(q, k, scale: float, rows: list[int], targets: torch.Tensor,
 
 
 def write_retrieval_profile(mass: dict[int, list[float]], n_dense: int, path: str,
-                            prompt: str, control_seed: int | None = None) -> None:
-    """A profile for antidiagonal (or fixed) mode: the ``n_dense`` heads with the most
-    far-line attention dense, every other head Vertical-Slash at MInference's default
-    budget; each head's far-line mass is its ``score``.  ``control_seed``: ``n_dense``
-    heads drawn at random instead (the control: does the choice of heads matter?)."""
+                            prompt: str, control_seed: int | None = None,
+                            retrieval_as: str = "dense") -> None:
+    """A profile for antidiagonal (or adaptive) mode: the ``n_dense`` heads with the most
+    far-line attention dense (``retrieval_as="fixed"``: Vertical-Slash pinned to the fixed
+    top-k, much cheaper at long lengths), every other head Vertical-Slash at MInference's
+    default budget; each head's far-line mass is its ``score``.  ``control_seed``:
+    ``n_dense`` heads drawn at random instead (the control: does the choice matter?)."""
     from vllm_minference.profiles import HeadSpec, Profile, ProfileMetadata, save_profile
     layers = sorted(mass)
     if layers != list(range(len(layers))):
@@ -420,16 +422,20 @@ def write_retrieval_profile(mass: dict[int, list[float]], n_dense: int, path: st
     if control_seed is not None:
         import random
         random.Random(control_seed).shuffle(ranked)
-    dense = {(li, h) for _, li, h in ranked[:n_dense]}
-    heads = [[HeadSpec(pattern="dense" if (li, h) in dense else "vertical_and_slash",
-                       a=0 if (li, h) in dense else BUDGET[0],
-                       b=0 if (li, h) in dense else BUDGET[1], score=round(m, 6))
-              for h, m in enumerate(mass[li])] for li in layers]
-    how = (f"{n_dense} heads drawn at random (seed {control_seed}), the control of"
+    chosen = {(li, h) for _, li, h in ranked[:n_dense]}
+
+    def spec(li: int, h: int, m: float) -> HeadSpec:
+        if (li, h) in chosen and retrieval_as == "dense":
+            return HeadSpec(pattern="dense", score=round(m, 6))
+        return HeadSpec(pattern="vertical_and_slash", a=BUDGET[0], b=BUDGET[1],
+                        score=round(m, 6), fixed=True if (li, h) in chosen else None)
+    heads = [[spec(li, h, m) for h, m in enumerate(mass[li])] for li in layers]
+    who = (f"{n_dense} heads drawn at random (seed {control_seed}, the control)"
            if control_seed is not None else f"the {n_dense} heads with the most far-line "
-           f"attention on")
+           f"attention")
     save_profile(Profile(metadata=ProfileMetadata(
-        source=f"benchmarks/recall_study.py: {how} a {prompt} prompt run dense",
+        source=f"benchmarks/recall_study.py: {who} {retrieval_as}, ranked on a {prompt} "
+               f"prompt run dense",
         num_layers=len(layers),
         num_heads=len(heads[0])), layers=heads), path)
 
@@ -490,8 +496,23 @@ def main() -> None:
     ap.add_argument("--dense-heads", type=int, default=16)
     ap.add_argument("--control-seed", type=int, default=None,
                     help="--retrieval-profile with that many heads drawn at random instead")
+    ap.add_argument("--retrieval-as", choices=["dense", "fixed"], default="dense",
+                    help="--retrieval-profile: the chosen heads dense, or Vertical-Slash "
+                         "pinned to the fixed top-k (cheap at 1M)")
+    ap.add_argument("--mass-from", default=None,
+                    help="write --retrieval-profile from this study JSON's far-line mass "
+                         "instead of running the model")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.mass_from:
+        if not args.retrieval_profile:
+            raise SystemExit("--mass-from writes a --retrieval-profile: name one")
+        saved = json.loads(open(args.mass_from).read())
+        write_retrieval_profile({int(li): m for li, m in saved["far_line_mass"].items()},
+                                args.dense_heads, args.retrieval_profile,
+                                f"{saved['prompt']}, {saved['length']} tokens",
+                                args.control_seed, args.retrieval_as)
+        return
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
     needle_rows: list[int] = []
@@ -534,7 +555,7 @@ def main() -> None:
     if args.retrieval_profile:
         write_retrieval_profile(mass, args.dense_heads, args.retrieval_profile,
                                 f"{args.prompt} seed {args.seed}, {len(ids)} tokens",
-                                args.control_seed)
+                                args.control_seed, args.retrieval_as)
     for li in sorted(captured):
         q, k, scale = captured[li]
         if not fns and not args.antidiagonal_taus and not profiles:

@@ -340,7 +340,8 @@ def test_recall_study_far_line_recall_is_the_kept_share_of_far_target_mass():
     assert (far[1] < 1e-6).all() and (far[2] < 1e-6).all()
 
 
-def test_recall_study_retrieval_profile_runs_the_most_far_looking_heads_dense(tmp_path):
+def test_recall_study_retrieval_profile_runs_the_most_far_looking_heads_dense(tmp_path,
+                                                                            monkeypatch):
     """``--retrieval-profile``: the heads with the most far-line mass are dense, the rest
     Vertical-Slash at the default budget, and the profile loads and fits the model."""
     import pytest
@@ -362,6 +363,19 @@ def test_recall_study_retrieval_profile_runs_the_most_far_looking_heads_dense(tm
     assert "random" in control.metadata.source
     with pytest.raises(SystemExit):
         recall_study.write_retrieval_profile({1: [0.1]}, 1, str(path), "")
+    # --retrieval-as fixed --mass-from: the same heads pinned to fixed top-k, from a saved study
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"prompt": "variable_tracking", "length": 100,
+                                 "far_line_mass": {str(k): v for k, v in mass.items()}}))
+    monkeypatch.setattr(sys, "argv", [
+        "recall_study.py", "model", "--out", "-", "--mass-from", str(study),
+        "--retrieval-profile", str(path), "--dense-heads", "2", "--retrieval-as", "fixed"])
+    recall_study.main()
+    pinned = load_profile(path)
+    assert [[h.fixed for h in layer] for layer in pinned.layers] == [[None, True, None],
+                                                                     [True, None, None]]
+    assert {h.pattern for layer in pinned.layers for h in layer} == {"vertical_and_slash"}
+    assert pinned.layer_patterns(1, [0])[0].fixed and "fixed" in pinned.metadata.source
 
 
 def test_recall_study_per_row_recalls_average_to_the_block_recalls():
