@@ -272,6 +272,15 @@ def query_block(blk, BLK_SEQ, BLK_M, Q_START, Q_LEN, KV_LEN, BLOCK_M: tl.constex
 
 
 @triton.jit
+def append_kept(out, kept, c, keep):
+    """Store the ``keep`` entries of ``c`` after the ``kept`` already at ``out``, in order;
+    returns the new count (the stream compaction of every list builder)."""
+    pos = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+    tl.store(out + pos, c, mask=keep)
+    return kept + tl.sum(keep.to(tl.int32), axis=0)
+
+
+@triton.jit
 def kv_row_offsets(b, k_idx, valid, BT, stride_bt, KV_START, stride_p, stride_t,
                    PAGE: tl.constexpr, PAGED: tl.constexpr):
     """Element offsets (int64) of key/value rows ``k_idx`` of sequence ``b``.

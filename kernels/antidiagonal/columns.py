@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, BLOCK_N, SeqLayout, query_block
-from ..vertical_slash.index import _first_greater, append_kept, ascending_columns
+from ..layout import BLOCK_M, BLOCK_N, SeqLayout, append_kept, query_block
+from ..vertical_slash.index import _first_greater, ascending_columns
 from ..worklist import WorkList
 
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, SeqLayout, _aligned_rows, host_to_device
+from ..layout import BLOCK_M, SeqLayout, _aligned_rows, append_kept, host_to_device
 from ..worklist import WorkList
 
 SUB = 16  # keys per FA3 page (a sub-page of a vLLM cache page)
@@ -225,12 +225,10 @@ def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt
     count = tl.zeros([], tl.int32)
     for s0 in range(0, n_sub, BS):
         s = s0 + tl.arange(0, BS)
-        on = (tl.load(bits + s, mask=s < n_sub, other=0) != 0).to(tl.int32)
-        pos = count + tl.cumsum(on, axis=0) - 1
-        page = tl.load(bt + s // SUBS_PER_PAGE, mask=on != 0, other=0)
+        on = tl.load(bits + s, mask=s < n_sub, other=0) != 0
+        page = tl.load(bt + s // SUBS_PER_PAGE, mask=on, other=0)
         sub_id = (page * KV_HEADS + kvh) * SUBS_PER_PAGE + s % SUBS_PER_PAGE
-        tl.store(table + pos, sub_id, mask=on != 0)
-        count += tl.sum(on, axis=0)
+        count = append_kept(table, count, sub_id, on)
     tl.store(SEQUSED + r_loc, (count - 1) * SUB_ + g_last % SUB_ + 1)
 
 

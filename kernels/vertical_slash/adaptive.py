@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_N, SeqLayout
+from ..layout import BLOCK_N, SeqLayout, append_kept
 from .estimate import FORCED, INVALID
 
 # A far diagonal crosses the 64 estimate rows as 64 columns of one row each, whose mass per
@@ -240,10 +240,8 @@ def _adaptive_rank_kernel(
     done = tl.full([], 0, tl.int32)  # chunks stored so far
     for c0 in range(0, n_chunk, SCAN):
         c = n_chunk - 1 - c0 - tl.arange(0, SCAN)
-        flag = tl.load(C_FLAG + row * n_chunk + c, mask=c >= 0, other=0).to(tl.int32)
-        at = done + tl.cumsum(flag, axis=0) - 1
-        tl.store(DIAGS + row * k_c + at, c * BLOCK_N, mask=flag > 0)
-        done += tl.sum(flag, axis=0)
+        flag = tl.load(C_FLAG + row * n_chunk + c, mask=c >= 0, other=0)
+        done = append_kept(DIAGS + row * k_c, done, c * BLOCK_N, flag != 0)
     tl.store(DIAGS + row * k_c + i, tl.full([1 << LOG_C], INVALID_IDX, tl.int32),
              mask=(i >= n_keep) & (i < k_c))
     tl.store(N_DIAGS + row, n_keep)

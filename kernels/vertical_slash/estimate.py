@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..attention.kernel import LOG2E, dot_precision
-from ..layout import KVSource, SeqLayout, kv_row_offsets
+from ..layout import KVSource, SeqLayout, append_kept, kv_row_offsets
 
 LAST_Q = 64  # query rows the estimate uses
 KEY_TILE = 64
@@ -307,10 +307,8 @@ def _compact_kept(IDX, RANK, VAL, BUDGET, OUT, N_OUT, src, dst, h, k, k_sel, wid
         idx = tl.load(IDX + src * k + j, mask=ok, other=0)
         rank = tl.load(RANK + src * k + j, mask=ok, other=0)
         val = tl.load(VAL + src * k + rank, mask=ok, other=float("-inf"))
-        keep = (ok & (rank < cut) & (val > float("-inf"))).to(tl.int32)
-        at = done + tl.cumsum(keep, axis=0) - 1
-        tl.store(OUT + dst * width + at, idx.to(tl.int32), mask=keep > 0)
-        done += tl.sum(keep, axis=0)
+        done = append_kept(OUT + dst * width, done, idx.to(tl.int32),
+                           ok & (rank < cut) & (val > float("-inf")))
     for j0 in range(0, width, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
         tl.store(OUT + dst * width + j, tl.full([BLOCK], INVALID_IDX, tl.int32),

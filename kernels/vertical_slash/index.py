@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import BLOCK_M, BLOCK_N, SeqLayout, query_block
+from ..layout import BLOCK_M, BLOCK_N, SeqLayout, append_kept, query_block
 from ..worklist import DESC_FIELDS, WorkList
 
 _BIG = 1 << 30
@@ -52,15 +52,6 @@ def ascending_columns(col_src, n_cols, v0, VB: tl.constexpr):
     i = v0 + tl.arange(0, VB)
     ok = i < n_cols
     return tl.load(col_src + (n_cols - 1 - i), mask=ok, other=0), ok
-
-
-@triton.jit
-def append_kept(out, kept, c, keep):
-    """Store the ``keep`` entries of ``c`` after the ``kept`` already at ``out``, in order;
-    returns the new count."""
-    pos = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-    tl.store(out + pos, c, mask=keep)
-    return kept + tl.sum(keep.to(tl.int32), axis=0)
 
 
 @triton.jit
