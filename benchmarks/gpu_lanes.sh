@@ -1079,13 +1079,13 @@ AJ3_retrieval() {  # the suite with the 32 heads of most far-line attention dens
 # "fixed": true) instead of dense, so that they stay cheap at 1M; the other heads stride 32
 R32F="--set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32-fixed.json"
 R64F="--set profile=$RPROF/qwen2.5-coder-0.5b-retrieval64-fixed.json"
-AK1_pinned_ttft() {  # GPU tests of pinned heads, then TTFT at 128K: FLASH_ATTN, 32 heads
-  # dense, 32 and 64 heads pinned to fixed top-k
-  gpu_tests 150 $PWD/tests/test_plan.py $PWD/tests/test_profiles.py \
-    $PWD/tests/test_compile_variants.py -k "pinned or antidiagonal or adaptive or profile"
+AK1_pinned_ttft() {  # GPU tests of pinned heads and of the list builders that now share
+  # append_kept (layout.py), then TTFT at 128K: FLASH_ATTN, 32 and 64 heads pinned
+  gpu_tests 200 $PWD/tests/test_plan.py $PWD/tests/test_profiles.py \
+    $PWD/tests/test_compile_variants.py $PWD/tests/test_vertical_slash.py \
+    $PWD/tests/test_adaptive.py $PWD/tests/test_page_lists.py
   timeout 110 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --out $OUT/ttft.json
-  for cfg in "$AS32 --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32.json" "$AS32 $R32F" \
-      "$AS32 $R64F"; do
+  for cfg in "$AS32 $R32F" "$AS32 $R64F"; do
     timeout 100 python3 $B/bench_ttft.py --backend minference $cfg --lengths 131072 \
       --out $OUT/ttft.json
   done
@@ -1094,8 +1094,10 @@ AK2_pinned_suite() {  # the 12-sample 128K suite with 32, then 64 heads pinned t
   ACC128 antidiagonal_s32_retrieval32_fixed $AS32 $R32F
   ACC128 antidiagonal_s32_retrieval64_fixed $AS32 $R64F
 }
-AK3_pinned_1m() {  # 1M in 64K chunks: stride 32 with 32 heads pinned, then FLASH_ATTN
-  TTFT1M_64K 220 minference $AS32 $R32F
+AK3_pinned_1m() {  # 1M in 64K chunks: stride 32 with 32 heads pinned (traced: which steps
+  # and layers cost what, one GPU wait per step), then FLASH_ATTN
+  TTFT1M_64K 220 minference $AS32 $R32F --set trace=$LOGS/trace_pinned_1m.jsonl
+  python3 $B/trace_steps.py $LOGS/trace_pinned_1m.jsonl > $LOGS/trace_pinned_1m.md 2>&1
   TTFT1M_64K 240 FLASH_ATTN
 }
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
@@ -1267,7 +1269,7 @@ case "$1" in
   AJ1) lane 0 AJ1_columns; wait_lanes 520; jit_check ;;
   AJ2) lane 0 AJ2_columns_ttft; wait_lanes 520; jit_check ;;
   AJ3) lane 0 AJ3_retrieval; wait_lanes 400; jit_check ;;
-  AK1) lane 0 AK1_pinned_ttft; wait_lanes 540; jit_check ;;
+  AK1) lane 0 AK1_pinned_ttft; wait_lanes 550; jit_check ;;
   AK2) lane 0 AK2_pinned_suite; wait_lanes 520; jit_check ;;
   AK3) lane 0 AK3_pinned_1m; wait_lanes 500; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
