@@ -12,8 +12,9 @@ Patterns and their two numbers: ``vertical_and_slash`` (columns, diagonals),
 ``stream_llm`` (sink tokens, local window; the A-shape), ``block_sparse`` (top-k 64x64
 blocks, unused), ``dense``.  In the project's format a ``vertical_and_slash`` head may add
 ``"fixed": true``: it keeps MInference's fixed top-k in the adaptive and antidiagonal modes
-(a retrieval head among heads with cheaper per-block lists).  Every problem is a ``ProfileError`` that names the file, the
-layer/head and the expected vs found value: a profile never half-loads.
+(a retrieval head among heads with cheaper per-block lists).  Every problem is a
+``ProfileError`` that names the file, the layer/head and the expected vs found value: a
+profile never half-loads.
 """
 
 from __future__ import annotations
