@@ -245,6 +245,23 @@ def test_fixed_mode_sinks_and_local_band_reach_the_plan(model_dir, monkeypatch):
     assert (lp.gamma, lp.keep_first, lp.keep_diag) == (None, 8, 512)
 
 
+def test_profile_pins_heads_to_fixed_top_k_in_antidiagonal_mode(model_dir, monkeypatch,
+                                                                tmp_path):
+    """A head the profile marks ``"fixed": true`` reaches the layer's plan as the pinned
+    group (fixed top-k) while the other Vertical-Slash heads take the antidiagonal rule."""
+    from vllm_minference.kernels.plan import PINNED, VERTICAL_SLASH
+    from vllm_minference.profiles import HeadSpec, Profile, save_profile
+    vs = dict(pattern=VERTICAL_SLASH, a=1000, b=6096)
+    layer = [HeadSpec(**vs), HeadSpec(**vs, fixed=True), HeadSpec(**vs), HeadSpec(**vs)]
+    save_profile(Profile(layers=[layer, layer[::-1]]), tmp_path / "pinned.json")
+    _, vc = _builder(model_dir, mode="antidiagonal", antidiagonal_stride=16,
+                     profile=str(tmp_path / "pinned.json"))
+    lp = _impl(vc, monkeypatch).planner.patterns(_Layer(), "cpu")  # LAYER is layer 1
+    assert lp.antidiagonal is not None
+    assert lp.groups[PINNED].tolist() == [2]
+    assert lp.groups[VERTICAL_SLASH].tolist() == [0, 1, 3]
+
+
 def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_path):
     """With the trace setting each forward of a sparse step becomes one JSON line: the path
     the layer took (sparse, or dense because its lists or its prediction were too dense),
