@@ -844,3 +844,20 @@ def test_gpu_lanes_names_are_unique_and_their_functions_exist():
     defined = set(re.findall(r"^([A-Za-z0-9_]+)\(\) \{", text, re.M))
     called = set(re.findall(r"lane \d ([A-Za-z0-9_]+)", cases))
     assert called and not called - defined, sorted(called - defined)
+
+
+def test_far_line_summary_weighs_heads_by_mass_and_pins_the_top_ones():
+    """Mass-weighted far-line recall; pinning swaps the top heads' recall for fixed's (the
+    profile's ``"fixed": true``) or 1 (dense), heads ranked over every layer of the mass."""
+    import far_line_summary as fls
+    mass = {0: [0.5, 0.1], 1: [0.0, 0.3], 2: [0.9, 0.0]}  # layer 2 is not in the study
+    study = {"layers": {"0": {"fixed 1000/6096": {"far_line_recall": [0.9, 0.8]},
+                              "x": {"far_line_recall": [0.2, 1.0]}},
+                        "1": {"fixed 1000/6096": {"far_line_recall": [1.0, 0.7]},
+                              "x": {"far_line_recall": [0.4, 0.6]}}}}
+    rows = {r["rule"]: r for r in fls.summary(study, mass, [2])}
+    assert fls.top_heads(mass, 2) == {(2, 0), (0, 0)}
+    assert rows["x"]["recall"] == pytest.approx((0.5 * 0.2 + 0.1 * 1.0 + 0.3 * 0.6) / 0.9)
+    assert rows["x"]["2 pinned"] == pytest.approx((0.5 * 0.9 + 0.1 * 1.0 + 0.3 * 0.6) / 0.9)
+    assert rows["x"]["2 dense"] == pytest.approx((0.5 * 1.0 + 0.1 * 1.0 + 0.3 * 0.6) / 0.9)
+    assert rows["fixed 1000/6096"]["2 pinned"] == rows["fixed 1000/6096"]["recall"]
