@@ -67,6 +67,7 @@ def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[floa
     out = {"fixed 1000/6096": fixed_rule(1.0), "fixed 250/1524 (x0.25)": fixed_rule(0.25)}
     for sc in scales:
         out[f"fixed x{sc}"] = fixed_rule(sc)
+    mid = gammas[len(gammas) // 2]  # the variants below take the middle gamma
     for g in gammas:
         out[f"adaptive g={g}"] = adaptive_rule(g)
     out[f"adaptive g={gammas[-1]} no column discount"] = adaptive_rule(gammas[-1], 1.0)
@@ -75,23 +76,23 @@ def rules(gammas: list[float], scales: list[float] = (), floor_scales: list[floa
     for g in gammas:
         out[f"adaptive g={g} + A-shape floor"] = adaptive_rule(g, keep_first=128, keep_diag=1024)
     # the same selection from an estimate over 4 query blocks spread over the prompt
-    out[f"adaptive g={gammas[1]} {MULTI}"] = adaptive_rule(gammas[1])
-    out[f"adaptive g={gammas[1]} + A-shape floor {MULTI}"] = adaptive_rule(
-        gammas[1], keep_first=128, keep_diag=1024)
+    out[f"adaptive g={mid} {MULTI}"] = adaptive_rule(mid)
+    out[f"adaptive g={mid} + A-shape floor {MULTI}"] = adaptive_rule(
+        mid, keep_first=128, keep_diag=1024)
     # adaptive over a fixed-budget floor (MInference's top-k at a fraction of the budget)
     for f in floor_scales:
         floor = fixed_rule(f)
-        for g, kf, kd, tag in ((gammas[1], 30, 100, ""),
-                               (gammas[1], 128, 1024, " + A-shape floor")):
+        for g, kf, kd, tag in ((mid, 30, 100, ""),
+                               (mid, 128, 1024, " + A-shape floor")):
             out[f"adaptive g={g}{tag} + fixed x{f} floor"] = union_rule(
                 adaptive_rule(g, keep_first=kf, keep_diag=kd), floor)
     for n in columns:  # the chunk's top-n columns alone: unioned with the antidiagonal tiles
         out[columns_name(n)] = fixed_columns_rule(n)
     if part_floors:  # which half of MInference's top-k carries what the adaptive rule misses:
         # its 1000 columns alone (a column costs a row one key) or its 6096 diagonals alone
-        ad = adaptive_rule(gammas[1], keep_first=128, keep_diag=1024)
+        ad = adaptive_rule(mid, keep_first=128, keep_diag=1024)
         for part, parts in (("columns", (1.0, 0.0)), ("diagonals", (0.0, 1.0))):
-            out[f"adaptive g={gammas[1]} + A-shape floor + fixed {part} part floor"] = (
+            out[f"adaptive g={mid} + A-shape floor + fixed {part} part floor"] = (
                 union_rule(ad, fixed_rule(1.0, parts)))
     return out
 

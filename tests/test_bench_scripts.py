@@ -236,6 +236,9 @@ def test_recall_study_part_floors_add_only_their_half_of_the_fixed_budget():
     layout = SeqLayout.from_lengths([64], [N], "cpu")
     v, s = (torch.rand(1, H, N, generator=g) ** 8 for _ in range(2))
     fns = recall_study.rules([0.9, 0.95, 0.99], part_floors=True)
+    # one gamma is enough: its variants are those the middle of three gammas gets
+    one = recall_study.rules([0.95], part_floors=True)
+    assert {n for n in fns if "0.95" in n} <= set(one)
     base = fns["A-shape floor only (128 + 1024)"](v, s, layout, H)
     ad = recall_study.rules([0.9, 0.95, 0.99])["adaptive g=0.95 + A-shape floor"](v, s, layout, H)
     cols = fns["adaptive g=0.95 + A-shape floor + fixed columns part floor"](v, s, layout, H)
