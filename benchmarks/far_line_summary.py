@@ -23,11 +23,17 @@ import json
 FIXED = "fixed 1000/6096"
 
 
-def top_heads(mass: dict[int, list[float]], n: int) -> set[tuple[int, int]]:
-    """The ``n`` (layer, head) pairs of most far-line mass."""
+def rank_heads(mass: dict[int, list[float]]) -> list[tuple[int, int]]:
+    """(layer, head) pairs, most far-line mass first: the order in which
+    ``recall_study.py --retrieval-profile`` takes its heads, so that both name the same set."""
     ranked = sorted(((m, li, h) for li, ms in mass.items() for h, m in enumerate(ms)),
                     reverse=True)
-    return {(li, h) for _, li, h in ranked[:n]}
+    return [(li, h) for _, li, h in ranked]
+
+
+def top_heads(mass: dict[int, list[float]], n: int) -> set[tuple[int, int]]:
+    """The ``n`` (layer, head) pairs of most far-line mass."""
+    return set(rank_heads(mass)[:n])
 
 
 def weighted_recall(layers: dict[int, dict], mass: dict[int, list[float]], rule: str,
@@ -45,9 +51,14 @@ def weighted_recall(layers: dict[int, dict], mass: dict[int, list[float]], rule:
     return num / den
 
 
+def mass_of(study: dict) -> dict[int, list[float]]:
+    """A study JSON's far-line mass per head, by integer layer."""
+    return {int(li): m for li, m in study["far_line_mass"].items()}
+
+
 def load_mass(path: str) -> dict[int, list[float]]:
     with open(path) as f:
-        return {int(li): m for li, m in json.load(f)["far_line_mass"].items()}
+        return mass_of(json.load(f))
 
 
 def summary(study: dict, mass: dict[int, list[float]], pins: list[int]) -> list[dict]:

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from far_line_summary import mass_of, rank_heads  # noqa: E402
 from vllm_minference.kernels import KVSource, SeqLayout  # noqa: E402
 from vllm_minference.kernels.layout import BLOCK_M, BLOCK_N  # noqa: E402
 from vllm_minference.kernels.vertical_slash import adaptive  # noqa: E402
@@ -419,11 +420,11 @@ def write_retrieval_profile(mass: dict[int, list[float]], n_dense: int, path: st
     layers = sorted(mass)
     if layers != list(range(len(layers))):
         raise SystemExit("--retrieval-profile needs every layer captured (no --layers)")
-    ranked = sorted(((m, li, h) for li in layers for h, m in enumerate(mass[li])), reverse=True)
+    ranked = rank_heads(mass)
     if control_seed is not None:
         import random
         random.Random(control_seed).shuffle(ranked)
-    chosen = {(li, h) for _, li, h in ranked[:n_dense]}
+    chosen = set(ranked[:n_dense])
 
     def spec(li: int, h: int, m: float) -> HeadSpec:
         if (li, h) in chosen and retrieval_as == "dense":
@@ -508,9 +509,9 @@ def main() -> None:
     if args.mass_from:
         if not args.retrieval_profile:
             raise SystemExit("--mass-from writes a --retrieval-profile: name one")
-        saved = json.loads(open(args.mass_from).read())
-        write_retrieval_profile({int(li): m for li, m in saved["far_line_mass"].items()},
-                                args.dense_heads, args.retrieval_profile,
+        with open(args.mass_from) as f:
+            saved = json.load(f)
+        write_retrieval_profile(mass_of(saved), args.dense_heads, args.retrieval_profile,
                                 f"{saved['prompt']}, {saved['length']} tokens",
                                 args.control_seed, args.retrieval_as)
         return
