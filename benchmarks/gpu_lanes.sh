@@ -1104,6 +1104,24 @@ AK3_pinned_more_1m() {  # 118 more 128K prompts (24 new RULER samples per task, 
   TTFT1M_64K 220 minference $AS32 $R32F --set trace=$LOGS/trace_pinned_1m.jsonl
   python3 $B/trace_steps.py $LOGS/trace_pinned_1m.jsonl > $LOGS/trace_pinned_1m.md 2>&1
 }
+# Twenty-first session: AK1-AK3 gave 32 pinned 1.86x at 128K with 25 / 26 of 188 prompts
+# higher / lower than dense, and 23.9 s at 1M; what the 1M prefill spends planning (the
+# trace's new plan_ms) against the kernels, and serving with that configuration
+AL1_split_1m() {  # 1M in 64K chunks: FLASH_ATTN, then stride 32 + 32 pinned traced with the
+  # plan split; the estimate alone for a 64K chunk over 1M keys (random inputs)
+  TTFT1M_64K 230 FLASH_ATTN
+  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_split_1m.jsonl
+  python3 $B/trace_steps.py $LOGS/trace_split_1m.jsonl > $LOGS/trace_split_1m.md 2>&1
+  timeout 90 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 --tau 0.98 \
+    --cases 65536:1048576 --options "" --out $OUT/tune_antidiagonal_1m.json
+}
+AL2_serving_pinned() {  # serving_pair's load with stride 32 + 32 pinned (sparse from 16K)
+  pkill -KILL -f "EngineCor[e]"; pkill -KILL -f "entrypoints.cli.mai[n]"  # leftovers
+  timeout 360 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
+    --set mode=antidiagonal --set tau=0.98 --set antidiagonal_stride=32 \
+    --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32-fixed.json \
+    --logdir $LOGS --out $OUT/serving_pinned.json > $LOGS/serving_pinned.log 2>&1
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1276,6 +1294,8 @@ case "$1" in
   AK1) lane 0 AK1_pinned_ttft; wait_lanes 550; jit_check ;;
   AK2) lane 0 AK2_pinned_suite; wait_lanes 520; jit_check ;;
   AK3) lane 0 AK3_pinned_more_1m; wait_lanes 540; jit_check ;;
+  AL1) lane 0 AL1_split_1m; wait_lanes 550; jit_check ;;
+  AL2) lane 0 AL2_serving_pinned; wait_lanes 400; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

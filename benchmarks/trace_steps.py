@@ -5,7 +5,9 @@
 One row per prefill step (all layers of one chunk): the keys the chunk's rows reach, how
 many layers ran sparse (on which kernel) or dense (because the guard expected dense lists,
 or because the step's own lists were too dense), the attention ms summed over layers, split
-into sparse and dense layers, and the mean density of the sparse layers.  A prompt starts
+into sparse and dense layers, the part of it spent planning (estimate, selection, lists;
+every planned layer, also one whose lists then ran dense), and the mean density of the
+sparse layers.  A prompt starts
 where the keys fall back (a new request); the last prompt of the file is the one reported
 unless ``--prompt`` says otherwise.
 """
@@ -53,7 +55,8 @@ def step_row(st: list[dict]) -> dict:
                dense_expected=sum(r["path"] == "dense (expected)" for r in dense),
                dense_lists=sum(r["path"] == "dense (lists)" for r in dense),
                ms=sum(r["ms"] for r in st), sparse_ms=sum(r["ms"] for r in sparse),
-               dense_ms=sum(r["ms"] for r in dense))
+               dense_ms=sum(r["ms"] for r in dense),
+               plan_ms=sum(r.get("plan_ms") or 0.0 for r in st))
     if sparse:
         row["sparse_density"] = sum(r["density"] for r in sparse) / len(sparse)
     planned = [r for r in st if r["density"] is not None and r["expected"] is not None]
@@ -66,19 +69,20 @@ def step_row(st: list[dict]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| keys | rows | sparse fa3 / triton | dense expected / lists | attn ms | sparse ms "
-            "| dense ms | dense ms/layer | sparse density | guard error |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+            "| dense ms | plan ms | dense ms/layer | sparse density | guard error |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         def f(key, fmt):
             return format(r[key], fmt) if key in r else ""
         lines.append(f"| {r['kv_len']} | {r['rows']} | {r['sparse_fa3']} / {r['sparse_triton']} "
                      f"| {r['dense_expected']} / {r['dense_lists']} | {r['ms']:.1f} "
-                     f"| {r['sparse_ms']:.1f} | {r['dense_ms']:.1f} | {f('dense_ms_per_layer', '.2f')} "
+                     f"| {r['sparse_ms']:.1f} | {r['dense_ms']:.1f} | {r['plan_ms']:.1f} "
+                     f"| {f('dense_ms_per_layer', '.2f')} "
                      f"| {f('sparse_density', '.3f')} | {f('guard_error', '.3f')} |")
-    total = {k: sum(r[k] for r in rows) for k in ("ms", "sparse_ms", "dense_ms")}
+    total = {k: sum(r[k] for r in rows) for k in ("ms", "sparse_ms", "dense_ms", "plan_ms")}
     lines.append(f"| total | | | | {total['ms']:.1f} | {total['sparse_ms']:.1f} "
-                 f"| {total['dense_ms']:.1f} | | | |")
+                 f"| {total['dense_ms']:.1f} | {total['plan_ms']:.1f} | | | |")
     return head + "\n".join(lines) + "\n"
 
 

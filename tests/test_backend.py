@@ -284,6 +284,8 @@ def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_pa
     first = lines[0]
     assert first["kernel"] == "triton" and first["expected"] is None
     assert 0 < first["density"] < 0.9 and first["ms"] >= 0
+    assert 0 <= first["plan_ms"] <= first["ms"]  # planned: its estimate and lists are timed
+    assert "plan_ms" not in lines[1] and "_plan_start" not in lines[1]  # not planned
     assert (first["seqs"], first["rows"], first["kv_len"], first["dense_rows"]) == (2, 330, 400, 1)
     assert lines[1]["expected"] == pytest.approx(first["density"], rel=1e-3)
     assert lines[1]["density"] is None and lines[1]["kernel"] is None

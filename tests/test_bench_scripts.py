@@ -674,14 +674,14 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
     import json
     import trace_steps
 
-    def rec(step, layer, kv, path, ms, density=None, expected=None, kernel=None):
+    def rec(step, layer, kv, path, ms, density=None, expected=None, kernel=None, **plan):
         return dict(step=step, layer=layer, kv_len=kv, rows=kv // 2, path=path, ms=ms,
-                    density=density, expected=expected, kernel=kernel)
+                    density=density, expected=expected, kernel=kernel, **plan)
     records = [rec(0, 0, 100, "sparse", 1.0, 0.5, None, "triton"),  # an earlier prompt
-               rec(1, 0, 64, "dense (lists)", 2.0, 0.9, None),
-               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3"),
+               rec(1, 0, 64, "dense (lists)", 2.0, 0.9, None, plan_ms=0.25),
+               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3", plan_ms=0.5),
                rec(2, 0, 128, "dense (expected)", 3.0, None, 0.6),
-               rec(2, 1, 128, "sparse", 0.5, 0.2, 0.25, "fa3")]
+               rec(2, 1, 128, "sparse", 0.5, 0.2, 0.25, "fa3")]  # a trace before plan_ms
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prompts = trace_steps.prompts_of(trace_steps.steps_of(trace_steps.load(str(path))))
@@ -691,7 +691,8 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
     assert rows[0]["ms"] == 3.0 and rows[0]["dense_ms_per_layer"] == 2.0
     assert rows[1]["dense_expected"] == 1 and rows[1]["sparse_density"] == 0.2
     assert rows[1]["guard_error"] == pytest.approx(0.05)
-    assert "| total | | | | 6.5 | 1.5 | 5.0 |" in trace_steps.markdown(rows)
+    assert rows[0]["plan_ms"] == 0.75 and rows[1]["plan_ms"] == 0.0
+    assert "| total | | | | 6.5 | 1.5 | 5.0 | 0.8 |" in trace_steps.markdown(rows)
 
 
 def test_chunked_table_reports_each_step_and_the_prompt():

@@ -454,8 +454,12 @@ class LayerPlanner:
             return False
         head_size = query.shape[-1]
         kv = KVSource.packed(kv_cache, batch.block_table)
+        if self.trace is not None:
+            self.last_step["_plan_start"] = self.trace.begin(query.device)
         wl = plan_layer(query, kv, layout, self.patterns(layer, query.device), scale,
                         row_lse_fn=self.row_lse_fn)
+        if self.trace is not None:
+            self.last_step["_plan_stop"] = self.trace.begin(query.device)
         density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
         waited = self.guard.waited
         sparse = self.guard.decide(density, layout)

@@ -8,7 +8,10 @@ layers ran dense at which step, on which kernel, at what density, for how many m
 Off unless the ``trace`` setting names a file; then each attention forward of a step with
 sparse requests appends one JSON line.  Times come from CUDA events read once per step
 (after the step's last layer), so a traced run waits for the GPU once per step; densities
-are read at the same time, so the sparse path itself never waits.
+are read at the same time, so the sparse path itself never waits.  A planned layer also
+carries two marks around its planning (estimate, selection and list building): its record
+then splits ``plan_ms`` from the rest (the attention kernels), the split a 1M prompt needs
+to tell a costly estimate from a slow kernel.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class StepTrace:
         atexit.register(self._flush_at_exit)
 
     def begin(self, device: torch.device):
-        """A start mark for one forward (a recorded CUDA event, or the host clock on a CPU)."""
+        """A mark in the stream: a recorded CUDA event, or the host clock on a CPU (the start
+        of a forward, or the ``_plan_start`` / ``_plan_stop`` fields of its record)."""
         if device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -72,16 +76,20 @@ class StepTrace:
             return
         lines = []
         for rec in self._pending:
-            start, stop = rec.pop("_start"), rec.pop("_stop")
-            if isinstance(start, float):
-                rec["ms"] = (stop - start) * 1e3
-            else:
-                stop.synchronize()
-                rec["ms"] = start.elapsed_time(stop)
+            rec["ms"] = _elapsed_ms(rec.pop("_start"), rec.pop("_stop"))
+            if "_plan_start" in rec:
+                rec["plan_ms"] = _elapsed_ms(rec.pop("_plan_start"), rec.pop("_plan_stop"))
             lines.append(json.dumps({k: _plain(v) for k, v in rec.items()}))
         self._pending = []
         with open(self.path, "a") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def _elapsed_ms(start, stop) -> float:
+    if isinstance(start, float):
+        return (stop - start) * 1e3
+    stop.synchronize()
+    return start.elapsed_time(stop)
 
 
 def _plain(value: Any) -> Any:
