@@ -11,18 +11,19 @@ from vllm_minference.profiles import (HeadSpec, Profile, ProfileError, ProfileMe
 
 
 SEARCHED = "qwen2.5-coder-0.5b-instruct-searched.json"  # made by `vllm-minference search`
+RETRIEVAL = "qwen2.5-coder-0.5b-instruct-retrieval32.json"  # made by benchmarks/recall_study.py
 
 
 def test_every_bundled_profile_loads_and_is_indexed():
     files = sorted(p.name for p in bundled_dir().glob("*.json")
-                   if p.name not in ("INDEX.json", SEARCHED))
-    assert len(files) == 14
+                   if p.name not in ("INDEX.json", SEARCHED, RETRIEVAL))
+    assert len(files) == 14  # MInference's
     for name in files:
         prof = load_profile(bundled_dir() / name)
         assert prof.num_layers >= 24 and prof.num_heads >= 28
         prof.check_fits(prof.num_layers, prof.num_heads)
     index = bundled_index()
-    assert set(index.values()) <= set(files)
+    assert set(index.values()) <= set(files) | {RETRIEVAL}
     assert index["gradientai/Llama-3-8B-Instruct-262k"].startswith("Llama_3_8B")
     phi = load_profile(bundled_dir() / index["microsoft/Phi-3-mini-128k-instruct"])
     kinds = {h.pattern for layer in phi.layers for h in layer}
@@ -38,6 +39,30 @@ def test_searched_profile_ships_and_is_chosen_only_explicitly():
     assert SEARCHED not in bundled_index().values()  # not auto-selected: accuracy not yet compared
     chosen, why = resolve_profile(SEARCHED, ["Qwen/Qwen2.5-Coder-0.5B-Instruct"], 24, 14)
     assert "explicitly chosen" in why and chosen.layers == prof.layers
+
+
+def test_qwen_coder_gets_its_retrieval_heads_pinned_only_outside_fixed_mode():
+    """The served Qwen2.5-Coder-0.5B (by hub name or a local folder of that name) gets the
+    bundled profile whose 32 retrieval heads are pinned: in fixed mode exactly the default
+    profile's lists, in antidiagonal mode those heads on MInference's fixed top-k."""
+    from vllm_minference.config import MInferenceSettings
+    from vllm_minference.kernels import LayerPatterns
+    from vllm_minference.kernels.plan import PINNED
+    for names in (["Qwen/Qwen2.5-Coder-0.5B-Instruct"], ["/tmp/kit/qwen2.5-coder-0.5b-instruct"]):
+        chosen, why = resolve_profile(None, names, 24, 14)
+        assert RETRIEVAL in why
+    default = default_profile(24, 14)
+    pinned = {"fixed": 0, "antidiagonal": 0}
+    for layer in range(24):
+        heads = chosen.layer_patterns(layer, list(range(14)))
+        assert [(h.kind, h.a, h.b) for h in heads] == [
+            (h.kind, h.a, h.b) for h in default.layer_patterns(layer, list(range(14)))]
+        for mode in pinned:
+            opts = MInferenceSettings(mode=mode).plan_options()
+            lp = LayerPatterns.from_heads(heads, "cpu", **opts)
+            pinned[mode] += len(lp.groups[PINNED]) if PINNED in lp.groups else 0
+            assert sum(len(ids) for ids in lp.groups.values()) == 14
+    assert pinned == {"fixed": 0, "antidiagonal": 32}
 
 
 def test_project_format_round_trip(tmp_path):
