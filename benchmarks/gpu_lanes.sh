@@ -1122,6 +1122,43 @@ AL2_serving_pinned() {  # serving_pair's load with stride 32 + 32 pinned (sparse
     --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32-fixed.json \
     --logdir $LOGS --out $OUT/serving_pinned.json > $LOGS/serving_pinned.log 2>&1
 }
+AL3_short_512k() {  # TTFT at 4K, 8K, 32K (issue 5's never-slower lengths) and 512K:
+  # FLASH_ATTN, then stride 32 + 32 pinned (sparse from 32K)
+  timeout 200 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 4096 8192 32768 524288 \
+    --out $OUT/ttft_short_512k.json
+  timeout 170 python3 $B/bench_ttft.py --backend minference $AS32 $R32F \
+    --lengths 4096 8192 32768 524288 --out $OUT/ttft_short_512k.json
+}
+# From the twenty-first session the kit's model (its folder is named like the hub model) gets
+# the bundled profile qwen2.5-coder-0.5b-instruct-retrieval32.json, so $AS32 alone now pins
+# those 32 heads; earlier lanes ran stride 32 without pins, which $NOPIN reproduces
+NOPIN="--set profile=$RPROF/qwen2.5-coder-0.5b-default.json"
+MVVT36="--tasks multivalue variable_tracking --lengths 131072 --ruler-lengths 131072 \
+  --ruler-first-sample 36 --ruler-samples 24"
+# AL4 ran both backends in one call with 190 s each: FLASH_ATTN alone outran it (48 prompts
+# of 128K with multi-token answers), so each backend has a lane of its own now
+AL4_more_mv_vt() {  # 24 more multivalue and variable-tracking prompts at 128K (samples 36-59),
+  # FLASH_ATTN (multivalue was the pinned configuration's one task below dense - 1)
+  timeout 330 python3 $B/bench_accuracy.py --backend FLASH_ATTN $MVVT36 \
+    --out $OUT/accuracy_128k_mv_vt_36_dense.json
+}
+AL5_more_mv_vt_pinned() {  # the same prompts, stride 32 + 32 pinned
+  timeout 330 python3 $B/bench_accuracy.py --backend minference $AS32 $R32F $MVVT36 \
+    --out $OUT/accuracy_128k_mv_vt_36_antidiagonal_s32_retrieval32_fixed.json
+}
+AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
+  # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
+  # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
+  timeout 110 python3 $B/bench_ttft.py --backend minference $AS32 $R32F --lengths 131072 \
+    --set trace=$LOGS/trace_union_128k.jsonl --out $OUT/ttft.json
+  python3 $B/trace_steps.py $LOGS/trace_union_128k.jsonl > $LOGS/trace_union_128k.md 2>&1
+  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_union_1m.jsonl
+  python3 $B/trace_steps.py $LOGS/trace_union_1m.jsonl > $LOGS/trace_union_1m.md 2>&1
+}
+AM2_union_1m() {  # AM1's 1M half alone (what a short lease has room for)
+  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_union_1m.jsonl
+  python3 $B/trace_steps.py $LOGS/trace_union_1m.jsonl > $LOGS/trace_union_1m.md 2>&1
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1296,6 +1333,11 @@ case "$1" in
   AK3) lane 0 AK3_pinned_more_1m; wait_lanes 540; jit_check ;;
   AL1) lane 0 AL1_split_1m; wait_lanes 550; jit_check ;;
   AL2) lane 0 AL2_serving_pinned; wait_lanes 400; jit_check ;;
+  AL3) lane 0 AL3_short_512k; wait_lanes 380; jit_check ;;
+  AL4) lane 0 AL4_more_mv_vt; wait_lanes 350; jit_check ;;
+  AL5) lane 0 AL5_more_mv_vt_pinned; wait_lanes 350; jit_check ;;
+  AM1) lane 0 AM1_union; wait_lanes 400; jit_check ;;
+  AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -7,9 +7,10 @@ many layers ran sparse (on which kernel) or dense (because the guard expected de
 or because the step's own lists were too dense), the attention ms summed over layers, split
 into sparse and dense layers, the part of it spent planning (estimate, selection, lists;
 every planned layer, also one whose lists then ran dense), and the mean density of the
-sparse layers.  A prompt starts
-where the keys fall back (a new request); the last prompt of the file is the one reported
-unless ``--prompt`` says otherwise.
+sparse layers with, for those on FlashAttention-3, how many times their listed tiles FA3
+computes (its page lists hold a row group's union of its 64-row blocks' tiles).  A prompt
+starts where the keys fall back (a new request); the last prompt of the file is the one
+reported unless ``--prompt`` says otherwise.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def step_row(st: list[dict]) -> dict:
                plan_ms=sum(r.get("plan_ms") or 0.0 for r in st))
     if sparse:
         row["sparse_density"] = sum(r["density"] for r in sparse) / len(sparse)
+    on_fa3 = [r for r in sparse if r.get("computed") is not None]
+    if on_fa3:  # FA3's page lists compute each row group's union of its blocks' tiles
+        row["fa3_union"] = sum(r["computed"] / r["density"] for r in on_fa3) / len(on_fa3)
     planned = [r for r in st if r["density"] is not None and r["expected"] is not None]
     if planned:  # how far the guard's prediction was from the step's own lists
         row["guard_error"] = sum(abs(r["expected"] - r["density"]) for r in planned) / len(planned)
@@ -69,8 +73,8 @@ def step_row(st: list[dict]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| keys | rows | sparse fa3 / triton | dense expected / lists | attn ms | sparse ms "
-            "| dense ms | plan ms | dense ms/layer | sparse density | guard error |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| dense ms | plan ms | dense ms/layer | sparse density | fa3 union | guard error |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         def f(key, fmt):
@@ -79,10 +83,11 @@ def markdown(rows: list[dict]) -> str:
                      f"| {r['dense_expected']} / {r['dense_lists']} | {r['ms']:.1f} "
                      f"| {r['sparse_ms']:.1f} | {r['dense_ms']:.1f} | {r['plan_ms']:.1f} "
                      f"| {f('dense_ms_per_layer', '.2f')} "
-                     f"| {f('sparse_density', '.3f')} | {f('guard_error', '.3f')} |")
+                     f"| {f('sparse_density', '.3f')} | {f('fa3_union', '.2f')} "
+                     f"| {f('guard_error', '.3f')} |")
     total = {k: sum(r[k] for r in rows) for k in ("ms", "sparse_ms", "dense_ms", "plan_ms")}
     lines.append(f"| total | | | | {total['ms']:.1f} | {total['sparse_ms']:.1f} "
-                 f"| {total['dense_ms']:.1f} | {total['plan_ms']:.1f} | | | |")
+                 f"| {total['dense_ms']:.1f} | {total['plan_ms']:.1f} | | | | |")
     return head + "\n".join(lines) + "\n"
 
 

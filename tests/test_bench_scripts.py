@@ -679,7 +679,7 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
                     density=density, expected=expected, kernel=kernel, **plan)
     records = [rec(0, 0, 100, "sparse", 1.0, 0.5, None, "triton"),  # an earlier prompt
                rec(1, 0, 64, "dense (lists)", 2.0, 0.9, None, plan_ms=0.25),
-               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3", plan_ms=0.5),
+               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3", plan_ms=0.5, computed=0.6),
                rec(2, 0, 128, "dense (expected)", 3.0, None, 0.6),
                rec(2, 1, 128, "sparse", 0.5, 0.2, 0.25, "fa3")]  # a trace before plan_ms
     path = tmp_path / "t.jsonl"
@@ -692,6 +692,7 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
     assert rows[1]["dense_expected"] == 1 and rows[1]["sparse_density"] == 0.2
     assert rows[1]["guard_error"] == pytest.approx(0.05)
     assert rows[0]["plan_ms"] == 0.75 and rows[1]["plan_ms"] == 0.0
+    assert rows[0]["fa3_union"] == pytest.approx(1.5) and "fa3_union" not in rows[1]
     assert "| total | | | | 6.5 | 1.5 | 5.0 | 0.8 |" in trace_steps.markdown(rows)
 
 

@@ -172,6 +172,12 @@ def test_stats_count_the_keys_fa3_computes_and_time_stages_on_a_gpu(device):
         assert all(v >= 0 for v in stats["stage_ms"].values())
     else:
         assert "stage_ms" not in stats
+    counted: dict = {}  # the serving trace's form: the count, no stage times (no GPU wait)
+    page_list_attention(batch.q, hnd_cache(batch.paged), batch.paged.block_table, batch.layout,
+                        dense_worklist(batch.layout, h),
+                        geometry=PageGeometry.build(batch.layout, h, rows),
+                        varlen_fn=emulate_fa3_varlen, stats=counted, stage_times=False)
+    assert set(counted) == {"key_rows"} and int(counted["key_rows"]) == int(stats["key_rows"])
 
 
 def test_long_run_flags_match_the_naive_runs(device):

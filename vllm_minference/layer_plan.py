@@ -15,8 +15,8 @@ from vllm.logger import init_logger
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
-from vllm_minference.kernels import (BLOCK_SPARSE, VERTICAL_SLASH, KVSource, LayerPatterns,
-                                     plan_layer, sparse_attention)
+from vllm_minference.kernels import (BLOCK_M, BLOCK_N, BLOCK_SPARSE, VERTICAL_SLASH, KVSource,
+                                     LayerPatterns, plan_layer, sparse_attention)
 from vllm_minference.kernels.block_sparse.index import block_sparse_ranked, ranking_width
 from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_list_attention
 from vllm_minference.kernels.vertical_slash import estimate_row_lse
@@ -480,9 +480,16 @@ class LayerPlanner:
                                                     extra=wl.extra is not None)
         if self.last_step["kernel"] == "fa3":
             geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
+            stats = {} if self.trace is not None else None
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry,
-                                min_run=self.settings.fa3_min_run)
+                                min_run=self.settings.fa3_min_run, stats=stats,
+                                stage_times=False)
+            if stats and "key_rows" in stats:  # what FA3 computes: its page lists hold each
+                # row group's union of its blocks' tiles, so this exceeds ``density`` by the
+                # tiles one block lists and its group's others do not
+                self.last_step["computed"] = stats["key_rows"] / (
+                    layout.total_dense_tiles() * BLOCK_M * BLOCK_N * wl.num_heads)
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True

@@ -168,6 +168,7 @@ def page_list_attention(
     table_bytes: int = TABLE_BYTES,
     stats: dict | None = None,
     min_run: int = 1,
+    stage_times: bool = True,
 ) -> torch.Tensor:
     """Attention of ``q`` (``[tokens, heads, D]``) over (a superset of) its work list's keys.
 
@@ -178,6 +179,8 @@ def page_list_attention(
     and on a GPU ``stage_ms``: milliseconds spent gathering rows, building the page tables,
     in FA3 and in the column pass.
     ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass.
+    ``stage_times=False`` leaves ``stage_ms`` out: its timing waits for the GPU at the end of
+    the call, which a serving trace (``key_rows`` only) must not do once per layer.
     """
     num_tokens, num_heads, head_dim = q.shape
     kv_heads = kv_cache.shape[1]
@@ -198,7 +201,7 @@ def page_list_attention(
     k_sub, v_sub = subs[:, :, None, :head_dim], subs[:, :, None, head_dim:]
     kv_args = _kv_args(KVSource.packed(kv_cache, block_table))
 
-    clock = _StageClock(stats is not None and q.is_cuda)
+    clock = _StageClock(stats is not None and stage_times and q.is_cuda)
     # head-major virtual sequences in one gather instead of an indexing copy and a transposing
     # one (H100, 128K, Llama-3-8B shape: 2.17 vs 2.42 ms of a 119 ms layer)
     q_perm = torch.index_select(q.transpose(0, 1), 1, geo.token_index).view(-1, 1, head_dim)
