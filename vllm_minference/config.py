@@ -149,8 +149,10 @@ class MInferenceSettings(BaseModel):
         description="a layer whose work lists cover more of the causal area runs dense")
     trace: str | None = Field(
         None, description="diagnostics: append one JSON line per layer of every sparse "
-                          "prefill step (path, kernel, density, ms) to this file ('{pid}' "
-                          "becomes the process id); costs one wait for the GPU per step")
+                          "prefill step (path, kernel, density, ms; for planned layers the "
+                          "planning's plan_ms, and on FA3 page lists the share FA3 computes) "
+                          "to this file ('{pid}' becomes the process id); costs one wait for "
+                          "the GPU per step")
 
     @field_validator("antidiagonal_stride")
     @classmethod
