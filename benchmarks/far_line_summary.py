@@ -64,11 +64,11 @@ def load_mass(path: str) -> dict[int, list[float]]:
 def summary(study: dict, mass: dict[int, list[float]], pins: list[int]) -> list[dict]:
     """One row per rule: mass-weighted far-line recall alone and with each pin count."""
     layers = {int(li): rules for li, rules in study["layers"].items()}
+    tops = {n: top_heads(mass, n) for n in pins}
     rows = []
     for rule in next(iter(layers.values())):
         row = {"rule": rule, "recall": weighted_recall(layers, mass, rule)}
-        for n in pins:
-            top = top_heads(mass, n)
+        for n, top in tops.items():
             row[f"{n} pinned"] = weighted_recall(layers, mass, rule, top, FIXED)
             row[f"{n} dense"] = weighted_recall(layers, mass, rule, top, None)
         rows.append(row)

@@ -757,6 +757,12 @@ TTFT1M_64K() {  # TTFT1M_64K SECONDS BACKEND ARGS...: the 1M prompt in 64K prefi
   timeout $limit python3 $B/bench_ttft.py --backend "$@" --lengths 1048576 \
     --max-num-batched-tokens 65536 --out $OUT/ttft_chunk64k.json
 }
+TRACED_1M() {  # TRACED_1M NAME SECONDS ARGS...: TTFT1M_64K of minference ARGS with the trace
+  # in $LOGS/NAME.jsonl, summed per step into $LOGS/NAME.md (trace_steps.py)
+  local name=$1 limit=$2; shift 2
+  TTFT1M_64K $limit minference "$@" --set trace=$LOGS/$name.jsonl
+  python3 $B/trace_steps.py $LOGS/$name.jsonl > $LOGS/$name.md 2>&1
+}
 O4_ttft_1m() {  # 1M in 64K chunks, fixed mode (every default), FLASH_ATTN in the same lease
   TTFT1M_64K 230 minference --mode fixed
   TTFT1M_64K 230 FLASH_ATTN
@@ -1101,8 +1107,7 @@ AK3_pinned_more_1m() {  # 118 more 128K prompts (24 new RULER samples per task, 
   # study it keeps 0.61 of the far-line attention (alone 0.20; stride 32 0.94)
   timeout 300 python3 $B/bench_accuracy.py --backend minference $AS32 $R32F $MORE128 \
     --out $OUT/accuracy_128k_more_antidiagonal_s32_retrieval32_fixed.json
-  TTFT1M_64K 220 minference $AS32 $R32F --set trace=$LOGS/trace_pinned_1m.jsonl
-  python3 $B/trace_steps.py $LOGS/trace_pinned_1m.jsonl > $LOGS/trace_pinned_1m.md 2>&1
+  TRACED_1M trace_pinned_1m 220 $AS32 $R32F
 }
 # Twenty-first session: AK1-AK3 gave 32 pinned 1.86x at 128K with 25 / 26 of 188 prompts
 # higher / lower than dense, and 23.9 s at 1M; what the 1M prefill spends planning (the
@@ -1110,16 +1115,14 @@ AK3_pinned_more_1m() {  # 118 more 128K prompts (24 new RULER samples per task, 
 AL1_split_1m() {  # 1M in 64K chunks: FLASH_ATTN, then stride 32 + 32 pinned traced with the
   # plan split; the estimate alone for a 64K chunk over 1M keys (random inputs)
   TTFT1M_64K 230 FLASH_ATTN
-  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_split_1m.jsonl
-  python3 $B/trace_steps.py $LOGS/trace_split_1m.jsonl > $LOGS/trace_split_1m.md 2>&1
+  TRACED_1M trace_split_1m 200 $AS32 $R32F
   timeout 90 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 --tau 0.98 \
     --cases 65536:1048576 --options "" --out $OUT/tune_antidiagonal_1m.json
 }
 AL2_serving_pinned() {  # serving_pair's load with stride 32 + 32 pinned (sparse from 16K)
   pkill -KILL -f "EngineCor[e]"; pkill -KILL -f "entrypoints.cli.mai[n]"  # leftovers
   timeout 360 python3 $B/check_serving.py --configs FLASH_ATTN minference --load \
-    --set mode=antidiagonal --set tau=0.98 --set antidiagonal_stride=32 \
-    --set profile=$RPROF/qwen2.5-coder-0.5b-retrieval32-fixed.json \
+    --set mode=antidiagonal --set tau=0.98 --set antidiagonal_stride=32 $R32F \
     --logdir $LOGS --out $OUT/serving_pinned.json > $LOGS/serving_pinned.log 2>&1
 }
 AL3_short_512k() {  # TTFT at 4K, 8K, 32K (issue 5's never-slower lengths) and 512K:
@@ -1152,12 +1155,10 @@ AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trac
   timeout 110 python3 $B/bench_ttft.py --backend minference $AS32 $R32F --lengths 131072 \
     --set trace=$LOGS/trace_union_128k.jsonl --out $OUT/ttft.json
   python3 $B/trace_steps.py $LOGS/trace_union_128k.jsonl > $LOGS/trace_union_128k.md 2>&1
-  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_union_1m.jsonl
-  python3 $B/trace_steps.py $LOGS/trace_union_1m.jsonl > $LOGS/trace_union_1m.md 2>&1
+  AM2_union_1m
 }
 AM2_union_1m() {  # AM1's 1M half alone (what a short lease has room for)
-  TTFT1M_64K 200 minference $AS32 $R32F --set trace=$LOGS/trace_union_1m.jsonl
-  python3 $B/trace_steps.py $LOGS/trace_union_1m.jsonl > $LOGS/trace_union_1m.md 2>&1
+  TRACED_1M trace_union_1m 200 $AS32 $R32F
 }
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)

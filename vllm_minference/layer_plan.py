@@ -460,7 +460,8 @@ class LayerPlanner:
                         row_lse_fn=self.row_lse_fn)
         if self.trace is not None:
             self.last_step["_plan_stop"] = self.trace.begin(query.device)
-        density = wl.tiles().sum() / (layout.total_dense_tiles() * wl.num_heads)
+        dense_tiles = layout.total_dense_tiles() * wl.num_heads  # every head's causal tiles
+        density = wl.tiles().sum() / dense_tiles
         waited = self.guard.waited
         sparse = self.guard.decide(density, layout)
         self.last_step.update(density=density, path="sparse" if sparse else "dense (lists)",
@@ -488,8 +489,7 @@ class LayerPlanner:
             if stats and "key_rows" in stats:  # what FA3 computes: its page lists hold each
                 # row group's union of its blocks' tiles, so this exceeds ``density`` by the
                 # tiles one block lists and its group's others do not
-                self.last_step["computed"] = stats["key_rows"] / (
-                    layout.total_dense_tiles() * BLOCK_M * BLOCK_N * wl.num_heads)
+                self.last_step["computed"] = stats["key_rows"] / (dense_tiles * BLOCK_M * BLOCK_N)
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
         return True
