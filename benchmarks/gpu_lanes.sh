@@ -29,7 +29,9 @@
 #   bash benchmarks/gpu_lanes.sh AH1, AH2           one GPU: answers of two exact attentions
 #   bash benchmarks/gpu_lanes.sh AI1..AI3           one GPU: the prompt's last rows exact; stride 64 (nineteenth)
 #   bash benchmarks/gpu_lanes.sh AJ1..AJ3           one GPU: the chunk's columns; retrieval heads dense
-#   bash benchmarks/gpu_lanes.sh AK1..AK3           one GPU: retrieval heads pinned to fixed top-k (next)
+#   bash benchmarks/gpu_lanes.sh AK1..AK3           one GPU: retrieval heads pinned to fixed top-k
+#   bash benchmarks/gpu_lanes.sh AL1..AL5, AM1, AM2 one GPU: 1M split, serving pinned, FA3's union
+#   bash benchmarks/gpu_lanes.sh AN1..AN3           one GPU: one selection per FA3 row group
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1160,6 +1162,23 @@ AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trac
 AM2_union_1m() {  # AM1's 1M half alone (what a short lease has room for)
   TRACED_1M trace_union_1m 200 $AS32 $R32F
 }
+# Twenty-second session: AM1 measured FA3's union at 1M at 1.27-1.45x the listed tiles, which
+# at the kernels' 0.59-0.71 of dense speed per listed tile is most of their gap; the blocks of
+# one FA3 row group now can share one selection (antidiagonal_shared)
+SHARED="--set antidiagonal_shared=true"
+AN1_shared_1m() {  # the grouped selection on the GPU (tests), then 1M in 64K chunks, traced
+  gpu_tests 150 $PWD/tests/test_antidiagonal.py $PWD/tests/test_plan.py \
+    -k "share_the_fewest or kept_tiles or worklist_runs or antidiagonal_rule"
+  TRACED_1M trace_shared_1m 200 $AS32 $R32F $SHARED
+}
+AN2_shared_suite() {  # the 12-sample 128K suite, stride 32 + 32 pinned, shared selections
+  ACC128 antidiagonal_s32_retrieval32_fixed_shared $AS32 $R32F $SHARED
+}
+AN3_shared_128k() {  # TTFT at 128K: FLASH_ATTN, stride 32 + 32 pinned, and shared
+  for cfg in "FLASH_ATTN" "minference $AS32 $R32F" "minference $AS32 $R32F $SHARED"; do
+    timeout 100 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1339,6 +1358,9 @@ case "$1" in
   AL5) lane 0 AL5_more_mv_vt_pinned; wait_lanes 350; jit_check ;;
   AM1) lane 0 AM1_union; wait_lanes 400; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
+  AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
+  AN2) lane 0 AN2_shared_suite; wait_lanes 300; jit_check ;;
+  AN3) lane 0 AN3_shared_128k; wait_lanes 320; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

@@ -20,7 +20,8 @@ from .a_shape.index import build_a_shape_worklist
 from .antidiagonal.columns import add_tile_columns
 from .antidiagonal.index import antidiagonal_worklist, check_tau_and_stride, parse_launch
 from .block_sparse.index import block_sparse_worklist, extra_block_tiles, pool_keys
-from .layout import KVSource, SeqLayout
+from .layout import BLOCK_M, KVSource, SeqLayout
+from .page_lists.index import group_rows
 from .vertical_slash.adaptive import select_adaptive, union_selections
 from .vertical_slash.estimate import estimate_vertical_slash, select_vertical_slash
 from .vertical_slash.index import build_vertical_slash_worklist
@@ -70,7 +71,9 @@ class AntidiagonalRule:
     ``local_tiles`` before them always kept, at most ``max_tiles`` tiles per block;
     ``launch``: the estimate kernel's launch option (:func:`.antidiagonal.index.parse_launch`,
     "" for the defaults); ``columns`` > 0 adds the Vertical-Slash estimate's top ``columns``
-    columns of the chunk's last 64 rows to every block (:mod:`.antidiagonal.columns`)."""
+    columns of the chunk's last 64 rows to every block (:mod:`.antidiagonal.columns`);
+    ``fa3_groups``: the blocks FA3's page lists run as one row group
+    (:func:`.page_lists.group_rows`) share one selection, since FA3 computes their union."""
 
     tau: float = 0.9
     stride: int = 8
@@ -79,6 +82,7 @@ class AntidiagonalRule:
     max_tiles: int = 2048
     launch: str = ""
     columns: int = 0
+    fa3_groups: bool = False
 
     def __post_init__(self) -> None:
         check_tau_and_stride(self.tau, self.stride)
@@ -181,7 +185,9 @@ def plan_layer(q: torch.Tensor, kv: KVSource, layout: SeqLayout, patterns: Layer
             rule = patterns.antidiagonal
             wl = antidiagonal_worklist(q, kv, layout, heads, rule.tau, rule.max_tiles,
                                        rule.stride, rule.sink_tiles, rule.local_tiles,
-                                       sm_scale, rule.launch)
+                                       sm_scale, rule.launch, group_blocks=(
+                                           group_rows(q.shape[2]) // BLOCK_M
+                                           if rule.fa3_groups else 1))
             if rule.columns:
                 wl = _with_columns(wl, q, kv, layout, heads, rule, patterns, sm_scale)
         elif kind in (VERTICAL_SLASH, PINNED):

@@ -91,6 +91,54 @@ def test_kept_tiles_are_the_fewest_reaching_tau(device, tau, max_tiles, sink, lo
                         h, i, t, float(w[h, i, t]), boundary)
 
 
+@pytest.mark.parametrize("tau,max_tiles,local,group_blocks", [
+    (0.9, 10_000, 1, 3), (0.99, 10_000, 2, 2), (0.9, 8, 1, 3), (0.5, 10_000, 0, 4)])
+def test_blocks_of_a_group_share_the_fewest_tiles_giving_each_tau(device, tau, max_tiles,
+                                                                  local, group_blocks):
+    """FA3 computes a row group's union of its blocks' tiles: with ``group_blocks`` the
+    blocks run together list one selection, which still gives each block ``tau``."""
+    batch = make_batch([400, 64, 130], [1500, 900, 130], 4, 2, 64, _dtype(device), device,
+                       structured=True, seed=5)
+    n_tiles = -(-1500 // BLOCK_N)
+    shares = torch.full((4, batch.layout.num_blocks, n_tiles), -1.0, device=device)
+    tiles = _tiles(batch, batch.paged, [0, 1, 2, 3], tau, max_tiles, 8, 1, local, shares)
+    grouped = antidiagonal_worklist(batch.q, batch.paged, batch.layout, torch.arange(4), tau,
+                                    max_tiles, 8, 1, local, group_blocks=group_blocks)
+    got = _kept(worklist_tiles(grouped))
+    edge = (batch.layout.block_last_pos().cpu() // BLOCK_N).tolist()  # last causal tile
+    causal = torch.arange(n_tiles)[None, :] <= torch.tensor(edge)[:, None]
+    w = torch.where(causal, shares.cpu().double(), 0.0)  # past the edge: not written
+    ref = kept_tiles_reference(w, batch.layout, tau, max_tiles, 1, local, group_blocks)
+    alone = _kept(tiles)
+    for h in range(4):
+        for run in _runs(batch.layout, group_blocks):
+            union = set().union(*(got[h][i] for i in run))
+            for i in run:
+                diff = got[h][i] ^ ref[h][i]
+                if diff:  # the bisected threshold differs from the exact one on near-ties only
+                    score = lambda t: float(w[h, list(run), t].sum()) / len(run)  # noqa: E731
+                    boundary = min(score(t) for t in ref[h][i])
+                    for t in diff:
+                        assert abs(score(t) - boundary) <= 2e-3 * max(boundary, 1e-6), (h, i, t)
+                # one list per run, each block's up to its causal edge
+                assert got[h][i] == {t for t in union if t <= edge[i]}
+                if max_tiles >= n_tiles:  # each block keeps tau of its own attention, so
+                    # at least as many tiles as its own selection
+                    assert sum(float(w[h, i, t]) for t in got[h][i]) >= tau * float(
+                        w[h, i].sum()) - 2e-3
+                    assert len(got[h][i]) >= len(alone[h][i]) - 1
+
+
+def _runs(layout, group_blocks: int) -> list[range]:
+    """Each sequence's blocks in runs of ``group_blocks`` from its first."""
+    out, blk0 = [], 0
+    for q_len in layout.q_lens_host:
+        n = -(-q_len // 64)
+        out += [range(blk0 + j, blk0 + min(n, j + group_blocks)) for j in range(0, n, group_blocks)]
+        blk0 += n
+    return out
+
+
 def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):
     batch = make_batch([300, 70], [1200, 70], 4, 2, 64, torch.float16, device, structured=True)
     whole = _tiles(batch, batch.paged, [1, 2], 0.9, 64)

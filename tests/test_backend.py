@@ -413,6 +413,12 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     assert planner.plan_options()["extra_blocks"] == 4
     planner.kernel = "triton"
     assert planner.plan_options()["extra_blocks"] == 0  # not computed for nothing
+    planner.settings = planner.settings.model_copy(update={"mode": "antidiagonal",
+                                                           "antidiagonal_shared": True})
+    assert not planner.plan_options()["antidiagonal"].fa3_groups  # one list per block
+    planner.kernel = "fa3"
+    assert planner.plan_options()["antidiagonal"].fa3_groups  # FA3 row groups share one
+    planner.kernel = "triton"
     planner.guard.known_keys = 98304.5
     assert planner.tile_kernel(hnd, 64) == "triton"
 

@@ -141,7 +141,9 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
 MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
          "adaptive with a fixed floor": {"gamma": 0.9, "floor_scale": 0.25},
          "fixed with extra tiles": {"extra_blocks": 4},
-         "antidiagonal": {"antidiagonal": AntidiagonalRule(tau=0.9, stride=32)}}
+         "antidiagonal": {"antidiagonal": AntidiagonalRule(tau=0.9, stride=32)},
+         "antidiagonal shared": {"antidiagonal": AntidiagonalRule(tau=0.9, stride=32,
+                                                                  fa3_groups=True)}}
 
 
 def min_run_of(kernel: str) -> int:

@@ -107,6 +107,9 @@ def test_antidiagonal_mode():
         {"minference": {"mode": "antidiagonal"}}, environ={"MINFERENCE_ANTIDIAGONAL_COLUMNS": "1000"})
     assert s.plan_options()["antidiagonal"].columns == 1000
     assert MInferenceSettings().antidiagonal_columns == 0  # off until measured
+    s = MInferenceSettings.from_sources(
+        {"minference": {"mode": "antidiagonal", "antidiagonal_shared": "true"}}, environ={})
+    assert s.plan_options()["antidiagonal"].fa3_groups
 
 
 def test_every_setting_is_documented_in_the_readme():

@@ -1,5 +1,7 @@
 """A layer whose heads mix patterns, planned and run in one launch; the density guard."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -102,6 +104,15 @@ def test_antidiagonal_rule_replaces_vertical_slash_heads_only(device):
     assert with_extra.extra.shape == (4, batch.layout.num_blocks, 2)
     assert (with_extra.extra[[1, 3]] == -1).all()  # A-shape and Block-Sparse heads: none
     assert (with_extra.extra[[0, 2]] >= 0).any()
+    shared = plan_layer(batch.q, batch.paged, batch.layout, LayerPatterns.from_heads(
+        heads, device, antidiagonal=replace(rule, fa3_groups=True)))
+    groups = antidiagonal_worklist(batch.q, batch.paged, batch.layout,
+                                   torch.tensor([0, 2], device=device), 0.8, 6, 8, 1, 0,
+                                   group_blocks=3)  # FA3's 192-row groups at head size 64
+    for b in range(batch.layout.num_seqs):
+        for h, row in ((0, 0), (2, 1)):
+            assert torch.equal(worklist_mask(shared, batch.layout, b, h),
+                               worklist_mask(groups, batch.layout, b, row))
     for bad in (dict(tau=0.0), dict(stride=5), dict(max_tiles=0), dict(columns=-1)):
         with pytest.raises(ValueError):
             AntidiagonalRule(**bad)

@@ -93,6 +93,15 @@ class MInferenceSettings(BaseModel):
                     "attention from 0.94 to 0.98 at +0.01 density at stride 32.  Measured "
                     "(H100, 128K, stride 32): 1000 columns cost 0.12 s and lost more "
                     "variable-tracking answers, so 0 (off)")
+    antidiagonal_shared: bool = Field(
+        False,
+        description="antidiagonal mode, FA3 key tiles: the 64-row blocks FA3 runs as one row "
+                    "group (192 rows at head size 64, 128 at 128) share one selection, the "
+                    "fewest tiles giving each block tau of its own attention.  FA3 computes a "
+                    "row group's union of its blocks' tiles for all its rows: on an H100 at "
+                    "1M (stride 32, tau 0.98) that union was 1.27-1.45x the tiles the blocks "
+                    "listed, and it is most of the gap between the kernels and dense FA3's "
+                    "speed per listed tile")
     antidiagonal_launch: str = Field(
         "", description="antidiagonal mode: launch option of the estimate kernel (tuning; "
                         "e.g. w8n2, r128k32w8n2, ir128k64w8n3; empty: the defaults)")
@@ -169,7 +178,8 @@ class MInferenceSettings(BaseModel):
             return {"antidiagonal": AntidiagonalRule(
                 tau=self.tau, stride=self.antidiagonal_stride,
                 local_tiles=self.antidiagonal_local, max_tiles=self.antidiagonal_max_tiles,
-                launch=self.antidiagonal_launch, columns=self.antidiagonal_columns),
+                launch=self.antidiagonal_launch, columns=self.antidiagonal_columns,
+                fa3_groups=self.antidiagonal_shared),
                 "extra_blocks": self.extra_tiles}
         if self.mode != "adaptive":
             return {"gamma": None, "keep_first": self.fixed_sinks, "keep_diag": self.fixed_local,

@@ -8,6 +8,7 @@ runs the sparse kernel over all the step's sparse requests in one launch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import torch
@@ -376,6 +377,8 @@ class LayerPlanner:
         options = self.settings.plan_options()
         if self.kernel != "fa3":
             options["extra_blocks"] = 0
+            if options.get("antidiagonal") is not None:  # one list per block on Triton
+                options["antidiagonal"] = replace(options["antidiagonal"], fa3_groups=False)
         return options
 
     def vs_budgets(self) -> list[tuple[int, int]]:

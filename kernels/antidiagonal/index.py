@@ -25,7 +25,9 @@ Two launches per slab of blocks (the plan half; the lists run on the usual kerne
 2. :func:`_select_kernel`: per (head, block), each row group's log-sum-exp over its tiles,
    the tiles' shares (written over the block's first partial row), the share threshold by
    bisection (no sort), and the kept tiles in key order, written straight as the block's
-   absolute 64-key chunks and descriptor (no index-building pass after it).
+   absolute 64-key chunks and descriptor (no index-building pass after it).  Blocks that
+   FA3 runs as one row group can share one selection (``group_blocks``): the threshold is
+   then on the mean of their shares and must give each block ``tau`` of its own.
 
 The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no host sync.
 """
@@ -165,112 +167,140 @@ def _partials_kernel(
 
 @triton.jit
 def _forced(t, own0, own1, SINK_TILES, LOCAL_TILES):
-    """Tiles every block keeps: the sink tiles, its own tiles and ``LOCAL_TILES`` before."""
+    """Tiles every block of a selection group keeps: the sink tiles, the group's own tiles
+    (``own0`` to ``own1``) and ``LOCAL_TILES`` before them."""
     return (t < SINK_TILES) | ((t >= own0 - LOCAL_TILES) & (t <= own1))
 
 
 @triton.jit
-def _candidates(share, t0, n_t, th, own0, own1, SINK_TILES, LOCAL_TILES, CH: tl.constexpr):
-    """Tiles ``t0 + [0, CH)`` of a block: their shares, which ones are forced, and which
-    others reach the share threshold ``th``."""
+def _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok, inv_blocks, SINK_TILES,
+                LOCAL_TILES, CH: tl.constexpr):
+    """Tiles ``t0 + [0, CH)`` of a selection group: each block's shares ``[GP, CH]`` (0
+    past its causal edge), which tiles are forced, and which others reach the threshold
+    ``th`` with the mean of the blocks' shares."""
     t = t0 + tl.arange(0, CH)
     t_ok = t < n_t
-    w = tl.load(share + t, mask=t_ok, other=0.0)
+    w = tl.load(share + t[None, :], mask=b_ok[:, None] & (t[None, :] <= b_own1[:, None]),
+                other=0.0)
     forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
-    return t, w, forced, t_ok & (w >= th) & ~forced
+    score = tl.sum(w, axis=0) * inv_blocks
+    return t, w, forced, t_ok & (score >= th) & ~forced
 
 
-@triton.jit(do_not_specialize=["stride_ph", "stride_pr", "SEQ", "BLK0", "NB_ALL", "WIDTH",
-                               "SINK_TILES", "LOCAL_TILES"])
+@triton.jit(do_not_specialize=["stride_ph", "stride_pr", "SEQ", "BLK0", "NB", "NB_ALL",
+                               "WIDTH", "SINK_TILES", "LOCAL_TILES"])
 def _select_kernel(
     PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, CHUNKS, DESC,
-    SEQ, BLK0, NB_ALL, WIDTH, tau, SINK_TILES, LOCAL_TILES,
+    SEQ, BLK0, NB, NB_ALL, WIDTH, tau, SINK_TILES, LOCAL_TILES,
     STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
-    STEPS: tl.constexpr, DESC_FIELDS: tl.constexpr,
+    STEPS: tl.constexpr, DESC_FIELDS: tl.constexpr, GB: tl.constexpr, GP: tl.constexpr,
 ):
-    """Kept tiles of block ``BLK0 + program_id(0)`` (of sequence ``SEQ``), head slot
-    ``program_id(1)``, in key order, as the absolute 64-key chunks of the block's list:
-    ``CHUNKS[(hs * NB_ALL + block) * WIDTH + n]`` and its descriptor ``DESC[hs, block]``."""
+    """Kept tiles of the ``GB`` blocks ``BLK0 + program_id(0) * GB + [0, GB)`` (of sequence
+    ``SEQ``; ``GP``: ``GB`` rounded up to a power of two), head slot ``program_id(1)``, in
+    key order, as the absolute 64-key chunks of each block's list:
+    ``CHUNKS[(hs * NB_ALL + block) * WIDTH + n]`` and its descriptor ``DESC[hs, block]``.
+
+    The blocks share one selection: tiles ranked by the mean of the blocks' shares, the
+    fewest that give *every* block ``tau`` of its own attention; each block lists those
+    inside its causal edge.  With ``GB = 1`` that is the block's own fewest tiles."""
     RG: tl.constexpr = BLOCK_M // STRIDE
-    j = tl.program_id(0)
     hs = tl.program_id(1)
-    m = tl.load(BLK_M + BLK0 + j)
     q_len = tl.load(Q_LEN + SEQ)
     kv_len = tl.load(KV_LEN + SEQ)
-    first = kv_len - q_len + m * BLOCK_M
-    last = tl.minimum(first + BLOCK_M - 1, kv_len - 1)
-    own0 = first // BLOCK_N
-    own1 = last // BLOCK_N
-    n_t = own1 + 1  # the block's causal tiles
-    a = tl.arange(0, RG)
-    rows = PART + hs.to(tl.int64) * stride_ph + (j * RG + a).to(tl.int64)[:, None] * stride_pr
-    share = PART + hs.to(tl.int64) * stride_ph + (j * RG).to(tl.int64) * stride_pr
-    # 1. each row group's log2-sum-exp2 over its tiles
-    mx = tl.full([RG], float("-inf"), tl.float32)
-    sm = tl.zeros([RG], tl.float32)
+    # the group's blocks (b) and their row groups (r = b * RG + a)
+    b = tl.arange(0, GP)
+    jb = tl.program_id(0) * GB + b
+    b_ok = (b < GB) & (jb < NB)
+    mb = tl.load(BLK_M + BLK0 + jb, mask=b_ok, other=0)
+    b_first = kv_len - q_len + mb * BLOCK_M
+    b_own1 = tl.where(b_ok, tl.minimum(b_first + BLOCK_M - 1, kv_len - 1) // BLOCK_N, -1)
+    own0 = tl.min(tl.where(b_ok, b_first // BLOCK_N, 1 << 30), axis=0)
+    own1 = tl.max(b_own1, axis=0)
+    n_t = own1 + 1  # the group's causal tiles
+    n_blocks = tl.sum(b_ok.to(tl.float32), axis=0)
+    r = tl.arange(0, GP * RG)
+    rb = r // RG
+    rj = tl.program_id(0) * GB + rb
+    r_ok = (rb < GB) & (rj < NB)
+    r_first = kv_len - q_len + tl.load(BLK_M + BLK0 + rj, mask=r_ok, other=0) * BLOCK_M
+    r_own1 = tl.where(r_ok, tl.minimum(r_first + BLOCK_M - 1, kv_len - 1) // BLOCK_N, -1)
+    head = PART + hs.to(tl.int64) * stride_ph
+    rows = head + (rj * RG + r % RG).to(tl.int64)[:, None] * stride_pr
+    # each block's shares go over its first partial row
+    share = head + (jb * RG).to(tl.int64)[:, None] * stride_pr
+    # 1. each row group's log2-sum-exp2 over its block's causal tiles
+    mx = tl.full([GP * RG], float("-inf"), tl.float32)
+    sm = tl.zeros([GP * RG], tl.float32)
     for t0 in range(0, n_t, CH):
         t = t0 + tl.arange(0, CH)
-        p = tl.load(rows + t[None, :], mask=(t < n_t)[None, :], other=float("-inf"))
+        p = tl.load(rows + t[None, :], mask=t[None, :] <= r_own1[:, None],
+                    other=float("-inf"))
         new = tl.maximum(mx, tl.max(p, axis=1))
         new_safe = tl.where(new > float("-inf"), new, 0.0)
         sm = sm * tl.exp2(mx - new_safe) + tl.sum(tl.exp2(p - new_safe[:, None]), axis=1)
         mx = new
     valid = mx > float("-inf")  # row groups with a row (each has a causal key then)
     lse = tl.where(valid, mx + tl.log2(tl.maximum(sm, 1e-30)), 0.0)
-    n_valid = tl.maximum(tl.sum(valid.to(tl.float32), axis=0), 1.0)
-    # 2. each tile's share of the block's attention, over the block's first partial row
-    total = 0.0
-    forced_share = 0.0
+    n_valid = tl.maximum(tl.sum(tl.reshape(valid.to(tl.float32), [GP, RG]), axis=1), 1.0)
+    # 2. each tile's share of each block's attention, over the block's first partial row
+    total = tl.zeros([GP], tl.float32)
+    forced_share = tl.zeros([GP], tl.float32)
     n_forced = 0
     for t0 in range(0, n_t, CH):
         t = t0 + tl.arange(0, CH)
         t_ok = t < n_t
-        p = tl.load(rows + t[None, :], mask=t_ok[None, :], other=float("-inf"))
-        w = tl.sum(tl.where(valid[:, None], tl.exp2(p - lse[:, None]), 0.0), axis=0) / n_valid
-        w = tl.where(t_ok, w, 0.0)
+        p = tl.load(rows + t[None, :], mask=t[None, :] <= r_own1[:, None],
+                    other=float("-inf"))
+        e = tl.where(valid[:, None], tl.exp2(p - lse[:, None]), 0.0)
+        w = tl.sum(tl.reshape(e, [GP, RG, CH]), axis=1) / n_valid[:, None]
         forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
-        total += tl.sum(w, axis=0)
-        forced_share += tl.sum(tl.where(forced, w, 0.0), axis=0)
+        total += tl.sum(w, axis=1)
+        forced_share += tl.sum(tl.where(forced[None, :], w, 0.0), axis=1)
         n_forced += tl.sum(forced.to(tl.int32), axis=0)
-        tl.store(share + t, w, mask=t_ok)
-    cap = WIDTH - n_forced  # other tiles that fit the list
-    need = tau * total - forced_share
-    # 3. the largest threshold 2^-x whose tiles (with the forced ones) hold tau, or fill cap
+        tl.store(share + t[None, :], w, mask=b_ok[:, None] & (t[None, :] <= b_own1[:, None]))
+    cap = WIDTH - n_forced  # other tiles that fit the lists
+    need = tl.where(b_ok, tau * total - forced_share, 0.0)
+    inv_blocks = 1.0 / tl.maximum(n_blocks, 1.0)
+    # 3. the largest threshold 2^-x on the mean share whose tiles (with the forced ones)
+    # hold tau of every block's attention, or fill cap
     x_lo = 0.0
     x_hi = 40.0
     for _ in tl.static_range(STEPS):
         x = 0.5 * (x_lo + x_hi)
         th = tl.exp2(-x)
-        got = 0.0
+        got = tl.zeros([GP], tl.float32)
         cnt = 0
         for t0 in range(0, n_t, CH):
-            t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, SINK_TILES,
-                                             LOCAL_TILES, CH)
-            got += tl.sum(tl.where(take, w, 0.0), axis=0)
+            t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok,
+                                             inv_blocks, SINK_TILES, LOCAL_TILES, CH)
+            got += tl.sum(tl.where(take[None, :], w, 0.0), axis=1)
             cnt += tl.sum(take.to(tl.int32), axis=0)
-        enough = (got >= need) | (cnt >= cap)
+        enough = (tl.min(got - need, axis=0) >= 0) | (cnt >= cap)
         x_hi = tl.where(enough, x, x_hi)
         x_lo = tl.where(enough, x_lo, x)
-    th = tl.where(need > 0, tl.exp2(-x_hi), 2.0)  # forced tiles alone hold tau: no others
-    # 4. the kept tiles in key order (others past the cap dropped, the latest first)
-    first_chunk = (hs.to(tl.int64) * NB_ALL + BLK0 + j) * WIDTH
-    out = CHUNKS + 2 * first_chunk
-    n_kept = 0
+    # forced tiles alone hold tau for every block: no others
+    th = tl.where(tl.max(need, axis=0) > 0, tl.exp2(-x_hi), 2.0)
+    # 4. the kept tiles in key order (others past the cap dropped, the latest first), each
+    # block's up to its causal edge
+    first_chunk = (hs.to(tl.int64) * NB_ALL + BLK0 + jb) * WIDTH
+    out = CHUNKS + 2 * first_chunk[:, None]
+    n_kept = tl.zeros([GP], tl.int32)
     n_taken = 0
     for t0 in range(0, n_t, CH):
-        t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, SINK_TILES,
-                                         LOCAL_TILES, CH)
+        t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok,
+                                         inv_blocks, SINK_TILES, LOCAL_TILES, CH)
         rank = n_taken + tl.cumsum(take.to(tl.int32), axis=0) - 1
-        keep = forced | (take & (rank < cap))
-        pos = n_kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
-        start = t * BLOCK_N
+        keep = (forced | (take & (rank < cap)))[None, :] & b_ok[:, None] & (
+            t[None, :] <= b_own1[:, None])
+        pos = n_kept[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
+        start = t[None, :] * BLOCK_N
         tl.store(out + 2 * pos, start, mask=keep & (pos < WIDTH))
         tl.store(out + 2 * pos + 1, start, mask=keep & (pos < WIDTH))
-        n_kept += tl.sum(keep.to(tl.int32), axis=0)
+        n_kept += tl.sum(keep.to(tl.int32), axis=1)
         n_taken += tl.sum(take.to(tl.int32), axis=0)
-    desc = DESC + (hs.to(tl.int64) * NB_ALL + BLK0 + j) * DESC_FIELDS
-    tl.store(desc, first_chunk.to(tl.int32))
-    tl.store(desc + 1, tl.minimum(n_kept, WIDTH))
+    desc = DESC + (hs.to(tl.int64) * NB_ALL + BLK0 + jb) * DESC_FIELDS
+    tl.store(desc, first_chunk.to(tl.int32), mask=b_ok)
+    tl.store(desc + 1, tl.minimum(n_kept, WIDTH), mask=b_ok)
 
 
 def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int,
@@ -351,14 +381,21 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
                           heads: torch.Tensor, tau: float, max_tiles: int, stride: int = 8,
                           sink_tiles: int = 1, local_tiles: int = 1,
                           sm_scale: float | None = None, launch: str = "",
-                          shares: torch.Tensor | None = None) -> WorkList:
+                          shares: torch.Tensor | None = None,
+                          group_blocks: int = 1) -> WorkList:
     """Absolute chunk lists of the kept tiles of every (head of ``heads``, block), at most
     ``W = min(max_tiles, tiles of the longest sequence)`` each.  ``launch``: the partials
     kernel's launch option (:func:`parse_launch`; "" for :func:`default_launch`).
+    ``group_blocks`` > 1: each run of that many blocks of a sequence (from its first)
+    shares one selection, the fewest tiles giving every block of the run ``tau`` of its
+    attention: FA3's page lists compute a row group's union of its blocks' tiles for all
+    its rows, so blocks that FA3 runs together should list the same tiles.
     ``shares`` (``[len(heads), NB, tiles]`` float32, tests): receives each tile's estimated
     share of its block's attention (tiles past a block's causal edge are left as they
     were)."""
     check_tau_and_stride(tau, stride)
+    if group_blocks < 1:
+        raise ValueError(f"group_blocks must be >= 1, got {group_blocks}")
     num_heads, head_dim = q.shape[1], q.shape[2]
     H, NB = heads.numel(), layout.num_blocks
     n_tiles = max(1, triton.cdiv(layout.max_kv_len, BLOCK_N))
@@ -385,7 +422,8 @@ def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
     for i, option in enumerate(options):
         try:  # a launch that does not fit fails at its first slab, before any GPU work
             _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
-                                 sink_tiles, local_tiles, group, option, desc, chunks, shares)
+                                 sink_tiles, local_tiles, group, option, desc, chunks, shares,
+                                 group_blocks)
         except OutOfResources as e:
             if i == len(options) - 1:
                 raise
@@ -412,14 +450,17 @@ def fitted_launch(q: torch.Tensor, launch: str, stride: int, group: int) -> str 
 
 
 def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, tau,
-                         sink_tiles, local_tiles, group, option, desc, chunks, shares) -> None:
+                         sink_tiles, local_tiles, group, option, desc, chunks, shares,
+                         group_blocks) -> None:
     """The two launches of :func:`antidiagonal_worklist` over every slab of blocks, with
     the partials kernel's launch ``option``."""
     warps, shape = parse_launch(option)
     tiles = partials_launch(stride, q.shape[2], q.element_size(), group, **shape)
     NB = layout.num_blocks
     rg = BLOCK_M // stride
-    step = slab_blocks(H, rg, n_tiles, NB, tiles["BG"])
+    # a slab holds whole selection groups (they start at each sequence's first block)
+    step = slab_blocks(H, rg, n_tiles, NB, math.lcm(tiles["BG"], group_blocks))
+    gp = triton.next_power_of_2(group_blocks)
     part = torch.empty(H, step * rg, n_tiles, dtype=torch.float32, device=q.device)
     args = kv.kernel_args()
     tiles_per_step = tiles["KEY_GROUPS"] * stride // BLOCK_N
@@ -434,11 +475,11 @@ def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, 
             part.stride(1), scale, seq, blk0, nb, n_tiles, split, GROUP=group,
             HEAD_DIM=q.shape[2], STRIDE=stride, PAGE=args["PAGE"], PAGED=args["PAGED"],
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **tiles, **warps)
-        _select_kernel[(nb, H)](
+        _select_kernel[(triton.cdiv(nb, group_blocks), H)](
             part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
-            chunks, desc, seq, blk0, NB, width, float(tau), sink_tiles, local_tiles,
-            STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=SELECT_CHUNK,
-            STEPS=BISECT_STEPS, DESC_FIELDS=DESC_FIELDS, num_warps=4)
+            chunks, desc, seq, blk0, nb, NB, width, float(tau), sink_tiles, local_tiles,
+            STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=max(128, SELECT_CHUNK // gp),
+            STEPS=BISECT_STEPS, DESC_FIELDS=DESC_FIELDS, GB=group_blocks, GP=gp, num_warps=4)
         if shares is not None:
             shares[:, blk0:blk0 + nb] = part[:, :nb * rg:rg, :shares.shape[2]]
 

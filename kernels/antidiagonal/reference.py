@@ -52,31 +52,45 @@ def tile_shares_reference(q: torch.Tensor, kv: KVSource, layout: SeqLayout, head
 
 
 def kept_tiles_reference(shares: torch.Tensor, layout: SeqLayout, tau: float, max_tiles: int,
-                         sink_tiles: int = 1, local_tiles: int = 1) -> list[list[set[int]]]:
-    """Per (head, block) the kept tiles: the forced ones (sinks, the block's own tiles and
-    ``local_tiles`` before) and the fewest others, best first, bringing the kept share to
-    ``tau``, within ``max_tiles`` in all."""
+                         sink_tiles: int = 1, local_tiles: int = 1,
+                         group_blocks: int = 1) -> list[list[set[int]]]:
+    """Per (head, block) the kept tiles.  Blocks are taken in runs of ``group_blocks`` from
+    each sequence's first; a run keeps the forced tiles (sinks, the run's own tiles and
+    ``local_tiles`` before) and the fewest others, ranked by the mean of its blocks'
+    shares, that bring *every* block's kept share to ``tau``, within ``max_tiles`` in all;
+    each block lists the run's tiles up to its causal edge."""
     first, last = layout.block_first_pos().cpu(), layout.block_last_pos().cpu()
     n_tiles = shares.shape[2]
     width = max(1, min(max_tiles, n_tiles))
+    runs, blk0 = [], 0
+    for q_len in layout.q_lens_host:
+        n = -(-q_len // BLOCK_M)
+        runs += [range(blk0 + j, min(blk0 + n, blk0 + j + group_blocks))
+                 for j in range(0, n, group_blocks)]
+        blk0 += n
     out = []
     for h in range(shares.shape[0]):
-        row = []
-        for i in range(shares.shape[1]):
-            own0, own1 = int(first[i]) // BLOCK_N, int(last[i]) // BLOCK_N
-            w = shares[h, i, :own1 + 1]
-            forced = {t for t in range(own1 + 1)
-                      if t < sink_tiles or own0 - local_tiles <= t <= own1}
-            need = tau * float(w.sum()) - sum(float(w[t]) for t in forced)
-            others = sorted((t for t in range(own1 + 1) if t not in forced),
-                            key=lambda t: -float(w[t]))
+        row: list[set[int]] = [set() for _ in range(shares.shape[1])]
+        for run in runs:
+            own0 = min(int(first[i]) for i in run) // BLOCK_N
+            own1 = {i: int(last[i]) // BLOCK_N for i in run}
+            n_t = max(own1.values()) + 1
+            w = {i: [float(shares[h, i, t]) if t <= own1[i] else 0.0 for t in range(n_t)]
+                 for i in run}
+            forced = {t for t in range(n_t) if t < sink_tiles or own0 - local_tiles <= t}
+            need = {i: tau * sum(w[i]) - sum(w[i][t] for t in forced) for i in run}
+            score = {t: sum(w[i][t] for i in run) / len(run) for t in range(n_t)}
+            others = sorted((t for t in range(n_t) if t not in forced), key=lambda t: -score[t])
             cap = width - len(forced)
-            kept, got = [], 0.0
+            kept: list[int] = []
+            got = dict.fromkeys(run, 0.0)
             for t in others:
-                if got >= need or len(kept) >= cap:
+                if all(got[i] >= need[i] for i in run) or len(kept) >= cap:
                     break
                 kept.append(t)
-                got += float(w[t])
-            row.append(forced | set(kept))
+                for i in run:
+                    got[i] += w[i][t]
+            for i in run:
+                row[i] = {t for t in forced | set(kept) if t <= own1[i]}
         out.append(row)
     return out
