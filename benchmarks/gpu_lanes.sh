@@ -31,7 +31,8 @@
 #   bash benchmarks/gpu_lanes.sh AJ1..AJ3           one GPU: the chunk's columns; retrieval heads dense
 #   bash benchmarks/gpu_lanes.sh AK1..AK3           one GPU: retrieval heads pinned to fixed top-k
 #   bash benchmarks/gpu_lanes.sh AL1..AL5, AM1, AM2 one GPU: 1M split, serving pinned, FA3's union
-#   bash benchmarks/gpu_lanes.sh AN1..AN3           one GPU: one selection per FA3 row group
+#   bash benchmarks/gpu_lanes.sh AN1..AN4           one GPU: one selection per FA3 row group
+#   bash benchmarks/gpu_lanes.sh AO1, AO2           one GPU: stride 64 with 32 pinned heads (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1186,6 +1187,20 @@ AN4_shared_suite_128k() {  # AN3's three engine starts outran their 100 s each o
   timeout 140 python3 $B/bench_ttft.py --backend minference $AS32 $R32F $SHARED \
     --lengths 131072 --out $OUT/ttft.json
 }
+# Next session: the CPU study (recall_study.py --fa3-group 3) puts shared selections and the
+# row groups' union on one recall-vs-computed-density curve (sharing is a lower tau), so the
+# next lever is the estimate's cost: stride 64 with the 32 pinned heads (stride 64 alone lost
+# 3 / 14 of 70 at 128K, nineteenth session), and 1M's planning with it
+AS64="$AE --set antidiagonal_stride=64"
+AO1_stride64_pinned() {  # the 12-sample 128K suite, then TTFT at 128K (FLASH_ATTN first)
+  ACC128 antidiagonal_s64_retrieval32_fixed $AS64 $R32F
+  for cfg in "FLASH_ATTN" "minference $AS64 $R32F"; do
+    timeout 150 python3 $B/bench_ttft.py --backend $cfg --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AO2_stride64_pinned_1m() {  # 1M in 64K chunks, traced (planning against stride 32's 6.7 s)
+  TRACED_1M trace_s64_1m 200 $AS64 $R32F
+}
 P4_steps_1m() {  # a 1M prompt step by step (layer 3, 64K chunks): runs shorter than N chunks
   # on the packed Triton pass (the eighth session's unpacked pass lost: 836 vs 764 ms)
   timeout 330 python3 $B/bench_chunked.py --seq-len 1048576 --chunk 65536 --layers 3 \
@@ -1369,6 +1384,8 @@ case "$1" in
   AN2) lane 0 AN2_shared_suite; wait_lanes 300; jit_check ;;
   AN3) lane 0 AN3_shared_128k; wait_lanes 470; jit_check ;;
   AN4) lane 0 AN4_shared_suite_128k; wait_lanes 440; jit_check ;;
+  AO1) lane 0 AO1_stride64_pinned; wait_lanes 575; jit_check ;;
+  AO2) lane 0 AO2_stride64_pinned_1m; wait_lanes 260; jit_check ;;
   J1) lane 0 J1_windows; wait_lanes 290; jit_check ;;
   J2) lane 0 J2_windows_fixed; wait_lanes 280; jit_check ;;
   H1) lane 0 H1_ttft; wait_lanes 360; jit_check ;;

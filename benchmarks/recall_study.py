@@ -191,9 +191,80 @@ def block_sparse_keys(q, k, scale: float, blocks: list[int], topk: list[int], N:
     return out
 
 
+def _tile_shares(q, k_groups, scale: float, blk: int, N: int, S: int):
+    """One block's antidiagonal estimate: ``[H, tiles]`` each tile's share of the block's
+    attention (summing to 1; ``None`` for a block with fewer rows than ``S``) and the
+    block's last row."""
+    H = q.shape[1]
+    r0 = blk * BLOCK_M
+    last = min(N - 1, r0 + BLOCK_M - 1)
+    n_keys = (last // S + 1) * S  # whole strided groups up to the block's last row
+    n_rows = (last + 1 - r0) // S * S
+    if n_rows == 0:
+        return None, last
+    qa = q[r0:r0 + n_rows].float().view(n_rows // S, S, H, -1).flip(1)  # reverse in group
+    sc = torch.einsum("aihd,bihd->hab", qa, k_groups[:n_keys // S]) * scale / S
+    # [H, A, B]: the antidiagonal sums
+    a_last = (r0 + (torch.arange(n_rows // S) + 1) * S - 1)  # last row of each row group
+    b_first = torch.arange(n_keys // S) * S
+    sc = sc.masked_fill(b_first[None, None, :] > a_last[None, :, None], float("-inf"))
+    p = torch.softmax(sc, dim=-1).sum(1)  # [H, B]
+    n_tiles = -(-n_keys // BLOCK_N)
+    p = torch.nn.functional.pad(p, (0, n_tiles * (BLOCK_N // S) - p.shape[1]))
+    tile_mass = p.view(H, n_tiles, BLOCK_N // S).sum(-1)  # [H, tiles]
+    return tile_mass / tile_mass.sum(-1, keepdim=True), last
+
+
+def _strided_keys(k, S: int, G: int) -> torch.Tensor:
+    """Every key in groups of ``S`` (``[groups, S, H, D]``, in the query heads' order)."""
+    k_groups = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, -k.shape[0] % S))
+    return k_groups.view(-1, S, k.shape[1], k.shape[2]).repeat_interleave(G, 2)
+
+
+def _fewest_tiles(w: torch.Tensor, tau: float, sink_tiles: int, own: int,
+                  local_tiles: int) -> torch.Tensor:
+    """``[H, tiles]`` kept by one block: the fewest tiles reaching ``tau`` of its shares
+    ``w``, plus ``sink_tiles`` first and ``local_tiles`` nearest tiles."""
+    H, n_tiles = w.shape
+    order = w.argsort(dim=-1, descending=True)
+    cum = w.gather(1, order).cumsum(-1)
+    keep_n = (cum < tau).sum(-1) + 1  # fewest tiles reaching tau
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tiles).expand(H, -1))
+    keep = rank < keep_n[:, None]
+    keep[:, :min(sink_tiles, own + 1)] = True
+    keep[:, max(0, own - local_tiles + 1):own + 1] = True
+    return keep
+
+
+def _shared_tiles(ws: list[torch.Tensor], tau: float, sink_tiles: int, owns: list[int],
+                  local_tiles: int) -> torch.Tensor:
+    """``[H, tiles]`` kept by a group of blocks sharing one selection (the plugin's
+    ``antidiagonal_shared``): tiles ranked by the blocks' mean share, the fewest that
+    give every block ``tau`` of its own, plus the sinks and the group's local band."""
+    n_tiles = owns[-1] + 1
+    w = torch.stack([torch.nn.functional.pad(x, (0, n_tiles - x.shape[1])) for x in ws], 1)
+    H = w.shape[0]  # w: [H, B, tiles], 0 past each block's edge
+    forced = torch.zeros(n_tiles, dtype=torch.bool)
+    forced[:sink_tiles] = True
+    forced[max(0, owns[0] - local_tiles + 1):] = True
+    keep = forced.expand(H, -1).clone()
+    if forced.all():
+        return keep
+    got0 = w[:, :, forced].sum(-1)  # [H, B]
+    score = w.mean(1).masked_fill(forced, -1.0)
+    order = score.argsort(dim=-1, descending=True)[:, :int((~forced).sum())]
+    cum = got0[:, :, None] + w.gather(2, order[:, None, :].expand(-1, w.shape[1], -1)).cumsum(-1)
+    enough = (cum >= tau - 1e-9).all(1)  # [H, others]: every block reaches tau
+    n = torch.where(enough.any(-1), enough.float().argmax(-1) + 1, enough.shape[1])
+    n = torch.where((got0 >= tau - 1e-9).all(1), 0, n)  # the forced tiles alone suffice
+    take = torch.arange(order.shape[1])[None, :] < n[:, None]
+    keep.scatter_(1, order, take | keep.gather(1, order))
+    return keep
+
+
 def antidiagonal_keys(q, k, scale: float, blocks: list[int], N: int, tau: float,
-                      stride: int = 8, sink_tiles: int = 1, local_tiles: int = 2
-                      ) -> torch.Tensor:
+                      stride: int = 8, sink_tiles: int = 1, local_tiles: int = 2,
+                      group: int = 1, shared: bool = False) -> torch.Tensor:
     """``[H, S, N]`` keys of a per-block selection from antidiagonal scores (XAttention's
     estimate, read in torch): for each sampled 64-row block, the scores of ``stride``-strided
     antidiagonals (``q[a*S + S-1-i] . k[b*S + i]`` summed over ``i``) give every row group
@@ -201,41 +272,32 @@ def antidiagonal_keys(q, k, scale: float, blocks: list[int], N: int, tau: float,
     fewest tiles holding ``tau`` of that mass, plus ``sink_tiles`` first and ``local_tiles``
     nearest tiles.  Unlike the Vertical-Slash estimate it reads the block's own rows, so a
     block in the middle of a chunk chooses from its own attention, and a diagonal crosses
-    every antidiagonal of the tiles it passes through."""
+    every antidiagonal of the tiles it passes through.
+
+    ``group`` > 1: the keys FA3's page lists compute, whose row groups of ``group`` blocks
+    (from the prompt's first row) each attend to the union of their blocks' tiles, or with
+    ``shared`` to one selection shared by those blocks (:func:`_shared_tiles`)."""
     H, G = q.shape[1], q.shape[1] // k.shape[1]
     S = stride
-    tiles_per = BLOCK_N // S
     out = torch.zeros(H, len(blocks), N, dtype=torch.bool)
     pos = torch.arange(N)
-    # every key in groups of S, once for all blocks ([groups, S, H, D], query heads' order)
-    k_groups = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, -N % S))
-    k_groups = k_groups.view(-1, S, k.shape[1], k.shape[2]).repeat_interleave(G, 2)
+    k_groups = _strided_keys(k, S, G)
+    n_blocks = -(-N // BLOCK_M)
     for si, blk in enumerate(blocks):
-        r0 = blk * BLOCK_M
-        last = min(N - 1, r0 + BLOCK_M - 1)
-        n_keys = (last // S + 1) * S  # whole strided groups up to the block's last row
-        n_rows = (last + 1 - r0) // S * S
-        if n_rows == 0:
+        g0 = blk // group * group
+        members = list(range(g0, min(n_blocks, g0 + group)))  # FA3 runs them as one
+        est = [_tile_shares(q, k_groups, scale, b, N, S) for b in members]
+        last = est[members.index(blk)][1]
+        if any(w is None for w, _ in est):
             out[:, si] = pos <= last
             continue
-        qa = q[r0:r0 + n_rows].float().view(n_rows // S, S, H, -1).flip(1)  # reverse in group
-        sc = torch.einsum("aihd,bihd->hab", qa, k_groups[:n_keys // S]) * scale / S
-        # [H, A, B]: the antidiagonal sums
-        a_last = (r0 + (torch.arange(n_rows // S) + 1) * S - 1)  # last row of each row group
-        b_first = torch.arange(n_keys // S) * S
-        sc = sc.masked_fill(b_first[None, None, :] > a_last[None, :, None], float("-inf"))
-        p = torch.softmax(sc, dim=-1).sum(1)  # [H, B]
-        n_tiles = -(-n_keys // BLOCK_N)
-        p = torch.nn.functional.pad(p, (0, n_tiles * tiles_per - p.shape[1]))
-        tile_mass = p.view(H, n_tiles, tiles_per).sum(-1)  # [H, tiles]
-        order = tile_mass.argsort(dim=-1, descending=True)
-        cum = tile_mass.gather(1, order).cumsum(-1) / tile_mass.sum(-1, keepdim=True)
-        keep_n = (cum < tau).sum(-1) + 1  # fewest tiles reaching tau
-        own = last // BLOCK_N
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tiles).expand(H, -1))
-        keep = rank < keep_n[:, None]  # [H, tiles]: the fewest tiles reaching tau
-        keep[:, :min(sink_tiles, own + 1)] = True
-        keep[:, max(0, own - local_tiles + 1):own + 1] = True
+        owns = [b_last // BLOCK_N for _, b_last in est]
+        if shared:
+            keep = _shared_tiles([w for w, _ in est], tau, sink_tiles, owns, local_tiles)
+        else:
+            keep = torch.zeros(H, owns[-1] + 1, dtype=torch.bool)
+            for (w, _), own in zip(est, owns):
+                keep[:, :own + 1] |= _fewest_tiles(w, tau, sink_tiles, own, local_tiles)
         mask = keep.repeat_interleave(BLOCK_N, dim=1)
         mask = torch.nn.functional.pad(mask, (0, max(0, N - mask.shape[1])))[:, :N]
         out[:, si] = mask & (pos <= last)
@@ -306,11 +368,14 @@ def antidiagonal_name(tau: float, stride: int) -> str:
 def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
                 chunk: int | None = None, taus: list[float] = (),
                 strides: list[int] = (8,), needle_rows: list[int] = (),
-                targets: torch.Tensor | None = None, low: float = 0.8) -> dict:
+                targets: torch.Tensor | None = None, low: float = 0.8,
+                fa3_group: int = 0) -> dict:
     """Per rule and head: mean recall of the sampled blocks, of the prompt's last blocks,
     of ``needle_rows`` (rows that must read one far line, e.g. variable tracking's chain
     lines; their blocks join the sample) overall and on the far ``targets`` keys
-    (:func:`far_line_recall`), the share of rows below ``low``, and density."""
+    (:func:`far_line_recall`), the share of rows below ``low``, and density.  ``fa3_group``
+    > 1 adds, per antidiagonal rule, the keys FA3's page lists compute with row groups of
+    that many blocks: the union of the blocks' lists, and one selection they share."""
     N, H, D = q.shape
     layout = SeqLayout.from_lengths([N], [N], "cpu")
     blocks = sample_blocks(layout.num_blocks, n_blocks)
@@ -336,6 +401,12 @@ def layer_stats(q, k, scale, rule_fns, n_blocks, profiles=None, layer=None,
         for stride in strides:
             ad = antidiagonal_keys(q, k, scale, blocks, N, tau, stride)
             named_keys.append((antidiagonal_name(tau, stride), ad))
+            if fa3_group > 1:  # what FA3 computes: its row groups' union, or one shared list
+                for shared in (False, True):
+                    named_keys.append((antidiagonal_name(tau, stride) + (
+                        " shared" if shared else " fa3 union"), antidiagonal_keys(
+                            q, k, scale, blocks, N, tau, stride, group=fa3_group,
+                            shared=shared)))
             named_keys += [(f"{antidiagonal_name(tau, stride)} + {name}", ad | kk)
                            for name, kk in named_keys if name.startswith(COLUMNS)]
     keys = torch.stack([kk for _, kk in named_keys])  # [C, H, S, N]
@@ -487,6 +558,10 @@ def main() -> None:
                          "(XAttention's estimate) at these mass thresholds")
     ap.add_argument("--antidiagonal-strides", type=int, nargs="+", default=[8],
                     help="antidiagonal strides to measure each threshold at")
+    ap.add_argument("--fa3-group", type=int, default=0,
+                    help="also each antidiagonal rule as FA3's page lists compute it, with "
+                         "row groups of this many 64-row blocks (3 at head size 64): the "
+                         "union of their lists, and one selection shared by them")
     ap.add_argument("--columns", type=int, nargs="*", default=[],
                     help="also each antidiagonal rule unioned with the chunk's top-N columns "
                          "(from its last 64 rows, as the fixed mode estimates them)")
@@ -565,7 +640,8 @@ def main() -> None:
         result["layers"][li] = layer_stats(q, k, scale, fns, args.blocks, profiles, li,
                                            chunk=args.chunk, taus=args.antidiagonal_taus,
                                            strides=args.antidiagonal_strides,
-                                           needle_rows=needle_rows, targets=targets)
+                                           needle_rows=needle_rows, targets=targets,
+                                           fa3_group=args.fa3_group)
         row = {n: (sum(d["recall"]) / len(d["recall"]), min(d["recall"]),
                    sum(d["density"]) / len(d["density"])) for n, d in result["layers"][li].items()}
         print(f"layer {li:2d}: " + "; ".join(f"{n}: recall {r:.3f} (min {mn:.3f}) dens {de:.3f}"

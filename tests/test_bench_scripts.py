@@ -319,6 +319,33 @@ def test_recall_study_antidiagonal_keys_find_a_far_column_and_stay_causal():
     assert torch.equal(full[:, 1], (torch.arange(N) < 512).expand(2, N))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_recall_study_fa3_group_keys_match_the_plugins_lists(device, shared):
+    """``--fa3-group``: the study's keys of a row group are the union of the plugin's
+    per-block lists, or with ``shared`` its lists with ``group_blocks`` (one selection)."""
+    import torch
+    import recall_study
+    from kernel_inputs import make_batch
+    from vllm_minference.kernels.antidiagonal import antidiagonal_worklist, worklist_tiles
+    N, H, tau = 700, 4, 0.9
+    batch = make_batch([N], [N], H, 2, 64, torch.float32, device, structured=True, seed=4)
+    lists = worklist_tiles(antidiagonal_worklist(
+        batch.q, batch.kv, batch.layout, torch.arange(H, device=device), tau, 10_000, 8, 1, 1,
+        group_blocks=3 if shared else 1)).cpu()
+    kept = [[{int(t) for t in lists[h, b] if t >= 0} for b in range(11)] for h in range(H)]
+    blocks = [0, 2, 4, 6, 9, 10]  # groups 0-2, 3-5, 6-8 and the last two blocks
+    k = batch.kv.gather(0, N)[0].cpu()
+    keys = recall_study.antidiagonal_keys(batch.q.cpu(), k, 64 ** -0.5, blocks, N, tau,
+                                          stride=8, sink_tiles=1, local_tiles=2, group=3,
+                                          shared=shared)
+    tiles = torch.nn.functional.pad(keys, (0, 11 * 64 - N)).view(H, len(blocks), 11, 64).any(-1)
+    for h in range(H):
+        for si, b in enumerate(blocks):
+            group = range(b // 3 * 3, min(11, b // 3 * 3 + 3))
+            want = kept[h][b] if shared else {t for g in group for t in kept[h][g] if t <= b}
+            assert {int(t) for t in torch.nonzero(tiles[h, si]).flatten()} == want, (h, b)
+
+
 def test_recall_study_far_line_recall_is_the_kept_share_of_far_target_mass():
     """A row that reads one far target key: every key kept -> 1, that key dropped -> ~0;
     a target within ``gap`` of the row does not count."""
