@@ -111,7 +111,8 @@ def test_blocks_of_a_group_share_the_fewest_tiles_giving_each_tau(device, tau, m
     ref = kept_tiles_reference(w, batch.layout, tau, max_tiles, 1, local, group_blocks)
     alone = _kept(tiles)
     for h in range(4):
-        for run in _runs(batch.layout, group_blocks):
+        for _, b0, n in batch.layout.block_ranges(group_blocks):
+            run = range(b0, b0 + n)
             union = set().union(*(got[h][i] for i in run))
             for i in run:
                 diff = got[h][i] ^ ref[h][i]
@@ -127,16 +128,6 @@ def test_blocks_of_a_group_share_the_fewest_tiles_giving_each_tau(device, tau, m
                     assert sum(float(w[h, i, t]) for t in got[h][i]) >= tau * float(
                         w[h, i].sum()) - 2e-3
                     assert len(got[h][i]) >= len(alone[h][i]) - 1
-
-
-def _runs(layout, group_blocks: int) -> list[range]:
-    """Each sequence's blocks in runs of ``group_blocks`` from its first."""
-    out, blk0 = [], 0
-    for q_len in layout.q_lens_host:
-        n = -(-q_len // 64)
-        out += [range(blk0 + j, blk0 + min(n, j + group_blocks)) for j in range(0, n, group_blocks)]
-        blk0 += n
-    return out
 
 
 def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):

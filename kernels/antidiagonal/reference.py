@@ -62,12 +62,7 @@ def kept_tiles_reference(shares: torch.Tensor, layout: SeqLayout, tau: float, ma
     first, last = layout.block_first_pos().cpu(), layout.block_last_pos().cpu()
     n_tiles = shares.shape[2]
     width = max(1, min(max_tiles, n_tiles))
-    runs, blk0 = [], 0
-    for q_len in layout.q_lens_host:
-        n = -(-q_len // BLOCK_M)
-        runs += [range(blk0 + j, min(blk0 + n, blk0 + j + group_blocks))
-                 for j in range(0, n, group_blocks)]
-        blk0 += n
+    runs = [range(b0, b0 + n) for _, b0, n in layout.block_ranges(group_blocks)]
     out = []
     for h in range(shares.shape[0]):
         row: list[set[int]] = [set() for _ in range(shares.shape[1])]
