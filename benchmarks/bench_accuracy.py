@@ -231,7 +231,7 @@ def main() -> None:
     if too_long:  # never let one prompt fail the whole batch
         raise SystemExit(f"{len(too_long)} prompts longer than {max_len} tokens, e.g. "
                          f"{too_long[0]['task']}@{too_long[0]['length']}")
-    mode = plugin_mode(args.backend, cfg)
+    mode = plugin_mode(args.backend, cfg, args.model)
     rows = []
     t0 = time.perf_counter()
     # one batch per length, shortest first, rows saved after each: a run cut short keeps them

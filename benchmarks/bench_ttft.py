@@ -75,17 +75,23 @@ def minference_config(args) -> dict:
     return cfg
 
 
-def plugin_mode(backend: str, config: dict) -> str:
+def plugin_mode(backend: str, config: dict, model: str | None = None) -> str:
     """Row label: dense (any other backend) or the minference selection mode in effect
-    with these settings (the plugin's defaults and MINFERENCE_* variables included)."""
+    with these settings (the plugin's defaults, MINFERENCE_* variables and, where no mode is
+    set, the settings of the profile the model's name selects)."""
     if backend.lower() != "minference":
         return "dense"
     from vllm_minference.config import MInferenceSettings
-    return MInferenceSettings.from_sources({"minference": config}).mode
+    settings = MInferenceSettings.from_sources({"minference": config})
+    if model:
+        from vllm_minference.layer_plan import with_model_profile
+        settings = with_model_profile(settings, [model])[0]
+    return settings.mode
 
 
 def mode_of(args) -> str:
-    return plugin_mode(args.backend, minference_config(args))
+    model = args.model if getattr(args, "model_kind", "real") == "real" else None
+    return plugin_mode(args.backend, minference_config(args), model)
 
 
 def chunk_setting(args) -> dict:

@@ -262,6 +262,72 @@ def test_profile_pins_heads_to_fixed_top_k_in_antidiagonal_mode(model_dir, monke
     assert lp.groups[VERTICAL_SLASH].tolist() == [0, 1, 3]
 
 
+def _profile_with_settings(path, **settings) -> str:
+    """A tiny model's profile (2 layers x 4 heads, Vertical-Slash) carrying ``settings``."""
+    from vllm_minference.kernels.plan import VERTICAL_SLASH
+    from vllm_minference.profiles import HeadSpec, Profile, ProfileMetadata, save_profile
+    head = HeadSpec(pattern=VERTICAL_SLASH, a=1000, b=6096)
+    save_profile(Profile(metadata=ProfileMetadata(settings=settings),
+                         layers=[[head] * 4] * 2), path)
+    return str(path)
+
+
+def test_profile_settings_apply_where_the_user_chose_no_mode(model_dir, monkeypatch, tmp_path):
+    """A profile measured in one mode brings that mode and its settings to the builder and
+    every layer alike (the builder's min_sparse_len decides which requests go sparse); a
+    user who sets a mode gets the plugin defaults instead, and settings the user set win."""
+    from vllm_minference import layer_plan
+    prof = _profile_with_settings(tmp_path / "p.json", mode="antidiagonal",
+                                  antidiagonal_stride=16, tau=0.9, min_sparse_len=256)
+    said = []
+    monkeypatch.setattr(layer_plan.logger, "info", lambda msg, *a: said.append(msg % a))
+    monkeypatch.setattr(layer_plan, "_settings_logged", set())
+    vc = make_vllm_config(model_dir, {"minference": {"profile": prof, "tau": 0.95}})
+    spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.float16)
+    builder = MInferenceMetadataBuilder(spec, [LAYER], vc, torch.device("cpu"))
+    planner = _impl(vc, monkeypatch).planner
+    for s in (builder.settings, planner.settings):
+        assert (s.mode, s.antidiagonal_stride, s.min_sparse_len, s.tau) == (
+            "antidiagonal", 16, 256, 0.95)
+    assert planner.patterns(_Layer(), "cpu").antidiagonal.stride == 16
+    assert sum("settings from the profile p.json" in m for m in said) == 1  # once a process
+    batch = make_paged_batch([200, 100], [300, 100])
+    assert builder.build(0, batch.cam).minference.req_ids == [0]  # 300 >= 256 > 100
+    chosen = make_vllm_config(model_dir, {"minference": {"profile": prof, "mode": "fixed"}})
+    for s in (layer_plan.resolve_settings(chosen), _impl(chosen, monkeypatch).planner.settings):
+        assert (s.mode, s.min_sparse_len, s.tau) == ("fixed", 65536, 0.98)
+
+
+def test_profile_settings_the_page_size_cannot_run_are_not_taken(model_dir, monkeypatch,
+                                                                  tmp_path):
+    """An antidiagonal stride the user's --block-size does not hold would stop start-up;
+    settings that only came from the profile give way instead, with one warning."""
+    from vllm_minference import layer_plan
+    prof = _profile_with_settings(tmp_path / "p.json", mode="antidiagonal",
+                                  antidiagonal_stride=32)
+    said = []
+    monkeypatch.setattr(layer_plan.logger, "warning", lambda msg, *a: said.append(msg % a))
+    monkeypatch.setattr(layer_plan, "_settings_logged", set())
+    vc = make_vllm_config(model_dir, {"minference": {"profile": prof}})
+    vc.cache_config.block_size, vc.cache_config.user_specified_block_size = 16, True
+    for _ in range(2):
+        assert layer_plan.resolve_settings(vc).mode == "fixed"
+    assert _impl(vc, monkeypatch).planner.settings.mode == "fixed"
+    assert len(said) == 1 and "multiple of 32" in said[0] and "p.json" in said[0]
+
+
+def test_the_bundled_qwen_coder_profile_brings_its_measured_mode(tmp_path):
+    """Qwen2.5-Coder-0.5B-Instruct (a local folder of that name here) serves in the mode its
+    bundled profile's pinned heads were measured in; another model keeps fixed mode."""
+    from vllm_minference.layer_plan import resolve_settings
+    qwen = resolve_settings(make_vllm_config(tiny_model_dir(
+        tmp_path / "qwen2.5-coder-0.5b-instruct")))
+    assert (qwen.mode, qwen.antidiagonal_stride, qwen.tau, qwen.min_sparse_len) == (
+        "antidiagonal", 32, 0.98, 32768)
+    other = resolve_settings(make_vllm_config(tiny_model_dir(tmp_path / "other")))
+    assert (other.mode, other.min_sparse_len) == ("fixed", 65536)
+
+
 def test_trace_writes_one_line_per_layer_and_step(model_dir, monkeypatch, tmp_path):
     """With the trace setting each forward of a sparse step becomes one JSON line: the path
     the layer took (sparse, or dense because its lists or its prediction were too dense),

@@ -465,6 +465,12 @@ def test_set_pairs_become_plugin_settings_in_the_row_config():
     assert cfg == {"adaptive_local": "1024", "profile": "x.json", "min_sparse_len": 4096,
                    "mode": "adaptive"}
     assert bench_ttft.plugin_mode("minference", cfg) == "adaptive"
+    # rows name the mode the engine runs: without a mode, the model's profile's
+    qwen = "/tmp/gpukit/qwen2.5-coder-0.5b-instruct"
+    assert bench_ttft.plugin_mode("minference", {}, qwen) == "antidiagonal"
+    assert bench_ttft.plugin_mode("minference", {"mode": "fixed"}, qwen) == "fixed"
+    assert bench_ttft.plugin_mode("minference", {}, "/tmp/some-other-model") == "fixed"
+    assert bench_ttft.plugin_mode("FLASH_ATTN", {}, qwen) == "dense"
     with pytest.raises(SystemExit):
         bench_ttft.parse_settings(["adaptive_local"])
 

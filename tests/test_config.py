@@ -119,3 +119,16 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name for name in MInferenceSettings.model_fields if f"`{name}`" not in readme]
     assert not missing, f"settings missing from README: {missing}"
+
+
+def test_profile_settings_complete_only_settings_without_a_mode():
+    """A profile's measured settings apply as one bundle where the user set no mode (their
+    own values still win); a chosen mode keeps the plugin defaults for the rest."""
+    measured = {"mode": "antidiagonal", "tau": 0.9, "min_sparse_len": 32768}
+    user = MInferenceSettings.from_sources({"minference": {"tau": "0.99"}}, environ={})
+    got = user.with_profile_settings(measured)
+    assert (got.mode, got.tau, got.min_sparse_len) == ("antidiagonal", 0.99, 32768)
+    assert user.with_profile_settings(None) is user
+    chose = MInferenceSettings.from_sources({}, environ={"MINFERENCE_MODE": "fixed"})
+    assert chose.with_profile_settings(measured) is chose
+    assert (chose.mode, chose.min_sparse_len) == ("fixed", 65536)

@@ -65,6 +65,27 @@ def test_qwen_coder_gets_its_retrieval_heads_pinned_only_outside_fixed_mode():
     assert pinned == {"fixed": 0, "antidiagonal": 32}
 
 
+def test_profile_settings_are_checked_when_the_profile_loads(tmp_path):
+    """``metadata.settings`` must be valid plugin settings that name their mode and leave
+    the profile choice and diagnostics to the user; the bundled Qwen2.5-Coder profile's
+    are its measured antidiagonal ones."""
+    assert load_profile(bundled_dir() / RETRIEVAL).metadata.settings == {
+        "mode": "antidiagonal", "antidiagonal_stride": 32, "tau": 0.98, "min_sparse_len": 32768}
+    head = {"pattern": VERTICAL_SLASH, "a": 100, "b": 800}
+    for settings, says in [({"tau": 0.9}, "'mode'"),
+                           ({"mode": "antidiagonal", "tau": 2}, "tau"),
+                           ({"mode": "fixed", "no_such": 1}, "no_such"),
+                           ({"mode": "antidiagonal", "antidiagonal_stride": 24},
+                            "antidiagonal_stride"),
+                           ({"mode": "fixed", "profile": "x.json"}, "profile")]:
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps({"format": "vllm-minference/profile-v1",
+                                    "metadata": {"settings": settings}, "layers": [[head]]}))
+        with pytest.raises(ProfileError, match=says) as err:
+            load_profile(path)
+        assert "p.json" in str(err.value)
+
+
 def test_project_format_round_trip(tmp_path):
     prof = Profile(metadata=ProfileMetadata(model="m", search={"target_cost": 0.1}),
                    layers=[[HeadSpec(pattern=VERTICAL_SLASH, a=100, b=800, score=0.9),

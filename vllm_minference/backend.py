@@ -33,8 +33,8 @@ from vllm_minference.kernels import SeqLayout
 from vllm_minference.kernels.layout import host_to_device
 from vllm_minference.kernels.page_lists import PageGeometry
 
-from .config import LONG_CONTEXT, LONG_PROMPT_CHUNK, MInferenceSettings
-from .layer_plan import PREFERRED_PAGE_SIZE, LayerPlanner, unsupported_reason
+from .config import LONG_CONTEXT, LONG_PROMPT_CHUNK
+from .layer_plan import PREFERRED_PAGE_SIZE, LayerPlanner, resolve_settings, unsupported_reason
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures that logger tree
 
@@ -102,7 +102,7 @@ class MInferenceMetadataBuilder(FlashAttentionMetadataBuilder):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.settings = MInferenceSettings.from_sources(vllm_config.additional_config)
+        self.settings = resolve_settings(vllm_config)
         warn_dense_layers(vllm_config, layer_names)
         chunk_hint(vllm_config, self.settings.mode)
 

@@ -197,6 +197,19 @@ class MInferenceSettings(BaseModel):
             return self.extra_blocks
         return FIXED_EXTRA_BLOCKS if self.mode == "fixed" else 0
 
+    def with_profile_settings(self, recommended: Mapping | None) -> "MInferenceSettings":
+        """These settings completed by a profile's measured ones (its ``metadata.settings``).
+
+        A profile made for one mode (pinned retrieval heads among per-block antidiagonal
+        lists) names that mode and what it was measured with; they apply as one bundle, and
+        only where the user chose no ``mode``: whoever picks a mode gets the plugin's
+        defaults for everything they leave unset, as before.  Settings the user did set win.
+        """
+        if not recommended or "mode" in self.model_fields_set:
+            return self
+        explicit = {k: getattr(self, k) for k in self.model_fields_set}
+        return type(self)(**(dict(recommended) | explicit))
+
     @classmethod
     def from_sources(cls, additional_config: Mapping | None,
                      environ: Mapping[str, str] = os.environ) -> "MInferenceSettings":

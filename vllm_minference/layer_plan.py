@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from vllm.logger import init_logger
@@ -23,7 +24,7 @@ from vllm_minference.kernels.page_lists import group_rows, hnd_cache_ok, page_li
 from vllm_minference.kernels.vertical_slash import estimate_row_lse
 
 from .config import MInferenceSettings
-from .profiles import Profile, resolve_profile
+from .profiles import Profile, load_profile, profile_file, resolve_profile
 from .trace import trace_for
 from .warmup import SMALL_BS_BUDGET, SMALL_VS_BUDGET, warm_up_kernels
 
@@ -93,6 +94,70 @@ def _profile_for(profile_setting: str | None, model_names: tuple[str, ...], num_
                                            num_heads)
     logger.info("minference: %s", description)
     return profile
+
+
+def model_names(vllm_config) -> tuple[str, ...]:
+    """The names a bundled profile may match: the model, its served name, its HF path."""
+    mc = vllm_config.model_config
+    return tuple(dict.fromkeys(
+        str(n) for n in (mc.model, mc.served_model_name,
+                         getattr(mc.hf_config, "_name_or_path", None)) if n))
+
+
+_settings_logged: set[str] = set()
+
+
+def resolve_settings(vllm_config) -> MInferenceSettings:
+    """The plugin settings of this engine: the user's (``additional_config``, then
+    ``MINFERENCE_*``), completed by the profile's measured settings where the user chose no
+    mode.  The metadata builder and every layer call this, so they agree on the mode and on
+    ``min_sparse_len``.  Profile settings that this engine's KV page size cannot run (an
+    antidiagonal stride that does not divide ``--block-size``) are not taken, with one
+    warning: the user's settings and the plugin defaults run instead."""
+    settings = MInferenceSettings.from_sources(
+        vllm_config.additional_config if vllm_config is not None else None)
+    if vllm_config is None:
+        return settings
+    chosen, path, recommended = with_model_profile(settings, model_names(vllm_config))
+    if chosen is settings:
+        return settings
+    page_size = planned_page_size(vllm_config.cache_config)
+    stride = chosen.antidiagonal_stride if chosen.mode == "antidiagonal" else 1
+    if page_size % stride:
+        msg = (f"minference: the profile {path.name} was measured with "
+               f"{_describe(recommended)}, which needs KV pages of a multiple of {stride} "
+               f"tokens (this engine's: {page_size}); running mode={settings.mode} instead")
+        if msg not in _settings_logged:
+            _settings_logged.add(msg)
+            logger.warning(msg)
+        return settings
+    msg = (f"minference: settings from the profile {path.name}: {_describe(recommended)} "
+           f"(what it was measured with; set the mode to choose your own)")
+    if msg not in _settings_logged:
+        _settings_logged.add(msg)
+        logger.info(msg)
+    return chosen
+
+
+def with_model_profile(settings: MInferenceSettings, names: tuple[str, ...] | list[str]
+                       ) -> tuple[MInferenceSettings, Path | None, dict | None]:
+    """``settings`` completed by the settings of the profile they select for a model of
+    these names (``resolve_settings`` without the engine's page-size check; benchmarks label
+    their rows with it), the profile file and its settings."""
+    if "mode" in settings.model_fields_set:
+        return settings, None, None
+    path = profile_file(settings.profile, list(names))
+    recommended = _profile_settings(str(path)) if path is not None else None
+    return settings.with_profile_settings(recommended), path, recommended
+
+
+@lru_cache(maxsize=None)
+def _profile_settings(path: str) -> dict | None:
+    return load_profile(path).metadata.settings
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
 _first_step_logged = False
@@ -309,19 +374,15 @@ class LayerPlanner:
     @staticmethod
     def for_current_model(vllm_config, num_heads: int, num_kv_heads: int,
                           fa_version: int | None = None) -> "LayerPlanner":
-        settings = MInferenceSettings.from_sources(
-            vllm_config.additional_config if vllm_config is not None else None)
+        settings = resolve_settings(vllm_config)
         page_size = PREFERRED_PAGE_SIZE
         if vllm_config is None:  # constructed outside a vLLM engine (tests)
             total_layers, total_heads, names = None, num_heads, ()
         else:
             page_size = planned_page_size(vllm_config.cache_config)
-            mc = vllm_config.model_config
-            text = mc.hf_text_config
+            text = vllm_config.model_config.hf_text_config
             total_layers, total_heads = text.num_hidden_layers, text.num_attention_heads
-            names = tuple(dict.fromkeys(
-                str(n) for n in (mc.model, mc.served_model_name,
-                                 getattr(mc.hf_config, "_name_or_path", None)) if n))
+            names = model_names(vllm_config)
         rank, tp = tp_rank_and_size()
         heads = global_heads(rank, num_heads, tp, total_heads)
         if total_layers is None:

@@ -12,7 +12,10 @@ Patterns and their two numbers: ``vertical_and_slash`` (columns, diagonals),
 ``stream_llm`` (sink tokens, local window; the A-shape), ``block_sparse`` (top-k 64x64
 blocks, unused), ``dense``.  In the project's format a ``vertical_and_slash`` head may add
 ``"fixed": true``: it keeps MInference's fixed top-k in the adaptive and antidiagonal modes
-(a retrieval head among heads with cheaper per-block lists).  Every problem is a
+(a retrieval head among heads with cheaper per-block lists).  Its metadata may carry
+``"settings"``: the plugin settings the profile was measured with (a mode whose lists it was
+made for), which serving takes when the user does not choose a ``mode`` (see
+``MInferenceSettings.with_profile_settings``).  Every problem is a
 ``ProfileError`` that names the file, the layer/head and the expected vs found value: a
 profile never half-loads.
 """
@@ -65,6 +68,9 @@ class ProfileMetadata(BaseModel):
     search: dict | None = None
     created: str | None = None
     tool_version: str | None = None
+    # plugin settings this profile was measured with; serving uses them unless the user
+    # chooses a mode (keys and values of MInferenceSettings, checked when the profile loads)
+    settings: dict | None = None
 
 
 class Profile(BaseModel):
@@ -171,6 +177,7 @@ def load_profile(path: str | Path) -> Profile:
             meta = ProfileMetadata(**data.get("metadata", {}))
         except (ValidationError, TypeError) as e:
             raise _fail(path, f"bad metadata: {e}") from None
+        _check_settings(path, meta.settings)
     else:
         raise _fail(path, f"unknown profile format (expected a list of layers or "
                     f"{{'format': '{FORMAT}', ...}})")
@@ -184,6 +191,27 @@ def load_profile(path: str | Path) -> Profile:
     if meta.num_heads is not None and meta.num_heads != len(layers[0]):
         raise _fail(path, f"metadata says {meta.num_heads} heads, the data has {len(layers[0])}")
     return Profile(metadata=meta, layers=layers, path=path)
+
+
+# what a profile may not set for its user: which profile, and diagnostics
+_NOT_PROFILE_SETTINGS = ("profile", "trace")
+
+
+def _check_settings(path, settings: dict | None) -> None:
+    """A profile's ``settings`` must be valid plugin settings, including a mode (they apply
+    only when the user chooses none) and nothing about the profile itself."""
+    if settings is None:
+        return
+    from .config import MInferenceSettings
+    if "mode" not in settings:
+        raise _fail(path, "metadata.settings must name the 'mode' they were measured in")
+    bad = [k for k in settings if k in _NOT_PROFILE_SETTINGS]
+    if bad:
+        raise _fail(path, f"metadata.settings may not set {', '.join(bad)}")
+    try:
+        MInferenceSettings.from_sources({"minference": settings}, environ={})
+    except ValueError as e:
+        raise _fail(path, f"metadata.settings: {e}") from None
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:
@@ -235,6 +263,15 @@ def locate_profile(name: str | Path) -> Path:
     if not path.exists() and (bundled_dir() / name).exists():
         return bundled_dir() / name
     return path
+
+
+def profile_file(explicit: str | None, model_names: list[str]) -> Path | None:
+    """The file ``resolve_profile`` reads (the explicit one, else a bundled match), or None
+    for the built-in default profile."""
+    if explicit:
+        return locate_profile(explicit)
+    match = _match_bundled(model_names)
+    return bundled_dir() / match[1] if match is not None else None
 
 
 def resolve_profile(explicit: str | None, model_names: list[str], num_layers: int,
