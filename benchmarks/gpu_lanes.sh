@@ -1152,6 +1152,11 @@ AL5_more_mv_vt_pinned() {  # the same prompts, stride 32 + 32 pinned
   timeout 330 python3 $B/bench_accuracy.py --backend minference $AS32 $R32F $MVVT36 \
     --out $OUT/accuracy_128k_mv_vt_36_antidiagonal_s32_retrieval32_fixed.json
 }
+AP1_more_mv_vt_fixed() {  # the same 48 prompts, fixed mode (every default): is its multivalue
+  # gap (-1.4 over 36 prompts) as much smaller over 60 as the pinned stride 32's (-2.8 -> -0.4)?
+  timeout 330 python3 $B/bench_accuracy.py --backend minference --mode fixed $MVVT36 \
+    --out $OUT/accuracy_128k_mv_vt_36_fixed.json
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1382,6 +1387,7 @@ case "$1" in
   AL3) lane 0 AL3_short_512k; wait_lanes 380; jit_check ;;
   AL4) lane 0 AL4_more_mv_vt; wait_lanes 350; jit_check ;;
   AL5) lane 0 AL5_more_mv_vt_pinned; wait_lanes 350; jit_check ;;
+  AP1) lane 0 AP1_more_mv_vt_fixed; wait_lanes 340; jit_check ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;

@@ -37,11 +37,15 @@ class MInferenceSettings(BaseModel):
     profile: str | None = Field(
         None, description="profile JSON path, or the file name of a bundled profile")
     min_sparse_len: int = Field(
-        65536, ge=64, description="prefills whose sequence reaches this take the sparse path")
+        65536, ge=64, description="prefills whose sequence reaches this take the sparse path "
+                                  "(a profile's settings may lower it where no mode is set)")
     budget_scale: float = Field(1.0, gt=0, description="multiplies every profile budget")
     mode: Literal["fixed", "adaptive", "antidiagonal"] = Field(
         "fixed",
-        description="fixed: MInference's profile budgets (the default: accuracy first); "
+        description="fixed: MInference's profile budgets (the default, unless the "
+                    "profile names the mode it was measured in: setting no mode then runs "
+                    "the profile's `settings`, e.g. Qwen2.5-Coder-0.5B-Instruct's bundled "
+                    "profile runs antidiagonal stride 32 with its 32 pinned heads); "
                     "adaptive: per prompt, the fewest columns/diagonal tiles of each "
                     "Vertical-Slash head that hold `gamma` of the estimated attention, the "
                     "profile budgets as ceilings (much faster at 128K-1M, but it lost points "
