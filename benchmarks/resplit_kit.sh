@@ -3,16 +3,17 @@
 #
 # ../shared/gpu-kit/build.sh writes .gpu-kit/p00..p12 with chunks of ~58 MB. A call carries
 # the working tree (tracked and untracked-not-ignored files) plus the carried part, 64 MiB
-# in all, and with the repository at 7.2 MB a 58 MB part no longer fits (2026-11-26). This
+# in all, and with the repository at 7.2 MB a 58 MB part no longer fits (2026-11-26; at 15 MB
+# in 2026-11-27 a 52 MB one no longer did either, hence 44). This
 # joins each payload's chunks in order, cuts them into pieces that leave room for the
 # repository, and writes .gpu-kit2/pNN with the same receive.sh and MANIFEST checksums (the
 # payload bytes do not change; only the part counts do). Ship them as before:
 #     carry [".gpu-kit2/pNN"]   command: bash .gpu-kit2/pNN/receive.sh
-# Usage (project root): bash benchmarks/resplit_kit.sh [piece MB, default 52]
+# Usage (project root): bash benchmarks/resplit_kit.sh [piece MB, default 44]
 set -euo pipefail
 SRC=.gpu-kit
 DST=.gpu-kit2
-MB=${1:-52}
+MB=${1:-44}
 [ -d $SRC/p00 ] || { echo "no $SRC: run ../shared/gpu-kit/build.sh first"; exit 1; }
 grep -qx "/$DST/" .git/info/exclude || echo "/$DST/" >> .git/info/exclude
 TMP=$(mktemp -d)

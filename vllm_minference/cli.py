@@ -17,8 +17,8 @@ import sys
 from vllm_minference.config import LONG_CONTEXT, LONG_PROMPT_CHUNK
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-# The default model's native context (32K) ends below `min_sparse_len` (64K), where sparse
-# prefill starts to pay: quickstart serves it at 128K with YaRN x4 (the scaling Qwen
+# The default model's native context (32K) ends where sparse prefill starts (its profile's
+# `min_sparse_len`, 32K; 64K elsewhere): quickstart serves it at 128K with YaRN x4 (the scaling Qwen
 # documents for long inputs; it found a passkey at 125K in our suite) and in 64K prefill
 # chunks (each chunk pays one pattern estimate: README, "Prefill chunk").
 DEFAULT_MODEL_LONG_CONTEXT = [
