@@ -32,7 +32,8 @@
 #   bash benchmarks/gpu_lanes.sh AK1..AK3           one GPU: retrieval heads pinned to fixed top-k
 #   bash benchmarks/gpu_lanes.sh AL1..AL5, AM1, AM2 one GPU: 1M split, serving pinned, FA3's union
 #   bash benchmarks/gpu_lanes.sh AN1..AN4           one GPU: one selection per FA3 row group
-#   bash benchmarks/gpu_lanes.sh AO1, AO2           one GPU: stride 64 with 32 pinned heads (next)
+#   bash benchmarks/gpu_lanes.sh AO1, AO2           one GPU: stride 64 with 32 pinned heads
+#   bash benchmarks/gpu_lanes.sh AQ1                one GPU: the partials as cuBLAS GEMMs (next)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1157,6 +1158,15 @@ AP1_more_mv_vt_fixed() {  # the same 48 prompts, fixed mode (every default): is 
   timeout 330 python3 $B/bench_accuracy.py --backend minference --mode fixed $MVVT36 \
     --out $OUT/accuracy_128k_mv_vt_36_fixed.json
 }
+AQ1_partials_gemm() {  # could the antidiagonal partials (24 of 32.5 ms a layer at the last
+  # 64K chunk of 1M, 3-4x under their tensor-core bound) run at cuBLAS speed? The GEMM path
+  # checked against the kernel's partials on each case's first slab
+  gpu_tests 120 $PWD/tests/test_bench_scripts.py -k partials_probe
+  for shape in 14/2/64 32/8/128; do
+    timeout 150 python3 $B/probe_partials_gemm.py --shape $shape --stride 32 \
+      --cases 65536:1048576 16384:131072 --out $OUT/probe_partials_gemm_${shape//\//-}.json
+  done
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1388,6 +1398,7 @@ case "$1" in
   AL4) lane 0 AL4_more_mv_vt; wait_lanes 350; jit_check ;;
   AL5) lane 0 AL5_more_mv_vt_pinned; wait_lanes 350; jit_check ;;
   AP1) lane 0 AP1_more_mv_vt_fixed; wait_lanes 340; jit_check ;;
+  AQ1) lane 0 AQ1_partials_gemm; wait_lanes 400 ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;

@@ -899,3 +899,25 @@ def test_far_line_summary_weighs_heads_by_mass_and_pins_the_top_ones():
     assert rows["x"]["2 pinned"] == pytest.approx((0.5 * 0.9 + 0.1 * 1.0 + 0.3 * 0.6) / 0.9)
     assert rows["x"]["2 dense"] == pytest.approx((0.5 * 1.0 + 0.1 * 1.0 + 0.3 * 0.6) / 0.9)
     assert rows["fixed 1000/6096"]["2 pinned"] == rows["fixed 1000/6096"]["recall"]
+
+
+@pytest.mark.parametrize("stride", [8, 32])
+def test_partials_probe_gemm_equals_the_kernels_partials(device, monkeypatch, stride):
+    """``probe_partials_gemm``: the antidiagonal partials as one GEMM per KV head (rows of a
+    group reversed against keys in order) and a tile log-sum-exp equal the plugin kernel's,
+    on the causal tiles of a chunk at the end of its keys, over slabs of key groups; a
+    reversed order on the wrong side breaks it."""
+    import torch
+    import probe_partials_gemm as probe
+    monkeypatch.setattr(probe, "bench_ms", lambda fn: (fn(), 1.0)[1])
+    rows = []
+    # 256 bytes of scores at a time: several slabs of key groups
+    row = probe.run("4/2/64", 128, 512, stride, 256, rows, device, torch.float16)
+    assert row["same_causal_cells"] and row["max_abs_diff_log2"] < 2e-2, row
+
+    def rows_in_order(q, kv_heads, s):  # the antidiagonal read the other way round
+        t, h, d = q.shape
+        return q.view(t // s, s, h, d).permute(2, 0, 1, 3).reshape(kv_heads, -1, s * d)
+    monkeypatch.setattr(probe, "stacked_queries", rows_in_order)
+    row = probe.run("4/2/64", 128, 512, stride, 256, rows, device, torch.float16)
+    assert row["max_abs_diff_log2"] > 0.1
