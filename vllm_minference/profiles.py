@@ -33,6 +33,8 @@ from vllm_minference.kernels import (A_SHAPE, BLOCK_SPARSE, DENSE, PATTERNS, VER
                                      HeadPattern)
 from vllm_minference.kernels.plan import MIN_SLASH, MIN_VERTICAL
 
+from .config import MInferenceSettings
+
 FORMAT = "vllm-minference/profile-v1"
 DEFAULT_BUDGET = (1000, 6096)
 BUNDLED_PACKAGE = "vllm_minference.pattern_profiles"
@@ -202,7 +204,6 @@ def _check_settings(path, settings: dict | None) -> None:
     only when the user chooses none) and nothing about the profile itself."""
     if settings is None:
         return
-    from .config import MInferenceSettings
     if "mode" not in settings:
         raise _fail(path, "metadata.settings must name the 'mode' they were measured in")
     bad = [k for k in settings if k in _NOT_PROFILE_SETTINGS]
