@@ -9,6 +9,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core: torch's own threads would oversubscribe them
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
