@@ -13,7 +13,8 @@ not depend on the values):
 
 * ``triton_ms``: the plugin's partials kernel (the selection launch left out, as
   ``tune_antidiagonal.py`` does);
-* ``gather_ms``: the keys out of the paged cache into per-head contiguous rows;
+* ``gather_ms``: the keys (and, here, the values) out of the paged cache into per-head
+  contiguous rows;
 * ``gemm_ms``: ``torch.bmm`` of bf16/fp16 operands into fp32 scores (cuBLAS), in slabs of
   at most ``--slab-mb`` of scores;
 * ``gemm_reduce_ms``: the same with each slab's tile log-sum-exp in plain PyTorch (several
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -46,13 +46,11 @@ from vllm_minference.kernels.antidiagonal import index as ad  # noqa: E402
 LOG2E = 1.4426950408889634
 
 
-def keys_by_head(cache: torch.Tensor, block_table: torch.Tensor, kv_len: int) -> torch.Tensor:
-    """``[kv_heads, kv_len, D]`` keys of one sequence from the backend's packed HND cache
-    ``[pages, kv_heads, page, 2 * D]`` (pages in block-table order)."""
-    d = cache.shape[-1] // 2
-    pages = block_table[0, :math.ceil(kv_len / cache.shape[2])].long()
-    k = cache.index_select(0, pages)[..., :d]  # [n_pages, Hk, page, D]
-    return k.transpose(0, 1).reshape(cache.shape[1], -1, d)[:, :kv_len]
+def keys_by_head(kv, kv_len: int) -> torch.Tensor:
+    """``[kv_heads, kv_len, D]`` keys of sequence 0, contiguous per head: ``KVSource.gather``
+    (which copies the values too, so ``gather_ms`` is about twice what the keys alone cost)
+    and one transposing copy."""
+    return kv.gather(0, kv_len)[0].transpose(0, 1).contiguous()
 
 
 def stacked_queries(q: torch.Tensor, kv_heads: int, stride: int) -> torch.Tensor:
@@ -140,12 +138,12 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, slab_bytes: int, rows:
     g = torch.Generator(device=device).manual_seed(kv_len)
     k = torch.randn(kv_len, hk, d, generator=g, device=device, dtype=dtype)
     q = torch.randn(q_len, hq, d, generator=g, device=device, dtype=dtype)
-    kv, cache = bk.paged(k, torch.zeros_like(k))
+    kv, _ = bk.paged(k, torch.zeros_like(k))
     del k
     layout = SeqLayout.from_lengths([q_len], [kv_len], device)
     scale = d ** -0.5 * LOG2E / stride  # the plugin's: XAttention divides by the stride
 
-    keys = keys_by_head(cache, kv.block_table, kv_len)
+    keys = keys_by_head(kv, kv_len)
     same_mask, err = compare(q, kv, keys, layout, stride, scale, slab_bytes)
     select = ad._select_kernel
     ad._select_kernel = _NoLaunch()
@@ -157,7 +155,7 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, slab_bytes: int, rows:
         ad._select_kernel = select
     row = dict(shape=shape, q_len=q_len, kv_len=kv_len, stride=stride, dtype=str(dtype),
                triton_ms=triton_ms,
-               gather_ms=bench_ms(lambda: keys_by_head(cache, kv.block_table, kv_len)),
+               gather_ms=bench_ms(lambda: keys_by_head(kv, kv_len)),
                gemm_ms=bench_ms(lambda: gemm_partials(q, keys, kv_len, stride, scale,
                                                       slab_bytes, reduce=False)),
                gemm_reduce_ms=bench_ms(lambda: gemm_partials(q, keys, kv_len, stride, scale,

@@ -114,10 +114,9 @@ def resolve_settings(vllm_config) -> MInferenceSettings:
     ``min_sparse_len``.  Profile settings that this engine's KV page size cannot run (an
     antidiagonal stride that does not divide ``--block-size``) are not taken, with one
     warning: the user's settings and the plugin defaults run instead."""
-    settings = MInferenceSettings.from_sources(
-        vllm_config.additional_config if vllm_config is not None else None)
     if vllm_config is None:
-        return settings
+        return MInferenceSettings.from_sources(None)
+    settings = MInferenceSettings.from_sources(vllm_config.additional_config)
     chosen, path, recommended = with_model_profile(settings, model_names(vllm_config))
     if chosen is settings:
         return settings

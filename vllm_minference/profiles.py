@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -239,6 +240,13 @@ def bundled_dir() -> Path:
 
 
 def bundled_index() -> dict[str, str]:
+    return dict(_read_index())
+
+
+@lru_cache(maxsize=1)
+def _read_index() -> dict[str, str]:
+    """INDEX.json, read once: it ships with the package, and the settings and the profile
+    of every layer look a model up in it at start-up."""
     with open(bundled_dir() / "INDEX.json") as f:
         return json.load(f)["models"]
 
@@ -266,13 +274,23 @@ def locate_profile(name: str | Path) -> Path:
     return path
 
 
-def profile_file(explicit: str | None, model_names: list[str]) -> Path | None:
-    """The file ``resolve_profile`` reads (the explicit one, else a bundled match), or None
+def _chosen_file(explicit: str | None, model_names: list[str]) -> tuple[Path, str] | None:
+    """The profile file to read (the explicit one, else a bundled match) and why, or None
     for the built-in default profile."""
     if explicit:
-        return locate_profile(explicit)
+        path = locate_profile(explicit)
+        return path, f"profile {path} (explicitly chosen)"
     match = _match_bundled(model_names)
-    return bundled_dir() / match[1] if match is not None else None
+    if match is None:
+        return None
+    key, file = match
+    return bundled_dir() / file, f"bundled profile {file} (matches model {key})"
+
+
+def profile_file(explicit: str | None, model_names: list[str]) -> Path | None:
+    """The file ``resolve_profile`` reads, or None for the built-in default profile."""
+    chosen = _chosen_file(explicit, model_names)
+    return chosen[0] if chosen is not None else None
 
 
 def resolve_profile(explicit: str | None, model_names: list[str], num_layers: int,
@@ -282,17 +300,12 @@ def resolve_profile(explicit: str | None, model_names: list[str], num_layers: in
     Returns the profile and one line saying which was chosen and why.  An explicit or
     matched profile that does not fit the model raises (never a silent fallback).
     """
-    if explicit:
-        path = locate_profile(explicit)
+    chosen = _chosen_file(explicit, model_names)
+    if chosen is not None:
+        path, why = chosen
         profile = load_profile(path)
         profile.check_fits(num_layers, num_heads)
-        return profile, f"profile {path} (explicitly chosen)"
-    match = _match_bundled(model_names)
-    if match is not None:
-        key, file = match
-        profile = load_profile(bundled_dir() / file)
-        profile.check_fits(num_layers, num_heads)
-        return profile, f"bundled profile {file} (matches model {key})"
+        return profile, why
     return (default_profile(num_layers, num_heads),
             f"default profile: every head Vertical-Slash {DEFAULT_BUDGET[0]}/{DEFAULT_BUDGET[1]}"
             f" (no profile given and none bundled for {', '.join(model_names) or 'this model'})")
