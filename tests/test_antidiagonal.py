@@ -244,6 +244,18 @@ def test_launch_options_parse():
             parse(bad)
 
 
+def test_default_launch_is_chosen_by_vector_size_and_head_size():
+    launch = ad_index.default_launch
+    # stride 32 at head size 64 was timed on its own (4 warps); stride 16 at head size 128
+    # has the same vector size but keeps the vector-size table's 8 warps
+    assert launch(32, 64, 2) == "ir128k128w4n3"
+    assert launch(16, 128, 2) == launch(32, 128, 2) == "ir128k128w8n3"
+    assert launch(8, 64, 2) == "r128k32w8n2"
+    assert launch(32, 64, 4) == ""  # fp32: the defaults, which fit its shared memory
+    for option in (launch(s, d, 2) for s in ad_index.STRIDES for d in (64, 128)):
+        assert option == "" or ad_index.parse_launch(option)
+
+
 def test_bad_settings_are_refused(device):
     batch = make_batch([64], [64], 2, 1, 64, torch.float32, device)
     with pytest.raises(ValueError, match="stride"):

@@ -56,12 +56,17 @@ PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kerne
 # bytes, H100, 128K keys, tune_antidiagonal.py of 2026-11-27 (raw-h100x1-2026-11-27b):
 # 1 KB (stride 8, d 64): 128 x 32 resident 11.5 ms (64 x 64: 12.2, GEMM-style 128 x 128:
 # 17.5); 2 KB (stride 8, d 128 or stride 16, d 64): GEMM-style 128 x 128, 54.5 ms at
-# Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4); 4 KB
-# (stride 16, d 128 or stride 32, d 64) and 8 KB (stride 32, d 128): not timed, but the
-# GEMM-style steps are the same whatever the stride (one [rows, D] x [D, key groups] dot
-# per row of a group), so the 2 KB winner is taken
+# Llama-3-8B's shape (resident 32 x 32: 81.4) and 7.4 ms at Qwen2.5-0.5B's (10.4); larger
+# vectors take the 2 KB winner (the GEMM-style steps are the same whatever the stride: one
+# [rows, D] x [D, key groups] dot per row of a group)
 DEFAULT_LAUNCH = {1024: "r128k32w8n2", 2048: "ir128k128w8n3", 4096: "ir128k128w8n3",
                   8192: "ir128k128w8n3", 16384: "ir128k128w8n3"}
+# where the head size decides, not the vector size: (stride, head_dim) timed on their own.
+# (32, 64), Qwen2.5-0.5B's default, H100, 2026-11-28 (raw-h100x1-2026-11-28a, AS1/AS2):
+# 4 warps 18.0 ms against 8 warps' 24.1 at a 64K chunk over 1M keys (0.66 vs 0.85 ms at
+# 16K over 128K), the same tiles; at (32, 128) 4 warps ran 2.6x slower (233 vs 88 ms), so
+# the head size, not the stride, makes 4 warps pay
+DEFAULT_LAUNCH_BY_SHAPE = {(32, 64): "ir128k128w4n3"}
 # where a launch needs more shared memory or registers than the GPU has (the defaults were
 # sized on an H100), the partials kernel falls back to partials_launch's defaults, then to
 # these small tiles; what compiled is remembered per device and shape
@@ -349,7 +354,10 @@ def default_launch(stride: int, head_dim: int, elem_bytes: int) -> str:
     """The launch option measured fastest for this row-group vector size in fp16/bf16 (""
     elsewhere: :func:`partials_launch`'s defaults, whose operands fit any dtype's shared
     memory)."""
-    return DEFAULT_LAUNCH.get(stride * head_dim * elem_bytes, "") if elem_bytes == 2 else ""
+    if elem_bytes != 2:
+        return ""
+    return (DEFAULT_LAUNCH_BY_SHAPE.get((stride, head_dim))
+            or DEFAULT_LAUNCH.get(stride * head_dim * elem_bytes, ""))
 
 
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
