@@ -33,7 +33,9 @@
 #   bash benchmarks/gpu_lanes.sh AL1..AL5, AM1, AM2 one GPU: 1M split, serving pinned, FA3's union
 #   bash benchmarks/gpu_lanes.sh AN1..AN4           one GPU: one selection per FA3 row group
 #   bash benchmarks/gpu_lanes.sh AO1, AO2           one GPU: stride 64 with 32 pinned heads
-#   bash benchmarks/gpu_lanes.sh AQ1                one GPU: the partials as cuBLAS GEMMs (next)
+#   bash benchmarks/gpu_lanes.sh AQ1                one GPU: the partials as cuBLAS GEMMs
+#   bash benchmarks/gpu_lanes.sh AR1                one GPU: the default suite as shipped
+#   bash benchmarks/gpu_lanes.sh AS1..AS6           one GPU: stride 32's partials launch; 1M, 128K
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1167,6 +1169,37 @@ AQ1_partials_gemm() {  # could the antidiagonal partials (24 of 32.5 ms a layer 
       --cases 65536:1048576 16384:131072 --out $OUT/probe_partials_gemm_${shape//\//-}.json
   done
 }
+# Twenty-fourth session: the suite's 64K passkeys were never run with the configuration the
+# Qwen profile now ships (sparse from 32K keys); nothing set, so the profile's settings apply
+AR1_shipped_suite() {  # the default suite (passkey 8K-128K x 11 depths x 2 seeds, RULER at
+  # 16K/32K/128K, 3 samples), minference as `vllm serve` runs it (dense: earlier leases)
+  timeout 330 python3 $B/bench_accuracy.py --backend minference \
+    --out $OUT/accuracy_shipped_default.json
+}
+# AQ1 timed cuBLAS at 14.3 ms for the 24 ms of Triton partials at 1M (head size 64) but its
+# PyTorch reduction at 52 ms; the kernel's own launch options at stride 32 had never been
+# timed (the 2 KB winner was taken), so these ran in the same lease (commands as run)
+AS1_tune_1m() {  # eight launch options, both shapes, a 64K chunk over 1M keys
+  timeout 280 python3 $B/tune_antidiagonal.py --shapes 14/2/64,32/8/128 --strides 32 --tau 0.98 \
+    --cases 65536:1048576 --options ir128k128w8n3 ir128k128w8n4 ir128k256w8n3 ir256k128w8n3 \
+    ir128k64w4n3 ir64k128w4n4 ir128k128w4n3 ir256k64w8n3 --out $OUT/tune_s32_1m.json
+}
+AS2_tune_w4() {  # 4-warp variants at head size 64, 1M and 128K keys
+  timeout 250 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 --tau 0.98 \
+    --cases 65536:1048576 16384:131072 --options ir128k128w8n3 ir128k128w4n3 ir128k128w4n4 \
+    ir128k128w4n2 ir64k128w4n3 ir64k64w4n3 ir64k256w4n3 ir128k64w4n4 --out $OUT/tune_s32_w4.json
+}
+AS3_traced_1m() {  # the shipped default at 1M in 64K chunks, traced: AS3 on the wheel of
+  # aaace3a (8 warps), AS4 on the wheel with 4 warps at stride 32, head size 64 (a345075)
+  TTFT1M_64K 230 minference --set trace=$LOGS/trace_1m.jsonl
+  python3 $B/trace_steps.py $LOGS/trace_1m.jsonl > $LOGS/trace_1m.md 2>&1
+}
+AS5_pair_128k() {  # TTFT at 128K, FLASH_ATTN then the shipped default
+  for b in FLASH_ATTN minference; do
+    timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --out $OUT/ttft.json
+  done
+}
+AS6_untraced_1m() { TTFT1M_64K 200 minference; }  # the shipped default at 1M, untraced
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1399,6 +1432,12 @@ case "$1" in
   AL5) lane 0 AL5_more_mv_vt_pinned; wait_lanes 350; jit_check ;;
   AP1) lane 0 AP1_more_mv_vt_fixed; wait_lanes 340; jit_check ;;
   AQ1) lane 0 AQ1_partials_gemm; wait_lanes 400 ;;
+  AR1) lane 0 AR1_shipped_suite; wait_lanes 400; jit_check ;;
+  AS1) lane 0 AS1_tune_1m; wait_lanes 300 ;;
+  AS2) lane 0 AS2_tune_w4; wait_lanes 270 ;;
+  AS3|AS4) lane 0 AS3_traced_1m; wait_lanes 260 ;;
+  AS5) lane 0 AS5_pair_128k; wait_lanes 300 ;;
+  AS6) lane 0 AS6_untraced_1m; wait_lanes 230 ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
