@@ -36,6 +36,7 @@
 #   bash benchmarks/gpu_lanes.sh AQ1                one GPU: the partials as cuBLAS GEMMs
 #   bash benchmarks/gpu_lanes.sh AR1                one GPU: the default suite as shipped
 #   bash benchmarks/gpu_lanes.sh AS1..AS6           one GPU: stride 32's partials launch; 1M, 128K
+#   bash benchmarks/gpu_lanes.sh AT1                one GPU: the selection's threshold search (vLLM only)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1200,6 +1201,15 @@ AS5_pair_128k() {  # TTFT at 128K, FLASH_ATTN then the shipped default
   done
 }
 AS6_untraced_1m() { TTFT1M_64K 200 minference; }  # the shipped default at 1M, untraced
+# AS1/AS2: the selection took 8.2 of the 32 ms of a 64K chunk's estimate over 1M keys, 16
+# reads of every block's shares (one per bisection step); it now tests 16 points per read
+AT1_search_ways() {  # GPU tests of the search, then its time at 2 (bisection, as before), 4
+  # and 16 points per read, same tiles (kept_tiles); needs the kit's vLLM (FA3), not its model
+  gpu_tests 120 $PWD/tests/test_antidiagonal.py -k "bisection or fewest or launch"
+  timeout 220 python3 $B/tune_antidiagonal.py --shapes 14/2/64,32/8/128 --strides 32 \
+    --tau 0.98 --cases 65536:1048576 16384:131072 --options "" --search-ways 2 4 16 \
+    --out $OUT/tune_search_ways.json
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1438,6 +1448,7 @@ case "$1" in
   AS3|AS4) lane 0 AS3_traced_1m; wait_lanes 260 ;;
   AS5) lane 0 AS5_pair_128k; wait_lanes 300 ;;
   AS6) lane 0 AS6_untraced_1m; wait_lanes 230 ;;
+  AT1) lane 0 AT1_search_ways; wait_lanes 300 ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;

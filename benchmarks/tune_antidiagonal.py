@@ -6,6 +6,8 @@ third of FA3's speed.  This times the estimate on its own: the partials kernel a
 selection launch replaced by nothing), and the whole plan, for each stride and launch
 option (``w8n2``: warps, pipeline stages; see ``parse_launch``), against FA3's dense
 attention of the same rows, and checks that every option keeps the same tiles as the first.
+``--search-ways`` times the selection testing 2 (bisection), 4 or 16 threshold points per
+read of the shares (same tiles: compare ``kept_tiles``).
 
 Inputs are random: the partials cost the same whatever the attention looks like (the
 selection's time depends a little on it).  One row per (shape, case, stride, option).
@@ -73,7 +75,8 @@ def run(shape: str, q_len: int, kv_len: int, stride: int, options: list[str], ta
                    dense_ms=dense_ms,
                    partials_ms=partials_ms, select_ms=total_ms - partials_ms,
                    total_ms=total_ms, share_of_dense=total_ms / dense_ms,
-                   density_random=density, same_tiles_as_first=same)
+                   density_random=density, same_tiles_as_first=same,
+                   search_ways=ad.SEARCH_WAYS, kept_tiles=int(counts.sum()))
         rows.append(row)
         print(json.dumps(row), flush=True)
     del q, k, v, kv, cache
@@ -106,6 +109,9 @@ def main() -> None:
                     help="launch options (vllm_minference.kernels.antidiagonal.index."
                          "parse_launch), the first the reference for same_tiles_as_first")
     ap.add_argument("--tau", type=float, default=0.9)
+    ap.add_argument("--search-ways", type=int, nargs="+", default=[ad.SEARCH_WAYS],
+                    help="threshold points the selection tests per read of the shares "
+                         "(2: bisection); each runs every option")
     ap.add_argument("--best", metavar="JSON",
                     help="print the fastest option of the first of --shapes in this earlier "
                          "output (first of --strides) and exit")
@@ -122,7 +128,9 @@ def main() -> None:
         for case in args.cases:
             q_len, kv_len = (int(x) for x in case.split(":"))
             for stride in args.strides:
-                run(shape, q_len, kv_len, stride, args.options, args.tau, rows)
+                for ways in args.search_ways:
+                    ad.SEARCH_WAYS = ways
+                    run(shape, q_len, kv_len, stride, args.options, args.tau, rows)
                 with open(args.out, "w") as f:  # after each, so a stopped run leaves rows
                     json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f,
                               indent=1)

@@ -244,6 +244,26 @@ def test_launch_options_parse():
             parse(bad)
 
 
+@pytest.mark.parametrize("group_blocks", [1, 3])
+def test_the_threshold_search_lists_what_bisection_lists(device, monkeypatch, group_blocks):
+    """Testing 4 or 16 grid points per read of the shares reaches bisection's threshold
+    exactly (the tiles taken only grow as the threshold falls), so the lists are equal."""
+    batch = make_batch([300, 100], [2600, 700], 4, 2, 64, _dtype(device), device,
+                       structured=True, seed=5, page_size=64)
+    lists = {}
+    for ways in (2, 4, 16):
+        monkeypatch.setattr(ad_index, "SEARCH_WAYS", ways)
+        wl = antidiagonal_worklist(batch.q, batch.paged, batch.layout, torch.arange(4), 0.98,
+                                   10_000, 16, 1, 1, group_blocks=group_blocks)
+        lists[ways] = _kept(worklist_tiles(wl))
+    assert lists[4] == lists[2] and lists[16] == lists[2]
+    assert sum(len(t) for row in lists[2] for t in row) > 0
+    assert [ad_index.search_passes(w) for w in (2, 4, 16, 256)] == [16, 8, 4, 2]
+    for bad in (1, 3, 8):
+        with pytest.raises(ValueError, match="search ways"):
+            ad_index.search_passes(bad)
+
+
 def test_default_launch_is_chosen_by_vector_size_and_head_size():
     launch = ad_index.default_launch
     # stride 32 at head size 64 was timed on its own (4 warps); stride 16 at head size 128

@@ -826,6 +826,8 @@ def test_kernel_bench_antidiagonal_pattern_and_tuning_options(device, monkeypatc
     assert [r["launch"]["INNER_LOOP"] for r in rows] == [False, True]
     assert [r["ran"] for r in rows] == ["w4n2", "iw4n2"]  # both fit: ran as asked
     assert rows[1]["same_tiles_as_first"] is True
+    assert rows[0]["kept_tiles"] == rows[1]["kept_tiles"] > 0
+    assert rows[0]["search_ways"] == tune_antidiagonal.ad.SEARCH_WAYS
     # "" runs the default launch, and the row's tile shape is that launch's (it recorded the
     # non-inner-loop defaults of "" before: H100 rows of 2026-11-27c)
     rows.clear()

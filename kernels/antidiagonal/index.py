@@ -23,9 +23,9 @@ Two launches per slab of blocks (the plan half; the lists run on the usual kerne
    A program holds the row groups of all query heads of one KV group (and of several
    blocks where they are few), so every key load serves them all.
 2. :func:`_select_kernel`: per (head, block), each row group's log-sum-exp over its tiles,
-   the tiles' shares (written over the block's first partial row), the share threshold by
-   bisection (no sort), and the kept tiles in key order, written straight as the block's
-   absolute 64-key chunks and descriptor (no index-building pass after it).  Blocks that
+   the tiles' shares (written over the block's first partial row), the share threshold on
+   a bisection grid, ``SEARCH_WAYS`` points per read of the shares (no sort), and the kept
+   tiles in key order, written straight as the block's absolute 64-key chunks and descriptor (no index-building pass after it).  Blocks that
    FA3 runs as one row group can share one selection (``group_blocks``): the threshold is
    then on the mean of their shares and must give each block ``tau`` of its own.
 
@@ -49,7 +49,12 @@ from ..worklist import DESC_FIELDS, WorkList, empty_pools
 STRIDES = (4, 8, 16, 32, 64)  # supported antidiagonal strides (row groups per block: 16 to 1)
 SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of 16)
 SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
-BISECT_STEPS = 16  # threshold bisection steps over log2 shares in [-40, 0]
+BISECT_STEPS = 16  # the threshold's grid: 16 bisection steps over log2 shares in [-40, 0]
+# grid points tested per read of a block's shares (2: bisection).  The selection is
+# bandwidth-bound: at a 64K chunk over 1M keys its 16 reads of every block's shares took a
+# quarter of the estimate (8.2 of 32 ms, H100); 16 ways read them 4 times for the same
+# threshold
+SEARCH_WAYS = 16
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
 # the fastest launch option per row-group vector size (stride x head_dim elements) in
@@ -178,18 +183,18 @@ def _forced(t, own0, own1, SINK_TILES, LOCAL_TILES):
 
 
 @triton.jit
-def _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok, inv_blocks, SINK_TILES,
-                LOCAL_TILES, CH: tl.constexpr):
+def _chunk_shares(share, t0, n_t, own0, own1, b_own1, b_ok, inv_blocks, SINK_TILES,
+                  LOCAL_TILES, CH: tl.constexpr):
     """Tiles ``t0 + [0, CH)`` of a selection group: each block's shares ``[GP, CH]`` (0
-    past its causal edge), which tiles are forced, and which others reach the threshold
-    ``th`` with the mean of the blocks' shares."""
+    past its causal edge), which tiles are forced, which others may be taken, and the mean
+    of the blocks' shares."""
     t = t0 + tl.arange(0, CH)
     t_ok = t < n_t
     w = tl.load(share + t[None, :], mask=b_ok[:, None] & (t[None, :] <= b_own1[:, None]),
                 other=0.0)
     forced = t_ok & _forced(t, own0, own1, SINK_TILES, LOCAL_TILES)
     score = tl.sum(w, axis=0) * inv_blocks
-    return t, w, forced, t_ok & (score >= th) & ~forced
+    return t, w, forced, t_ok & ~forced, score
 
 
 @triton.jit(do_not_specialize=["stride_ph", "stride_pr", "SEQ", "BLK0", "NB", "NB_ALL",
@@ -198,7 +203,7 @@ def _select_kernel(
     PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, CHUNKS, DESC,
     SEQ, BLK0, NB, NB_ALL, WIDTH, tau, SINK_TILES, LOCAL_TILES,
     STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
-    STEPS: tl.constexpr, DESC_FIELDS: tl.constexpr, GB: tl.constexpr, GP: tl.constexpr,
+    WAYS: tl.constexpr, PASSES: tl.constexpr, DESC_FIELDS: tl.constexpr, GB: tl.constexpr, GP: tl.constexpr,
 ):
     """Kept tiles of the ``GB`` blocks ``BLK0 + program_id(0) * GB + [0, GB)`` (of sequence
     ``SEQ``; ``GP``: ``GB`` rounded up to a power of two), head slot ``program_id(1)``, in
@@ -267,22 +272,31 @@ def _select_kernel(
     need = tl.where(b_ok, tau * total - forced_share, 0.0)
     inv_blocks = 1.0 / tl.maximum(n_blocks, 1.0)
     # 3. the largest threshold 2^-x on the mean share whose tiles (with the forced ones)
-    # hold tau of every block's attention, or fill cap
+    # hold tau of every block's attention, or fill cap: x on the grid of 16 bisection steps
+    # over [0, 40] (exact in fp32), found WAYS points at a time.  Each pass reads the shares
+    # once and tests the WAYS - 1 grid points inside the interval; the tiles taken only grow
+    # with x, so the first point that is enough bounds the next interval (x_hi is enough or
+    # the end).  Bisection is WAYS = 2: one read of the shares per step
     x_lo = 0.0
     x_hi = 40.0
-    for _ in tl.static_range(STEPS):
-        x = 0.5 * (x_lo + x_hi)
-        th = tl.exp2(-x)
-        got = tl.zeros([GP], tl.float32)
-        cnt = 0
+    c = tl.arange(0, WAYS)
+    for _ in tl.static_range(PASSES):
+        step = (x_hi - x_lo) / WAYS
+        got = tl.zeros([GP, WAYS], tl.float32)
+        cnt = tl.zeros([WAYS], tl.int32)
         for t0 in range(0, n_t, CH):
-            t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok,
-                                             inv_blocks, SINK_TILES, LOCAL_TILES, CH)
-            got += tl.sum(tl.where(take[None, :], w, 0.0), axis=1)
-            cnt += tl.sum(take.to(tl.int32), axis=0)
-        enough = (tl.min(got - need, axis=0) >= 0) | (cnt >= cap)
-        x_hi = tl.where(enough, x, x_hi)
-        x_lo = tl.where(enough, x_lo, x)
+            t, w, forced, free, score = _chunk_shares(share, t0, n_t, own0, own1, b_own1,
+                                                      b_ok, inv_blocks, SINK_TILES,
+                                                      LOCAL_TILES, CH)
+            for k in tl.static_range(WAYS - 1):
+                take = free & (score >= tl.exp2(-(x_lo + (k + 1) * step)))
+                got_k = tl.sum(tl.where(take[None, :], w, 0.0), axis=1)
+                got = tl.where(c[None, :] == k, got + got_k[:, None], got)
+                cnt = tl.where(c == k, cnt + tl.sum(take.to(tl.int32), axis=0), cnt)
+        enough = (tl.min(got - need[:, None], axis=0) >= 0) | (cnt >= cap) | (c == WAYS - 1)
+        first = tl.min(tl.where(enough, c, WAYS - 1), axis=0)
+        x_hi = x_lo + (first + 1).to(tl.float32) * step
+        x_lo = x_lo + first.to(tl.float32) * step
     # forced tiles alone hold tau for every block: no others
     th = tl.where(tl.max(need, axis=0) > 0, tl.exp2(-x_hi), 2.0)
     # 4. the kept tiles in key order (others past the cap dropped, the latest first), each
@@ -292,8 +306,9 @@ def _select_kernel(
     n_kept = tl.zeros([GP], tl.int32)
     n_taken = 0
     for t0 in range(0, n_t, CH):
-        t, w, forced, take = _candidates(share, t0, n_t, th, own0, own1, b_own1, b_ok,
-                                         inv_blocks, SINK_TILES, LOCAL_TILES, CH)
+        t, w, forced, free, score = _chunk_shares(share, t0, n_t, own0, own1, b_own1, b_ok,
+                                                  inv_blocks, SINK_TILES, LOCAL_TILES, CH)
+        take = free & (score >= th)
         rank = n_taken + tl.cumsum(take.to(tl.int32), axis=0) - 1
         keep = (forced | (take & (rank < cap)))[None, :] & b_ok[:, None] & (
             t[None, :] <= b_own1[:, None])
@@ -306,6 +321,17 @@ def _select_kernel(
     desc = DESC + (hs.to(tl.int64) * NB_ALL + BLK0 + jb) * DESC_FIELDS
     tl.store(desc, first_chunk.to(tl.int32), mask=b_ok)
     tl.store(desc + 1, tl.minimum(n_kept, WIDTH), mask=b_ok)
+
+
+def search_passes(ways: int) -> int:
+    """Reads of the shares that ``ways`` points a read take to reach the grid of
+    ``BISECT_STEPS`` bisection steps (``ValueError`` unless ``ways`` is a power of two whose
+    log2 divides it)."""
+    bits = ways.bit_length() - 1
+    if ways < 2 or ways & (ways - 1) or BISECT_STEPS % bits:
+        raise ValueError(f"search ways must be 2 to the power of a divisor of {BISECT_STEPS}, "
+                         f"got {ways}")
+    return BISECT_STEPS // bits
 
 
 def slab_blocks(num_heads: int, row_groups: int, num_tiles: int, num_blocks: int,
@@ -487,7 +513,8 @@ def _estimate_and_select(q, kv, layout, slot, H, n_tiles, width, stride, scale, 
             part, part.stride(0), part.stride(1), layout.q_len, layout.kv_len, layout.blk_m,
             chunks, desc, seq, blk0, nb, NB, width, float(tau), sink_tiles, local_tiles,
             STRIDE=stride, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CH=max(128, SELECT_CHUNK // gp),
-            STEPS=BISECT_STEPS, DESC_FIELDS=DESC_FIELDS, GB=group_blocks, GP=gp, num_warps=4)
+            WAYS=SEARCH_WAYS, PASSES=search_passes(SEARCH_WAYS),
+            DESC_FIELDS=DESC_FIELDS, GB=group_blocks, GP=gp, num_warps=4)
         if shares is not None:
             shares[:, blk0:blk0 + nb] = part[:, :nb * rg:rg, :shares.shape[2]]
 
