@@ -1205,8 +1205,8 @@ AS6_untraced_1m() { TTFT1M_64K 200 minference; }  # the shipped default at 1M, u
 # reads of every block's shares (one per bisection step); it now tests 16 points per read
 AT1_search_ways() {  # GPU tests of the search, then its time at 2 (bisection, as before), 4
   # and 16 points per read, same tiles (kept_tiles); needs the kit's vLLM (FA3), not its model
-  gpu_tests 120 $PWD/tests/test_antidiagonal.py -k "bisection or fewest or launch"
-  timeout 220 python3 $B/tune_antidiagonal.py --shapes 14/2/64,32/8/128 --strides 32 \
+  gpu_tests 90 $PWD/tests/test_antidiagonal.py -k "bisection or fewest or launch"
+  timeout 150 python3 $B/tune_antidiagonal.py --shapes ${AT1_SHAPES:-14/2/64} --strides 32 \
     --tau 0.98 --cases 65536:1048576 16384:131072 --options "" --search-ways 2 4 16 \
     --out $OUT/tune_search_ways.json
 }
@@ -1448,7 +1448,7 @@ case "$1" in
   AS3|AS4) lane 0 AS3_traced_1m; wait_lanes 260 ;;
   AS5) lane 0 AS5_pair_128k; wait_lanes 300 ;;
   AS6) lane 0 AS6_untraced_1m; wait_lanes 230 ;;
-  AT1) lane 0 AT1_search_ways; wait_lanes 300 ;;
+  AT1) lane 0 AT1_search_ways; wait_lanes 240 ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
