@@ -1202,7 +1202,8 @@ AS5_pair_128k() {  # TTFT at 128K, FLASH_ATTN then the shipped default
 }
 AS6_untraced_1m() { TTFT1M_64K 200 minference; }  # the shipped default at 1M, untraced
 # AS1/AS2: the selection took 8.2 of the 32 ms of a 64K chunk's estimate over 1M keys, 16
-# reads of every block's shares (one per bisection step); it now tests 16 points per read
+# reads of every block's shares (one per bisection step); AT1 tested 4 and 16 points per
+# read: 4 took 7.7 ms, 16 took 18.8 (its reductions, not the reads, bound it): 4 is taken
 AT1_search_ways() {  # GPU tests of the search, then its time at 2 (bisection, as before), 4
   # and 16 points per read, same tiles (kept_tiles); needs the kit's vLLM (FA3), not its model
   gpu_tests 90 $PWD/tests/test_antidiagonal.py -k "bisection or fewest or launch"

@@ -50,11 +50,11 @@ STRIDES = (4, 8, 16, 32, 64)  # supported antidiagonal strides (row groups per b
 SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of 16)
 SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # the threshold's grid: 16 bisection steps over log2 shares in [-40, 0]
-# grid points tested per read of a block's shares (2: bisection).  The selection is
-# bandwidth-bound: at a 64K chunk over 1M keys its 16 reads of every block's shares took a
-# quarter of the estimate (8.2 of 32 ms, H100); 16 ways read them 4 times for the same
-# threshold
-SEARCH_WAYS = 16
+# grid points tested per read of a block's shares (2: bisection; the same threshold for
+# any).  H100, a 64K chunk over 1M keys, Qwen2.5-0.5B's shape (raw-h100x1-2026-11-28a,
+# AT1): 2 points 8.5 ms, 4 points 7.7 ms, 16 points 18.8 ms.  The selection is bound by its
+# per-chunk reductions (two a point tested), not by reading the shares
+SEARCH_WAYS = 4
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
 # the fastest launch option per row-group vector size (stride x head_dim elements) in
