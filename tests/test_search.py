@@ -155,7 +155,7 @@ def test_cli_end_to_end_default_candidates(tmp_path, capsys):
     tiny_model().save_pretrained(mdir)
     char_tokenizer().save_pretrained(mdir)
     out = tmp_path / "p" / "profile.json"
-    rc = main([str(mdir), "--out", str(out), "--length", "384", "--sample-blocks", "4",
+    rc = main([str(mdir), "--out", str(out), "--length", "384", "--sample-blocks", "2",
                "--model-name", "org/tiny-qwen2"])
     assert rc == 0, capsys.readouterr().err
     prof = load_profile(out)
@@ -164,7 +164,7 @@ def test_cli_end_to_end_default_candidates(tmp_path, capsys):
     assert "layer 2/2: recall" in capsys.readouterr().out  # per-layer progress in logs
     meta = prof.metadata.search
     assert meta["calibration"]["kind"] == "kv_retrieval" and meta["calibration"]["length"] == 384
-    _check_rule(prof, SearchSettings(sample_blocks=4))
+    _check_rule(prof, SearchSettings(sample_blocks=2))
 
 
 # --------------------------------------------------------------------- clear errors
