@@ -37,6 +37,7 @@
 #   bash benchmarks/gpu_lanes.sh AR1                one GPU: the default suite as shipped
 #   bash benchmarks/gpu_lanes.sh AS1..AS6           one GPU: stride 32's partials launch; 1M, 128K
 #   bash benchmarks/gpu_lanes.sh AT1                one GPU: the selection's threshold search (vLLM only)
+#   bash benchmarks/gpu_lanes.sh AT2                one GPU: that search summed element-wise (branch, vLLM only)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1211,6 +1212,18 @@ AT1_search_ways() {  # GPU tests of the search, then its time at 2 (bisection, a
     --tau 0.98 --cases 65536:1048576 16384:131072 --options "" --search-ways 2 4 16 \
     --out $OUT/tune_search_ways.json
 }
+AT2_search_elementwise() {  # the branch exp/select-elementwise (its wheel in .whl/exp/: each
+  # point's masked sums accumulated element-wise, one reduction a pass) against this wheel,
+  # in one lease; kept_tiles must match
+  timeout 110 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 --tau 0.98 \
+    --cases 65536:1048576 16384:131072 --options "" --search-ways 4 16 \
+    --out $OUT/tune_search_main.json
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
+    .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
+  PYTHONPATH=/tmp/exp-site:$PYTHONPATH timeout 110 python3 $B/tune_antidiagonal.py \
+    --shapes 14/2/64 --strides 32 --tau 0.98 --cases 65536:1048576 16384:131072 --options "" \
+    --search-ways 4 16 --out $OUT/tune_search_elementwise.json
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1450,6 +1463,7 @@ case "$1" in
   AS5) lane 0 AS5_pair_128k; wait_lanes 300 ;;
   AS6) lane 0 AS6_untraced_1m; wait_lanes 230 ;;
   AT1) lane 0 AT1_search_ways; wait_lanes 240 ;;
+  AT2) lane 0 AT2_search_elementwise; wait_lanes 250 ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
