@@ -25,9 +25,10 @@ Two launches per slab of blocks (the plan half; the lists run on the usual kerne
 2. :func:`_select_kernel`: per (head, block), each row group's log-sum-exp over its tiles,
    the tiles' shares (written over the block's first partial row), the share threshold on
    a bisection grid, ``SEARCH_WAYS`` points per read of the shares (no sort), and the kept
-   tiles in key order, written straight as the block's absolute 64-key chunks and descriptor (no index-building pass after it).  Blocks that
-   FA3 runs as one row group can share one selection (``group_blocks``): the threshold is
-   then on the mean of their shares and must give each block ``tau`` of its own.
+   tiles in key order, written straight as the block's absolute 64-key chunks and
+   descriptor (no index-building pass after it).  Blocks that FA3 runs as one row group
+   can share one selection (``group_blocks``): the threshold is then on the mean of their
+   shares and must give each block ``tau`` of its own.
 
 The partials are held for at most ``SLAB_BYTES`` at a time; fixed shapes, no host sync.
 """
@@ -203,7 +204,8 @@ def _select_kernel(
     PART, stride_ph, stride_pr, Q_LEN, KV_LEN, BLK_M, CHUNKS, DESC,
     SEQ, BLK0, NB, NB_ALL, WIDTH, tau, SINK_TILES, LOCAL_TILES,
     STRIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr,
-    WAYS: tl.constexpr, PASSES: tl.constexpr, DESC_FIELDS: tl.constexpr, GB: tl.constexpr, GP: tl.constexpr,
+    WAYS: tl.constexpr, PASSES: tl.constexpr, DESC_FIELDS: tl.constexpr, GB: tl.constexpr,
+    GP: tl.constexpr,
 ):
     """Kept tiles of the ``GB`` blocks ``BLK0 + program_id(0) * GB + [0, GB)`` (of sequence
     ``SEQ``; ``GP``: ``GB`` rounded up to a power of two), head slot ``program_id(1)``, in
