@@ -107,6 +107,14 @@ def model_names(vllm_config) -> tuple[str, ...]:
 _settings_logged: set[str] = set()
 
 
+def _log_settings_once(log, msg: str) -> None:
+    """``log(msg)`` the first time this process sees ``msg``: the builder and every layer
+    resolve the settings, and one line says what was resolved."""
+    if msg not in _settings_logged:
+        _settings_logged.add(msg)
+        log(msg)
+
+
 def resolve_settings(vllm_config) -> MInferenceSettings:
     """The plugin settings of this engine: the user's (``additional_config``, then
     ``MINFERENCE_*``), completed by the profile's measured settings where the user chose no
@@ -126,15 +134,11 @@ def resolve_settings(vllm_config) -> MInferenceSettings:
         msg = (f"minference: the profile {path.name} was measured with "
                f"{_describe(recommended)}, which needs KV pages of a multiple of {stride} "
                f"tokens (this engine's: {page_size}); running mode={settings.mode} instead")
-        if msg not in _settings_logged:
-            _settings_logged.add(msg)
-            logger.warning(msg)
+        _log_settings_once(logger.warning, msg)
         return settings
     msg = (f"minference: settings from the profile {path.name}: {_describe(recommended)} "
            f"(what it was measured with; set the mode to choose your own)")
-    if msg not in _settings_logged:
-        _settings_logged.add(msg)
-        logger.info(msg)
+    _log_settings_once(logger.info, msg)
     return chosen
 
 
