@@ -38,6 +38,8 @@
 #   bash benchmarks/gpu_lanes.sh AS1..AS6           one GPU: stride 32's partials launch; 1M, 128K
 #   bash benchmarks/gpu_lanes.sh AT1                one GPU: the selection's threshold search (vLLM only)
 #   bash benchmarks/gpu_lanes.sh AT2                one GPU: that search summed element-wise (branch, vLLM only)
+#   bash benchmarks/gpu_lanes.sh AU1, AU2           one GPU: 1M pair; the branch end to end
+#   bash benchmarks/gpu_lanes.sh AV1                two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1224,6 +1226,32 @@ AT2_search_elementwise() {  # the branch exp/select-elementwise (its wheel in .w
     --shapes 14/2/64 --strides 32 --tau 0.98 --cases 65536:1048576 16384:131072 --options "" \
     --search-ways 4 16 --out $OUT/tune_search_elementwise.json
 }
+# Twenty-fifth session: the current default's 1M ratio in one lease (the last same-lease pair
+# was the twenty-first session's), the branch's search end to end, and tensor parallelism 2
+# (last measured on 2026-11-25 in adaptive mode: 0.72x at 128K, cause not profiled)
+AU1_pair_1m() {  # 1M in 64K chunks: FLASH_ATTN, then the shipped default
+  TTFT1M_64K 240 FLASH_ATTN
+  TTFT1M_64K 200 minference
+}
+AU2_exp_ttft() {  # the shipped default with the branch's wheel (.whl/exp/) put first on the
+  # path: 1M in 64K chunks, then 128K (its search lists may differ from main's on near-ties)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
+    .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
+  (export PYTHONPATH=/tmp/exp-site:$PYTHONPATH
+   python3 -c "import vllm_minference, sys; print('plugin from', vllm_minference.__file__)"
+   TTFT1M_64K 200 minference
+   timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
+     --out $OUT/ttft.json)
+}
+AV1_tp2_128k() {  # both GPUs: TTFT at 128K with --tp 2, FLASH_ATTN then the shipped default,
+  # then the default at --tp 1 on the same machine (one GPU of the two)
+  for b in FLASH_ATTN minference; do
+    timeout 170 python3 $B/bench_ttft.py --backend $b --tp 2 --lengths 131072 \
+      --out $OUT/ttft_tp2.json
+  done
+  CUDA_VISIBLE_DEVICES=0 timeout 140 python3 $B/bench_ttft.py --backend minference \
+    --lengths 131072 --out $OUT/ttft_tp1.json
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1464,6 +1492,10 @@ case "$1" in
   AS6) lane 0 AS6_untraced_1m; wait_lanes 230 ;;
   AT1) lane 0 AT1_search_ways; wait_lanes 240 ;;
   AT2) lane 0 AT2_search_elementwise; wait_lanes 250 ;;
+  AU1) lane 0 AU1_pair_1m; wait_lanes 450; jit_check ;;
+  AU2) lane 0 AU2_exp_ttft; wait_lanes 360; jit_check ;;
+  AV1) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV1_tp2_128k > $LOGS/AV1_tp2_128k.log 2>&1)
+       jit_check ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
