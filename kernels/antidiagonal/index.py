@@ -52,9 +52,10 @@ SPLIT_TILES = 256  # key tiles per program of the partials kernel (a multiple of
 SELECT_CHUNK = 1024  # tiles per vector step of the selection kernel
 BISECT_STEPS = 16  # the threshold's grid: 16 bisection steps over log2 shares in [-40, 0]
 # grid points tested per read of a block's shares (2: bisection; the same threshold for
-# any).  H100, a 64K chunk over 1M keys, Qwen2.5-0.5B's shape (raw-h100x1-2026-11-28a,
-# AT1): 2 points 8.5 ms, 4 points 7.7 ms, 16 points 18.8 ms.  The selection is bound by its
-# per-chunk reductions (two a point tested), not by reading the shares
+# any).  H100, a 64K chunk over 1M keys, Qwen2.5-0.5B's shape: with two block-wide
+# reductions per point and chunk, 2 points 8.5 ms, 4 points 7.7 ms, 16 points 18.8 ms
+# (raw-h100x1-2026-11-28a, AT1); with each point's sums kept element-wise over the chunks
+# and reduced once a pass, 4 points 5.7 ms, 16 points 12.0 ms (raw-h100x1-2026-11-28b, AT2)
 SEARCH_WAYS = 4
 SLAB_BYTES = 256 << 20  # partials held at once
 PARTIALS_WARPS = dict(num_warps=8, num_stages=2)  # launch of the partials kernel
@@ -284,18 +285,21 @@ def _select_kernel(
     c = tl.arange(0, WAYS)
     for _ in tl.static_range(PASSES):
         step = (x_hi - x_lo) / WAYS
-        got = tl.zeros([GP, WAYS], tl.float32)
-        cnt = tl.zeros([WAYS], tl.int32)
+        # every point's masked shares and counts summed element-wise over the chunks, then
+        # reduced once a pass (a reduction per point and chunk cost more than the reads)
+        th = tl.exp2(-(x_lo + (c + 1).to(tl.float32) * step))  # the last, x_hi, not needed
+        got = tl.zeros([GP, WAYS, CH], tl.float32)
+        cnt = tl.zeros([WAYS, CH], tl.int32)
         for t0 in range(0, n_t, CH):
             t, w, forced, free, score = _chunk_shares(share, t0, n_t, own0, own1, b_own1,
                                                       b_ok, inv_blocks, SINK_TILES,
                                                       LOCAL_TILES, CH)
-            for k in tl.static_range(WAYS - 1):
-                take = free & (score >= tl.exp2(-(x_lo + (k + 1) * step)))
-                got_k = tl.sum(tl.where(take[None, :], w, 0.0), axis=1)
-                got = tl.where(c[None, :] == k, got + got_k[:, None], got)
-                cnt = tl.where(c == k, cnt + tl.sum(take.to(tl.int32), axis=0), cnt)
-        enough = (tl.min(got - need[:, None], axis=0) >= 0) | (cnt >= cap) | (c == WAYS - 1)
+            take = free[None, :] & (score[None, :] >= th[:, None])  # [WAYS, CH]
+            got += tl.where(take[None, :, :], w[:, None, :], 0.0)
+            cnt += take.to(tl.int32)
+        got_all = tl.sum(got, axis=2)  # [GP, WAYS]
+        enough = ((tl.min(got_all - need[:, None], axis=0) >= 0) | (tl.sum(cnt, axis=1) >= cap)
+                  | (c == WAYS - 1))
         first = tl.min(tl.where(enough, c, WAYS - 1), axis=0)
         x_hi = x_lo + (first + 1).to(tl.float32) * step
         x_lo = x_lo + first.to(tl.float32) * step
