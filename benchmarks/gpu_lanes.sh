@@ -1238,7 +1238,9 @@ AU2_exp_ttft() {  # the shipped default with the branch's wheel (.whl/exp/) put 
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
     .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
   (export PYTHONPATH=/tmp/exp-site:$PYTHONPATH
-   python3 -c "import vllm_minference, sys; print('plugin from', vllm_minference.__file__)"
+   # (as run in the twenty-fifth session this check ran from the repository root and printed
+   # the source folder; the benchmarks, run as scripts, import the plugin from PYTHONPATH)
+   (cd /tmp && python3 -c "import vllm_minference; print('plugin from', vllm_minference.__file__)")
    TTFT1M_64K 200 minference
    timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
      --out $OUT/ttft.json)
