@@ -39,7 +39,7 @@
 #   bash benchmarks/gpu_lanes.sh AT1                one GPU: the selection's threshold search (vLLM only)
 #   bash benchmarks/gpu_lanes.sh AT2                one GPU: that search summed element-wise (branch, vLLM only)
 #   bash benchmarks/gpu_lanes.sh AU1, AU2           one GPU: 1M pair; the branch end to end
-#   bash benchmarks/gpu_lanes.sh AV1                two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2
+#   bash benchmarks/gpu_lanes.sh AV1, AV2           two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2; traced
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1254,6 +1254,15 @@ AV1_tp2_128k() {  # both GPUs: TTFT at 128K with --tp 2, FLASH_ATTN then the shi
   CUDA_VISIBLE_DEVICES=0 timeout 140 python3 $B/bench_ttft.py --backend minference \
     --lengths 131072 --out $OUT/ttft_tp1.json
 }
+# AV1: FLASH_ATTN gains 1.74x from TP=2 at 128K (1.906 -> 1.097 s), the sparse path only
+# ~1.2x (1.006-1.092 -> 0.848 s): per-layer costs that do not shrink with the heads (host
+# launches, list building over fixed shapes) or the guard's waits are the suspects
+AV2_tp2_traced() {  # both GPUs: the default at --tp 2, 128K, traced (one file per worker
+  # process through '{pid}'), each summed per step by trace_steps.py
+  timeout 170 python3 $B/bench_ttft.py --backend minference --tp 2 --lengths 131072 \
+    --set "trace=$LOGS/trace_tp2_{pid}.jsonl" --out $OUT/ttft_tp2_traced.json
+  for f in $LOGS/trace_tp2_*.jsonl; do python3 $B/trace_steps.py $f > ${f%.jsonl}.md 2>&1; done
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1498,6 +1507,7 @@ case "$1" in
   AU2) lane 0 AU2_exp_ttft; wait_lanes 360; jit_check ;;
   AV1) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV1_tp2_128k > $LOGS/AV1_tp2_128k.log 2>&1)
        jit_check ;;
+  AV2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV2_tp2_traced > $LOGS/AV2_tp2_traced.log 2>&1) ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
