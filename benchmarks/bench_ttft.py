@@ -101,6 +101,14 @@ def chunk_setting(args) -> dict:
     return {"max_num_batched_tokens": n} if n else {}
 
 
+def profiler_config(folder: str) -> dict:
+    """vLLM's PyTorch profiler writing each worker's Chrome trace into ``folder``: no Python
+    stacks (smaller traces, less overhead), no front-end trace (the engine process is what
+    runs the prefill); ``benchmarks/gpu_idle.py`` reads the traces."""
+    return dict(profiler="torch", torch_profiler_dir=os.path.abspath(folder),
+                torch_profiler_with_stack=False, ignore_frontend=True)
+
+
 def make_llm(args, max_len: int):
     from vllm import LLM
     kw = dict(max_model_len=max_len, gpu_memory_utilization=args.gpu_mem, seed=0,
@@ -108,6 +116,8 @@ def make_llm(args, max_len: int):
     if args.backend != "default":
         kw["attention_backend"] = args.backend
     kw.update(chunk_setting(args))  # default: 16K for LLM on an H100
+    if getattr(args, "profile_dir", None):
+        kw["profiler_config"] = profiler_config(args.profile_dir)
     if minference_config(args):
         kw["additional_config"] = {"minference": minference_config(args)}
     if args.model_kind == "real":
@@ -179,6 +189,11 @@ def ttft_rows(args) -> None:
         times.sort()
         append_row(args.out, dict(kind="ttft", **base_row(args), seq_len=n,
                                   seconds=times[len(times) // 2], runs=len(times)))
+    if getattr(args, "profile_dir", None):  # one more prefill of the longest length, profiled
+        # after the timed runs (the profiler's overhead stays out of the rows)
+        llm.start_profile(profile_prefix=f"ttft_{args.backend}_{max(args.lengths)}")
+        llm.generate([prompt(max(args.lengths))], one, use_tqdm=False)
+        llm.stop_profile()
 
 
 def output_rows(args, llm, pool) -> None:
@@ -224,6 +239,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32, help="dummy-llama layers")
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 32768, 131072])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--profile-dir", default=None,
+                    help="after the timed runs, profile one more prefill of the longest "
+                         "length with vLLM's PyTorch profiler; each worker's trace lands "
+                         "here (read them with benchmarks/gpu_idle.py)")
     ap.add_argument("--decode", action="store_true", help="measure decode tokens/s instead")
     ap.add_argument("--outputs", action="store_true",
                     help="also record greedy outputs of fixed prompts (200 to 30K tokens)")

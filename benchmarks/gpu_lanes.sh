@@ -40,6 +40,7 @@
 #   bash benchmarks/gpu_lanes.sh AT2                one GPU: that search summed element-wise (branch, vLLM only)
 #   bash benchmarks/gpu_lanes.sh AU1, AU2           one GPU: 1M pair; the branch end to end
 #   bash benchmarks/gpu_lanes.sh AV1, AV2           two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2; traced
+#   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1263,6 +1264,26 @@ AV2_tp2_traced() {  # both GPUs: the default at --tp 2, 128K, traced (one file p
     --set "trace=$LOGS/trace_tp2_{pid}.jsonl" --out $OUT/ttft_tp2_traced.json
   for f in $LOGS/trace_tp2_*.jsonl; do python3 $B/trace_steps.py $f > ${f%.jsonl}.md 2>&1; done
 }
+PROFILED() {  # PROFILED NAME SECONDS ARGS...: bench_ttft.py ARGS, then one more prefill of
+  # the longest length under vLLM's PyTorch profiler (--profile-dir); gpu_idle.py sums each
+  # worker's trace into $LOGS/NAME-<trace>.md / .json (the traces stay on the machine)
+  local name=$1 limit=$2 f b; shift 2
+  rm -rf /tmp/prof-$name
+  timeout $limit python3 $B/bench_ttft.py "$@" --profile-dir /tmp/prof-$name \
+    --out $OUT/ttft_profiled.json
+  for f in $(find /tmp/prof-$name -name "*.json.gz" -o -name "*.json"); do
+    b=$(basename $f); b=${b%%.*}
+    python3 $B/gpu_idle.py $f --json $LOGS/$name-$b.json > $LOGS/$name-$b.md 2>&1
+  done
+}
+AW1_profiled_128k() {  # one GPU: where a 128K prefill leaves the GPU idle, both backends
+  PROFILED flash_128k 200 --backend FLASH_ATTN --lengths 131072 --reps 1
+  PROFILED minference_128k 200 --backend minference --lengths 131072 --reps 1
+}
+AW2_profiled_tp2() {  # two GPUs: the same at --tp 2 (one trace per rank)
+  PROFILED flash_tp2_128k 230 --backend FLASH_ATTN --tp 2 --lengths 131072 --reps 1
+  PROFILED minference_tp2_128k 230 --backend minference --tp 2 --lengths 131072 --reps 1
+}
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1508,6 +1529,8 @@ case "$1" in
   AV1) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV1_tp2_128k > $LOGS/AV1_tp2_128k.log 2>&1)
        jit_check ;;
   AV2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV2_tp2_traced > $LOGS/AV2_tp2_traced.log 2>&1) ;;
+  AW1) lane 0 AW1_profiled_128k; wait_lanes 450; jit_check ;;
+  AW2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AW2_profiled_tp2 > $LOGS/AW2_profiled_tp2.log 2>&1) ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;

@@ -923,3 +923,64 @@ def test_partials_probe_gemm_equals_the_kernels_partials(device, monkeypatch, st
     monkeypatch.setattr(probe, "stacked_queries", rows_in_order)
     row = probe.run("4/2/64", 128, 512, stride, 256, rows, device, torch.float16)
     assert row["max_abs_diff_log2"] > 0.1
+
+
+def test_gpu_idle_merges_streams_splits_steps_and_names_what_preceded_each_gap(tmp_path):
+    import gzip
+    import gpu_idle
+
+    def x(cat, name, ts, dur):
+        return dict(ph="X", cat=cat, name=name, ts=ts, dur=dur)
+    events = [x("kernel", "A", 0, 100), x("kernel", "B", 150, 100),
+              x("kernel", "C", 240, 60),  # another stream, overlapping B: no gap
+              x("gpu_memcpy", "Memcpy DtoH", 330, 10),
+              x("kernel", "D", 10340, 100),  # after 10 ms of idle: the next step
+              x("cuda_runtime", "cudaStreamSynchronize", 100, 45),
+              x("cuda_runtime", "cudaLaunchKernel", 0, 5), x("cpu_op", "aten::mm", 0, 5),
+              dict(ph="i", cat="kernel", name="marker", ts=5)]  # not a duration event
+    path = tmp_path / "t.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    s = gpu_idle.summarize(gpu_idle.load_events(str(path)), burst_gap_ms=5, min_gap_us=20)
+    first, second = s["bursts"]
+    assert first["span_ms"] == pytest.approx(0.34) and first["busy_ms"] == pytest.approx(0.26)
+    assert first["gaps_over_min"] == 2 and first["activities"] == 4
+    assert second["busy_ms"] == pytest.approx(0.1) and second["idle_ms"] == 0
+    assert s["busy_share"] == pytest.approx(0.36 / 0.44)
+    # the gap after A (50 us) and after C (30 us; C ended after B); the 10 ms step gap is
+    # not counted inside a burst
+    assert s["idle_after"] == {"A": (1, pytest.approx(0.05)), "C": (1, pytest.approx(0.03))}
+    assert s["host_waits"] == {"cudaStreamSynchronize": (1, pytest.approx(0.045))}
+    assert s["kernels"]["B"] == (1, pytest.approx(0.1))
+    text = gpu_idle.markdown(s)
+    assert "| `A` | 1 | 0.05 |" in text and "| `cudaStreamSynchronize` | 1 | 0.04 |" in text
+
+
+def test_ttft_profiles_one_more_prefill_after_the_timed_runs(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from vllm.config import ProfilerConfig
+    cfg = bench_ttft.profiler_config("traces")  # vLLM's own validation of every key
+    assert ProfilerConfig(**cfg).torch_profiler_dir == str(Path("traces").resolve())
+    calls = []
+
+    class FakeLLM:
+        def generate(self, prompts, params, use_tqdm=False):
+            calls.append(("generate", len(prompts[0]["prompt_token_ids"])))
+
+        def start_profile(self, profile_prefix=None):
+            calls.append(("start", profile_prefix))
+
+        def stop_profile(self):
+            calls.append(("stop", None))
+    monkeypatch.setattr(bench_ttft, "make_llm", lambda args, max_len: (FakeLLM(), None))
+    args = Namespace(backend="FLASH_ATTN", model_kind="dummy-llama", model=None, layers=2,
+                     lengths=[4096], reps=1, outputs=False, min_sparse_len=None, mode=None,
+                     gamma=None, tp=1, set=None, max_num_batched_tokens=None,
+                     out=str(tmp_path / "t.json"), profile_dir=str(tmp_path / "traces"))
+    bench_ttft.ttft_rows(args)
+    timed = [c for c in calls[:-3] if c[0] == "generate"]
+    assert len(timed) == 1 + 11  # the warm-up, then 11 runs of a short length
+    assert calls[-3:] == [("start", "ttft_FLASH_ATTN_4096"), ("generate", 4096), ("stop", None)]
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert len(rows) == 1 and rows[0]["runs"] == 11  # the profiled run is not a row
