@@ -53,6 +53,30 @@ def source_token_ids(tokenizer, n_tokens: int) -> list[int]:
     return code_tokens(tokenizer, n_tokens).tolist()
 
 
+def plugin_build(root: str | None = None) -> str | None:
+    """A fingerprint of the installed plugin's code and data (12 hex digits of a SHA-256 over
+    its files' paths and contents), or None without it.  Rows of two builds timed in one
+    lease (a branch's wheel against main's) then stay apart in ``summarize_results.py``
+    instead of being merged into one median."""
+    import hashlib
+    if root is None:
+        try:
+            import vllm_minference
+        except ImportError:
+            return None
+        root = os.path.dirname(vllm_minference.__file__)
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".py", ".json")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def parse_settings(pairs: list[str] | None) -> dict:
     """``--set KEY=VALUE`` pairs as plugin settings (validated by the plugin itself)."""
     cfg = {}
@@ -131,10 +155,11 @@ def make_llm(args, max_len: int):
 
 
 def base_row(args) -> dict:
+    sparse = args.backend.lower() == "minference"
     return dict(backend=args.backend, mode=mode_of(args), gamma=args.gamma, tp=args.tp,
                 model=args.model_kind, layers=args.layers if args.model_kind != "real" else 24,
-                config=minference_config(args) if args.backend.lower() == "minference" else {},
-                **chunk_setting(args))
+                config=minference_config(args) if sparse else {},
+                **({"build": plugin_build()} if sparse else {}), **chunk_setting(args))
 
 
 def append_rows(path: str, rows: list[dict], indent: int = 1) -> None:

@@ -66,7 +66,8 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
             dense_lease[(*key(r), r.get("lease"))].append(r)
             dense[key(r)] = dense_lease[(*key(r), r.get("lease"))]
         else:
-            sparse[(*key(r), r.get("lease"), json.dumps(r["config"], sort_keys=True))].append(r)
+            sparse[(*key(r), r.get("lease"), json.dumps(r["config"], sort_keys=True),
+                    r.get("build"))].append(r)
     out = []
     for group in sparse.values():
         r = group[0]
@@ -80,6 +81,7 @@ def pair_ttft(raw_rows: list[dict]) -> list[dict]:
                         max_num_batched_tokens=r.get("max_num_batched_tokens"),
                         dense_s=round(d_s, 4), minference_s=round(m_s, 4),
                         speedup=round(d_s / m_s, 3), runs=r["runs"],
+                        **({"build": r["build"]} if r.get("build") else {}),
                         **({"engines": [len(ds), len(group)]}
                            if len(ds) > 1 or len(group) > 1 else {}),
                         **({"dense_lease": ds[0].get("lease")}
@@ -308,10 +310,13 @@ def config_label(mode: str, cfg: dict) -> str:
 
 def run_config(r: dict) -> dict:
     """A minference row's settings; a prefill chunk of its own makes a configuration of its
-    own (it changes each chunk's estimate, so it can change answers)."""
+    own (it changes each chunk's estimate, so it can change answers), and so does another
+    build of the plugin (``bench_ttft.plugin_build``; rows from before it have none)."""
     cfg = dict(r["config"])
     if r.get("max_num_batched_tokens"):
         cfg["max_num_batched_tokens"] = r["max_num_batched_tokens"]
+    if r.get("build"):
+        cfg["build"] = r["build"]
     return cfg
 
 
@@ -633,7 +638,8 @@ def main() -> None:
             chunk = r.get("max_num_batched_tokens")
             md.append(f"| {r['model']} | {r['tp']} | {fmt_len(r['seq_len'])} | "
                       f"{fmt_len(chunk) if chunk else 'default'} | {r['mode']}"
-                      f"{' ' + json.dumps(r['config']) if r['config'] else ''} | "
+                      f"{' ' + json.dumps(r['config']) if r['config'] else ''}"
+                      f"{' (build ' + r['build'] + ')' if r.get('build') else ''} | "
                       f"{r['dense_s']:.3f} | {r['minference_s']:.3f} | {r['speedup']:.2f}x"
                       f"{other_lease(r)}{engines_note(r)} |")
         for r in (r for r in rows if r["kind"] == "decode"):

@@ -483,12 +483,14 @@ def test_accuracy_columns_keep_configs_apart_by_every_setting():
            r({"mode": "adaptive"}, 0.0),
            r({"mode": "adaptive", "adaptive_local": "1024", "adaptive_sinks": "128"}, 1.0),
            r({"budget_scale": 0.05}, 0.0),
-           r({"budget_scale": 0.05, "profile": "/x/qwen-searched.json"}, 1.0)]
+           r({"budget_scale": 0.05, "profile": "/x/qwen-searched.json"}, 1.0),
+           r({"budget_scale": 0.05}, 1.0) | dict(build="abc")]  # another plugin build
     rows = summarize_results.pair_accuracy(raw)
     labels = {r["label"]: r["minference"] for r in rows}
     assert labels == {"adaptive γ=0.95": 0.0, "adaptive γ=0.95 adaptive_local=1024 "
                       "adaptive_sinks=128": 100.0, "fixed ×0.05": 0.0,
-                      "fixed ×0.05 profile=qwen-searched": 100.0}
+                      "fixed ×0.05 profile=qwen-searched": 100.0,
+                      "fixed ×0.05 build=abc": 100.0}
     table = summarize_results.accuracy_table(rows)
     assert table.count("|---") == 3 + len(labels) and "profile=qwen-searched" in table
 
@@ -984,3 +986,24 @@ def test_ttft_profiles_one_more_prefill_after_the_timed_runs(tmp_path, monkeypat
     assert calls[-3:] == [("start", "ttft_FLASH_ATTN_4096"), ("generate", 4096), ("stop", None)]
     rows = json.loads((tmp_path / "t.json").read_text())
     assert len(rows) == 1 and rows[0]["runs"] == 11  # the profiled run is not a row
+
+
+def test_ttft_rows_of_two_plugin_builds_stay_apart(tmp_path):
+    """A branch's wheel and main's timed in one lease: one row each, not one median."""
+    raw = [_ttft("dense", 1, 1024, 2.0), dict(_ttft("fixed", 1, 1024, 1.0), build="aaa"),
+           dict(_ttft("fixed", 1, 1024, 0.5), build="bbb"),
+           dict(_ttft("fixed", 1, 1024, 0.7), build="bbb")]
+    rows = summarize_results.pair_ttft(raw)
+    assert sorted((r["build"], r["speedup"]) for r in rows) == [("aaa", 2.0), ("bbb", 3.333)]
+    # the fingerprint follows the plugin's files: any change to code or data changes it
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "p.json").write_text("{}")
+    (tmp_path / "pkg" / "notes.txt").write_text("ignored")
+    first = bench_ttft.plugin_build(str(tmp_path / "pkg"))
+    assert len(first) == 12 and first == bench_ttft.plugin_build(str(tmp_path / "pkg"))
+    (tmp_path / "pkg" / "notes.txt").write_text("still ignored")
+    assert bench_ttft.plugin_build(str(tmp_path / "pkg")) == first
+    (tmp_path / "pkg" / "sub" / "p.json").write_text('{"a": 1}')
+    assert bench_ttft.plugin_build(str(tmp_path / "pkg")) != first
+    assert bench_ttft.plugin_build() is not None  # the installed plugin here
