@@ -1215,14 +1215,17 @@ AT1_search_ways() {  # GPU tests of the search, then its time at 2 (bisection, a
     --tau 0.98 --cases 65536:1048576 16384:131072 --options "" --search-ways 2 4 16 \
     --out $OUT/tune_search_ways.json
 }
+install_exp_wheel() {  # a branch's wheel (.whl/exp/) into /tmp/exp-site, for PYTHONPATH
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
+    .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
+}
 AT2_search_elementwise() {  # the branch exp/select-elementwise (its wheel in .whl/exp/: each
   # point's masked sums accumulated element-wise, one reduction a pass) against this wheel,
   # in one lease; kept_tiles must match
   timeout 110 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 --tau 0.98 \
     --cases 65536:1048576 16384:131072 --options "" --search-ways 4 16 \
     --out $OUT/tune_search_main.json
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
-    .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
+  install_exp_wheel
   PYTHONPATH=/tmp/exp-site:$PYTHONPATH timeout 110 python3 $B/tune_antidiagonal.py \
     --shapes 14/2/64 --strides 32 --tau 0.98 --cases 65536:1048576 16384:131072 --options "" \
     --search-ways 4 16 --out $OUT/tune_search_elementwise.json
@@ -1236,8 +1239,7 @@ AU1_pair_1m() {  # 1M in 64K chunks: FLASH_ATTN, then the shipped default
 }
 AU2_exp_ttft() {  # the shipped default with the branch's wheel (.whl/exp/) put first on the
   # path: 1M in 64K chunks, then 128K (its search lists may differ from main's on near-ties)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/exp-site \
-    .whl/exp/vllm_minference-*.whl > /dev/null 2>&1
+  install_exp_wheel
   (export PYTHONPATH=/tmp/exp-site:$PYTHONPATH
    # (as run in the twenty-fifth session this check ran from the repository root and printed
    # the source folder; the benchmarks, run as scripts, import the plugin from PYTHONPATH)
