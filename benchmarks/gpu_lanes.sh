@@ -1268,13 +1268,13 @@ AV2_tp2_traced() {  # both GPUs: the default at --tp 2, 128K, traced (one file p
 }
 PROFILED() {  # PROFILED NAME SECONDS ARGS...: bench_ttft.py ARGS, then one more prefill of
   # the longest length under vLLM's PyTorch profiler (--profile-dir); gpu_idle.py sums each
-  # worker's trace into $LOGS/NAME-<trace>.md / .json (the traces stay on the machine)
+  # worker's trace into $LOGS/NAME-gpu_idle-<trace>.md / .json (the traces stay on the machine)
   local name=$1 limit=$2 f b; shift 2
   rm -rf /tmp/prof-$name
   timeout $limit python3 $B/bench_ttft.py "$@" --profile-dir /tmp/prof-$name \
     --out $OUT/ttft_profiled.json
   for f in $(find /tmp/prof-$name -name "*.json.gz" -o -name "*.json"); do
-    b=$(basename $f); b=${b%%.*}
+    b=$(basename $f); b=${b%%.*}; b=gpu_idle-${b#ttft_}  # not *ttft*.json: not TTFT rows
     python3 $B/gpu_idle.py $f --json $LOGS/$name-$b.json > $LOGS/$name-$b.md 2>&1
   done
 }
@@ -1285,6 +1285,12 @@ AW1_profiled_128k() {  # one GPU: where a 128K prefill leaves the GPU idle, both
 AW2_profiled_tp2() {  # two GPUs: the same at --tp 2 (one trace per rank)
   PROFILED flash_tp2_128k 230 --backend FLASH_ATTN --tp 2 --lengths 131072 --reps 1
   PROFILED minference_tp2_128k 230 --backend minference --tp 2 --lengths 131072 --reps 1
+}
+# Twenty-sixth session: at 128K (AW1) the sparse prefill kept the GPU busy 91% of its span
+# (FLASH_ATTN 99%); at 1M the planning's share is larger and its idle share was never seen
+AW3_profiled_1m() {  # one GPU: the shipped default at 1M in 64K chunks, profiled (no FLASH_ATTN)
+  PROFILED minference_1m 330 --backend minference --lengths 1048576 \
+    --max-num-batched-tokens 65536 --reps 1
 }
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
@@ -1533,6 +1539,7 @@ case "$1" in
   AV2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AV2_tp2_traced > $LOGS/AV2_tp2_traced.log 2>&1) ;;
   AW1) lane 0 AW1_profiled_128k; wait_lanes 450; jit_check ;;
   AW2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AW2_profiled_tp2 > $LOGS/AW2_profiled_tp2.log 2>&1) ;;
+  AW3) lane 0 AW3_profiled_1m; wait_lanes 400; jit_check ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
   AN1) lane 0 AN1_shared_1m; wait_lanes 370; jit_check ;;
