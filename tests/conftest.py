@@ -9,6 +9,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # exact NumPy paths for the interpreter's slowest reductions (see the module)
+    from interpreter_fast_paths import install as _install_fast_paths
+
+    _install_fast_paths()
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one pytest-xdist worker per core: torch's own threads would oversubscribe them
     torch.set_num_threads(1)
