@@ -150,12 +150,12 @@ def test_search_tiny_qwen2(tmp_path):
 
 def test_cli_end_to_end_default_candidates(tmp_path, capsys):
     """`vllm-minference search` on a saved tiny model + tokenizer, default candidate sets
-    (at 384 tokens none reaches the default target, so every head gets the cheapest)."""
+    (at 320 tokens none reaches the default target, so every head gets the cheapest)."""
     mdir = tmp_path / "model"
     tiny_model().save_pretrained(mdir)
     char_tokenizer().save_pretrained(mdir)
     out = tmp_path / "p" / "profile.json"
-    rc = main([str(mdir), "--out", str(out), "--length", "384", "--sample-blocks", "2",
+    rc = main([str(mdir), "--out", str(out), "--length", "320", "--sample-blocks", "2",
                "--model-name", "org/tiny-qwen2"])
     assert rc == 0, capsys.readouterr().err
     prof = load_profile(out)
@@ -163,7 +163,7 @@ def test_cli_end_to_end_default_candidates(tmp_path, capsys):
     assert prof.metadata.model == "org/tiny-qwen2"
     assert "layer 2/2: recall" in capsys.readouterr().out  # per-layer progress in logs
     meta = prof.metadata.search
-    assert meta["calibration"]["kind"] == "kv_retrieval" and meta["calibration"]["length"] == 384
+    assert meta["calibration"]["kind"] == "kv_retrieval" and meta["calibration"]["length"] == 320
     _check_rule(prof, SearchSettings(sample_blocks=2))
 
 
