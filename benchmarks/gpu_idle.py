@@ -10,7 +10,9 @@ sparse path about 1.2x, H100, 2026-11-28) the question is whether the host keeps
 A vLLM worker's trace (``bench_ttft.py --profile-dir``) answers it: every GPU activity
 (kernels, copies, memsets) of the device, merged over streams, gives the busy time; what
 lies between them is idle, and the kernel before each gap and the host's synchronising calls
-(``cudaStreamSynchronize`` and the like, which wait for the GPU) say why.
+(``cudaStreamSynchronize`` and the like, which wait for the GPU) say why.  The busy time is
+also summed by :data:`GROUPS` (attention, the estimate's partials and selection, the model's
+own kernels, communication...), the split the twenty-sixth session's tables were made of.
 
 Engine steps are split as *bursts*: runs of GPU activity separated by at least
 ``--burst-gap-ms`` of idle (the scheduler's work between steps).  Gaps shorter than
@@ -30,6 +32,32 @@ GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 # as cudaMemcpyAsync with a long duration)
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
               "cudaMemcpyAsync", "cudaMemcpy", "cudaStreamQuery")
+
+
+# GPU activities by what they do, first match wins (names as CUDA and the profiler give
+# them); "Triton, other" holds the plugin's smaller planning kernels and vLLM's own Triton
+# kernels alike (both are named ``_*_kernel``)
+GROUPS = (
+    ("attention: FlashAttention", ("flash::", "FlashAttn", "flash_fwd")),  # + its scheduler
+    ("attention: Triton sparse", ("_sparse_attn_fwd",)),
+    ("planning: antidiagonal partials", ("_partials_kernel",)),
+    ("planning: antidiagonal selection", ("_select_kernel",)),
+    ("communication", ("nccl",)),
+    ("model: GEMMs", ("nvjet", "gemm", "xmma", "cutlass")),
+    ("model: torch.compile", ("triton_",)),
+    ("copies and memsets", ("Memcpy", "Memset")),
+    ("KV cache writes", ("reshape_and_cache",)),
+    ("PyTorch ops", ("at::", "at_cuda_detail", "cub::")),
+    ("Triton, other", ("_kernel",)),
+)
+
+
+def group_of(name: str) -> str:
+    """The :data:`GROUPS` entry a GPU activity's name falls in (``other`` if none)."""
+    for group, marks in GROUPS:
+        if any(m in name for m in marks):
+            return group
+    return "other"
 
 
 def load_events(path: str) -> list[dict]:
@@ -82,7 +110,7 @@ def host_waits(events: list[dict]) -> dict[str, tuple[int, float]]:
 
 def summarize(events: list[dict], burst_gap_ms: float = 5.0, min_gap_us: float = 20.0) -> dict:
     """Busy share per burst and overall, idle time by the kernel that preceded it, the
-    kernels' total time by name, and the host's waits."""
+    kernels' total time by name and by :data:`GROUPS`, and the host's waits."""
     intervals = gpu_intervals(events)
     _, gaps = busy_and_gaps(intervals)
     burst_gap = burst_gap_ms * 1000.0
@@ -110,12 +138,17 @@ def summarize(events: list[dict], burst_gap_ms: float = 5.0, min_gap_us: float =
     for start, end, name in intervals:
         by_kernel[name][0] += 1
         by_kernel[name][1] += end - start
+    by_group: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for name, (c, t) in by_kernel.items():
+        by_group[group_of(name)][0] += c
+        by_group[group_of(name)][1] += t
     span = sum(b["span_ms"] for b in bursts)
     busy = sum(b["busy_ms"] for b in bursts)
     return dict(
         bursts=bursts, span_ms=span, busy_ms=busy, busy_share=busy / span if span else 0.0,
         idle_after={k: (int(c), t / 1000.0) for k, (c, t) in idle_after.items()},
         kernels={k: (int(c), t / 1000.0) for k, (c, t) in by_kernel.items()},
+        groups={k: (int(c), t / 1000.0) for k, (c, t) in by_group.items()},
         host_waits={k: (c, t / 1000.0) for k, (c, t) in host_waits(events).items()})
 
 
@@ -135,6 +168,10 @@ def markdown(s: dict, top: int = 12) -> str:
               "| before the gap | gaps | idle ms |", "|---|---|---|"]
     for name, (c, t) in sorted(s["idle_after"].items(), key=lambda kv: -kv[1][1])[:top]:
         lines.append(f"| `{_short(name)}` | {c} | {t:.2f} |")
+    lines += ["", "GPU time by group (an overlap of streams counts in each):", "",
+              "| group | activities | ms |", "|---|---|---|"]
+    for name, (c, t) in sorted(s.get("groups", {}).items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {name} | {c} | {t:.2f} |")
     lines += ["", "GPU time by activity:", "", "| activity | count | ms |", "|---|---|---|"]
     for name, (c, t) in sorted(s["kernels"].items(), key=lambda kv: -kv[1][1])[:top]:
         lines.append(f"| `{_short(name)}` | {c} | {t:.2f} |")

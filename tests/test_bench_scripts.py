@@ -959,6 +959,33 @@ def test_gpu_idle_merges_streams_splits_steps_and_names_what_preceded_each_gap(t
     assert "| `A` | 1 | 0.05 |" in text and "| `cudaStreamSynchronize` | 1 | 0.04 |" in text
 
 
+def test_gpu_idle_groups_activities_by_what_they_do():
+    """FA3's CUTLASS kernel is attention, not a GEMM (first match wins); the plugin's
+    partials and selection have their own rows; what matches nothing is ``other``."""
+    import gpu_idle
+    fa3 = "void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90<>>>"
+    assert gpu_idle.group_of(fa3) == "attention: FlashAttention"
+    assert gpu_idle.group_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "model: GEMMs"
+    assert gpu_idle.group_of("_partials_kernel") == "planning: antidiagonal partials"
+    assert gpu_idle.group_of("_select_kernel") == "planning: antidiagonal selection"
+    assert gpu_idle.group_of("_sparse_attn_fwd_kernel") == "attention: Triton sparse"
+    assert gpu_idle.group_of("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(x)") == "communication"
+    assert gpu_idle.group_of("triton_poi_fused_mul_silu_slice_1") == "model: torch.compile"
+    assert gpu_idle.group_of("void vllm::reshape_and_cache_flash_kernel<>") == "KV cache writes"
+    assert gpu_idle.group_of("_mark_kernel") == "Triton, other"
+    assert gpu_idle.group_of("Memcpy DtoH (Device -> Pinned)") == "copies and memsets"
+    assert gpu_idle.group_of("something") == "other"
+    events = [dict(ph="X", cat="kernel", name=n, ts=ts, dur=d) for n, ts, d in
+              [(fa3, 0, 300), ("_partials_kernel", 300, 50), ("_select_kernel", 350, 20),
+               ("_partials_kernel", 370, 30), ("something", 400, 10)]]
+    s = gpu_idle.summarize(events)
+    assert s["groups"] == {"attention: FlashAttention": (1, pytest.approx(0.3)),
+                           "planning: antidiagonal partials": (2, pytest.approx(0.08)),
+                           "planning: antidiagonal selection": (1, pytest.approx(0.02)),
+                           "other": (1, pytest.approx(0.01))}
+    assert "| planning: antidiagonal partials | 2 | 0.08 |" in gpu_idle.markdown(s)
+
+
 def test_ttft_profiles_one_more_prefill_after_the_timed_runs(tmp_path, monkeypatch):
     from argparse import Namespace
 
