@@ -26,7 +26,7 @@ import os
 import random
 import time
 
-from bench_ttft import append_rows, chunk_setting, parse_settings, plugin_build, plugin_mode
+from bench_ttft import append_rows, build_field, chunk_setting, parse_settings, plugin_mode
 
 # YaRN x4 over the model's 32K: positions past 131072 index outside vLLM's rope table (a
 # device-side assert that kills the engine, seen on the H100 with a 131K prompt + answer)
@@ -232,7 +232,7 @@ def main() -> None:
         raise SystemExit(f"{len(too_long)} prompts longer than {max_len} tokens, e.g. "
                          f"{too_long[0]['task']}@{too_long[0]['length']}")
     mode = plugin_mode(args.backend, cfg, args.model)
-    build = {"build": plugin_build()} if args.backend.lower() == "minference" else {}
+    build = build_field(args.backend)
     rows = []
     t0 = time.perf_counter()
     # one batch per length, shortest first, rows saved after each: a run cut short keeps them

@@ -77,6 +77,11 @@ def plugin_build(root: str | None = None) -> str | None:
     return digest.hexdigest()[:12]
 
 
+def build_field(backend: str) -> dict:
+    """``{"build": ...}`` for a minference row (its plugin's fingerprint), ``{}`` otherwise."""
+    return {"build": plugin_build()} if backend.lower() == "minference" else {}
+
+
 def parse_settings(pairs: list[str] | None) -> dict:
     """``--set KEY=VALUE`` pairs as plugin settings (validated by the plugin itself)."""
     cfg = {}
@@ -155,11 +160,10 @@ def make_llm(args, max_len: int):
 
 
 def base_row(args) -> dict:
-    sparse = args.backend.lower() == "minference"
     return dict(backend=args.backend, mode=mode_of(args), gamma=args.gamma, tp=args.tp,
                 model=args.model_kind, layers=args.layers if args.model_kind != "real" else 24,
-                config=minference_config(args) if sparse else {},
-                **({"build": plugin_build()} if sparse else {}), **chunk_setting(args))
+                config=minference_config(args) if args.backend.lower() == "minference" else {},
+                **build_field(args.backend), **chunk_setting(args))
 
 
 def append_rows(path: str, rows: list[dict], indent: int = 1) -> None:

@@ -140,8 +140,9 @@ def summarize(events: list[dict], burst_gap_ms: float = 5.0, min_gap_us: float =
         by_kernel[name][1] += end - start
     by_group: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for name, (c, t) in by_kernel.items():
-        by_group[group_of(name)][0] += c
-        by_group[group_of(name)][1] += t
+        group = by_group[group_of(name)]
+        group[0] += c
+        group[1] += t
     span = sum(b["span_ms"] for b in bursts)
     busy = sum(b["busy_ms"] for b in bursts)
     return dict(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-_installed = False
-
 
 def _is_int(t) -> bool:
     return np.issubdtype(t.handle.data.dtype, np.integer)
@@ -35,12 +33,12 @@ def _is_max_combine(fn) -> bool:
 
 
 def install() -> None:
-    """Patch ``ReduceOps`` / ``ScanOps`` of Triton's interpreter (idempotent)."""
-    global _installed
-    if _installed:
-        return
+    """Patch ``ReduceOps`` / ``ScanOps`` of Triton's interpreter (idempotent: the
+    interpreter's own code, kept as ``generic_apply_impl``, marks it done)."""
     import triton.language as tl
     from triton.runtime import interpreter
+    if hasattr(interpreter.ReduceOps, "generic_apply_impl"):
+        return
 
     reduce_impl = interpreter.ReduceOps.apply_impl
     scan_impl = interpreter.ScanOps.apply_impl
@@ -68,4 +66,3 @@ def install() -> None:
     interpreter.ScanOps.apply_impl = scan_apply_impl
     interpreter.ReduceOps.generic_apply_impl = reduce_impl  # for the equivalence test
     interpreter.ScanOps.generic_apply_impl = scan_impl
-    _installed = True
