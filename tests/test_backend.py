@@ -611,9 +611,11 @@ def test_density_guard_carries_keys_per_row_across_growing_chunks():
 
 
 def test_density_guard_across_prompts():
-    """A new prompt plans and waits for its own density, except where the layer was found
-    clearly too dense with at least as many keys per row (then it runs dense unplanned, and
-    re-measures every reprobe_steps); a sparse finding with fewer keys withdraws that."""
+    """A new prompt plans, except where the layer was found clearly too dense with at least
+    as many keys per row (then it runs dense unplanned, and re-measures every
+    reprobe_steps); a sparse finding with fewer keys withdraws that.  It waits for its own
+    density where the layer's history holds no step of about its length (here 16K after
+    64K: 4x fewer keys)."""
     from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import DensityGuard
     k16, k32, k64 = (SeqLayout.from_lengths([16384], [n], "cpu") for n in (16384, 32768, 65536))
@@ -629,9 +631,79 @@ def test_density_guard_across_prompts():
     assert g.dense_up_to == pytest.approx(8192.5)
     # many prompts of 16K: one re-measuring plan every reprobe_steps
     assert [g.should_plan(k16) for _ in range(4)] == [False, False, True, False]
-    # that re-measure found it sparse: the rule is withdrawn, 16K prompts plan again
-    assert g.decide(torch.tensor(0.3), k16) is True and g.dense_up_to == 0.0
+    # that re-measure finds it sparse: the step itself follows the layer's last finding at
+    # 16K (0.9, clear of the margin: no wait), and the rule is withdrawn, 16K prompts plan
+    # again
+    assert g.decide(torch.tensor(0.3), k16) is False and g.waited == 3
+    assert g.dense_up_to == 0.0
     assert g.should_plan(k16)
+    assert g.decide(torch.tensor(0.3), k16) is True and g.waited == 3
+
+
+def _prompt_walk(guard, layouts, densities) -> list[tuple[bool, bool]]:
+    """Each step of a prompt whose lists would find ``densities``: (took the sparse path,
+    waited for its own density); a step the guard does not plan runs dense unwaited."""
+    steps = []
+    for lay, density in zip(layouts, densities):
+        waited = guard.waited
+        sparse = guard.should_plan(lay) and guard.decide(torch.tensor(density), lay)
+        steps.append((sparse, guard.waited > waited))
+    return steps
+
+
+def test_density_guard_trusts_a_comparable_step_of_an_earlier_prompt():
+    """Waiting for a step's own density stalls the host and idles the GPU while it queues
+    the next launches (H100, 128K prefill: 59 host waits, 90 ms of 1.03 s idle).  A new
+    prompt's first sparse chunk need not wait where the layer's history holds a step of
+    about its length from an earlier prompt, and a share-based layer's chunk may see up to
+    2.25x the keys of the step it is predicted from (a prediction off by at most 1.5x
+    whatever the true growth); close calls and unseen lengths still wait."""
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import SHARE_KEYS_GROWTH, DensityGuard
+    chunks = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(2, 9)]
+    causal = [c.causal_keys() / 16384 for c in chunks]  # 24.5K ... 122.9K keys a row
+    real = [0.3 * (causal[0] / c) ** 0.5 for c in causal]  # a sparse layer, 0.3 at 32K
+    g = DensityGuard(max_density=0.45, keys_growth=SHARE_KEYS_GROWTH)
+    assert g.max_ratio == pytest.approx(2.25)
+    # first prompt: only its first step waits (40.9K after 24.5K keys: 1.67x, within 2.25)
+    assert _prompt_walk(g, chunks, real) == [(True, True)] + [(True, False)] * 6
+    # the next prompt: its 32K chunk is predicted from the last prompt's 48K step
+    assert _prompt_walk(g, chunks, real) == [(True, False)] * 7
+    assert g.waited == 1
+    # budget lists (growth 0) allow 1.5x: the 48K chunk after the 32K one waits once
+    b = DensityGuard(max_density=0.45)
+    assert b.max_ratio == pytest.approx(1.5)
+    assert [w for _, w in _prompt_walk(b, chunks, [0.3] * 7)] == [True, True] + [False] * 5
+    # a length not seen lately waits: 1M keys after 128K
+    long = SeqLayout.from_lengths([65536], [1 << 20], "cpu")
+    assert _prompt_walk(g, [long], [0.05]) == [(True, True)]
+    # 64K chunks (3x the keys of the first chunk at the second): the first prompt waits at
+    # its first two chunks, the next prompt at none
+    big = [SeqLayout.from_lengths([65536], [65536 * i], "cpu") for i in range(1, 9)]
+    seen = [c.causal_keys() / 65536 for c in big]
+    real = [0.3 * (seen[0] / c) ** 0.5 for c in seen]
+    g = DensityGuard(max_density=0.45, keys_growth=SHARE_KEYS_GROWTH)
+    assert [w for _, w in _prompt_walk(g, big, real)] == [True, True] + [False] * 6
+    assert [w for _, w in _prompt_walk(g, big, real)] == [False] * 8
+    # the newest comparable step decides: a close call there waits, though an older one
+    # of that length was clear
+    g = DensityGuard(max_density=0.45, keys_growth=SHARE_KEYS_GROWTH)
+    _prompt_walk(g, chunks[:1], [0.3])
+    _prompt_walk(g, chunks[:1], [0.5])  # trusted 0.3 (sparse); 0.5 arrives afterwards
+    assert _prompt_walk(g, chunks[:1], [0.3]) == [(True, True)]
+
+
+def test_density_guard_pays_one_step_for_a_prompt_denser_than_the_last():
+    """A prediction from another prompt can be wrong about this one: a layer sparse in the
+    last prompt and random-like in this one runs one chunk sparse (at the cost of that
+    chunk's lists, never a wrong answer), then that chunk's own density decides."""
+    from vllm_minference.kernels import SeqLayout
+    from vllm_minference.layer_plan import SHARE_KEYS_GROWTH, DensityGuard
+    chunks = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(2, 9)]
+    g = DensityGuard(max_density=0.45, keys_growth=SHARE_KEYS_GROWTH)
+    _prompt_walk(g, chunks, [0.2] * 7)
+    paths = [sparse for sparse, _ in _prompt_walk(g, chunks, [0.98] * 7)]
+    assert paths == [True] + [False] * 6
 
 
 def _guard_walk(guard, layouts, density: float) -> list[bool]:

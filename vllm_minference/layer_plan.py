@@ -8,6 +8,7 @@ runs the sparse kernel over all the step's sparse requests in one launch.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -225,16 +226,27 @@ class DensityGuard:
     sparse a few chunks later).  The step's own lists go to the host in the background and
     refine the next prediction.
 
-    A prediction is trusted only where it cannot be far off: the layer's latest known step
-    belongs to the same prompt and saw at least 1/``max_ratio`` of the keys this step sees,
-    and the prediction lies more than ``margin`` from ``max_density``.  Otherwise (a layer's
-    first step, a new prompt, a large jump, or a close call) the step waits for its own
-    density.  Random-like attention, whose keys per row grow in proportion to the keys it
+    A prediction is trusted only where it cannot be far off: it comes from a step of this
+    layer whose rows saw nearly as many keys as this step's (within ``max_ratio``, set so
+    that whatever the true growth of kept keys between 0 and 1, the prediction is off by at
+    most ``max_error``), and it lies more than ``margin`` from ``max_density``.  That step
+    is the latest one where it qualifies (this prompt's previous chunk), else the most
+    recent qualifying step of the layer's recent history, an earlier prompt's step at about
+    this length: a new prompt's first sparse chunk, or a chunk that sees many more keys than
+    the one before (64K chunks of a 1M prompt), need not wait.  Otherwise (a layer's first
+    steps, a length not seen lately, or a close call) the step waits for its own density;
+    each wait stalls the host until the layer's planning is done and leaves the GPU idle
+    while the host queues the next launches (H100, 128K prompt: 59 waits, 90 ms of 1.03 s
+    idle).  Random-like attention, whose keys per row grow in proportion to the keys it
     sees, is caught that way: its falling predictions reach the margin, or a large jump,
-    before they can pass below it.  (A fitted growth exponent did that job before; fitted on a
-    warm-up prompt's short last chunk it kept 6 of 24 real layers dense for a whole 1M prompt:
-    H100, 39.0 s instead of 23.7 s.)  A layer expected clearly too dense skips planning and
-    re-measures every ``reprobe_steps`` steps or when its prediction comes within the margin.
+    before they can pass below it.  (A fitted growth exponent did that job before; fitted on
+    a warm-up prompt's short last chunk it kept 6 of 24 real layers dense for a whole 1M
+    prompt: H100, 39.0 s instead of 23.7 s.)  A prediction from another prompt is trusted on
+    the same terms: a prompt whose layer is much denser than the last one's at that length
+    costs at most one step per layer, whose own density then arrives for the next
+    prediction.  A layer expected clearly too dense skips planning and re-measures every
+    ``reprobe_steps`` steps or when its prediction comes within the margin; only this
+    prompt's own latest step (or the rule below) skips planning.
 
     Across prompts one rule holds without a prediction: a layer found clearly too dense where
     its rows saw K keys is too dense wherever they see at most K, in any prompt (fixed budgets
@@ -254,15 +266,21 @@ class DensityGuard:
     estimate (0.14-0.28 of the dense step) for lists that then ran dense.
     """
 
-    def __init__(self, max_density: float, margin: float = 0.1, max_ratio: float = 1.5,
-                 reprobe_steps: int = 16, keys_growth: float = 0.0):
+    def __init__(self, max_density: float, margin: float = 0.1, max_error: float = 1.5,
+                 reprobe_steps: int = 16, keys_growth: float = 0.0, history: int = 32):
         self.max_density = max_density
         self.margin = margin
-        self.max_ratio = max_ratio
+        # a prediction over a ratio r of keys seen is off by r ** (growth - keys_growth) for
+        # a true growth in [0, 1]: at most max_error within these ratios (1.5 for budget
+        # lists, 2.25 for share-based ones)
+        self.max_ratio = max_error ** (1.0 / max(keys_growth, 1.0 - keys_growth))
         self.reprobe_steps = reprobe_steps
         self.keys_growth = keys_growth
         self.known_keys: float | None = None  # keys per query row, latest step on the host
         self.known_causal = 0.0  # keys a row of that step could see (dense causal)
+        # (keys a row could see, keys per row) of the latest steps on the host, this
+        # prompt's and earlier ones', newest last
+        self.history: deque[tuple[float, float]] = deque(maxlen=history)
         self.expected: float | None = None  # the latest step's prediction (for the trace)
         self.waited = 0  # steps that waited for their own density
         self._host: torch.Tensor | None = None
@@ -273,6 +291,7 @@ class DensityGuard:
 
     def _observe(self, keys: float, causal: float) -> None:
         self.known_keys, self.known_causal = keys, causal
+        self.history.append((causal, keys))
         density = keys / causal
         if density > self.max_density + self.margin:
             self.dense_up_to = max(self.dense_up_to, causal)
@@ -292,14 +311,41 @@ class DensityGuard:
         self._collect()
         if self.known_keys is None:
             return None
-        return self.known_keys * (causal / self.known_causal) ** self.keys_growth / causal
+        return self._predict(causal, self.known_causal, self.known_keys)
 
-    def _trusted(self, expected: float | None, causal: float) -> bool:
-        if expected is None:
-            return False
-        ratio = causal / self.known_causal
-        return (1.0 <= ratio <= self.max_ratio
-                and abs(expected - self.max_density) > self.margin)
+    def _predict(self, causal: float, seen: float, keys: float) -> float:
+        """Density where rows see ``causal`` keys, from a step whose rows kept ``keys`` of
+        ``seen``."""
+        return keys * (causal / seen) ** self.keys_growth / causal
+
+    def trusted_expectation(self, causal: float) -> float | None:
+        """A prediction of this step's density that the step may act on without waiting for
+        its own, or None: from the newest step of the history whose rows saw within
+        ``max_ratio`` of ``causal`` keys, clear of ``max_density`` by the margin (a close
+        call there waits, whatever older steps say).  Where that step is an earlier
+        prompt's and this prompt has one of its own (the latest, seeing fewer keys), the
+        prediction from this prompt's step, however far, must fall clear on the same side:
+        a layer much denser in this prompt than in the last is not trusted past its own
+        evidence."""
+        self._collect()
+        comparable = next((i for i in range(len(self.history) - 1, -1, -1)
+                           if 1.0 / self.max_ratio <= causal / self.history[i][0]
+                           <= self.max_ratio), None)
+        if comparable is None:
+            return None
+        expected = self._predict(causal, *self.history[comparable])
+        if not self._clear(expected):
+            return None
+        seen, keys = self.history[-1]
+        if comparable != len(self.history) - 1 and causal >= seen:  # this prompt's own step
+            own = self._predict(causal, seen, keys)
+            if not self._clear(own) or (own <= self.max_density) != (
+                    expected <= self.max_density):
+                return None
+        return expected
+
+    def _clear(self, expected: float) -> bool:
+        return abs(expected - self.max_density) > self.margin
 
     def should_plan(self, layout) -> bool:
         """False: run this step dense without planning (the layer is expected too dense)."""
@@ -318,13 +364,14 @@ class DensityGuard:
     def decide(self, density: torch.Tensor, layout) -> bool:
         """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
         causal = mean_causal_keys(layout)
-        expected = self._expected(causal)
-        if not self._trusted(expected, causal):
+        expected = self.trusted_expectation(causal)
+        if expected is None:
             own = float(density)  # waits for this layer's planning
             self._event = None  # an older step still on its way must not overwrite this
             self._observe(own * causal, causal)
             self.waited += 1
             return own <= self.max_density
+        self.expected = expected
         self._post(density * causal, causal)
         return expected <= self.max_density
 
@@ -532,7 +579,7 @@ class LayerPlanner:
         waited = self.guard.waited
         sparse = self.guard.decide(density, layout)
         self.last_step.update(density=density, path="sparse" if sparse else "dense (lists)",
-                              waited=self.guard.waited > waited)
+                              waited=self.guard.waited > waited, expected=self.guard.expected)
         global _first_step_logged
         if not _first_step_logged:  # one line per process, not one per layer
             _first_step_logged = True
