@@ -8,7 +8,10 @@ or because the step's own lists were too dense), the attention ms summed over la
 into sparse and dense layers, the part of it spent planning (estimate, selection, lists;
 every planned layer, also one whose lists then ran dense), and the mean density of the
 sparse layers with, for those on FlashAttention-3, how many times their listed tiles FA3
-computes (its page lists hold a row group's union of its 64-row blocks' tiles).  A prompt
+computes (its page lists hold a row group's union of its 64-row blocks' tiles), how many
+layers waited for their own density (each wait stalls the host) and how many that did not
+wait took the other path than their own lists' density would have chosen (the guard's
+prediction misjudged them; ``--max-density`` must be the run's setting).  A prompt
 starts where the keys fall back (a new request); the last prompt of the file is the one
 reported unless ``--prompt`` says otherwise.
 """
@@ -47,7 +50,7 @@ def prompts_of(steps: list[list[dict]]) -> list[list[list[dict]]]:
     return prompts
 
 
-def step_row(st: list[dict]) -> dict:
+def step_row(st: list[dict], max_density: float = 0.45) -> dict:
     sparse = [r for r in st if r["path"] == "sparse"]
     dense = [r for r in st if r["path"] != "sparse"]
     row = dict(kv_len=st[0]["kv_len"], rows=st[0]["rows"], layers=len(st),
@@ -57,7 +60,11 @@ def step_row(st: list[dict]) -> dict:
                dense_lists=sum(r["path"] == "dense (lists)" for r in dense),
                ms=sum(r["ms"] for r in st), sparse_ms=sum(r["ms"] for r in sparse),
                dense_ms=sum(r["ms"] for r in dense),
-               plan_ms=sum(r.get("plan_ms") or 0.0 for r in st))
+               plan_ms=sum(r.get("plan_ms") or 0.0 for r in st),
+               waited=sum(bool(r.get("waited")) for r in st),
+               misjudged=sum(r["density"] is not None and not r.get("waited")
+                             and (r["path"] == "sparse") != (r["density"] <= max_density)
+                             for r in st))
     if sparse:
         row["sparse_density"] = sum(r["density"] for r in sparse) / len(sparse)
     on_fa3 = [r for r in sparse if r.get("computed") is not None]
@@ -73,8 +80,9 @@ def step_row(st: list[dict]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| keys | rows | sparse fa3 / triton | dense expected / lists | attn ms | sparse ms "
-            "| dense ms | plan ms | dense ms/layer | sparse density | fa3 union | guard error |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| dense ms | plan ms | dense ms/layer | sparse density | fa3 union | guard error "
+            "| waited | misjudged |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         def f(key, fmt):
@@ -84,10 +92,12 @@ def markdown(rows: list[dict]) -> str:
                      f"| {r['sparse_ms']:.1f} | {r['dense_ms']:.1f} | {r['plan_ms']:.1f} "
                      f"| {f('dense_ms_per_layer', '.2f')} "
                      f"| {f('sparse_density', '.3f')} | {f('fa3_union', '.2f')} "
-                     f"| {f('guard_error', '.3f')} |")
-    total = {k: sum(r[k] for r in rows) for k in ("ms", "sparse_ms", "dense_ms", "plan_ms")}
+                     f"| {f('guard_error', '.3f')} | {r['waited']} | {r['misjudged']} |")
+    total = {k: sum(r[k] for r in rows)
+             for k in ("ms", "sparse_ms", "dense_ms", "plan_ms", "waited", "misjudged")}
     lines.append(f"| total | | | | {total['ms']:.1f} | {total['sparse_ms']:.1f} "
-                 f"| {total['dense_ms']:.1f} | {total['plan_ms']:.1f} | | | | |")
+                 f"| {total['dense_ms']:.1f} | {total['plan_ms']:.1f} | | | | "
+                 f"| {total['waited']} | {total['misjudged']} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -96,9 +106,11 @@ def main() -> None:
     ap.add_argument("trace")
     ap.add_argument("--prompt", type=int, default=-1, help="which prompt of the file")
     ap.add_argument("--markdown", default=None, help="also write the table here")
+    ap.add_argument("--max-density", type=float, default=0.45,
+                    help="the run's max_density (which path a step's own density chose)")
     args = ap.parse_args()
     prompts = prompts_of(steps_of(load(args.trace)))
-    rows = [step_row(st) for st in prompts[args.prompt]]
+    rows = [step_row(st, args.max_density) for st in prompts[args.prompt]]
     table = markdown(rows)
     print(f"{len(prompts)} prompt(s) in the trace; prompt {args.prompt}:\n{table}")
     if args.markdown:

@@ -714,10 +714,13 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
         return dict(step=step, layer=layer, kv_len=kv, rows=kv // 2, path=path, ms=ms,
                     density=density, expected=expected, kernel=kernel, **plan)
     records = [rec(0, 0, 100, "sparse", 1.0, 0.5, None, "triton"),  # an earlier prompt
-               rec(1, 0, 64, "dense (lists)", 2.0, 0.9, None, plan_ms=0.25),
-               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3", plan_ms=0.5, computed=0.6),
+               rec(1, 0, 64, "dense (lists)", 2.0, 0.9, None, plan_ms=0.25, waited=True),
+               rec(1, 1, 64, "sparse", 1.0, 0.4, None, "fa3", plan_ms=0.5, computed=0.6,
+                   waited=True),
                rec(2, 0, 128, "dense (expected)", 3.0, None, 0.6),
-               rec(2, 1, 128, "sparse", 0.5, 0.2, 0.25, "fa3")]  # a trace before plan_ms
+               rec(2, 1, 128, "sparse", 0.5, 0.2, 0.25, "fa3"),  # a trace before plan_ms
+               rec(2, 2, 128, "sparse", 0.5, 0.5, 0.3, "fa3", waited=False),  # misjudged
+               rec(2, 3, 128, "dense (lists)", 0.5, 0.4, 0.6, waited=False)]  # misjudged
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prompts = trace_steps.prompts_of(trace_steps.steps_of(trace_steps.load(str(path))))
@@ -725,11 +728,14 @@ def test_trace_steps_split_prompts_and_sum_each_step(tmp_path):
     rows = [trace_steps.step_row(st) for st in prompts[-1]]
     assert rows[0]["dense_lists"] == 1 and rows[0]["sparse_fa3"] == 1
     assert rows[0]["ms"] == 3.0 and rows[0]["dense_ms_per_layer"] == 2.0
-    assert rows[1]["dense_expected"] == 1 and rows[1]["sparse_density"] == 0.2
-    assert rows[1]["guard_error"] == pytest.approx(0.05)
+    assert rows[1]["dense_expected"] == 1 and rows[1]["sparse_density"] == pytest.approx(0.35)
+    assert rows[1]["guard_error"] == pytest.approx((0.05 + 0.2 + 0.2) / 3)
     assert rows[0]["plan_ms"] == 0.75 and rows[1]["plan_ms"] == 0.0
     assert rows[0]["fa3_union"] == pytest.approx(1.5) and "fa3_union" not in rows[1]
-    assert "| total | | | | 6.5 | 1.5 | 5.0 | 0.8 |" in trace_steps.markdown(rows)
+    assert (rows[0]["waited"], rows[0]["misjudged"]) == (2, 0)
+    assert (rows[1]["waited"], rows[1]["misjudged"]) == (0, 2)
+    assert trace_steps.step_row(prompts[-1][1], max_density=0.55)["misjudged"] == 1  # 0.4 dense
+    assert "| total | | | | 7.5 | 2.0 | 5.5 | 0.8 | | | | | 2 | 2 |" in trace_steps.markdown(rows)
 
 
 def test_chunked_table_reports_each_step_and_the_prompt():
