@@ -41,7 +41,7 @@
 #   bash benchmarks/gpu_lanes.sh AU1, AU2           one GPU: 1M pair; the branch end to end
 #   bash benchmarks/gpu_lanes.sh AV1, AV2           two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2; traced
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
-#   bash benchmarks/gpu_lanes.sh AX1, AX2 / AX3     one / two GPUs: the guard that trusts earlier prompts (128K, 1M / TP 2)
+#   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1296,7 +1296,8 @@ AW3_profiled_1m() {  # one GPU: the shipped default at 1M in 64K chunks, profile
 # Twenty-seventh session: the 128K profile's 90 ms of idle followed the guard's 59 host waits
 # (each drains the GPU, which then idles while the host queues the planning's launches). The
 # guard now also predicts from comparable steps of earlier prompts and lets share-based lists
-# predict over 2.25x more keys; .whl/exp/ holds that package, this wheel main's
+# predict over 2.25x more keys; .whl/exp/ holds that package, this wheel main's (the calls
+# install it once: the lanes of AXP run side by side)
 with_exp() { (export PYTHONPATH=/tmp/exp-site:$PYTHONPATH; "$@"); }  # the .whl/exp/ package
 TRACED_128K() {  # TRACED_128K NAME ARGS...: one traced 128K prefill, summed per step
   timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 1 \
@@ -1306,7 +1307,6 @@ TRACED_128K() {  # TRACED_128K NAME ARGS...: one traced 128K prefill, summed per
 AX1_guard_128k() {  # one GPU, 128K: FLASH_ATTN, main's guard, the new guard (5 runs each),
   # then one traced prefill of each (waits and misjudged layers per step), then the new one
   # profiled (gpu_idle.py)
-  install_exp_wheel
   for b in FLASH_ATTN minference; do
     timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --reps 5 \
       --out $OUT/ttft.json
@@ -1318,12 +1318,10 @@ AX1_guard_128k() {  # one GPU, 128K: FLASH_ATTN, main's guard, the new guard (5 
   with_exp PROFILED exp_128k 150 --backend minference --lengths 131072 --reps 1
 }
 AX2_guard_1m() {  # one GPU, 1M in 64K chunks: main's guard, then the new one (untraced)
-  install_exp_wheel
   TTFT1M_64K 200 minference
   with_exp TTFT1M_64K 200 minference
 }
 AX3_guard_tp2() {  # two GPUs, 128K at --tp 2: FLASH_ATTN, main's guard, the new guard
-  install_exp_wheel
   for b in FLASH_ATTN minference; do
     timeout 170 python3 $B/bench_ttft.py --backend $b --tp 2 --lengths 131072 --reps 5 \
       --out $OUT/ttft_tp2.json
@@ -1579,9 +1577,12 @@ case "$1" in
   AW1) lane 0 AW1_profiled_128k; wait_lanes 450; jit_check ;;
   AW2) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AW2_profiled_tp2 > $LOGS/AW2_profiled_tp2.log 2>&1) ;;
   AW3) lane 0 AW3_profiled_1m; wait_lanes 400; jit_check ;;
-  AX1) lane 0 AX1_guard_128k; wait_lanes 570; jit_check ;;
-  AX2) lane 0 AX2_guard_1m; wait_lanes 450; jit_check ;;
-  AX3) (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AX3_guard_tp2 > $LOGS/AX3_guard_tp2.log 2>&1)
+  AX1) install_exp_wheel; lane 0 AX1_guard_128k; wait_lanes 570; jit_check ;;
+  AX2) install_exp_wheel; lane 0 AX2_guard_1m; wait_lanes 450; jit_check ;;
+  AXP) install_exp_wheel; lane 0 AX1_guard_128k; lane 1 AX2_guard_1m; wait_lanes 570
+       jit_check ;;  # two GPUs: AX1 and AX2 side by side
+  AX3) install_exp_wheel
+       (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AX3_guard_tp2 > $LOGS/AX3_guard_tp2.log 2>&1)
        jit_check ;;
   AM1) lane 0 AM1_union; wait_lanes 440; jit_check ;;
   AM2) lane 0 AM2_union_1m; wait_lanes 260; jit_check ;;
