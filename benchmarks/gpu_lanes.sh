@@ -42,6 +42,7 @@
 #   bash benchmarks/gpu_lanes.sh AV1, AV2           two GPUs (nvidia-h100-x2): TTFT 128K at --tp 2; traced
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
+#   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1329,6 +1330,14 @@ AX3_guard_tp2() {  # two GPUs, 128K at --tp 2: FLASH_ATTN, main's guard, the new
   with_exp timeout 170 python3 $B/bench_ttft.py --backend minference --tp 2 \
     --lengths 131072 --reps 5 --out $OUT/ttft_tp2.json
 }
+RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
+  # FLASH_ATTN then the installed package, one prefill each
+  for b in FLASH_ATTN minference; do
+    timeout 170 python3 $B/bench_ttft.py --backend $b --model-kind dummy-llama --lengths $1 \
+      --reps 1 --out $OUT/ttft_dummy.json
+  done
+}
+AY1_random() { RANDOM_PAIR 131072; RANDOM_PAIR 32768; }  # the guard's worst case, both lengths
 AM1_union() {  # how much FA3's page lists inflate the per-block lists (the trace's new
   # "computed": a row group's union of its blocks' tiles), at 128K and at 1M, traced, with
   # 32 pinned; the 1M kernels ran at 0.59-0.71 of FA3's dense speed per listed tile
@@ -1581,6 +1590,7 @@ case "$1" in
   AX2) install_exp_wheel; lane 0 AX2_guard_1m; wait_lanes 450; jit_check ;;
   AXP) install_exp_wheel; lane 0 AX1_guard_128k; lane 1 AX2_guard_1m; wait_lanes 570
        jit_check ;;  # two GPUs: AX1 and AX2 side by side
+  AY) lane 0 AY1_random; lane 1 AR1_shipped_suite; wait_lanes 570; jit_check ;;  # two GPUs
   AX3) install_exp_wheel
        (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AX3_guard_tp2 > $LOGS/AX3_guard_tp2.log 2>&1)
        jit_check ;;
