@@ -468,10 +468,10 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     assert mean_causal_keys(layout) == 98304.5
     assert mean_causal_keys(SeqLayout.from_lengths([4, 2], [4, 10], "cpu")) == (1 + 2 + 3 + 4 + 9 + 10) / 6
     assert planner.tile_kernel(hnd, 64) == "triton"  # nothing known yet
-    planner.guard.known_keys = FA3_MIN_KEYS
+    planner.guard.basis_keys = FA3_MIN_KEYS
     assert planner.tile_kernel(hnd, 64) == "fa3"
     assert planner.tile_kernel(nhd, 64) == "triton"
-    planner.guard.known_keys = FA3_MIN_KEYS / 2  # too few keys per virtual sequence
+    planner.guard.basis_keys = FA3_MIN_KEYS / 2  # too few keys per virtual sequence
     assert planner.tile_kernel(hnd, 64) == "triton"
     planner.settings = planner.settings.model_copy(update={"extra_blocks": 4})
     assert planner.tile_kernel(hnd, 64, extra=True) == "fa3"  # only page lists read them
@@ -485,7 +485,7 @@ def test_kernel_choice_and_hnd_cache(model_dir, monkeypatch):
     planner.kernel = "fa3"
     assert planner.plan_options()["antidiagonal"].fa3_groups  # FA3 row groups share one
     planner.kernel = "triton"
-    planner.guard.known_keys = 98304.5
+    planner.guard.basis_keys = 98304.5
     assert planner.tile_kernel(hnd, 64) == "triton"
 
 
@@ -667,13 +667,17 @@ def test_density_guard_trusts_a_comparable_step_of_an_earlier_prompt():
     assert g.max_ratio == pytest.approx(2.25)
     # first prompt: only its first step waits (40.9K after 24.5K keys: 1.67x, within 2.25)
     assert _prompt_walk(g, chunks, real) == [(True, True)] + [(True, False)] * 6
-    # the next prompt: its 32K chunk is predicted from the last prompt's 48K step
-    assert _prompt_walk(g, chunks, real) == [(True, False)] * 7
+    # the next prompt: its 32K chunk is predicted from the last prompt's 48K step, whose
+    # keys per row (not the last step's, 4.5x more) choose its kernel
+    assert _prompt_walk(g, chunks[:1], real) == [(True, False)]
+    assert g.basis_keys == pytest.approx(real[1] * causal[1])
+    assert _prompt_walk(g, chunks[1:], real[1:]) == [(True, False)] * 6
     assert g.waited == 1
     # budget lists (growth 0) allow 1.5x: the 48K chunk after the 32K one waits once
     b = DensityGuard(max_density=0.45)
     assert b.max_ratio == pytest.approx(1.5)
     assert [w for _, w in _prompt_walk(b, chunks, [0.3] * 7)] == [True, True] + [False] * 5
+    assert b.basis_keys == pytest.approx(0.3 * causal[5])  # trusted: the step before's
     # a length not seen lately waits: 1M keys after 128K
     long = SeqLayout.from_lengths([65536], [1 << 20], "cpu")
     assert _prompt_walk(g, [long], [0.05]) == [(True, True)]

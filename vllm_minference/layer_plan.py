@@ -282,6 +282,8 @@ class DensityGuard:
         # prompt's and earlier ones', newest last
         self.history: deque[tuple[float, float]] = deque(maxlen=history)
         self.expected: float | None = None  # the latest step's prediction (for the trace)
+        # keys per row of the step the latest decision came from (its own where it waited)
+        self.basis_keys: float | None = None
         self.waited = 0  # steps that waited for their own density
         self._host: torch.Tensor | None = None
         self._pending_causal = 0.0
@@ -318,9 +320,9 @@ class DensityGuard:
         ``seen``."""
         return keys * (causal / seen) ** self.keys_growth / causal
 
-    def trusted_expectation(self, causal: float) -> float | None:
+    def _trusted(self, causal: float) -> tuple[float, float] | None:
         """A prediction of this step's density that the step may act on without waiting for
-        its own, or None: from the newest step of the history whose rows saw within
+        its own, with the keys per row of the step it comes from, or None: from the newest step of the history whose rows saw within
         ``max_ratio`` of ``causal`` keys, clear of ``max_density`` by the margin (a close
         call there waits, whatever older steps say).  Where that step is an earlier
         prompt's and this prompt has one of its own (the latest, seeing fewer keys), the
@@ -333,6 +335,7 @@ class DensityGuard:
                            <= self.max_ratio), None)
         if comparable is None:
             return None
+        basis_keys = self.history[comparable][1]
         expected = self._predict(causal, *self.history[comparable])
         if not self._clear(expected):
             return None
@@ -342,7 +345,7 @@ class DensityGuard:
             if not self._clear(own) or (own <= self.max_density) != (
                     expected <= self.max_density):
                 return None
-        return expected
+        return expected, basis_keys
 
     def _clear(self, expected: float) -> bool:
         return abs(expected - self.max_density) > self.margin
@@ -364,16 +367,17 @@ class DensityGuard:
     def decide(self, density: torch.Tensor, layout) -> bool:
         """True: take the sparse path.  ``density`` is a 0-d tensor of this step's lists."""
         causal = mean_causal_keys(layout)
-        expected = self.trusted_expectation(causal)
-        if expected is None:
+        trusted = self._trusted(causal)
+        if trusted is None:
             own = float(density)  # waits for this layer's planning
             self._event = None  # an older step still on its way must not overwrite this
             self._observe(own * causal, causal)
+            self.basis_keys = own * causal
             self.waited += 1
             return own <= self.max_density
-        self.expected = expected
+        self.expected, self.basis_keys = trusted
         self._post(density * causal, causal)
-        return expected <= self.max_density
+        return self.expected <= self.max_density
 
     def _post(self, keys: torch.Tensor, causal: float) -> None:
         """Send this step's keys per row to the host in the background (at once off the GPU)."""
@@ -538,12 +542,13 @@ class LayerPlanner:
 
     def tile_kernel(self, kv_cache: torch.Tensor, head_size: int, extra: bool = False) -> str:
         """The kernel for this step: FA3 page lists where chosen, the cache is HND and the
-        layer's lists (the guard's latest) give each query row at least ``FA3_MIN_KEYS``
-        keys on average, so that they pay, or the step's lists carry ``extra`` tiles (only
-        the page lists read those)."""
+        lists the guard decided from (this step's own where it waited, else the step it
+        predicted from, of this prompt or at about this length of an earlier one) give each
+        query row at least ``FA3_MIN_KEYS`` keys on average, so that they pay, or the step's
+        lists carry ``extra`` tiles (only the page lists read those)."""
         if self.kernel == "fa3" and hnd_cache_ok(kv_cache, head_size) and (
-                extra or (self.guard.known_keys is not None
-                          and self.guard.known_keys >= FA3_MIN_KEYS)):
+                extra or (self.guard.basis_keys is not None
+                          and self.guard.basis_keys >= FA3_MIN_KEYS)):
             return "fa3"
         return "triton"
 
