@@ -652,9 +652,8 @@ def _prompt_walk(guard, layouts, densities) -> list[tuple[bool, bool]]:
 
 
 def test_density_guard_trusts_a_comparable_step_of_an_earlier_prompt():
-    """Waiting for a step's own density stalls the host and idles the GPU while it queues
-    the next launches (H100, 128K prefill: 59 host waits, 90 ms of 1.03 s idle).  A new
-    prompt's first sparse chunk need not wait where the layer's history holds a step of
+    """Waiting for a step's own density stalls the host (61 waits in a 128K prefill before
+    this rule, 26 with it, H200).  A new prompt's first sparse chunk need not wait where the layer's history holds a step of
     about its length from an earlier prompt, and a share-based layer's chunk may see up to
     2.25x the keys of the step it is predicted from (a prediction off by at most 1.5x
     whatever the true growth); close calls and unseen lengths still wait."""
