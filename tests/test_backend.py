@@ -653,10 +653,11 @@ def _prompt_walk(guard, layouts, densities) -> list[tuple[bool, bool]]:
 
 def test_density_guard_trusts_a_comparable_step_of_an_earlier_prompt():
     """Waiting for a step's own density stalls the host (61 waits in a 128K prefill before
-    this rule, 26 with it, H200).  A new prompt's first sparse chunk need not wait where the layer's history holds a step of
-    about its length from an earlier prompt, and a share-based layer's chunk may see up to
-    2.25x the keys of the step it is predicted from (a prediction off by at most 1.5x
-    whatever the true growth); close calls and unseen lengths still wait."""
+    this rule, 26 with it, H200).  A new prompt's first sparse chunk need not wait where the
+    layer's history holds a step of about its length from an earlier prompt, and a
+    share-based layer's chunk may see up to 2.25x the keys of the step it is predicted from
+    (a prediction off by at most 1.5x whatever the true growth); close calls and unseen
+    lengths still wait."""
     from vllm_minference.kernels import SeqLayout
     from vllm_minference.layer_plan import SHARE_KEYS_GROWTH, DensityGuard
     chunks = [SeqLayout.from_lengths([16384], [16384 * i], "cpu") for i in range(2, 9)]
@@ -667,7 +668,7 @@ def test_density_guard_trusts_a_comparable_step_of_an_earlier_prompt():
     # first prompt: only its first step waits (40.9K after 24.5K keys: 1.67x, within 2.25)
     assert _prompt_walk(g, chunks, real) == [(True, True)] + [(True, False)] * 6
     # the next prompt: its 32K chunk is predicted from the last prompt's 48K step, whose
-    # keys per row (not the last step's, 4.5x more) choose its kernel
+    # keys per row (not the last step's, 1.7x more) choose its kernel
     assert _prompt_walk(g, chunks[:1], real) == [(True, False)]
     assert g.basis_keys == pytest.approx(real[1] * causal[1])
     assert _prompt_walk(g, chunks[1:], real[1:]) == [(True, False)] * 6
