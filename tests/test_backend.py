@@ -602,8 +602,10 @@ def test_density_guard_carries_keys_per_row_across_growing_chunks():
     assert g.decide(torch.tensor(0.3), layouts[3]) is True and g.waited == 3
     # the step's own density arrives for the next prediction
     assert g.expected_density(layouts[4]) == pytest.approx(0.3 * 229376.5 / 294912.5)
-    # a close call waits: 0.4 expected, 0.6 found
-    g.known_keys = 0.4 * 360448.5 / 0.999999
+    # a step trusted at 0.23 expected finds 0.5; the next is a close call and waits: 0.41
+    # expected, 0.6 found
+    assert g.decide(torch.tensor(0.5), layouts[4]) is True and g.waited == 3
+    assert g.expected_density(layouts[5]) == pytest.approx(0.5 * 294912.5 / 360448.5)
     assert g.decide(torch.tensor(0.6), layouts[5]) is False and g.waited == 4
     # a new (shorter) prompt: this layer was too dense at 360K keys, so it is at 64K
     short = SeqLayout.from_lengths([chunk], [chunk], "cpu")

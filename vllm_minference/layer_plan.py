@@ -276,8 +276,6 @@ class DensityGuard:
         self.max_ratio = max_error ** (1.0 / max(keys_growth, 1.0 - keys_growth))
         self.reprobe_steps = reprobe_steps
         self.keys_growth = keys_growth
-        self.known_keys: float | None = None  # keys per query row, latest step on the host
-        self.known_causal = 0.0  # keys a row of that step could see (dense causal)
         # (keys a row could see, keys per row) of the latest steps on the host, this
         # prompt's and earlier ones', newest last
         self.history: deque[tuple[float, float]] = deque(maxlen=history)
@@ -291,8 +289,17 @@ class DensityGuard:
         self._dense_steps = 0
         self.dense_up_to = 0.0  # keys a row saw where this layer was found clearly too dense
 
+    @property
+    def known_keys(self) -> float | None:
+        """Keys per query row of the latest step on the host (None before the first)."""
+        return self.history[-1][1] if self.history else None
+
+    @property
+    def known_causal(self) -> float:
+        """Keys a row of that step could see (dense causal); 0 before the first."""
+        return self.history[-1][0] if self.history else 0.0
+
     def _observe(self, keys: float, causal: float) -> None:
-        self.known_keys, self.known_causal = keys, causal
         self.history.append((causal, keys))
         density = keys / causal
         if density > self.max_density + self.margin:
@@ -324,19 +331,19 @@ class DensityGuard:
         """A prediction of this step's density that the step may act on without waiting for
         its own, with the keys per row of the step it comes from, or None: from the newest
         step of the history whose rows saw within ``max_ratio`` of ``causal`` keys, clear of
-        ``max_density`` by the margin (a close call there waits, whatever older steps say).  Where that step is an earlier
-        prompt's and this prompt has one of its own (the latest, seeing fewer keys), the
-        prediction from this prompt's step, however far, must fall clear on the same side:
-        a layer much denser in this prompt than in the last is not trusted past its own
-        evidence."""
+        ``max_density`` by the margin (a close call there waits, whatever older steps say).
+        Where that step is an earlier prompt's and this prompt has one of its own (the
+        latest, seeing fewer keys), the prediction from this prompt's step, however far, must
+        fall clear on the same side: a layer much denser in this prompt than in the last is
+        not trusted past its own evidence."""
         self._collect()
         comparable = next((i for i in range(len(self.history) - 1, -1, -1)
                            if 1.0 / self.max_ratio <= causal / self.history[i][0]
                            <= self.max_ratio), None)
         if comparable is None:
             return None
-        basis_keys = self.history[comparable][1]
-        expected = self._predict(causal, *self.history[comparable])
+        basis_seen, basis_keys = self.history[comparable]
+        expected = self._predict(causal, basis_seen, basis_keys)
         if not self._clear(expected):
             return None
         seen, keys = self.history[-1]
