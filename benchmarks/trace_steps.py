@@ -22,6 +22,11 @@ import argparse
 import json
 from collections import defaultdict
 
+from vllm_minference.config import MInferenceSettings
+
+# the plugin's default max_density (which path a step's own density would have chosen)
+DEFAULT_MAX_DENSITY: float = MInferenceSettings.model_fields["max_density"].default
+
 
 def load(path: str) -> list[dict]:
     with open(path) as f:
@@ -50,7 +55,7 @@ def prompts_of(steps: list[list[dict]]) -> list[list[list[dict]]]:
     return prompts
 
 
-def step_row(st: list[dict], max_density: float = 0.45) -> dict:
+def step_row(st: list[dict], max_density: float = DEFAULT_MAX_DENSITY) -> dict:
     sparse = [r for r in st if r["path"] == "sparse"]
     dense = [r for r in st if r["path"] != "sparse"]
     row = dict(kv_len=st[0]["kv_len"], rows=st[0]["rows"], layers=len(st),
@@ -106,7 +111,7 @@ def main() -> None:
     ap.add_argument("trace")
     ap.add_argument("--prompt", type=int, default=-1, help="which prompt of the file")
     ap.add_argument("--markdown", default=None, help="also write the table here")
-    ap.add_argument("--max-density", type=float, default=0.45,
+    ap.add_argument("--max-density", type=float, default=DEFAULT_MAX_DENSITY,
                     help="the run's max_density (which path a step's own density chose)")
     args = ap.parse_args()
     prompts = prompts_of(steps_of(load(args.trace)))
