@@ -58,21 +58,27 @@ def parse_option(text: str) -> dict:
 
 
 def apply_option(opt: dict | None) -> None:
-    """Set the estimate's launch options (the module constants the backend uses)."""
+    """Set the estimate's launch options (the module constants the backend uses); an
+    option's keys per program is fixed (the package's split of few heads finer is not)."""
     if opt is None:
         return
     estimate.KEYS_PER_SPLIT = opt["keys_per_split"]
+    if hasattr(estimate, "MIN_KEYS_PER_SPLIT"):
+        estimate.MIN_KEYS_PER_SPLIT = opt["keys_per_split"]
     estimate.LAUNCH_STATS = dict(opt["stats"])
     estimate.LAUNCH_SUMS = dict(opt["sums"])
 
 
 def _saved_options() -> tuple:
     return (estimate.KEYS_PER_SPLIT, dict(getattr(estimate, "LAUNCH_STATS", {})),
-            dict(getattr(estimate, "LAUNCH_SUMS", {})))
+            dict(getattr(estimate, "LAUNCH_SUMS", {})),
+            getattr(estimate, "MIN_KEYS_PER_SPLIT", None))
 
 
 def _restore_options(saved: tuple) -> None:
     estimate.KEYS_PER_SPLIT = saved[0]
+    if saved[3] is not None:
+        estimate.MIN_KEYS_PER_SPLIT = saved[3]
     if hasattr(estimate, "LAUNCH_STATS"):
         estimate.LAUNCH_STATS, estimate.LAUNCH_SUMS = saved[1], saved[2]
 
@@ -103,13 +109,17 @@ def random_chunk(q_len: int, n_heads: int, kv_heads: int, head_dim: int, seq_len
 
 
 def time_shape(rows: list[dict], n_heads: int, kv_heads: int, head_dim: int, seq_len: int,
-               options: list[dict | None], label: str, device: str) -> None:
+               options: list[dict | None], label: str, device: str,
+               est_heads: int | None = None) -> None:
+    """``est_heads``: estimate only the first that many query heads (a profile's pinned
+    heads are one or two a layer), else all."""
     # the chunk's last rows
     q, k, kv, _cache, layout, heads = random_chunk(LAST_Q, n_heads, kv_heads, head_dim, seq_len,
                                                    device, seed=0)
+    heads = heads[:est_heads]
     stats_fn = row_stats_fn(q, kv, layout, heads) if device == "cuda" else None
     base = dict(label=label, q_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim,
-                seq_len=seq_len)
+                seq_len=seq_len, est_heads=heads.numel())
     lse = stats_fn() if stats_fn is not None else _row_lse_reference(q, k, heads)
     saved = _saved_options()
     try:
@@ -269,6 +279,9 @@ def main() -> None:
     ap.add_argument("--block-sparse-chunks", type=int, nargs="*", default=[],
                     help="also time Block-Sparse work lists (100 tiles, half the heads) for "
                          "prefill chunks of these sizes at the end of each sequence length")
+    ap.add_argument("--est-heads", type=int, nargs="*", default=[None],
+                    help="estimate only the first N query heads (several: one row set each; "
+                         "default all)")
     ap.add_argument("--no-estimate", action="store_true",
                     help="time the extra tiles only, not the estimate's passes")
     ap.add_argument("--device", default="cuda")
@@ -281,8 +294,8 @@ def main() -> None:
         for shape in args.shapes.split(","):
             h, hk, d = (int(x) for x in shape.split("/"))
             for n in args.seq_lens:
-                if not args.no_estimate:
-                    time_shape(rows, h, hk, d, n, options, args.label, args.device)
+                for est in ([] if args.no_estimate else args.est_heads):
+                    time_shape(rows, h, hk, d, n, options, args.label, args.device, est)
                 for chunk in args.extra_chunks:
                     time_extra_tiles(rows, h, hk, d, n, min(chunk, n), 32, args.label,
                                      args.device, tuple(args.rank_launches),

@@ -673,7 +673,8 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     import tune_estimate
     from vllm_minference.kernels.vertical_slash import estimate
     def settings():
-        return estimate.KEYS_PER_SPLIT, dict(estimate.LAUNCH_STATS), dict(estimate.LAUNCH_SUMS)
+        return (estimate.KEYS_PER_SPLIT, estimate.MIN_KEYS_PER_SPLIT, dict(estimate.LAUNCH_STATS),
+                dict(estimate.LAUNCH_SUMS))
     before = settings()
     options = [tune_estimate.parse_option(o) for o in ("s128w4", "s256w8n2:w2")]
     assert options[1] == dict(name="s256w8n2:w2", keys_per_split=256,
@@ -686,6 +687,9 @@ def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):
     assert [r["option"] for r in rows] == ["s128w4", "s256w8n2:w2"]
     assert all(r["max_diff_vs_first"] < 1e-5 and r["pass2_ms"] > 0 for r in rows)
     assert all(r["select_ms"] > 0 and r["adaptive_select_ms"] > 0 for r in rows)
+    assert settings() == before
+    tune_estimate.time_shape(rows, 2, 1, 64, 700, options[:1], "current", device, est_heads=1)
+    assert rows[-1]["est_heads"] == 1 and rows[0]["est_heads"] == 2
     assert settings() == before
     tune_estimate.time_extra_tiles(rows, 2, 1, 64, 700, 130, 32, "current", device,
                                    ("2/2",), (1,))

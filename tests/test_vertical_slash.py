@@ -51,6 +51,21 @@ def test_estimate_across_key_splits(device, monkeypatch):
     torch.testing.assert_close(slash.double().cpu(), ref_s, atol=1e-7, rtol=1e-4)
 
 
+def test_keys_per_split_fills_the_grid_with_few_heads():
+    """Few estimated heads split the keys finer (down to the minimum), many keep the cap."""
+    from vllm_minference.kernels.vertical_slash.estimate import (
+        KEYS_PER_SPLIT, MIN_KEYS_PER_SPLIT, TARGET_PROGRAMS, keys_per_split)
+    assert keys_per_split(131072, 14) == KEYS_PER_SPLIT == 4096
+    assert keys_per_split(131072, 2) == 1024 and keys_per_split(131072, 1) == 1024
+    assert keys_per_split(2048, 1) == MIN_KEYS_PER_SPLIT  # never below the minimum
+    for kv, rows in ((131072, 3), (1 << 20, 1), (40000, 5)):
+        split = keys_per_split(kv, rows)
+        assert split % 64 == 0 and MIN_KEYS_PER_SPLIT <= split <= KEYS_PER_SPLIT
+        # the largest split whose grid reaches the target, or the minimum
+        assert split == MIN_KEYS_PER_SPLIT or rows * -(-kv // split) >= TARGET_PROGRAMS
+        assert split == KEYS_PER_SPLIT or rows * -(-kv // (2 * split)) < TARGET_PROGRAMS
+
+
 def test_selection_keeps_forced_and_top_entries(device):
     batch = make_batch([50, 64], [500, 64], 2, 1, 64, torch.float32, device)
     g = torch.Generator().manual_seed(1)

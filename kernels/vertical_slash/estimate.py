@@ -30,7 +30,12 @@ from ..layout import KVSource, SeqLayout, append_kept, kv_row_offsets
 
 LAST_Q = 64  # query rows the estimate uses
 KEY_TILE = 64
-KEYS_PER_SPLIT = 4096  # keys per program in both passes
+KEYS_PER_SPLIT = 4096  # keys per program in both passes, at most
+# ... and down to MIN_KEYS_PER_SPLIT while fewer than TARGET_PROGRAMS programs would run
+# (about two per SM of an H100): a layer with one or two estimated heads (the pinned heads
+# of a profile's settings) at 128K keys ran 32-64 programs of 4096 keys
+MIN_KEYS_PER_SPLIT = 1024
+TARGET_PROGRAMS = 256
 # Launch options of pass 1 (row statistics) and pass 2 (column and diagonal sums), from
 # benchmarks/tune_estimate.py on an H100 (2026-11-26): pass 2 is bound by its skewed gather
 # and its row reductions across warps, and runs 1.3-1.5x faster on 2 warps than on 4
@@ -81,13 +86,13 @@ def _program_rows(Q, stride_qt, stride_qh, HEADS, Q_START, Q_LEN, KV_LEN,
     return b, hs, qh // GROUP, kv_len, q, q_pos, row_ok
 
 
-@triton.jit(do_not_specialize=["stride_bt"])
+@triton.jit(do_not_specialize=["stride_bt", "SPLIT"])
 def _estimate_stats_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
-    Q_START, Q_LEN, KV_LEN, M_OUT, L_OUT,
+    Q_START, Q_LEN, KV_LEN, M_OUT, L_OUT, SPLIT,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
-    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
+    PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
     n_split = tl.num_programs(0)
@@ -138,13 +143,13 @@ def _estimate_combine_kernel(M_PART, L_PART, M_ROW, L_ROW, n_split,
     tl.store(L_ROW + bh * LAST + i, l_row)
 
 
-@triton.jit(do_not_specialize=["stride_vb", "stride_vh", "stride_bt"])
+@triton.jit(do_not_specialize=["stride_vb", "stride_vh", "stride_bt", "SPLIT"])
 def _estimate_scores_kernel(
     Q, stride_qt, stride_qh, HEADS, qk_scale,
     K, stride_kp, stride_kt, stride_kh, BT, stride_bt, KV_START,
-    Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh,
+    Q_START, Q_LEN, KV_LEN, M_ROW, L_ROW, VERT, SLASH, stride_vb, stride_vh, SPLIT,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, LAST: tl.constexpr, KEY_TILE: tl.constexpr,
-    SPLIT: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
+    PAGE: tl.constexpr, PAGED: tl.constexpr, PREC: tl.constexpr,
 ):
     split = tl.program_id(0)
     n_heads = tl.num_programs(1)
@@ -207,6 +212,18 @@ def _estimate_scores_kernel(
     tl.atomic_add(SLASH + out + dist, carry, mask=d_ok, sem="relaxed")
 
 
+def keys_per_split(kv_max: int, rows: int) -> int:
+    """Keys per program of both passes for ``rows`` (sequence, head) pairs over ``kv_max``
+    keys: ``KEYS_PER_SPLIT``, halved (down to ``MIN_KEYS_PER_SPLIT``, a multiple of the key
+    tile) while the grid would hold fewer than ``TARGET_PROGRAMS`` programs.  A runtime
+    argument of the kernels, so no split compiles a kernel of its own."""
+    split = KEYS_PER_SPLIT
+    while (split // 2 >= max(MIN_KEYS_PER_SPLIT, KEY_TILE)
+           and rows * triton.cdiv(kv_max, split) < TARGET_PROGRAMS):
+        split //= 2
+    return split
+
+
 def estimate_vertical_slash(
     q: torch.Tensor,
     kv: KVSource,
@@ -232,12 +249,13 @@ def estimate_vertical_slash(
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
     heads = heads.to(device=q.device, dtype=torch.int32)
-    n_split = triton.cdiv(kv_max, KEYS_PER_SPLIT)
+    split = keys_per_split(kv_max, B * n_est)
+    n_split = triton.cdiv(kv_max, split)
     kv_args = kv.kernel_args()
     kv_args = {k: kv_args[k] for k in ("K", "stride_kp", "stride_kt", "stride_kh", "BT",
                                        "stride_bt", "KV_START", "PAGE", "PAGED")}
     common = dict(GROUP=num_heads // kv.num_kv_heads, HEAD_DIM=head_dim, LAST=LAST_Q,
-                  KEY_TILE=KEY_TILE, SPLIT=KEYS_PER_SPLIT, PREC=dot_precision(q.dtype))
+                  KEY_TILE=KEY_TILE, PREC=dot_precision(q.dtype))
     grid = (n_split, n_est, B)
     qk_scale = sm_scale * LOG2E
     if row_lse is not None:  # max = lse (log2 units), normaliser 1
@@ -249,7 +267,7 @@ def estimate_vertical_slash(
         _estimate_stats_kernel[grid](
             q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
-            M_OUT=m_part, L_OUT=l_part, **common, **LAUNCH_STATS)
+            M_OUT=m_part, L_OUT=l_part, SPLIT=split, **common, **LAUNCH_STATS)
         m_row = torch.empty(B, n_est, LAST_Q, dtype=torch.float32, device=q.device)
         l_row = torch.empty_like(m_row)
         _estimate_combine_kernel[(n_est, B)](m_part, l_part, m_row, l_row, n_split,
@@ -258,7 +276,8 @@ def estimate_vertical_slash(
         q, q.stride(0), q.stride(1), heads, qk_scale, **kv_args,
         Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
         M_ROW=m_row, L_ROW=l_row, VERT=vertical, SLASH=slash,
-        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), **common, **LAUNCH_SUMS)
+        stride_vb=vertical.stride(0), stride_vh=vertical.stride(1), SPLIT=split, **common,
+        **LAUNCH_SUMS)
     return vertical, slash
 
 
