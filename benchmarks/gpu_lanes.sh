@@ -43,6 +43,7 @@
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
+#   bash benchmarks/gpu_lanes.sh BAP, BBP           two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1331,6 +1332,46 @@ AX3_guard_tp2() {  # two GPUs, 128K at --tp 2: FLASH_ATTN, main's guard, the new
   with_exp timeout 170 python3 $B/bench_ttft.py --backend minference --tp 2 \
     --lengths 131072 --reps 5 --out $OUT/ttft_tp2.json
 }
+# Twenty-eighth session: the H200 profile of a 128K prefill had 170 ms of planning in its
+# 943 ms: the antidiagonal partials 78 ms (~150 TFLOP/s), the pinned heads' Vertical-Slash
+# estimate 24 ms in grids of 32-64 programs (one or two heads a layer, 4096 keys each). The
+# build in .whl/exp/ splits the estimate's keys finer for few heads and has the partials'
+# flat loop as launch option f... (same dots, same order); .whl/ holds main's
+BA1_tune() {  # one GPU: the flat loop's launch options against the default (kept tiles must
+  # match), both shapes; then the estimate's key splits with one and two heads
+  with_exp timeout 200 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 \
+    --tau 0.98 --cases 65536:1048576 16384:131072 --options ir128k128w4n3 fr128k128w4n3 \
+    fr128k128w4n4 fr128k128w8n3 fr128k256w8n3 fr256k128w8n3 fr64k128w4n3 \
+    --out $OUT/tune_flat.json
+  with_exp timeout 150 python3 $B/tune_antidiagonal.py --shapes 32/8/128 --strides 32 \
+    --tau 0.98 --cases 65536:1048576 16384:131072 --options ir128k128w8n3 fr128k128w8n3 \
+    fr128k128w8n4 --out $OUT/tune_flat.json
+  with_exp timeout 120 python3 $B/tune_estimate.py --shapes 14/2/64,32/8/128 \
+    --seq-lens 131072 1048576 --est-heads 1 2 14 \
+    --options default,s4096w4:w2,s2048w4:w2,s1024w4:w2,s512w4:w2 --out $OUT/tune_estimate.json
+}
+BA2_ttft_128k() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, main, the build under test, and
+  # that build with the flat partials (BA_LAUNCH, default fr128k128w4n3)
+  for b in FLASH_ATTN minference; do
+    timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --reps 5 \
+      --out $OUT/ttft.json
+  done
+  with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
+    --reps 5 --out $OUT/ttft.json
+  with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
+    --reps 5 --set antidiagonal_launch=${BA_LAUNCH:-fr128k128w4n3} --out $OUT/ttft.json
+}
+BB1_pair_1m() {  # one GPU, 1M in 64K chunks: main, then the build under test (BA_LAUNCH:
+  # its partials launch, if set), one run each
+  TTFT1M_64K 230 minference
+  with_exp TTFT1M_64K 230 minference ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH}
+}
+BB2_exp_suite() {  # one GPU: the build under test traced at 128K, then the default suite
+  # (its pinned heads' estimate sums in another order: lists may differ at rounding ties)
+  with_exp TRACED_128K trace_exp_128k ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH}
+  with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
+    ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH} --out $OUT/accuracy_shipped_default.json
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1591,6 +1632,10 @@ case "$1" in
   AX2) install_exp_wheel; lane 0 AX2_guard_1m; wait_lanes 450; jit_check ;;
   AXP) install_exp_wheel; lane 0 AX1_guard_128k; lane 1 AX2_guard_1m; wait_lanes 570
        jit_check ;;  # two GPUs: AX1 and AX2 side by side
+  BAP) install_exp_wheel; lane 0 BA1_tune; lane 1 BA2_ttft_128k; wait_lanes 570
+       jit_check ;;  # two GPUs
+  BBP) install_exp_wheel; lane 0 BB1_pair_1m; lane 1 BB2_exp_suite; wait_lanes 570
+       jit_check ;;  # two GPUs
   AY) lane 0 AY1_random; lane 1 AR1_shipped_suite; wait_lanes 570; jit_check ;;  # two GPUs
   AX3) install_exp_wheel
        (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AX3_guard_tp2 > $LOGS/AX3_guard_tp2.log 2>&1)
