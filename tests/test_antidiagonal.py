@@ -44,7 +44,6 @@ def _dtype(device: str) -> torch.dtype:
     *[(*case, "") for case in CASES],
     (*CASES[1], "iw4n2"), (*CASES[3], "iw4n2"), (*CASES[4], "ir64k16w4n2"),  # inner loop
     (*CASES[5], "ir32k16w4n2"), (*CASES[6], "ir16k16w4n2"),
-    (*CASES[1], "fw4n2"), (*CASES[4], "fr64k16w4n2"),  # the same as one flat loop
 ])
 def test_shares_match_reference(device, q_lens, kv_lens, stride, heads_kv, head_dim, heads,
                                 launch):
@@ -142,9 +141,7 @@ def test_tiles_contiguous_and_paged_agree_across_slabs(device, monkeypatch):
     assert torch.equal(whole, sliced)
     wide = _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch="r128k16w8n2")
     assert torch.equal(whole, wide)  # 8 blocks x 2 heads per program
-    # the GEMM-style inner loop over the stride, and the same as one flat loop (several
-    # key steps per program: its epilogue runs inside the loop)
-    for launch in ("iw4n2", "ir64k32w4n2", "fw4n2", "fr64k16w4n2"):
+    for launch in ("iw4n2", "ir64k32w4n2"):  # the GEMM-style inner loop over the stride
         assert torch.equal(whole, _tiles(batch, batch.paged, [1, 2], 0.9, 64, launch=launch))
 
 
@@ -238,16 +235,10 @@ def test_columns_join_the_tiles_once_each(device):
 
 def test_launch_options_parse():
     parse = ad_index.parse_launch
-    assert parse("w4n1") == (dict(num_warps=4, num_stages=1),
-                             dict(inner_loop=False, flat=False))
-    assert parse("r128k32w8") == (dict(num_warps=8, num_stages=2),
-                                  dict(inner_loop=False, flat=False, rows=128, key_groups=32))
-    assert parse("ir128k64w8n3")[1] == dict(inner_loop=True, flat=False, rows=128,
-                                            key_groups=64)
-    assert parse("fr128k128w4n3")[1] == dict(inner_loop=True, flat=True, rows=128,
-                                             key_groups=128)
-    with pytest.raises(ValueError, match="flat partials loop"):
-        ad_index.partials_launch(32, 64, 2, 7, flat=True)
+    assert parse("w4n1") == (dict(num_warps=4, num_stages=1), dict(inner_loop=False))
+    assert parse("r128k32w8") == (
+        dict(num_warps=8, num_stages=2), dict(inner_loop=False, rows=128, key_groups=32))
+    assert parse("ir128k64w8n3")[1] == dict(inner_loop=True, rows=128, key_groups=64)
     for bad in ("x8", "w3", "r100k16w4", "r8k8w4"):
         with pytest.raises(ValueError, match="launch option"):
             parse(bad)

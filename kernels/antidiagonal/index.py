@@ -92,7 +92,7 @@ def _partials_kernel(
     GROUP: tl.constexpr, HP: tl.constexpr, BG: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr, KEY_GROUPS: tl.constexpr,
     PAGE: tl.constexpr, PAGED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    INNER_LOOP: tl.constexpr = False, FLAT: tl.constexpr = False,
+    INNER_LOOP: tl.constexpr = False,
 ):
     """Row groups of ``BG`` blocks (sequence ``SEQ``'s blocks ``BLK0 + program_id(0) * BG +
     [0, BG)``) x ``HP`` query heads of KV head ``program_id(1) // head programs`` against the
@@ -106,10 +106,7 @@ def _partials_kernel(
     ``[rows, STRIDE, D]`` and reshaped at a third of the speed).  With ``INNER_LOOP`` the
     same scores come from ``STRIDE`` dots of ``[ROWS, D] x [D, KEY_GROUPS]`` (row ``S-1-i``
     of every group against key ``i`` of every group), GEMM-style: no row group is held
-    whole, so a program can take more rows and key groups (wider tensor-core tiles).  With
-    ``FLAT`` as well, the key steps and their ``STRIDE`` dots are one loop (the epilogue
-    under an ``if`` on the last dot of a step), so the load pipeline is not drained and
-    refilled at every key step; the same dots in the same order, so the same partials."""
+    whole, so a program can take more rows and key groups (wider tensor-core tiles)."""
     RG: tl.constexpr = BLOCK_M // STRIDE
     TT: tl.constexpr = KEY_GROUPS * STRIDE // BLOCK_N  # tiles per step
     GPT: tl.constexpr = BLOCK_N // STRIDE  # key groups per tile
@@ -152,26 +149,6 @@ def _partials_kernel(
     kg = tl.arange(0, KEY_GROUPS)
     out = (PART + slot.to(tl.int64)[:, None] * stride_ph
            + (j * RG + a).to(tl.int64)[:, None] * stride_pr)
-    if FLAT:
-        tl.static_assert(INNER_LOOP)
-        span = KEY_GROUPS * STRIDE
-        s = tl.zeros([ROWS, KEY_GROUPS], tl.float32)
-        for it in range(0, tl.cdiv(hi - lo, span) * STRIDE):
-            i = it % STRIDE
-            k0 = lo + (it // STRIDE) * span
-            first = k0 + kg * STRIDE
-            off = kv_row_offsets(SEQ, first, first < kv_len, BT, stride_bt, KV_START,
-                                 stride_kp, stride_kt, PAGE, PAGED)
-            qi = tl.load(q_row + (STRIDE - 1 - i) * stride_qt,
-                         mask=(g_ok & (row0 + STRIDE - 1 - i < q_len))[:, None], other=0.0)
-            ki = tl.load(K + kvh * stride_kh + off[:, None] + i * stride_kt + k_col[None, :],
-                         mask=(first + i < kv_len)[:, None], other=0.0)
-            s = tl.dot(qi, tl.trans(ki), s)
-            if i == STRIDE - 1:
-                _store_tile_partials(s, out, g_ok, g_last, first, k0, qk_scale, j_ok,
-                                     N_TILES, ROWS, TT, GPT, BLOCK_N)
-                s = tl.zeros([ROWS, KEY_GROUPS], tl.float32)
-        return
     for k0 in range(lo, hi, KEY_GROUPS * STRIDE):
         first = k0 + kg * STRIDE  # each group's first key
         # a group never crosses a page (pages hold a multiple of the stride, checked by the
@@ -190,24 +167,14 @@ def _partials_kernel(
         else:
             k = tl.load(k_row, mask=(first[:, None] + ci[None, :]) < kv_len, other=0.0)
             s = tl.dot(q, tl.trans(k))
-        _store_tile_partials(s, out, g_ok, g_last, first, k0, qk_scale, j_ok, N_TILES, ROWS,
-                             TT, GPT, BLOCK_N)
-
-
-@triton.jit
-def _store_tile_partials(s, out, g_ok, g_last, first, k0, qk_scale, j_ok, N_TILES,
-                         ROWS: tl.constexpr, TT: tl.constexpr, GPT: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
-    """A key step's epilogue: causal mask, then each tile's log2-sum-exp2 over its ``GPT``
-    key groups, stored for the step's ``TT`` tiles."""
-    causal = g_ok[:, None] & (first[None, :] <= g_last[:, None])
-    s = tl.where(causal, s * qk_scale, float("-inf"))
-    s3 = tl.reshape(s, [ROWS, TT, GPT])
-    mx = tl.max(s3, axis=2)
-    mx_safe = tl.where(mx > float("-inf"), mx, 0.0)
-    part = mx_safe + tl.log2(tl.sum(tl.exp2(s3 - mx_safe[:, :, None]), axis=2))
-    t = k0 // BLOCK_N + tl.arange(0, TT)
-    tl.store(out + t[None, :], part, mask=j_ok[:, None] & (t < N_TILES)[None, :])
+        causal = g_ok[:, None] & (first[None, :] <= g_last[:, None])
+        s = tl.where(causal, s * qk_scale, float("-inf"))
+        s3 = tl.reshape(s, [ROWS, TT, GPT])
+        mx = tl.max(s3, axis=2)
+        mx_safe = tl.where(mx > float("-inf"), mx, 0.0)
+        part = mx_safe + tl.log2(tl.sum(tl.exp2(s3 - mx_safe[:, :, None]), axis=2))
+        t = k0 // BLOCK_N + tl.arange(0, TT)
+        tl.store(out + t[None, :], part, mask=j_ok[:, None] & (t < N_TILES)[None, :])
 
 
 @triton.jit
@@ -393,17 +360,16 @@ def parse_launch(text: str) -> tuple[dict, dict]:
     """A launch option of the partials kernel as (warps and stages, tile shape):
     ``""`` keeps the defaults; ``w8n2``: 8 warps, 2 pipeline stages; ``r128k32w8n2``: also
     128 row groups per program and 32 key groups per step; a leading ``i`` (``iw8n3``,
-    ``ir128k64w8n3``) takes the GEMM-style inner loop, ``f`` (``fr128k128w4n3``) the same
-    as one flat loop over key steps and dots (see :func:`_partials_kernel`).
+    ``ir128k64w8n3``) takes the GEMM-style inner loop (see :func:`_partials_kernel`).
     Raises ``ValueError`` on anything else."""
     if not text:
-        return dict(PARTIALS_WARPS), dict(inner_loop=False, flat=False)
-    m = re.fullmatch(r"([if])?(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
+        return dict(PARTIALS_WARPS), dict(inner_loop=False)
+    m = re.fullmatch(r"(i)?(?:r(\d+)k(\d+))?w(\d+)(?:n(\d+))?", text)
     if not m:
         raise ValueError(f"bad antidiagonal launch option {text!r}: expected e.g. w8n2, "
-                         "r128k32w8n2, ir128k64w8n3 or fr128k128w4n3")
-    loop, rows, key_groups, warps, stages = m.groups()
-    shape: dict = dict(inner_loop=loop is not None, flat=loop == "f")
+                         "r128k32w8n2 or ir128k64w8n3")
+    inner, rows, key_groups, warps, stages = m.groups()
+    shape: dict = dict(inner_loop=bool(inner))
     if rows:
         shape.update(rows=int(rows), key_groups=int(key_groups))
         if min(shape["rows"], shape["key_groups"]) < 16 or any(
@@ -428,7 +394,7 @@ def default_launch(stride: int, head_dim: int, elem_bytes: int) -> str:
 
 def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
                     rows: int | None = None, key_groups: int | None = None,
-                    inner_loop: bool = False, flat: bool = False) -> dict:
+                    inner_loop: bool = False) -> dict:
     """Tile sizes of :func:`_partials_kernel`: row groups per program and key groups per
     step, and how the rows split into heads and blocks.  By default each is at most 64 and
     at most 64 KB of operand (one row group's vector is ``stride * head_dim`` elements); in
@@ -437,10 +403,7 @@ def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
     H100, 128K keys (``tune_antidiagonal.py``, 2026-11-27): 64 x 64 at Qwen2.5-0.5B's
     shape (stride 8) took 12.1 ms for a whole 128K prompt (dense FA3 58.5 ms); Llama-3-8B's
     shape gets 32 x 32, which took 84-108 ms (dense 209 ms): small tensor-core tiles, which
-    ``rows``/``key_groups`` and the inner loop are there to widen.  ``flat`` (the inner
-    loop's form only) runs it as one loop (:func:`_partials_kernel`'s ``FLAT``)."""
-    if flat and not inner_loop:
-        raise ValueError("the flat partials loop is a form of the inner loop")
+    ``rows``/``key_groups`` and the inner loop are there to widen."""
     unit = (1 if inner_loop else stride) * head_dim * elem_bytes
     rg = BLOCK_M // stride
     cap = 128 if inner_loop else 64
@@ -451,8 +414,7 @@ def partials_launch(stride: int, head_dim: int, elem_bytes: int, group: int,
     rows = max(rows, rg)
     hp = max(1, min(group, rows // rg))  # heads of a KV group per program
     bg = max(1, rows // (hp * rg))  # blocks per program
-    return dict(ROWS=rows, KEY_GROUPS=key_groups, HP=hp, BG=bg, INNER_LOOP=inner_loop,
-                FLAT=flat)
+    return dict(ROWS=rows, KEY_GROUPS=key_groups, HP=hp, BG=bg, INNER_LOOP=inner_loop)
 
 
 def antidiagonal_worklist(q: torch.Tensor, kv: KVSource, layout: SeqLayout,
