@@ -1336,7 +1336,9 @@ AX3_guard_tp2() {  # two GPUs, 128K at --tp 2: FLASH_ATTN, main's guard, the new
 # 943 ms: the antidiagonal partials 78 ms (~150 TFLOP/s), the pinned heads' Vertical-Slash
 # estimate 24 ms in grids of 32-64 programs (one or two heads a layer, 4096 keys each). The
 # build in .whl/exp/ splits the estimate's keys finer for few heads and has the partials'
-# flat loop as launch option f... (same dots, same order); .whl/ holds main's
+# flat loop as launch option f... (same dots, same order); .whl/ holds main's.  Measured on
+# H200s: the flat loop 1.4x slower (18.3 -> 26.4 ms at 1M), so it was removed (65698a6);
+# these lanes need the wheel of a44f4db for its f... options
 BA1_tune() {  # one GPU: the flat loop's launch options against the default (kept tiles must
   # match), both shapes; then the estimate's key splits with one and two heads
   with_exp timeout 200 python3 $B/tune_antidiagonal.py --shapes 14/2/64 --strides 32 \

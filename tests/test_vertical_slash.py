@@ -55,8 +55,10 @@ def test_keys_per_split_fills_the_grid_with_few_heads():
     """Few estimated heads split the keys finer (down to the minimum), many keep the cap."""
     from vllm_minference.kernels.vertical_slash.estimate import (
         KEYS_PER_SPLIT, MIN_KEYS_PER_SPLIT, TARGET_PROGRAMS, keys_per_split)
-    assert keys_per_split(131072, 14) == KEYS_PER_SPLIT == 4096
+    assert keys_per_split(131072, 32) == KEYS_PER_SPLIT == 4096
+    assert keys_per_split(131072, 14) == 2048
     assert keys_per_split(131072, 2) == 1024 and keys_per_split(131072, 1) == 1024
+    assert keys_per_split(1 << 20, 1) == 2048 and keys_per_split(1 << 20, 2) == 4096
     assert keys_per_split(2048, 1) == MIN_KEYS_PER_SPLIT  # never below the minimum
     for kv, rows in ((131072, 3), (1 << 20, 1), (40000, 5)):
         split = keys_per_split(kv, rows)

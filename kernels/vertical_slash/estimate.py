@@ -31,11 +31,14 @@ from ..layout import KVSource, SeqLayout, append_kept, kv_row_offsets
 LAST_Q = 64  # query rows the estimate uses
 KEY_TILE = 64
 KEYS_PER_SPLIT = 4096  # keys per program in both passes, at most
-# ... and down to MIN_KEYS_PER_SPLIT while fewer than TARGET_PROGRAMS programs would run
-# (about two per SM of an H100): a layer with one or two estimated heads (the pinned heads
-# of a profile's settings) at 128K keys ran 32-64 programs of 4096 keys
+# ... and down to MIN_KEYS_PER_SPLIT while fewer than TARGET_PROGRAMS programs would run:
+# a layer with one or two estimated heads (the pinned heads of a profile's settings) at
+# 128K keys ran 32-64 programs of 4096 keys.  H200, both passes, 14/2 heads d64
+# (tune_estimate.py, raw-h200x2-2026-11-28c): 2 heads at 128K keys 0.278 ms in 4096-key
+# splits, 0.108-0.115 in 1024 (512: 0.104); 1 head at 1M keys 0.339 in 4096, 0.266 in 2048;
+# 14 heads at 128K 0.41 / 0.39 / 0.39 ms in 4096 / 2048 / 1024 (Llama-3-8B's shape alike)
 MIN_KEYS_PER_SPLIT = 1024
-TARGET_PROGRAMS = 256
+TARGET_PROGRAMS = 512
 # Launch options of pass 1 (row statistics) and pass 2 (column and diagonal sums), from
 # benchmarks/tune_estimate.py on an H100 (2026-11-26): pass 2 is bound by its skewed gather
 # and its row reductions across warps, and runs 1.3-1.5x faster on 2 warps than on 4
