@@ -35,6 +35,8 @@ KERNEL_MODULES = [
     "vllm_minference.kernels.block_sparse.index",
     "vllm_minference.kernels.page_lists.index",
     "vllm_minference.kernels.page_lists.attention",
+    "vllm_minference.kernels.antidiagonal.index",
+    "vllm_minference.kernels.antidiagonal.columns",
 ]
 
 
@@ -217,6 +219,8 @@ def test_every_launched_kernel_compiles_for_hopper(device, monkeypatch, tmp_path
     warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device, bs_budget=100)
     todo = [json.loads(x) for v in specs.values() for x in sorted(v)]
     assert len({(t["module"], t["kernel"]) for t in todo}) >= 8, sorted(specs)
+    # antidiagonal mode's estimate (the shipped default of Qwen2.5-Coder-0.5B) included
+    assert {"_partials_kernel", "_select_kernel"} <= {t["kernel"] for t in todo}, sorted(specs)
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(todo))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
