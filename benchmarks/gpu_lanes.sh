@@ -43,7 +43,7 @@
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
-#   bash benchmarks/gpu_lanes.sh BAP, BBP           two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair
+#   bash benchmarks/gpu_lanes.sh BAP, BBP, BCP      two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair / profiles + suite
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1374,6 +1374,20 @@ BB2_exp_suite() {  # one GPU: the build under test traced at 128K, then the defa
   with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
     ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH} --out $OUT/accuracy_shipped_default.json
 }
+BC1_profiles() {  # one GPU, 128K: main and the build under test (the estimate's finer
+  # splits, 1f6e8e8) profiled (gpu_idle.py: the estimate kernels' GPU time), then 5 runs each
+  PROFILED main_128k 150 --backend minference --lengths 131072 --reps 1
+  with_exp PROFILED exp_128k 150 --backend minference --lengths 131072 --reps 1
+  timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+    --out $OUT/ttft.json
+  with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
+    --reps 5 --out $OUT/ttft.json
+}
+BC2_exp_suite() {  # one GPU: the default suite on the build under test (its pinned heads'
+  # column and diagonal sums add in another order: lists may differ at rounding ties)
+  with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
+    --out $OUT/accuracy_shipped_default.json
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1637,6 +1651,8 @@ case "$1" in
   BAP) install_exp_wheel; lane 0 BA1_tune; lane 1 BA2_ttft_128k; wait_lanes 570
        jit_check ;;  # two GPUs
   BBP) install_exp_wheel; lane 0 BB1_pair_1m; lane 1 BB2_exp_suite; wait_lanes 570
+       jit_check ;;  # two GPUs
+  BCP) install_exp_wheel; lane 0 BC1_profiles; lane 1 BC2_exp_suite; wait_lanes 570
        jit_check ;;  # two GPUs
   AY) lane 0 AY1_random; lane 1 AR1_shipped_suite; wait_lanes 570; jit_check ;;  # two GPUs
   AX3) install_exp_wheel
