@@ -43,7 +43,7 @@
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
-#   bash benchmarks/gpu_lanes.sh BAP, BBP, BCP      two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair / profiles + suite
+#   bash benchmarks/gpu_lanes.sh BAP, BBP, BCP, BDP two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair / profiles + suite / 1M FLASH_ATTN beside minference
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1388,6 +1388,8 @@ BC2_exp_suite() {  # one GPU: the default suite on the build under test (its pin
   with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
     --out $OUT/accuracy_shipped_default.json
 }
+BD1_dense_1m() { TTFT1M_64K 280 FLASH_ATTN; }  # one GPU: FLASH_ATTN at 1M in 64K chunks
+BD2_exp_1m() { with_exp TTFT1M_64K 280 minference; }  # one GPU: the build under test at 1M
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1654,6 +1656,8 @@ case "$1" in
        jit_check ;;  # two GPUs
   BCP) install_exp_wheel; lane 0 BC1_profiles; lane 1 BC2_exp_suite; wait_lanes 570
        jit_check ;;  # two GPUs
+  BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300
+       jit_check ;;  # two GPUs of one H200 host: the 1M pair side by side (no H200 had one)
   AY) lane 0 AY1_random; lane 1 AR1_shipped_suite; wait_lanes 570; jit_check ;;  # two GPUs
   AX3) install_exp_wheel
        (export VLLM_CACHE_ROOT=/tmp/vllm-cache-tp2; AX3_guard_tp2 > $LOGS/AX3_guard_tp2.log 2>&1)
