@@ -123,6 +123,7 @@ def main() -> None:
         return
     if not args.out:
         ap.error("--out is required")
+    earlier = earlier_rows(args.out)
     rows: list = []
     for shape in args.shapes.split(","):
         for case in args.cases:
@@ -132,8 +133,17 @@ def main() -> None:
                     ad.SEARCH_WAYS = ways
                     run(shape, q_len, kv_len, stride, args.options, args.tau, rows)
                 with open(args.out, "w") as f:  # after each, so a stopped run leaves rows
-                    json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f,
-                              indent=1)
+                    json.dump(dict(device=torch.cuda.get_device_name(), rows=earlier + rows),
+                              f, indent=1)
+
+
+def earlier_rows(path: str) -> list:
+    """The rows already in ``path`` (a lane's earlier call with the same ``--out``; a second
+    call overwrote them before 2026-11-28), or none."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
 
 
 if __name__ == "__main__":

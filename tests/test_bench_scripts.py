@@ -866,6 +866,15 @@ def test_tune_antidiagonal_picks_the_fastest_complete_option():
         tune_antidiagonal.best_option(rows, "32/8/128")
 
 
+def test_tune_antidiagonal_keeps_the_rows_of_an_earlier_call(tmp_path):
+    """A lane's second call with the same ``--out`` adds to its rows (it overwrote them)."""
+    import tune_antidiagonal
+    path = tmp_path / "tune.json"
+    assert tune_antidiagonal.earlier_rows(str(path)) == []
+    path.write_text(json.dumps(dict(device="GPU", rows=[dict(option="w4n2")])))
+    assert tune_antidiagonal.earlier_rows(str(path)) == [dict(option="w4n2")]
+
+
 def test_accuracy_without_dense_rows_is_reported_unpaired():
     """A raw folder whose dense rows were measured in another session: the scores alone."""
     raw = [dict(task="multivalue", length=131072, depth=None, seed=s, score=x,
