@@ -1307,15 +1307,18 @@ TRACED_128K() {  # TRACED_128K NAME ARGS...: one traced 128K prefill, summed per
     --set trace=$LOGS/$1.jsonl --out $OUT/ttft_traced.json "${@:2}"
   python3 $B/trace_steps.py $LOGS/$1.jsonl > $LOGS/$1.md 2>&1
 }
-AX1_guard_128k() {  # one GPU, 128K: FLASH_ATTN, main's guard, the new guard (5 runs each),
-  # then one traced prefill of each (waits and misjudged layers per step), then the new one
-  # profiled (gpu_idle.py)
+PAIR_128K_BUILDS() {  # 128K, 5 runs each: FLASH_ATTN, main (.whl/), the build under test
   for b in FLASH_ATTN minference; do
     timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --reps 5 \
       --out $OUT/ttft.json
   done
   with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
     --reps 5 --out $OUT/ttft.json
+}
+AX1_guard_128k() {  # one GPU, 128K: FLASH_ATTN, main's guard, the new guard (5 runs each),
+  # then one traced prefill of each (waits and misjudged layers per step), then the new one
+  # profiled (gpu_idle.py)
+  PAIR_128K_BUILDS
   TRACED_128K trace_main_128k
   with_exp TRACED_128K trace_exp_128k
   with_exp PROFILED exp_128k 150 --backend minference --lengths 131072 --reps 1
@@ -1354,12 +1357,7 @@ BA1_tune() {  # one GPU: the flat loop's launch options against the default (kep
 }
 BA2_ttft_128k() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, main, the build under test, and
   # that build with the flat partials (BA_LAUNCH, default fr128k128w4n3)
-  for b in FLASH_ATTN minference; do
-    timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --reps 5 \
-      --out $OUT/ttft.json
-  done
-  with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
-    --reps 5 --out $OUT/ttft.json
+  PAIR_128K_BUILDS
   with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
     --reps 5 --set antidiagonal_launch=${BA_LAUNCH:-fr128k128w4n3} --out $OUT/ttft.json
 }
