@@ -43,7 +43,7 @@
 #   bash benchmarks/gpu_lanes.sh AW1 / AW2          one / two GPUs: a 128K prefill profiled (gpu_idle.py), TP 1 / 2
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
-#   bash benchmarks/gpu_lanes.sh BAP, BBP, BCP, BDP two GPUs: flat partials loop + estimate splits (tune, 128K) / 1M pair / profiles + suite / 1M FLASH_ATTN beside minference
+#   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1307,13 +1307,16 @@ TRACED_128K() {  # TRACED_128K NAME ARGS...: one traced 128K prefill, summed per
     --set trace=$LOGS/$1.jsonl --out $OUT/ttft_traced.json "${@:2}"
   python3 $B/trace_steps.py $LOGS/$1.jsonl > $LOGS/$1.md 2>&1
 }
-PAIR_128K_BUILDS() {  # 128K, 5 runs each: FLASH_ATTN, main (.whl/), the build under test
-  for b in FLASH_ATTN minference; do
-    timeout 140 python3 $B/bench_ttft.py --backend $b --lengths 131072 --reps 5 \
-      --out $OUT/ttft.json
-  done
+BUILDS_128K() {  # 128K, 5 runs each: main (.whl/), then the build under test
+  timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+    --out $OUT/ttft.json
   with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
     --reps 5 --out $OUT/ttft.json
+}
+PAIR_128K_BUILDS() {  # 128K, 5 runs each: FLASH_ATTN, main (.whl/), the build under test
+  timeout 140 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --reps 5 \
+    --out $OUT/ttft.json
+  BUILDS_128K
 }
 AX1_guard_128k() {  # one GPU, 128K: FLASH_ATTN, main's guard, the new guard (5 runs each),
   # then one traced prefill of each (waits and misjudged layers per step), then the new one
@@ -1361,31 +1364,15 @@ BA2_ttft_128k() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, main, the build und
   with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
     --reps 5 --set antidiagonal_launch=${BA_LAUNCH:-fr128k128w4n3} --out $OUT/ttft.json
 }
-BB1_pair_1m() {  # one GPU, 1M in 64K chunks: main, then the build under test (BA_LAUNCH:
-  # its partials launch, if set), one run each
-  TTFT1M_64K 230 minference
-  with_exp TTFT1M_64K 230 minference ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH}
-}
-BB2_exp_suite() {  # one GPU: the build under test traced at 128K, then the default suite
-  # (its pinned heads' estimate sums in another order: lists may differ at rounding ties)
-  with_exp TRACED_128K trace_exp_128k ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH}
-  with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
-    ${BA_LAUNCH:+--set antidiagonal_launch=$BA_LAUNCH} --out $OUT/accuracy_shipped_default.json
-}
 BC1_profiles() {  # one GPU, 128K: main and the build under test (the estimate's finer
   # splits, 1f6e8e8) profiled (gpu_idle.py: the estimate kernels' GPU time), then 5 runs each
   PROFILED main_128k 150 --backend minference --lengths 131072 --reps 1
   with_exp PROFILED exp_128k 150 --backend minference --lengths 131072 --reps 1
-  timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
-    --out $OUT/ttft.json
-  with_exp timeout 140 python3 $B/bench_ttft.py --backend minference --lengths 131072 \
-    --reps 5 --out $OUT/ttft.json
+  BUILDS_128K
 }
-BC2_exp_suite() {  # one GPU: the default suite on the build under test (its pinned heads'
-  # column and diagonal sums add in another order: lists may differ at rounding ties)
-  with_exp timeout 330 python3 $B/bench_accuracy.py --backend minference \
-    --out $OUT/accuracy_shipped_default.json
-}
+# the default suite on the build under test (its pinned heads' column and diagonal sums add
+# in another order: lists may differ at rounding ties)
+BC2_exp_suite() { with_exp AR1_shipped_suite; }
 BD1_dense_1m() { TTFT1M_64K 280 FLASH_ATTN; }  # one GPU: FLASH_ATTN at 1M in 64K chunks
 BD2_exp_1m() { with_exp TTFT1M_64K 280 minference; }  # one GPU: the build under test at 1M
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
@@ -1649,8 +1636,6 @@ case "$1" in
   AXP) install_exp_wheel; lane 0 AX1_guard_128k; lane 1 AX2_guard_1m; wait_lanes 570
        jit_check ;;  # two GPUs: AX1 and AX2 side by side
   BAP) install_exp_wheel; lane 0 BA1_tune; lane 1 BA2_ttft_128k; wait_lanes 570
-       jit_check ;;  # two GPUs
-  BBP) install_exp_wheel; lane 0 BB1_pair_1m; lane 1 BB2_exp_suite; wait_lanes 570
        jit_check ;;  # two GPUs
   BCP) install_exp_wheel; lane 0 BC1_profiles; lane 1 BC2_exp_suite; wait_lanes 570
        jit_check ;;  # two GPUs
