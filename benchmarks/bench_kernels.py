@@ -304,12 +304,10 @@ def spot_error(q, k, v, wl, layout, out, scale, samples=6, seed=0) -> float:
     return err
 
 
-def fa3_options(kernel: str) -> tuple[int, str]:
-    """``fa3[/runN][@order]`` -> (N, order): chunks of diagonal runs shorter than N (default
-    1) stay on the Triton pass (``page_list_attention``'s ``min_run``); ``order`` is the
-    virtual sequences' order (``PageGeometry``'s, default ``head``)."""
-    spec, _, order = kernel.partition("@")
-    return int(spec.partition("/run")[2] or 1), order or "head"
+def fa3_min_run(kernel: str) -> int:
+    """``fa3`` -> 1, ``fa3/runN`` -> N: chunks of diagonal runs shorter than N stay on the
+    Triton pass (``page_list_attention``'s ``min_run``)."""
+    return int(kernel.partition("/run")[2] or 1)
 
 
 def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn, index_fn,
@@ -337,9 +335,8 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
     out = torch.empty_like(q)
     page_density, stages = None, None
     if kernel.startswith("fa3"):
-        min_run, order = fa3_options(kernel)
-        geo = PageGeometry.build(layout, n_heads, group_rows(d), order,  # once per step,
-                                 n_heads // k.shape[1])  # as in vLLM
+        min_run = fa3_min_run(kernel)
+        geo = PageGeometry.build(layout, n_heads, group_rows(d))  # once per step, as in vLLM
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
                                                       scale, out=out, min_run=min_run,
                                                       geometry=geo))
@@ -523,8 +520,8 @@ def main() -> None:
     ap.add_argument("--page", type=int, default=64, help="KV page size (tokens)")
     ap.add_argument("--kernels", default=None,
                     help="comma list: triton (this package's kernel), fa3 (page lists), "
-                         "fa3/runN (runs of < N chunks on Triton), fa3@kv / fa3@group (the "
-                         "page lists' row order); default triton,fa3 on a GPU, triton on a CPU")
+                         "fa3/runN (runs of < N chunks on Triton); default triton,fa3 on a "
+                         "GPU, triton on a CPU")
     add_estimate_stats_arg(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",

@@ -44,7 +44,7 @@
 #   bash benchmarks/gpu_lanes.sh AX1, AX2 / AXP, AX3 one / two GPUs: the guard that trusts earlier prompts (128K, 1M / both, TP 2)
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
-#   bash benchmarks/gpu_lanes.sh BEP, BFP           two GPUs: FA3's row order (fa3_row_order): kernels + 128K / 1M
+#   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1379,8 +1379,10 @@ BD2_exp_1m() { with_exp TTFT1M_64K 280 minference; }  # one GPU: the build under
 # Twenty-ninth session: FA3 runs the page lists' virtual sequences in cu_seqlens order, one
 # per SM at a time, at ~128-192 flops per byte read (an H100 needs ~300 to be compute-bound),
 # so what the SMs running side by side share in L2 may set its speed: 0.83-0.87 of its dense
-# speed per computed key so far.  fa3_row_order (head = main's order; kv; group) changes only
-# that order (bit-identical outputs, tested on the real FA3 by test_page_lists.py)
+# speed per computed key so far.  fa3_row_order (head = main's order; kv; group) changed only
+# that order (bit-identical outputs, tested on the real FA3 by test_page_lists.py).  Measured
+# on an H200 (d128 lists: FA3 98.1 / 99.0 / 115.7 ms; d64 6.5 / 6.7 / 6.8 ms) head stays
+# fastest, so the setting was removed again; these lanes need the wheel of 3254c97 in .whl/
 ORDERS="head kv group"
 BE1_order_kernels() {  # one GPU: GPU tests of the page lists, then issue 3's 128K table per
   # order (real Qwen lists: fixed Vertical-Slash, replayed at Llama-3-8B shape; antidiagonal)
@@ -1396,15 +1398,6 @@ BE2_order_ttft() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, then the default p
     timeout 110 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
       --set fa3_row_order=$o --out $OUT/ttft_order.json
   done
-}
-BF1_order_1m() {  # one GPU: 1M in 64K chunks, the default in ORDERS_1M (default: head, kv)
-  for o in ${ORDERS_1M:-head kv}; do
-    TTFT1M_64K 230 minference --set fa3_row_order=$o
-  done
-}
-BF2_order_1m() {  # the other GPU: the last order, then FLASH_ATTN (a ratio, not the A/B)
-  TTFT1M_64K 230 minference --set fa3_row_order=${ORDER_1M_B:-group}
-  TTFT1M_64K 290 FLASH_ATTN
 }
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
@@ -1672,8 +1665,6 @@ case "$1" in
        jit_check ;;  # two GPUs
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
-  BFP) lane 0 BF1_order_1m; lane 1 BF2_order_1m; wait_lanes 570
-       jit_check ;;  # two GPUs: the row orders at 1M (each A/B on one GPU)
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300
        jit_check ;;  # two GPUs of one H200 host: the 1M pair side by side (no H200 had one)
   AY) lane 0 AY1_random; lane 1 AR1_shipped_suite; wait_lanes 570; jit_check ;;  # two GPUs

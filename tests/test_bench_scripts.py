@@ -639,9 +639,9 @@ def test_chunked_bench_times_every_step_and_sums_the_prompt(device, monkeypatch)
 
 
 def test_chunked_bench_runs_the_fa3_kernels_with_short_runs_on_triton(device, monkeypatch):
-    """``--kernels fa3,fa3/run2,fa3@kv`` (FA3 emulated on the CPU): each times every sparse
-    step and reports the keys FA3 computes; run2 leaves isolated chunks to the Triton pass,
-    so its pages never hold more keys than fa3's; the kv row order computes the same keys."""
+    """``--kernels fa3,fa3/run2`` (FA3 emulated on the CPU): both time every sparse step and
+    report the keys FA3 computes; run2 leaves isolated chunks to the Triton pass, so its
+    pages never hold more keys than fa3's."""
     import torch
     import bench_chunked
     import bench_kernels
@@ -649,25 +649,22 @@ def test_chunked_bench_runs_the_fa3_kernels_with_short_runs_on_triton(device, mo
     from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
     monkeypatch.setattr(bench_kernels, "DEVICE", device)
     monkeypatch.setattr(pl_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
-    assert bench_kernels.fa3_options("fa3") == (1, "head")
-    assert bench_kernels.fa3_options("fa3/run2") == (2, "head")
-    assert bench_kernels.fa3_options("fa3/run3@kv") == (3, "kv")
+    assert bench_kernels.fa3_min_run("fa3") == 1
+    assert bench_kernels.fa3_min_run("fa3/run2") == 2
     g = torch.Generator(device=device).manual_seed(1)
     q, k, v = (torch.randn(448, h, 64, device=device, generator=g, dtype=torch.float16)
                for h in (2, 1, 1))
     rows: list[dict] = []
-    bench_chunked.run_layer(rows, q, k, v, chunk=192, kernels=("fa3", "fa3/run2", "fa3@kv"),
+    bench_chunked.run_layer(rows, q, k, v, chunk=192, kernels=("fa3", "fa3/run2"),
                             pattern="vertical_slash", gamma=0.95, guard=1.0,
                             min_sparse_len=256, extra=dict(input="random"))
     steps = {r["kernel"]: [s for s in rows if s["kind"] == "step" and s["kernel"] == r["kernel"]]
              for r in rows if r["kind"] == "prompt"}
-    assert set(steps) == {"fa3", "fa3/run2", "fa3@kv"}
+    assert set(steps) == {"fa3", "fa3/run2"}
     for kernel, st in steps.items():
         assert [r["path"] for r in st] == ["dense (short)", "sparse", "sparse"], kernel
     for a, b in zip(steps["fa3"][1:], steps["fa3/run2"][1:]):
         assert 0 < b["page_density"] <= a["page_density"]  # > 1 possible: whole group squares
-    assert ([r["page_density"] for r in steps["fa3"][1:]]
-            == [r["page_density"] for r in steps["fa3@kv"][1:]])
 
 
 def test_estimate_tuning_times_every_option_and_restores_the_defaults(device):

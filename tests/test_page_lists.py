@@ -10,9 +10,8 @@ from kernel_inputs import hnd_cache, make_batch, random_worklist, tolerance
 from vllm_minference.kernels import dense_worklist
 from vllm_minference.kernels.attention.reference import masked_attention_reference
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
-from vllm_minference.kernels.page_lists.index import (ROW_ORDERS, SUB, compact_pages,
-                                                     long_run_flags, mark_pages,
-                                                     short_chunk_index)
+from vllm_minference.kernels.page_lists.index import (SUB, compact_pages, long_run_flags,
+                                                     mark_pages, short_chunk_index)
 from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_sub_pages,
                                                          page_list_mask, run_lengths)
 
@@ -56,18 +55,17 @@ def _rel_err(out, ref):
     return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("order", ROW_ORDERS)
 @pytest.mark.parametrize("page_size", [16, 64])
 @pytest.mark.parametrize("rows_per_group", [64, 128, 192])
 @pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
-def test_block_table_lists_the_naive_sub_pages(device, order, page_size, rows_per_group,
-                                               q_lens, kv_lens, h, hkv, d):
+def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group, q_lens,
+                                               kv_lens, h, hkv, d):
     batch = make_batch(q_lens, kv_lens, h, hkv, d, torch.float16, device, page_size=page_size)
     layout, bt = batch.layout, batch.paged.block_table
     wl = random_worklist(layout, h, seed=7)
     if page_size == 64:  # and once with extra tiles
         wl = with_extra_tiles(wl, layout, 3, seed=rows_per_group)
-    geo = PageGeometry.build(layout, h, rows_per_group, order, h // hkv)
+    geo = PageGeometry.build(layout, h, rows_per_group)
     slices = geo.slices(table_bytes=5 * geo.width * 3)  # three rows per slice
     assert len(slices) > 1
     spp = page_size // SUB
@@ -80,7 +78,7 @@ def test_block_table_lists_the_naive_sub_pages(device, order, page_size, rows_pe
         mark_pages(bits, geo, layout, wl, r0, r1)
         compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1)
         for r in range(r0, r1):
-            hh, g = int(geo.row_head[r]), int(geo.row_group[r])
+            hh, g = divmod(r, geo.num_groups)
             b, gm = g_seq[g], g_m[g]
             want = group_sub_pages(wl, layout, rows_per_group, b, hh, gm)
             row = table[r - r0, :len(want)].cpu().tolist()
@@ -118,49 +116,6 @@ def test_attention_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hk
                                 out=out, geometry=geo, varlen_fn=fn,
                                 table_bytes=5 * geo.width * 2)
             assert _rel_err(out, ref) < tolerance(dtype), (name, rows)
-
-
-@pytest.mark.parametrize("order", ROW_ORDERS)
-def test_row_order_lists_every_head_and_group_once(device, order):
-    """Any order of the virtual sequences holds each (head, group) once, with its own query
-    rows; ``kv`` keeps the query heads of one KV head side by side, group by group."""
-    batch = make_batch([150, 64, 5], [700, 64, 77], 6, 2, 64, torch.float16, device)
-    geo = PageGeometry.build(batch.layout, 6, 128, order, heads_per_kv=3)
-    heads, groups = geo.row_head.cpu().tolist(), geo.row_group.cpu().tolist()
-    assert sorted(zip(heads, groups)) == [(h, g) for h in range(6) for g in range(4)]
-    tok, hd = geo.token_index.cpu(), geo.head_index.cpu()
-    g_seq, g_m = geo.g_seq.cpu().tolist(), geo.g_m.cpu().tolist()
-    for r, (h, g) in enumerate(zip(heads, groups)):
-        a, b = geo.row_starts[r], geo.row_starts[r + 1]
-        q0 = batch.layout.q_starts_host[g_seq[g]] + g_m[g] * 128
-        q1 = batch.layout.q_starts_host[g_seq[g]] + min((g_m[g] + 1) * 128,
-                                                        batch.layout.q_lens_host[g_seq[g]])
-        assert tok[a:b].tolist() == list(range(q0, q1)) and set(hd[a:b].tolist()) == {h}
-    if order == "kv":
-        assert heads[:6] == [0, 1, 2, 0, 1, 2] and groups[:6] == [0, 0, 0, 1, 1, 1]
-    with pytest.raises(ValueError, match="order"):
-        PageGeometry.build(batch.layout, 6, 128, "rows")
-    with pytest.raises(ValueError, match="KV groups"):
-        PageGeometry.build(batch.layout, 6, 128, "kv", heads_per_kv=4)
-
-
-@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", [SHAPES[2], SHAPES[3]])
-def test_row_orders_give_the_same_output(device, q_lens, kv_lens, h, hkv, d):
-    """The order only changes which virtual sequences FA3 runs side by side: every row's
-    output is the same, bit for bit (each sequence is computed alone, in one split)."""
-    batch = make_batch(q_lens, kv_lens, h, hkv, d, torch.float16, device, page_size=64, seed=4)
-    wl = with_extra_tiles(random_worklist(batch.layout, h, seed=6), batch.layout, 2, seed=1)
-    cache = hnd_cache(batch.paged)
-    rows = group_rows(d)
-    for name, fn in _varlen_fns(device):
-        outs = []
-        for order in ROW_ORDERS:
-            geo = PageGeometry.build(batch.layout, h, rows, order, h // hkv)
-            outs.append(page_list_attention(batch.q, cache, batch.paged.block_table,
-                                            batch.layout, wl, geometry=geo, varlen_fn=fn,
-                                            table_bytes=5 * geo.width * 2))
-        for order, out in zip(ROW_ORDERS[1:], outs[1:]):
-            assert torch.equal(out, outs[0]), (name, order)
 
 
 @pytest.mark.parametrize("dtype", kernel_dtypes())

@@ -61,15 +61,13 @@ class SparseBatch:
     sparse_runs: list[DenseRun]  # the sparse requests, for a layer that falls back to dense
     tail_runs: list[DenseRun] = field(default_factory=list)  # each sparse chunk's last rows,
     # attending to every key after the sparse pass (``dense_tail``)
-    _geometry: dict[tuple, PageGeometry] = field(default_factory=dict)
+    _geometry: dict[tuple[int, int], PageGeometry] = field(default_factory=dict)
 
-    def page_geometry(self, num_heads: int, rows_per_group: int, order: str = "head",
-                      heads_per_kv: int = 1) -> PageGeometry:
+    def page_geometry(self, num_heads: int, rows_per_group: int) -> PageGeometry:
         """FA3 page-list geometry of the step (built by the first layer that asks)."""
-        key = (num_heads, rows_per_group, order, heads_per_kv)
+        key = (num_heads, rows_per_group)
         if key not in self._geometry:
-            self._geometry[key] = PageGeometry.build(self.layout, num_heads, rows_per_group,
-                                                     order, heads_per_kv)
+            self._geometry[key] = PageGeometry.build(self.layout, num_heads, rows_per_group)
         return self._geometry[key]
 
 

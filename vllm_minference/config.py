@@ -151,13 +151,6 @@ class MInferenceSettings(BaseModel):
                     "755 ms with 1, 797 with 2, 1117 with 3, and 2-3 were 1.1-1.4x slower "
                     "at 128K: the Triton pass computes a short run's tile at 0.2-0.25 of "
                     "FA3's dense speed)")
-    fa3_row_order: Literal["head", "kv", "group"] = Field(
-        "head",
-        description="fa3 key tiles: the order FA3 runs its virtual sequences in, which sets "
-                    "what the SMs running side by side share in L2 (same output in every "
-                    "order): head = all row groups of one query head, then the next; kv = "
-                    "per KV head, group by group, the query heads that read it; group = group "
-                    "by group, every head")
     estimate_stats: Literal["triton", "fa3"] = Field(
         "triton",
         description="where the Vertical-Slash estimate's softmax statistics (the last 64 "

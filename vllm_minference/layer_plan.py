@@ -606,9 +606,7 @@ class LayerPlanner:
         self.last_step["kernel"] = self.tile_kernel(kv_cache, head_size,
                                                     extra=wl.extra is not None)
         if self.last_step["kernel"] == "fa3":
-            geometry = batch.page_geometry(query.shape[1], group_rows(head_size),
-                                           self.settings.fa3_row_order,
-                                           query.shape[1] // kv_cache.shape[1])
+            geometry = batch.page_geometry(query.shape[1], group_rows(head_size))
             stats = {} if self.trace is not None else None
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry,

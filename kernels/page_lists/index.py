@@ -19,14 +19,6 @@ kernel, so with ``min_run`` > 1 only chunks in runs of at least that many contig
 go to the pages and the Triton pass takes the rest (:func:`long_run_flags`).  ``R`` is
 FA3's query tile (192 rows at head dim 64, 128 at 128), so no tile computes padding rows.
 
-FA3 takes its virtual sequences in the order of ``cu_seqlens``, one per SM at a time, and
-streams each one's pages from HBM: at these shapes a group reads ~128-192 flops per byte,
-under the ~300 an H100 needs, so what the SMs running side by side share in L2 sets FA3's
-speed.  ``order`` chooses that order (:data:`ROW_ORDERS`): ``head`` = every group of one
-query head, then the next head (neighbouring groups share shifted diagonals); ``kv`` = per
-KV head, group by group, the query heads that read it (heads sharing K/V run together);
-``group`` = group by group, every head.
-
 Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
 compact it into the block table); shapes depend on host sizes only.
 """
@@ -43,7 +35,6 @@ from ..layout import BLOCK_M, SeqLayout, _aligned_rows, append_kept, host_to_dev
 from ..worklist import WorkList
 
 SUB = 16  # keys per FA3 page (a sub-page of a vLLM cache page)
-ROW_ORDERS = ("head", "kv", "group")  # order of the virtual sequences, see the module doc
 TABLE_BYTES = 256 << 20  # block table + bitmap of one slice stay under this
 
 
@@ -56,9 +47,8 @@ def group_rows(head_dim: int) -> int:
 class PageGeometry:
     """Host-side shape of a batch's virtual sequences (built once per step, like the layout).
 
-    Virtual sequence ``r`` is query head ``row_head[r]`` of group ``row_group[r]``; its query
-    rows are rows ``row_starts[r] ...`` of the permuted query tensor, whose row ``i`` is
-    query row ``token_index[i]`` of head ``head_index[i]``.
+    Row ``r = h * num_groups + g`` is query head ``h`` of group ``g``; its query rows are
+    rows ``h * num_tokens + g_row0[g] ...`` of the head-major permuted query tensor.
     """
 
     rows_per_group: int
@@ -66,32 +56,24 @@ class PageGeometry:
     num_groups: int
     num_tokens: int  # query rows of the batch (all sequences)
     width: int  # sub-pages of the longest sequence: block-table width
-    order: str  # one of ROW_ORDERS
     g_seq: torch.Tensor  # [G] int32 sequence of each group
     g_m: torch.Tensor  # [G] int32 group index inside its sequence
     g_blk0: torch.Tensor  # [G] int32 first flat 64-row block
     g_nblk: torch.Tensor  # [G] int32 blocks in the group
-    row_head: torch.Tensor  # [H * G] int32 query head of each virtual sequence
-    row_group: torch.Tensor  # [H * G] int32 group of each virtual sequence
-    token_index: torch.Tensor  # [H * num_tokens] int64 query-tensor row of each permuted row
-    head_index: torch.Tensor  # [H * num_tokens] int64 query head of each permuted row
+    seq_row0: torch.Tensor  # [B] int32 first row of each sequence in the permuted order
+    token_index: torch.Tensor  # [num_tokens] int64 query-tensor row of each permuted row
     row_starts: tuple[int, ...]  # permuted first row of every virtual sequence, + the end
     row_starts_dev: torch.Tensor  # the same, int32 on the device (FA3's cu_seqlens_q)
 
     @staticmethod
-    def build(layout: SeqLayout, num_heads: int, rows_per_group: int, order: str = "head",
-              heads_per_kv: int = 1) -> "PageGeometry":
+    def build(layout: SeqLayout, num_heads: int, rows_per_group: int) -> "PageGeometry":
         if rows_per_group % BLOCK_M:
             raise ValueError(f"rows_per_group must be a multiple of {BLOCK_M}")
-        if order not in ROW_ORDERS:
-            raise ValueError(f"order must be one of {ROW_ORDERS}, got {order!r}")
-        if heads_per_kv < 1 or num_heads % heads_per_kv:
-            raise ValueError(f"{num_heads} query heads do not split into KV groups of "
-                             f"{heads_per_kv}")
         bpg = rows_per_group // BLOCK_M
-        g_seq, g_m, g_blk0, g_nblk, g_row0, g_len, tokens = [], [], [], [], [], [], []
+        g_seq, g_m, g_blk0, g_nblk, g_row0, seq_row0, tokens = [], [], [], [], [], [], []
         blk0 = row0 = 0
         for b, (ql, qs) in enumerate(zip(layout.q_lens_host, layout.q_starts_host)):
+            seq_row0.append(row0)
             nblk = triton.cdiv(ql, BLOCK_M)
             for g in range(triton.cdiv(ql, rows_per_group)):
                 g_seq.append(b)
@@ -99,31 +81,22 @@ class PageGeometry:
                 g_blk0.append(blk0 + g * bpg)
                 g_nblk.append(min(bpg, nblk - g * bpg))
                 g_row0.append(row0 + g * rows_per_group)
-                g_len.append(min(rows_per_group, ql - g * rows_per_group))
             tokens.append(torch.arange(qs, qs + ql))
             blk0 += nblk
             row0 += ql
-        n, G = row0, len(g_seq)
-        row_head, row_group = _row_order(order, num_heads, G, heads_per_kv)
-        lens = torch.tensor(g_len, dtype=torch.int64)[row_group]
-        starts = torch.zeros(len(row_group) + 1, dtype=torch.int64)
-        starts[1:] = torch.cumsum(lens, 0)
-        # permuted row -> (virtual sequence, row inside it) -> (query row, head)
-        seq_of = torch.repeat_interleave(torch.arange(len(row_group)), lens)
-        inside = torch.arange(num_heads * n) - starts[seq_of]
-        token_index = torch.cat(tokens)[torch.tensor(g_row0)[row_group][seq_of] + inside]
+        n = row0
+        starts = [h * n + r for h in range(num_heads) for r in g_row0] + [num_heads * n]
         dev = layout.q_len.device
         rows = _aligned_rows([g_seq, g_m, g_blk0, g_nblk], dev)
-        order_rows = _aligned_rows([row_head.tolist(), row_group.tolist()], dev)
+        G = len(g_seq)
         return PageGeometry(
             rows_per_group=rows_per_group, num_heads=num_heads, num_groups=G, num_tokens=n,
-            width=triton.cdiv(layout.max_kv_len, SUB), order=order,
+            width=triton.cdiv(layout.max_kv_len, SUB),
             g_seq=rows[0, :G], g_m=rows[1, :G], g_blk0=rows[2, :G], g_nblk=rows[3, :G],
-            row_head=order_rows[0, :num_heads * G], row_group=order_rows[1, :num_heads * G],
-            token_index=host_to_device(token_index, dev),
-            head_index=host_to_device(row_head[seq_of], dev),
-            row_starts=tuple(starts.tolist()),
-            row_starts_dev=host_to_device(starts.to(torch.int32), dev))
+            seq_row0=_aligned_rows([seq_row0], dev)[0, :layout.num_seqs],
+            token_index=host_to_device(torch.cat(tokens), dev),
+            row_starts=tuple(starts),
+            row_starts_dev=host_to_device(torch.tensor(starts, dtype=torch.int32), dev))
 
     @property
     def num_rows(self) -> int:
@@ -133,23 +106,6 @@ class PageGeometry:
         """Row ranges whose block table (int32) and bitmap (int8) fit ``table_bytes``."""
         per = max(1, table_bytes // (5 * self.width))
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
-
-
-def _row_order(order: str, num_heads: int, num_groups: int,
-               heads_per_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query head, group) of every virtual sequence, in FA3's order (int64, [H * G])."""
-    h = torch.arange(num_heads)
-    g = torch.arange(num_groups)
-    if order == "head":
-        heads, groups = h.repeat_interleave(num_groups), g.repeat(num_heads)
-    elif order == "group":
-        heads, groups = h.repeat(num_groups), g.repeat_interleave(num_heads)
-    else:  # "kv": KV head, then group, then the query heads of that KV head
-        kv = torch.arange(num_heads // heads_per_kv)
-        inner = torch.arange(heads_per_kv)
-        grid = torch.stack(torch.meshgrid(kv, g, inner, indexing="ij"), -1).reshape(-1, 3)
-        heads, groups = grid[:, 0] * heads_per_kv + grid[:, 2], grid[:, 1]
-    return heads, groups
 
 
 def long_run_flags(chunks: torch.Tensor, min_run: int) -> torch.Tensor:
@@ -185,26 +141,27 @@ def short_chunk_index(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
-def group_block(row0, ROW_HEAD, ROW_GROUP, BPG: tl.constexpr):
+def group_block(row0, NG, BPG: tl.constexpr):
     """Program -> (row in the slice, block ``j`` of the group, query head, group): the
     launches over (virtual sequence, 64-row block) pairs of a slice share this order."""
     pid = tl.program_id(0)
     r_loc = pid // BPG
     r = row0 + r_loc
-    return r_loc, pid % BPG, tl.load(ROW_HEAD + r), tl.load(ROW_GROUP + r)
+    return r_loc, pid % BPG, r // NG, r % NG
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "stride_eh", "stride_eb", "row0"])
+@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "stride_eh", "stride_eb", "row0",
+                               "NG"])
 def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
                  EXTRA, stride_eh, stride_eb, N_EXTRA,
                  G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
-                 row0, ROW_HEAD, ROW_GROUP,
+                 row0, NG,
                  BPG: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr, OWN: tl.constexpr,
                  CB: tl.constexpr, HAS_FLAGS: tl.constexpr, EB: tl.constexpr):
     """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
     also sets the group's own rows: FA3's causal mask must find them last), and with
     ``EB`` > 0 those of the block's extra tiles."""
-    r_loc, j, h, g = group_block(row0, ROW_HEAD, ROW_GROUP, BPG)
+    r_loc, j, h, g = group_block(row0, NG, BPG)
     b = tl.load(G_SEQ + g)
     q_len = tl.load(Q_LEN + b)
     ctx = tl.load(KV_LEN + b) - q_len
@@ -248,13 +205,13 @@ def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
             tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=keep)
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_tab", "stride_bt", "row0"])
+@triton.jit(do_not_specialize=["stride_bits", "stride_tab", "stride_bt", "row0", "NG"])
 def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt,
-                    G_SEQ, G_M, Q_LEN, KV_LEN, row0, ROW_HEAD, ROW_GROUP, KV_HEADS,
+                    G_SEQ, G_M, Q_LEN, KV_LEN, row0, NG, KV_HEADS,
                     GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
                     SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr):
     """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k."""
-    r_loc, _, h, g = group_block(row0, ROW_HEAD, ROW_GROUP, 1)  # one program per row
+    r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row
     kvh = h // GROUP
     b = tl.load(G_SEQ + g)
     gm = tl.load(G_M + g)
@@ -288,7 +245,7 @@ def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: Wor
         bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
         wl.chunks if flags is None else flags, extra, extra.stride(0), extra.stride(1),
         n_extra, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
-        layout.blk_m, layout.q_len, layout.kv_len, row0, geo.row_head, geo.row_group, BPG=bpg,
+        layout.blk_m, layout.q_len, layout.kv_len, row0, geo.num_groups, BPG=bpg,
         R=geo.rows_per_group, SUB_=SUB,
         OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64,
         HAS_FLAGS=flags is not None,
@@ -304,5 +261,5 @@ def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor
     _compact_kernel[(row1 - row0,)](
         bits, bits.stride(0), table, table.stride(0), seqused, block_table,
         block_table.stride(0), geo.g_seq, geo.g_m, layout.q_len, layout.kv_len, row0,
-        geo.row_head, geo.row_group, kv_heads, GROUP=geo.num_heads // kv_heads, R=geo.rows_per_group,
+        geo.num_groups, kv_heads, GROUP=geo.num_heads // kv_heads, R=geo.rows_per_group,
         SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024)
