@@ -215,9 +215,9 @@ def ttft_rows(args) -> None:
             t0 = time.perf_counter()
             llm.generate([p], one, use_tqdm=False)
             times.append(time.perf_counter() - t0)
-        times.sort()
         append_row(args.out, dict(kind="ttft", **base_row(args), seq_len=n,
-                                  seconds=times[len(times) // 2], runs=len(times)))
+                                  seconds=sorted(times)[len(times) // 2], runs=len(times),
+                                  run_seconds=[round(t, 4) for t in times]))  # spread
     if getattr(args, "profile_dir", None):  # one more prefill of the longest length, profiled
         # after the timed runs (the profiler's overhead stays out of the rows)
         llm.start_profile(profile_prefix=f"ttft_{args.backend}_{max(args.lengths)}")

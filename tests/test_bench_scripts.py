@@ -1033,6 +1033,8 @@ def test_ttft_profiles_one_more_prefill_after_the_timed_runs(tmp_path, monkeypat
     assert calls[-3:] == [("start", "ttft_FLASH_ATTN_4096"), ("generate", 4096), ("stop", None)]
     rows = json.loads((tmp_path / "t.json").read_text())
     assert len(rows) == 1 and rows[0]["runs"] == 11  # the profiled run is not a row
+    assert len(rows[0]["run_seconds"]) == 11  # each run, in order: the spread behind the median
+    assert rows[0]["seconds"] == pytest.approx(sorted(rows[0]["run_seconds"])[5], abs=1e-4)
 
 
 def test_ttft_rows_of_two_plugin_builds_stay_apart(tmp_path):
