@@ -45,6 +45,7 @@
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
+#   bash benchmarks/gpu_lanes.sh BGP                two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1399,6 +1400,21 @@ BE2_order_ttft() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, then the default p
       --set fa3_row_order=$o --out $OUT/ttft_order.json
   done
 }
+# BEP's 128K median of the order build (1.081 s, head order) sat ~10% above the twenty-eighth
+# session's 0.946-0.984 s; that build's host-side geometry was ~10x slower, and the kernel
+# lane ran beside it.  So the shipped package again, runs kept (run_seconds), one GPU each
+BG1_short_128k() {  # one GPU: FLASH_ATTN, then the shipped default, at 4K, 8K (11 runs) and
+  # 128K (5 runs), one engine each
+  for b in FLASH_ATTN minference; do
+    timeout 160 python3 $B/bench_ttft.py --backend $b --lengths 4096 8192 131072 --reps 5 \
+      --out $OUT/ttft.json
+  done
+}
+BG2_pair_1m() {  # one GPU: 1M in 64K chunks, FLASH_ATTN then the shipped default (the H200's
+  # first 1M pair on one GPU; the twenty-eighth session's ran on two GPUs side by side)
+  TTFT1M_64K 290 FLASH_ATTN
+  TTFT1M_64K 240 minference
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1663,6 +1679,8 @@ case "$1" in
        jit_check ;;  # two GPUs
   BCP) install_exp_wheel; lane 0 BC1_profiles; lane 1 BC2_exp_suite; wait_lanes 570
        jit_check ;;  # two GPUs
+  BGP) lane 0 BG1_short_128k; lane 1 BG2_pair_1m; wait_lanes 570
+       jit_check ;;  # two GPUs: the shipped default at 4K/8K/128K / 1M, FLASH_ATTN first
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300
