@@ -45,7 +45,7 @@
 #   bash benchmarks/gpu_lanes.sh AY                 two GPUs: random attention 128K + 32K beside the default suite
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
-#   bash benchmarks/gpu_lanes.sh BGP                two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU
+#   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1415,6 +1415,12 @@ BG2_pair_1m() {  # one GPU: 1M in 64K chunks, FLASH_ATTN then the shipped defaul
   TTFT1M_64K 290 FLASH_ATTN
   TTFT1M_64K 240 minference
 }
+BG3_ab_128k() {  # one GPU, nothing beside it: 128K, 5 runs each, main (.whl/) then the build
+  # under test (.whl/exp/), twice (typed as one call after BGP in the twenty-ninth session:
+  # shipped 0.940 / 0.945 s, the row-order build in head order 1.024 / 1.011 s)
+  install_exp_wheel
+  for i in 1 2; do BUILDS_128K; done
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1681,6 +1687,7 @@ case "$1" in
        jit_check ;;  # two GPUs
   BGP) lane 0 BG1_short_128k; lane 1 BG2_pair_1m; wait_lanes 570
        jit_check ;;  # two GPUs: the shipped default at 4K/8K/128K / 1M, FLASH_ATTN first
+  BG3) lane 0 BG3_ab_128k; wait_lanes 500; jit_check ;;
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300
