@@ -1418,7 +1418,6 @@ BG2_pair_1m() {  # one GPU: 1M in 64K chunks, FLASH_ATTN then the shipped defaul
 BG3_ab_128k() {  # one GPU, nothing beside it: 128K, 5 runs each, main (.whl/) then the build
   # under test (.whl/exp/), twice (typed as one call after BGP in the twenty-ninth session:
   # shipped 0.940 / 0.945 s, the row-order build in head order 1.024 / 1.011 s)
-  install_exp_wheel
   for i in 1 2; do BUILDS_128K; done
 }
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
@@ -1687,7 +1686,7 @@ case "$1" in
        jit_check ;;  # two GPUs
   BGP) lane 0 BG1_short_128k; lane 1 BG2_pair_1m; wait_lanes 570
        jit_check ;;  # two GPUs: the shipped default at 4K/8K/128K / 1M, FLASH_ATTN first
-  BG3) lane 0 BG3_ab_128k; wait_lanes 500; jit_check ;;
+  BG3) install_exp_wheel; lane 0 BG3_ab_128k; wait_lanes 500; jit_check ;;
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300
