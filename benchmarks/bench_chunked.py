@@ -40,15 +40,15 @@ def chunk_bounds(seq_len: int, chunk: int) -> list[tuple[int, int]]:
 
 def sparse_step(kernel: str, q_c, kv: KVSource, cache, layout: SeqLayout, wl,
                 stats: dict | None = None):
-    """The step's sparse attention on ``kernel`` (``fa3`` page lists, ``fa3/runN``: chunks of
-    diagonal runs shorter than N on the Triton pass, or ``triton``); ``stats`` (fa3)
-    receives the stage times of a call."""
+    """The step's sparse attention on ``kernel`` (``fa3`` page lists, with the options of
+    :func:`bench_kernels.fa3_options`, or ``triton``); ``stats`` (fa3) receives the stage
+    times of a call."""
     out = torch.empty_like(q_c)
     if kernel.startswith("fa3"):
-        min_run = bk.fa3_min_run(kernel)
+        options = bk.fa3_options(kernel)
         geo = PageGeometry.build(layout, q_c.shape[1], group_rows(q_c.shape[2]))  # per step
         return lambda: page_list_attention(q_c, cache, kv.block_table, layout, wl, out=out,
-                                           geometry=geo, stats=stats, min_run=min_run)
+                                           geometry=geo, stats=stats, **options)
     return lambda: sparse_attention(q_c, kv, layout, wl, out=out)
 
 

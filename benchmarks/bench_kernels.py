@@ -304,10 +304,19 @@ def spot_error(q, k, v, wl, layout, out, scale, samples=6, seed=0) -> float:
     return err
 
 
-def fa3_min_run(kernel: str) -> int:
-    """``fa3`` -> 1, ``fa3/runN`` -> N: chunks of diagonal runs shorter than N stay on the
-    Triton pass (``page_list_attention``'s ``min_run``)."""
-    return int(kernel.partition("/run")[2] or 1)
+def fa3_options(kernel: str) -> dict:
+    """``page_list_attention``'s options named in a kernel label: ``fa3/runN``: chunks of
+    diagonal runs shorter than N stay on the Triton pass (``min_run``); ``fa3/blocksN``:
+    sub-pages fewer than N blocks of a row group list do (``min_blocks``); both may follow
+    ``fa3``, e.g. ``fa3/run2/blocks2``."""
+    options = {"min_run": 1, "min_blocks": 1}
+    for part in kernel.split("/")[1:]:
+        name = part.rstrip("0123456789")
+        key = {"run": "min_run", "blocks": "min_blocks"}.get(name)
+        if key is None or name == part:
+            raise ValueError(f"kernel {kernel!r}: expected fa3/runN or fa3/blocksN parts")
+        options[key] = int(part[len(name):])
+    return options
 
 
 def measure(rows, *, input_kind, pattern, q, k, v, kv, layout, dense_ms, est_fn, index_fn,
@@ -335,14 +344,14 @@ def measure_kernel(rows, kernel, *, input_kind, pattern, q, k, v, kv, layout, de
     out = torch.empty_like(q)
     page_density, stages = None, None
     if kernel.startswith("fa3"):
-        min_run = fa3_min_run(kernel)
+        options = fa3_options(kernel)
         geo = PageGeometry.build(layout, n_heads, group_rows(d))  # once per step, as in vLLM
         attn_ms = time_ms(lambda: page_list_attention(q, cache, kv.block_table, layout, wl,
-                                                      scale, out=out, min_run=min_run,
-                                                      geometry=geo))
+                                                      scale, out=out, geometry=geo,
+                                                      **options))
         stats: dict = {}  # after the timing: compiled and warm, so the stages time the GPU
         page_list_attention(q, cache, kv.block_table, layout, wl, scale, out=out, stats=stats,
-                            min_run=min_run, geometry=geo)
+                            geometry=geo, **options)
         page_density = round(float(stats["key_rows"]) / (n_heads * layout.causal_keys()), 4)
         stages = {k: round(v, 3) for k, v in stats.get("stage_ms", {}).items() if k != "stats"}
         err = None  # a superset of the list's keys: checked in tests/test_page_lists.py

@@ -649,8 +649,12 @@ def test_chunked_bench_runs_the_fa3_kernels_with_short_runs_on_triton(device, mo
     from vllm_minference.kernels.page_lists.reference import emulate_fa3_varlen
     monkeypatch.setattr(bench_kernels, "DEVICE", device)
     monkeypatch.setattr(pl_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
-    assert bench_kernels.fa3_min_run("fa3") == 1
-    assert bench_kernels.fa3_min_run("fa3/run2") == 2
+    assert bench_kernels.fa3_options("fa3") == {"min_run": 1, "min_blocks": 1}
+    assert bench_kernels.fa3_options("fa3/run2") == {"min_run": 2, "min_blocks": 1}
+    assert bench_kernels.fa3_options("fa3/run2/blocks3") == {"min_run": 2, "min_blocks": 3}
+    for bad in ("fa3/blocks", "fa3/split2"):
+        with pytest.raises(ValueError, match="fa3/runN"):
+            bench_kernels.fa3_options(bad)
     g = torch.Generator(device=device).manual_seed(1)
     q, k, v = (torch.randn(448, h, 64, device=device, generator=g, dtype=torch.float16)
                for h in (2, 1, 1))

@@ -135,7 +135,7 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
     patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
     if kernel.startswith("fa3"):
-        page_list_attention(q, cache, kv.block_table, layout, wl, min_run=min_run_of(kernel))
+        page_list_attention(q, cache, kv.block_table, layout, wl, **page_options(kernel))
     else:
         sparse_attention(q, kv, layout, wl)
 
@@ -148,8 +148,11 @@ MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
                                                                   fa3_groups=True)}}
 
 
-def min_run_of(kernel: str) -> int:
-    return int(kernel.partition("/run")[2] or 1)
+def page_options(kernel: str) -> dict:
+    """``fa3/run2`` -> min_run 2, ``fa3/blocks2`` -> min_blocks 2 (the page lists' options)."""
+    _, _, option = kernel.partition("/")
+    return {"min_run": int(option[3:]) if option.startswith("run") else 1,
+            "min_blocks": int(option[6:]) if option.startswith("blocks") else 1}
 
 
 def _mode_kernel_pairs() -> list[tuple[str, str]]:
@@ -157,13 +160,13 @@ def _mode_kernel_pairs() -> list[tuple[str, str]]:
     attention kernel), and the FA3 page lists in the modes serving runs on Hopper: fixed
     (with the default extra tiles and without), antidiagonal per block and shared.  The
     page-list kernels' compile keys come from the geometry, not the mode, and the short-run
-    split (fa3/run2) only changes what happens after the lists are built, so the two
-    adaptive modes on FA3 and the split in other modes would repeat launches already
-    checked (CI time: ~25 s a pair)."""
+    split (fa3/run2) and the row-group split (fa3/blocks2) only change what happens after
+    the lists are built, so the two adaptive modes on FA3 and the splits in other modes
+    would repeat launches already checked (CI time: ~25 s a pair)."""
     pairs = [(mode, "triton") for mode in MODES if mode != "antidiagonal shared"]
     pairs += [(mode, "fa3") for mode in ("fixed", "fixed with extra tiles", "antidiagonal",
                                          "antidiagonal shared")]
-    return pairs + [("fixed", "fa3/run2")]
+    return pairs + [("fixed", "fa3/run2"), ("antidiagonal", "fa3/blocks2")]
 
 
 @pytest.mark.parametrize("mode,kernel", _mode_kernel_pairs())
@@ -175,7 +178,9 @@ def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel
     # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
                                   kernel=kernel.partition("/")[0],
-                                  fa3_min_run=min_run_of(kernel), **MODES[mode])
+                                  fa3_min_run=page_options(kernel)["min_run"],
+                                  fa3_min_blocks=page_options(kernel)["min_blocks"],
+                                  **MODES[mode])
     warm = {name: {c[0] for c in calls} for name, calls in recorded.items()}
     run_layer(64, 700, mode, device, kernel)
     run_layer(256, 9000, mode, device, kernel)  # > one estimate split (4096 keys); 4 blocks

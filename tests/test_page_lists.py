@@ -11,7 +11,7 @@ from vllm_minference.kernels import dense_worklist
 from vllm_minference.kernels.attention.reference import masked_attention_reference
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 from vllm_minference.kernels.page_lists.index import (SUB, compact_pages, long_run_flags,
-                                                     mark_pages, short_chunk_index)
+                                                     mark_pages)
 from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_sub_pages,
                                                          page_list_mask, run_lengths)
 
@@ -58,29 +58,37 @@ def _rel_err(out, ref):
 @pytest.mark.parametrize("page_size", [16, 64])
 @pytest.mark.parametrize("rows_per_group", [64, 128, 192])
 @pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
+@pytest.mark.parametrize("min_blocks", [1, 2])
 def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group, q_lens,
-                                               kv_lens, h, hkv, d):
+                                               kv_lens, h, hkv, d, min_blocks):
     batch = make_batch(q_lens, kv_lens, h, hkv, d, torch.float16, device, page_size=page_size)
     layout, bt = batch.layout, batch.paged.block_table
     wl = random_worklist(layout, h, seed=7)
     if page_size == 64:  # and once with extra tiles
         wl = with_extra_tiles(wl, layout, 3, seed=rows_per_group)
     geo = PageGeometry.build(layout, h, rows_per_group)
-    slices = geo.slices(table_bytes=5 * geo.width * 3)  # three rows per slice
-    assert len(slices) > 1
+    planes = geo.bitmap_planes(min_blocks)
+    assert planes == (rows_per_group // 64 + 1 if min_blocks > 1 else 1)
+    slices = geo.slices(table_bytes=(4 + planes) * geo.width * 3, planes=planes)  # 3 rows
+    assert len(slices) > 1 and all(r1 - r0 == 3 for r0, r1 in slices[:-1])
     spp = page_size // SUB
     bt_cpu = bt.cpu()
     g_seq, g_m = geo.g_seq.tolist(), geo.g_m.tolist()
+    fewer = 0  # groups whose pages the rule made smaller than the union
     for r0, r1 in slices:
-        bits = torch.empty(r1 - r0, geo.width, dtype=torch.int8, device=device)
+        bits = torch.empty(r1 - r0, planes, geo.width, dtype=torch.int8, device=device)
         table = torch.full((r1 - r0, geo.width), -1, dtype=torch.int32, device=device)
         used = torch.empty(r1 - r0, dtype=torch.int32, device=device)
         mark_pages(bits, geo, layout, wl, r0, r1)
-        compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1)
+        compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1, min_blocks)
         for r in range(r0, r1):
             hh, g = divmod(r, geo.num_groups)
             b, gm = g_seq[g], g_m[g]
-            want = group_sub_pages(wl, layout, rows_per_group, b, hh, gm)
+            want = group_sub_pages(wl, layout, rows_per_group, b, hh, gm,
+                                   min_blocks=min_blocks)
+            fewer += len(want) < len(group_sub_pages(wl, layout, rows_per_group, b, hh, gm))
+            # the pages' bitmap the Triton pass reads: exactly these sub-pages
+            assert bits[r - r0, -1].nonzero().flatten().tolist() == want
             row = table[r - r0, :len(want)].cpu().tolist()
             logical = []
             for sid in row:
@@ -93,6 +101,7 @@ def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group
             q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
             g_last = kv_len - q_len + min((gm + 1) * rows_per_group, q_len) - 1
             assert int(used[r - r0]) == (len(want) - 1) * SUB + g_last % SUB + 1
+    assert fewer == 0 or min_blocks > 1 and rows_per_group > 64  # where the rule may bite
 
 
 @pytest.mark.parametrize("dtype", kernel_dtypes())
@@ -192,16 +201,38 @@ def test_long_run_flags_match_the_naive_runs(device):
         assert long_run_flags(chunks, min_run).cpu().tolist() == want
 
 
-def test_short_chunk_index_packs_each_segments_short_chunks(device):
-    g = torch.Generator().manual_seed(5)
-    flags = (torch.rand(200, generator=g) < 0.6).to(torch.int8).to(device)
-    index, before = short_chunk_index(flags)
-    short = [i for i, f in enumerate(flags.cpu().tolist()) if f == 0]
-    assert before.cpu().tolist() == [sum(1 for i in short if i < c) for c in range(201)]
-    assert index[:len(short)].cpu().tolist() == short
-    for c, n in [(0, 200), (17, 40), (150, 50), (60, 0)]:  # any segment of the pool
-        got = index[int(before[c]):int(before[c + n])].cpu().tolist()
-        assert got == [i for i in short if c <= i < c + n]
+@pytest.mark.parametrize("dtype", kernel_dtypes())
+@pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
+def test_min_blocks_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hkv, d):
+    """min_blocks > 1: sub-pages that fewer blocks of a row group list go through the Triton
+    pass for their own block only (with min_run too); keys counted once, and FA3 computes
+    fewer keys than over the union."""
+    batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=64, seed=10)
+    layout = batch.layout
+    wl = with_extra_tiles(random_worklist(layout, h, seed=11), layout, 2, seed=12)
+    cache = hnd_cache(batch.paged)
+    rows = group_rows(d)
+    union = [page_list_mask(wl, layout, rows, b, hh) for b in range(layout.num_seqs)
+             for hh in range(h)]
+    key_rows = {}
+    for min_run, min_blocks in ((1, 1), (1, 2), (1, 3), (2, 2)):
+        masks = [page_list_mask(wl, layout, rows, b, hh, min_run, min_blocks)
+                 for b in range(layout.num_seqs) for hh in range(h)]
+        if min_blocks > 1:  # the rule leaves some rows fewer keys than the union
+            assert any(not torch.equal(m, u) for m, u in zip(masks, union))
+        ref = masked_attention_reference(batch.q, batch.kv, layout,
+                                         lambda b, hh, ql, kl: masks[b * h + hh])
+        for name, fn in _varlen_fns(device):
+            if name == "fa3" and dtype == torch.float32:
+                continue
+            stats: dict = {}
+            out = page_list_attention(batch.q, cache, batch.paged.block_table, layout, wl,
+                                      varlen_fn=fn, min_run=min_run, min_blocks=min_blocks,
+                                      stats=stats, stage_times=False)
+            assert _rel_err(out, ref) < tolerance(dtype), (name, min_run, min_blocks)
+            key_rows[min_run, min_blocks] = int(stats["key_rows"])
+    assert key_rows[1, 3] <= key_rows[1, 2] < key_rows[1, 1]
+    assert key_rows[2, 2] <= key_rows[1, 2]
 
 
 @pytest.mark.parametrize("dtype", kernel_dtypes())

@@ -151,6 +151,14 @@ class MInferenceSettings(BaseModel):
                     "755 ms with 1, 797 with 2, 1117 with 3, and 2-3 were 1.1-1.4x slower "
                     "at 128K: the Triton pass computes a short run's tile at 0.2-0.25 of "
                     "FA3's dense speed)")
+    fa3_min_blocks: int = Field(
+        1, ge=1, le=3,
+        description="fa3 key tiles: a 16-key sub-page goes to FA3's page lists only where at "
+                    "least this many 64-row blocks of the FA3 row group (3 at head size 64, "
+                    "2 at 128) list it; the others' keys stay on the Triton pass for their own "
+                    "block only.  1 = the union (FA3 computes a tile one block lists for all "
+                    "the group's rows, three times its listed cost at head size 64, and each "
+                    "block gets the other blocks' tiles as well)")
     estimate_stats: Literal["triton", "fa3"] = Field(
         "triton",
         description="where the Vertical-Slash estimate's softmax statistics (the last 64 "

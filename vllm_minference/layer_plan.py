@@ -474,6 +474,7 @@ class LayerPlanner:
             ran = [warm_up_kernels(len(self.head_ids), self.num_kv_heads, head_size, dtype,
                                    self.page_size, scale, kernel=self.kernel,
                                    fa3_min_run=self.settings.fa3_min_run,
+                                   fa3_min_blocks=self.settings.fa3_min_blocks,
                                    row_lse_fn=self.row_lse_fn, vs_budget=vs[min(i, len(vs) - 1)],
                                    bs_budget=bs[min(i, len(bs) - 1)], **self.plan_options())
                    for i in range(max(len(vs), len(bs)))]
@@ -610,7 +611,8 @@ class LayerPlanner:
             stats = {} if self.trace is not None else None
             page_list_attention(query, kv_cache, batch.block_table, layout, wl, scale,
                                 out=output, geometry=geometry,
-                                min_run=self.settings.fa3_min_run, stats=stats,
+                                min_run=self.settings.fa3_min_run,
+                                min_blocks=self.settings.fa3_min_blocks, stats=stats,
                                 stage_times=False)
             if stats and "key_rows" in stats:  # what FA3 computes: its page lists hold each
                 # row group's union of its blocks' tiles, so this exceeds ``density`` by the

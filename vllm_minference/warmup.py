@@ -32,7 +32,7 @@ SMALL_BS_BUDGET = 2  # tiles of a layer without Block-Sparse heads
 def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                     page_size: int, scale: float, gamma: float | None = None,
                     device: torch.device | str = "cuda", kernel: str = "triton",
-                    fa3_min_run: int = 1, row_lse_fn=None,
+                    fa3_min_run: int = 1, fa3_min_blocks: int = 1, row_lse_fn=None,
                     vs_budget: tuple[int, int] = SMALL_VS_BUDGET,
                     bs_budget: int = SMALL_BS_BUDGET, **plan_options) -> bool:
     """Run plan + attention once for these shapes; False if already done in this process.
@@ -49,7 +49,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     :func:`plan_layer` takes it.
     """
     key = (num_heads, num_kv_heads, head_size, dtype, page_size, gamma, str(device), kernel,
-           fa3_min_run, row_lse_fn, tuple(vs_budget), bs_budget,
+           fa3_min_run, fa3_min_blocks, row_lse_fn, tuple(vs_budget), bs_budget,
            tuple(sorted(plan_options.items())))
     if key in _done:
         return False
@@ -79,7 +79,7 @@ def warm_up_kernels(num_heads: int, num_kv_heads: int, head_size: int, dtype: to
     sparse_attention(query, kv, layout, wl, scale, out=out)  # fa3 layers use it too
     if kernel == "fa3":
         page_list_attention(query, cache, table, layout, wl, scale, out=out,
-                            min_run=fa3_min_run)
+                            min_run=fa3_min_run, min_blocks=fa3_min_blocks)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return True

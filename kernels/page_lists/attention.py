@@ -24,7 +24,7 @@ from ..attention.kernel import (LOG2E, _attend_tile, _chunk_meta, _kv_args, _til
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import WorkList
 from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
-                    long_run_flags, mark_pages, short_chunk_index)
+                    long_run_flags, mark_pages)
 
 
 def fa3_varlen() -> Callable:
@@ -56,21 +56,42 @@ def _attend_uncovered(acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_po
                         PREC)
 
 
+@triton.jit
+def _uncovered_chunks(BITS_ROW, CHUNKS, ptr, cnt, base, last, c0, CB: tl.constexpr,
+                      SUB_: tl.constexpr):
+    """Chunks ``c0 + [0, CB)`` of a block's list: which hold a key up to ``last`` that the
+    row group's pages do not (``u``), and each one's rank among those."""
+    idx = c0 + tl.arange(0, CB)
+    ok = idx < cnt
+    cp = CHUNKS + 2 * (ptr + idx).to(tl.int64)
+    start = tl.load(cp, mask=ok, other=0)
+    lo = tl.load(cp + 1, mask=ok, other=0)
+    k_lo = tl.maximum(base + tl.maximum(lo, start), 0)
+    k_hi = tl.minimum(base + start + 63, last)
+    ok = ok & (k_lo <= k_hi)
+    s = (k_lo // SUB_)[:, None] + tl.arange(0, 8)[None, :]  # at most 5 sub-pages a chunk
+    inside = ok[:, None] & (s <= (k_hi // SUB_)[:, None])
+    open_ = (tl.load(BITS_ROW + s, mask=inside, other=1) == 0).to(tl.int32)
+    u = ok & (tl.sum(open_, axis=1) > 0)
+    return idx, u, tl.cumsum(u.to(tl.int32), axis=0) - 1
+
+
 @triton.jit(do_not_specialize=["t0", "stride_bits", "stride_bt", "stride_dh", "row0", "NG",
                                "N"])
 def _column_pass_kernel(
     Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-    DESC, stride_dh, stride_db, CHUNKS, SHORT_IDX, SHORT_BEFORE, COLS,
+    DESC, stride_dh, stride_db, CHUNKS, COLS,
     G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
-    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, HAS_FLAGS: tl.constexpr,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, SCAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, CB: tl.constexpr,
 ):
-    """Block ``j`` of a row's group: resume FA3's softmax state, add the chunks of short runs
-    (with ``HAS_FLAGS``: the packed list of :func:`.index.short_chunk_index`) and the columns,
-    each key only if the pages do not hold it."""
+    """Block ``j`` of a row's group: resume FA3's softmax state, add (with ``SCAN``, where a
+    rule kept chunks off the pages) every key of the block's chunks that the pages do not
+    hold, then the columns, each key only if the pages do not hold it (``BITS``: the pages'
+    bitmap)."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -93,29 +114,31 @@ def _column_pass_kernel(
         kvh = h // GROUP
         bits = BITS + r_loc.to(tl.int64) * stride_bits
         offs = tl.arange(0, 64)
-        if HAS_FLAGS:
-            # the block's short-run chunks, packed: a chunk's scalars (and its pages) are
-            # loaded one step ahead, as in the main kernel, since its key addresses need them
+        if SCAN:
+            # CB chunks at a time: find those with keys off the pages (a vector test of
+            # their sub-pages), then attend them one by one, picked out by rank
             chunk_ptr = tl.load(desc + 0)
+            chunk_cnt = tl.load(desc + 1)
             base = tl.load(desc + 2)
-            s0 = tl.load(SHORT_BEFORE + chunk_ptr)
-            s1 = tl.load(SHORT_BEFORE + chunk_ptr + tl.load(desc + 1))
             first_pos = kv_len - q_len + m * BLOCK_M
-            meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + s0), s0 < s1, base, kv_len,
-                               first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
-            for i in range(s0, s1):
-                k0, floor, need, first, page_a, page_b = meta
-                meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + i + 1), i + 1 < s1, base,
-                                   kv_len, first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
-                keys = k0 + offs
-                inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
-                covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
-                off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
-                                    KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
-                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
-                                             inside & (covered == 0), kv_len > 0, q_pos,
-                                             qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM,
-                                             PREC)
+            last = kv_len - q_len + tl.minimum(m * BLOCK_M + BLOCK_M, q_len) - 1
+            for c0 in range(0, chunk_cnt, CB):
+                idx, u, rank = _uncovered_chunks(bits, CHUNKS, chunk_ptr, chunk_cnt, base,
+                                                 last, c0, CB, SUB_)
+                for i in range(tl.sum(u.to(tl.int32), axis=0)):
+                    c = tl.sum(tl.where(u & (rank == i), idx, 0), axis=0)
+                    k0, floor, need, first, page_a, page_b = _chunk_meta(
+                        CHUNKS, chunk_ptr + c, c < chunk_cnt, base, kv_len, first_pos, b, BT,
+                        stride_bt, CHUNK, PAGE, PAGED)
+                    keys = k0 + offs
+                    inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
+                    covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+                    off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
+                                        KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+                    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
+                                                 inside & (covered == 0), kv_len > 0, q_pos,
+                                                 qk_scale, K, V, stride_kh, stride_vh,
+                                                 HEAD_DIM, PREC)
         for c0 in range(0, col_cnt, 64):
             c_ok = c0 + offs < col_cnt
             keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
@@ -169,6 +192,7 @@ def page_list_attention(
     stats: dict | None = None,
     min_run: int = 1,
     stage_times: bool = True,
+    min_blocks: int = 1,
 ) -> torch.Tensor:
     """Attention of ``q`` (``[tokens, heads, D]``) over (a superset of) its work list's keys.
 
@@ -178,7 +202,9 @@ def page_list_attention(
     ``stats`` (benchmarks) receives ``key_rows``: query rows x keys FA3 computes (0-d tensor),
     and on a GPU ``stage_ms``: milliseconds spent gathering rows, building the page tables,
     in FA3 and in the column pass.
-    ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass.
+    ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass, and
+    ``min_blocks`` > 1 the sub-pages fewer than that many blocks of a row group list
+    (:mod:`.index`): the pass then computes them for their own block only.
     ``stage_times=False`` leaves ``stage_ms`` out: its timing waits for the GPU at the end of
     the call, which a serving trace (``key_rows`` only) must not do once per layer.
     """
@@ -207,20 +233,21 @@ def page_list_attention(
     q_perm = torch.index_select(q.transpose(0, 1), 1, geo.token_index).view(-1, 1, head_dim)
     o_perm = torch.empty_like(q_perm)
     starts = geo.row_starts_dev
-    slices = geo.slices(table_bytes)
+    planes = geo.bitmap_planes(min_blocks)
+    slices = geo.slices(table_bytes, planes)
     n_max = max(r1 - r0 for r0, r1 in slices)
-    bits = torch.empty(n_max, geo.width, dtype=torch.int8, device=q.device)
+    bits = torch.empty(n_max, planes, geo.width, dtype=torch.int8, device=q.device)
+    cover = bits[:, planes - 1]  # the pages' bitmap once compacted
     table = torch.empty(n_max, geo.width, dtype=torch.int32, device=q.device)
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
     bpg = geo.rows_per_group // BLOCK_M
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
-    short_idx, short_before = (short_chunk_index(flags) if flags is not None
-                               else (worklist.cols, worklist.cols))  # unread placeholders
     clock.lap("gather")
     for r0, r1 in slices:
         n = r1 - r0
         mark_pages(bits, geo, layout, worklist, r0, r1, flags)
-        compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1)
+        compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1,
+                      min_blocks)
         clock.lap("tables")
         t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
         _, lse = varlen_fn(
@@ -231,18 +258,17 @@ def page_list_attention(
         clock.lap("fa3")
         _column_pass_kernel[(n * bpg,)](
             q, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            o_perm[t0:t1], lse.reshape(-1), t0, bits, bits.stride(0),
+            o_perm[t0:t1], lse.reshape(-1), t0, cover, cover.stride(0),
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
-            stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks,
-            SHORT_IDX=short_idx, SHORT_BEFORE=short_before, COLS=worklist.cols,
+            stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
             G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
             BLK_SEQ=layout.blk_seq, BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups,
             N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
-            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=min_run > 1,
-            BLOCK_M=BLOCK_M, CHUNK=BLOCK_N,
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB,
+            SCAN=min_run > 1 or min_blocks > 1, BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CB=64,
             num_warps=4, num_stages=2)
         clock.lap("columns")
         if stats is not None:

@@ -13,11 +13,18 @@ cache viewed as ``[-1, 16, 2 * head_dim]``.
 
 The key set is a superset of the work list's (whole sub-pages, the union over the group's
 blocks, and its own rows); gathered columns stay with the Triton kernel, which skips those
-the pages already hold (``covered`` bitmap).  A short run of chunks (an isolated diagonal)
-costs a group of ``R`` rows about ``R + 16`` keys per row on FA3 but 64 on the Triton
-kernel, so with ``min_run`` > 1 only chunks in runs of at least that many contiguous chunks
-go to the pages and the Triton pass takes the rest (:func:`long_run_flags`).  ``R`` is
-FA3's query tile (192 rows at head dim 64, 128 at 128), so no tile computes padding rows.
+the pages already hold (``covered`` bitmap).  ``R`` is FA3's query tile (192 rows at head
+dim 64, 128 at 128), so no tile computes padding rows.  Two rules keep chunks off the pages,
+for the Triton pass to compute for their own block only (it walks each block's chunks and
+attends the keys the pages do not hold):
+
+* ``min_run`` > 1: only chunks in runs of at least that many contiguous chunks go to the
+  pages (:func:`long_run_flags`): an isolated diagonal costs a group about ``R + 16`` keys
+  per row on FA3 but 64 on the Triton kernel.
+* ``min_blocks`` > 1: a sub-page goes to the pages only where at least that many of the
+  group's blocks list it (all of them in a group of fewer blocks).  The union makes FA3
+  compute a tile listed by one block of three for all three, at three times its listed
+  cost; each block marks its own bitmap plane, and the compaction counts the planes.
 
 Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
 compact it into the block table); shapes depend on host sizes only.
@@ -102,9 +109,16 @@ class PageGeometry:
     def num_rows(self) -> int:
         return self.num_heads * self.num_groups
 
-    def slices(self, table_bytes: int = TABLE_BYTES) -> list[tuple[int, int]]:
-        """Row ranges whose block table (int32) and bitmap (int8) fit ``table_bytes``."""
-        per = max(1, table_bytes // (5 * self.width))
+    def bitmap_planes(self, min_blocks: int) -> int:
+        """Bitmap planes a row needs: one, or with ``min_blocks`` > 1 one per block of the
+        group plus the plane of what goes to the pages whatever the count (the group's own
+        rows, extra tiles), which the compaction turns into the pages' bitmap."""
+        return self.rows_per_group // BLOCK_M + 1 if min_blocks > 1 else 1
+
+    def slices(self, table_bytes: int = TABLE_BYTES, planes: int = 1) -> list[tuple[int, int]]:
+        """Row ranges whose block table (int32) and bitmap (int8, ``planes`` per row) fit
+        ``table_bytes``."""
+        per = max(1, table_bytes // ((4 + planes) * self.width))
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
 
 
@@ -122,24 +136,6 @@ def long_run_flags(chunks: torch.Tensor, min_run: int) -> torch.Tensor:
     return (length[run] >= min_run).to(torch.int8)
 
 
-def short_chunk_index(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pool's chunks that :func:`long_run_flags` leaves to the Triton pass, packed.
-
-    Returns ``(index, before)``: ``index[before[c]:before[c + n]]`` are the pool positions of
-    the short-run chunks among ``c .. c + n - 1``, in pool order (``before`` is the exclusive
-    running count, ``[Nc + 1]``).  A block then walks only its own short chunks instead of
-    testing a flag per chunk: at 1M keys a block lists ~1000 chunks of which ~100 are short.
-    Fixed shapes, no host sync."""
-    short = (flags == 0).to(torch.int32)
-    n = short.numel()
-    before = torch.zeros(n + 1, dtype=torch.int32, device=flags.device)
-    before[1:] = torch.cumsum(short, 0)
-    slot = torch.where(short.bool(), before[:-1].long(), n)  # long runs write a spare slot
-    index = torch.zeros(n + 1, dtype=torch.int32, device=flags.device)
-    index.scatter_(0, slot, torch.arange(n, dtype=torch.int32, device=flags.device))
-    return index, before
-
-
 @triton.jit
 def group_block(row0, NG, BPG: tl.constexpr):
     """Program -> (row in the slice, block ``j`` of the group, query head, group): the
@@ -150,28 +146,35 @@ def group_block(row0, NG, BPG: tl.constexpr):
     return r_loc, pid % BPG, r // NG, r % NG
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_dh", "stride_eh", "stride_eb", "row0",
-                               "NG"])
-def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
+@triton.jit(do_not_specialize=["stride_bits", "stride_plane", "stride_dh", "stride_eh",
+                               "stride_eb", "row0", "NG"])
+def _mark_kernel(BITS, stride_bits, stride_plane, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
                  EXTRA, stride_eh, stride_eb, N_EXTRA,
                  G_SEQ, G_M, G_BLK0, G_NBLK, BLK_M, Q_LEN, KV_LEN,
                  row0, NG,
                  BPG: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr, OWN: tl.constexpr,
-                 CB: tl.constexpr, HAS_FLAGS: tl.constexpr, EB: tl.constexpr):
+                 CB: tl.constexpr, HAS_FLAGS: tl.constexpr, EB: tl.constexpr,
+                 SPLIT: tl.constexpr):
     """Set the bitmap's sub-pages that block ``j`` of the row's group needs (program j == 0
     also sets the group's own rows: FA3's causal mask must find them last), and with
-    ``EB`` > 0 those of the block's extra tiles."""
+    ``EB`` > 0 those of the block's extra tiles.  With ``SPLIT`` block ``j`` marks its
+    chunks in plane ``j`` and the own rows and extra tiles go to plane ``BPG`` (every store
+    to a plane writes 1, so programs sharing one need no atomics); else all in plane 0."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     b = tl.load(G_SEQ + g)
     q_len = tl.load(Q_LEN + b)
     ctx = tl.load(KV_LEN + b) - q_len
     bits = BITS + r_loc.to(tl.int64) * stride_bits
+    forced = bits
+    if SPLIT:
+        forced = bits + BPG * stride_plane.to(tl.int64)
+        bits += j * stride_plane.to(tl.int64)
     if j == 0:
         gm = tl.load(G_M + g)
         g_first = ctx + gm * R
         g_last = ctx + tl.minimum(gm * R + R, q_len) - 1
         s = g_first // SUB_ + tl.arange(0, OWN)
-        tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=s <= g_last // SUB_)
+        tl.store(forced + s, tl.full(s.shape, 1, tl.int8), mask=s <= g_last // SUB_)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
         m = tl.load(BLK_M + blk)
@@ -202,15 +205,21 @@ def _mark_kernel(BITS, stride_bits, DESC, stride_dh, stride_db, CHUNKS, FLAGS,
             per = tl.arange(0, 64 // SUB_)
             s = (start // SUB_)[:, None] + per[None, :]
             keep = (start >= 0)[:, None] & (s * SUB_ <= last)
-            tl.store(bits + s, tl.full(s.shape, 1, tl.int8), mask=keep)
+            tl.store(forced + s, tl.full(s.shape, 1, tl.int8), mask=keep)
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_tab", "stride_bt", "row0", "NG"])
-def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt,
-                    G_SEQ, G_M, Q_LEN, KV_LEN, row0, NG, KV_HEADS,
+@triton.jit(do_not_specialize=["stride_bits", "stride_plane", "stride_tab", "stride_bt",
+                               "row0", "NG", "MIN_BLOCKS"])
+def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED, BT, stride_bt,
+                    G_SEQ, G_M, G_NBLK, Q_LEN, KV_LEN, row0, NG, KV_HEADS, MIN_BLOCKS,
                     GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
-                    SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr):
-    """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k."""
+                    SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr, BPG: tl.constexpr,
+                    SPLIT: tl.constexpr):
+    """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k.
+
+    With ``SPLIT`` a sub-page is on if its plane ``BPG`` is set or at least ``MIN_BLOCKS``
+    of the group's blocks (all, in a group of fewer) marked it; the result is written over
+    plane ``BPG``, the bitmap the Triton pass reads."""
     r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row
     kvh = h // GROUP
     b = tl.load(G_SEQ + g)
@@ -220,12 +229,24 @@ def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt
     g_last = ctx + tl.minimum(gm * R + R, q_len) - 1
     n_sub = g_last // SUB_ + 1
     bits = BITS + r_loc.to(tl.int64) * stride_bits
+    cover = bits
+    need = tl.minimum(MIN_BLOCKS, tl.load(G_NBLK + g))
+    if SPLIT:
+        cover = bits + BPG * stride_plane.to(tl.int64)
     table = TABLE + r_loc.to(tl.int64) * stride_tab
     bt = BT + b.to(tl.int64) * stride_bt
     count = tl.zeros([], tl.int32)
     for s0 in range(0, n_sub, BS):
         s = s0 + tl.arange(0, BS)
-        on = tl.load(bits + s, mask=s < n_sub, other=0) != 0
+        in_row = s < n_sub
+        on = tl.load(cover + s, mask=in_row, other=0) != 0
+        if SPLIT:
+            marks = tl.zeros([BS], tl.int32)
+            for p in tl.static_range(BPG):
+                marks += (tl.load(bits + p * stride_plane.to(tl.int64) + s, mask=in_row,
+                                  other=0) != 0).to(tl.int32)
+            on = on | (marks >= need)
+            tl.store(cover + s, on.to(tl.int8), mask=in_row)
         page = tl.load(bt + s // SUBS_PER_PAGE, mask=on, other=0)
         sub_id = (page * KV_HEADS + kvh) * SUBS_PER_PAGE + s % SUBS_PER_PAGE
         count = append_kept(table, count, sub_id, on)
@@ -234,7 +255,8 @@ def _compact_kernel(BITS, stride_bits, TABLE, stride_tab, SEQUSED, BT, stride_bt
 
 def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: WorkList,
                row0: int, row1: int, flags: torch.Tensor | None = None) -> None:
-    """Zero ``bits[: row1 - row0]`` and mark the sub-pages rows ``[row0, row1)`` need
+    """Zero ``bits[: row1 - row0]`` (``[rows, planes, width]`` int8, planes from
+    :meth:`PageGeometry.bitmap_planes`) and mark the sub-pages rows ``[row0, row1)`` need
     (only the chunks ``flags`` marks, if given)."""
     n = row1 - row0
     bits[:n].zero_()
@@ -242,24 +264,30 @@ def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: Wor
     extra = wl.extra if wl.extra is not None else wl.desc  # placeholder pointer when none
     n_extra = wl.extra.shape[-1] if wl.extra is not None else 0
     _mark_kernel[(n * bpg,)](
-        bits, bits.stride(0), wl.desc, wl.desc.stride(0), wl.desc.stride(1), wl.chunks,
-        wl.chunks if flags is None else flags, extra, extra.stride(0), extra.stride(1),
-        n_extra, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
+        bits, bits.stride(0), bits.stride(1), wl.desc, wl.desc.stride(0), wl.desc.stride(1),
+        wl.chunks, wl.chunks if flags is None else flags, extra, extra.stride(0),
+        extra.stride(1), n_extra, geo.g_seq, geo.g_m, geo.g_blk0, geo.g_nblk,
         layout.blk_m, layout.q_len, layout.kv_len, row0, geo.num_groups, BPG=bpg,
         R=geo.rows_per_group, SUB_=SUB,
         OWN=triton.next_power_of_2(geo.rows_per_group // SUB + 1), CB=64,
         HAS_FLAGS=flags is not None,
-        EB=triton.next_power_of_2(n_extra) if n_extra else 0)
+        EB=triton.next_power_of_2(n_extra) if n_extra else 0, SPLIT=bits.shape[1] > 1)
 
 
 def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor,
                   geo: PageGeometry, layout: SeqLayout, block_table: torch.Tensor,
-                  page_size: int, kv_heads: int, row0: int, row1: int) -> None:
-    """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap."""
+                  page_size: int, kv_heads: int, row0: int, row1: int,
+                  min_blocks: int = 1) -> None:
+    """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap (with
+    several planes, by the ``min_blocks`` rule, leaving the pages' bitmap in the last)."""
     if page_size % SUB:
         raise ValueError(f"KV page size {page_size} is not a multiple of {SUB}")
+    split = bits.shape[1] > 1
+    if split != (min_blocks > 1):
+        raise ValueError(f"{bits.shape[1]} bitmap plane(s) do not fit min_blocks={min_blocks}")
     _compact_kernel[(row1 - row0,)](
-        bits, bits.stride(0), table, table.stride(0), seqused, block_table,
-        block_table.stride(0), geo.g_seq, geo.g_m, layout.q_len, layout.kv_len, row0,
-        geo.num_groups, kv_heads, GROUP=geo.num_heads // kv_heads, R=geo.rows_per_group,
-        SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024)
+        bits, bits.stride(0), bits.stride(1), table, table.stride(0), seqused, block_table,
+        block_table.stride(0), geo.g_seq, geo.g_m, geo.g_nblk, layout.q_len, layout.kv_len,
+        row0, geo.num_groups, kv_heads, min_blocks, GROUP=geo.num_heads // kv_heads,
+        R=geo.rows_per_group, SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024,
+        BPG=geo.rows_per_group // BLOCK_M, SPLIT=split)

@@ -46,9 +46,12 @@ def _block_keys(desc_row, chunks, cols, last: int, runs: list[int] | None = None
 
 
 def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
-                    g: int, min_run: int = 1, runs: list[int] | None = None) -> list[int]:
+                    g: int, min_run: int = 1, runs: list[int] | None = None,
+                    min_blocks: int = 1) -> list[int]:
     """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence
-    (``runs``: the pool's :func:`run_lengths`, if the caller has them already)."""
+    (``runs``: the pool's :func:`run_lengths`, if the caller has them already): its own rows'
+    and its blocks' extra tiles', and those of its blocks' chunk keys that at least
+    ``min_blocks`` of its blocks (all of them, if fewer) list."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
@@ -58,20 +61,26 @@ def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int
     bpg = rows_per_group // BLOCK_M
     if runs is None and min_run > 1:  # with min_run 1 every chunk goes to the pages
         runs = run_lengths(chunks)
-    for m in range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M)):
+    blocks = range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M))
+    listed: dict[int, int] = {}  # sub-page -> blocks of the group listing it
+    for m in blocks:
         last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
         keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
-        subs.update(k // SUB for k in keys)
+        for s in {k // SUB for k in keys}:
+            listed[s] = listed.get(s, 0) + 1
         if wl.extra is not None:  # the block's extra tiles, up to its last row
             for start in wl.extra[h, first_blk + m].tolist():
                 if start >= 0:
                     subs.update(k // SUB for k in range(start, min(start + 64, last + 1)))
+    need = min(min_blocks, len(blocks))
+    subs.update(s for s, n in listed.items() if n >= need)
     return sorted(subs)
 
 
 def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
-                   h: int, min_run: int = 1) -> torch.Tensor:
-    """``[q_len, kv_len]`` keys each row of sequence ``b``, head ``h`` sees (before causality)."""
+                   h: int, min_run: int = 1, min_blocks: int = 1) -> torch.Tensor:
+    """``[q_len, kv_len]`` keys each row of sequence ``b``, head ``h`` sees (before causality):
+    its group's pages, and its block's own chunk keys and columns."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
@@ -80,12 +89,15 @@ def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
     runs = run_lengths(chunks) if min_run > 1 else None  # once, not once per group
     for g in range((q_len + rows_per_group - 1) // rows_per_group):
         r0, r1 = g * rows_per_group, min((g + 1) * rows_per_group, q_len)
-        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g, min_run, runs):
+        for s in group_sub_pages(wl, layout, rows_per_group, b, h, g, min_run, runs,
+                                 min_blocks):
             mask[r0:r1, s * SUB:min((s + 1) * SUB, kv_len)] = True
         for m in range(r0 // BLOCK_M, (r1 + BLOCK_M - 1) // BLOCK_M):
             last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
-            _, rest = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
-            mask[m * BLOCK_M:min((m + 1) * BLOCK_M, q_len), rest] = True
+            paged, rest = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
+            rows = slice(m * BLOCK_M, min((m + 1) * BLOCK_M, q_len))
+            mask[rows, rest] = True
+            mask[rows, sorted(paged)] = True  # in the pages, or on the Triton pass
     return mask
 
 
