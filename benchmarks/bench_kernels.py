@@ -529,8 +529,9 @@ def main() -> None:
     ap.add_argument("--page", type=int, default=64, help="KV page size (tokens)")
     ap.add_argument("--kernels", default=None,
                     help="comma list: triton (this package's kernel), fa3 (page lists), "
-                         "fa3/runN (runs of < N chunks on Triton); default triton,fa3 on a "
-                         "GPU, triton on a CPU")
+                         "fa3/runN (runs of < N chunks on Triton), fa3/blocksN (sub-pages "
+                         "fewer than N blocks of a row group list on Triton); default "
+                         "triton,fa3 on a GPU, triton on a CPU")
     add_estimate_stats_arg(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda",

@@ -46,6 +46,7 @@
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 #   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
+#   bash benchmarks/gpu_lanes.sh BHP, BHQ           two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1420,6 +1421,37 @@ BG3_ab_128k() {  # one GPU, nothing beside it: 128K, 5 runs each, main (.whl/) t
   # shipped 0.940 / 0.945 s, the row-order build in head order 1.024 / 1.011 s)
   for i in 1 2; do BUILDS_128K; done
 }
+# Thirtieth session: FA3 computes the union of a row group's lists for all its rows (1.27-
+# 1.45x the listed tiles at 1M); fa3_min_blocks=N keeps sub-pages fewer than N of the group's
+# blocks list on the Triton pass, for their own block only.  A runtime setting of the
+# shipped wheel (.whl/), so no second build
+BLOCKS="2 3"
+BH1_blocks_kernels() {  # one GPU: GPU tests of the page lists (the real FA3 against the
+  # reference, min_blocks included), then issue 3's 128K table per rule (real Qwen lists:
+  # fixed Vertical-Slash, replayed at Llama-3-8B shape; antidiagonal)
+  gpu_tests 150 $PWD/tests/test_page_lists.py
+  timeout 330 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash,antidiagonal --kernels fa3,fa3/blocks2,fa3/blocks3 \
+    --out $OUT/kernels_blocks.json
+}
+BH2_blocks_ttft() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, the default, then per rule
+  timeout 140 python3 $B/bench_ttft.py --backend FLASH_ATTN --lengths 131072 --reps 5 \
+    --out $OUT/ttft.json
+  timeout 110 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+    --out $OUT/ttft.json
+  for n in $BLOCKS; do
+    timeout 110 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+      --set fa3_min_blocks=$n --out $OUT/ttft.json
+  done
+}
+BH3_blocks_1m() {  # one GPU: 1M in 64K chunks, the default then fa3_min_blocks=$BH_N (2)
+  TTFT1M_64K 240 minference
+  TTFT1M_64K 240 minference --set fa3_min_blocks=${BH_N:-2}
+}
+BH4_blocks_suite() {  # one GPU: the default suite with fa3_min_blocks=$BH_N (2)
+  timeout 330 python3 $B/bench_accuracy.py --backend minference \
+    --set fa3_min_blocks=${BH_N:-2} --out $OUT/accuracy_blocks.json
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1687,6 +1719,10 @@ case "$1" in
   BGP) lane 0 BG1_short_128k; lane 1 BG2_pair_1m; wait_lanes 570
        jit_check ;;  # two GPUs: the shipped default at 4K/8K/128K / 1M, FLASH_ATTN first
   BG3) install_exp_wheel; lane 0 BG3_ab_128k; wait_lanes 500; jit_check ;;
+  BHP) lane 0 BH1_blocks_kernels; lane 1 BH2_blocks_ttft; wait_lanes 570
+       jit_check ;;  # two GPUs: fa3_min_blocks at kernel level / TTFT 128K
+  BHQ) lane 0 BH3_blocks_1m; lane 1 BH4_blocks_suite; wait_lanes 570
+       jit_check ;;  # two GPUs: fa3_min_blocks at 1M (one GPU) / the default suite
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300

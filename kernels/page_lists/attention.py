@@ -125,11 +125,18 @@ def _column_pass_kernel(
             for c0 in range(0, chunk_cnt, CB):
                 idx, u, rank = _uncovered_chunks(bits, CHUNKS, chunk_ptr, chunk_cnt, base,
                                                  last, c0, CB, SUB_)
-                for i in range(tl.sum(u.to(tl.int32), axis=0)):
-                    c = tl.sum(tl.where(u & (rank == i), idx, 0), axis=0)
-                    k0, floor, need, first, page_a, page_b = _chunk_meta(
-                        CHUNKS, chunk_ptr + c, c < chunk_cnt, base, kv_len, first_pos, b, BT,
-                        stride_bt, CHUNK, PAGE, PAGED)
+                n_u = tl.sum(u.to(tl.int32), axis=0)
+                # a chunk's scalars (and pages) are loaded one step ahead, as in the main
+                # kernel: its key addresses depend on them
+                meta = _chunk_meta(CHUNKS, chunk_ptr + tl.sum(tl.where(u & (rank == 0), idx, 0),
+                                                              axis=0),
+                                   n_u > 0, base, kv_len, first_pos, b, BT, stride_bt, CHUNK,
+                                   PAGE, PAGED)
+                for i in range(n_u):
+                    k0, floor, need, first, page_a, page_b = meta
+                    nxt = tl.sum(tl.where(u & (rank == i + 1), idx, 0), axis=0)
+                    meta = _chunk_meta(CHUNKS, chunk_ptr + nxt, i + 1 < n_u, base, kv_len,
+                                       first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
                     keys = k0 + offs
                     inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
                     covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
