@@ -46,7 +46,7 @@
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 #   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
-#   bash benchmarks/gpu_lanes.sh BHP, BHQ           two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite
+#   bash benchmarks/gpu_lanes.sh BHP, BHQ, BHR      two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite; again with a faster pass
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1452,6 +1452,25 @@ BH4_blocks_suite() {  # one GPU: the default suite with fa3_min_blocks=$BH_N (2)
   timeout 330 python3 $B/bench_accuracy.py --backend minference \
     --set fa3_min_blocks=${BH_N:-2} --out $OUT/accuracy_blocks.json
 }
+# BHP (H200): fa3_min_blocks=2 moved 40% of FA3's d128 time (101.5 -> 60.3 ms) onto a column
+# pass that took 78.7 ms for it (0.24 of FA3's dense speed); 128K TTFT 0.945 s default,
+# 1.011 s with 2, 1.143 s with 3.  The pass now skips the per-key test on chunks wholly off
+# the pages and pipelines its loop (num_stages 3); BHR re-times it, and a 1M pair beside
+BH5_blocks_kernels_1m() {  # one GPU: issue 3's 128K table, fa3 and fa3/blocks2, then 1M in
+  # 64K chunks with fa3_min_blocks=2 (its pair runs on GPU 1 in BH6)
+  timeout 240 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash,antidiagonal --kernels fa3,fa3/blocks2 \
+    --out $OUT/kernels_blocks.json
+  TTFT1M_64K 240 minference --set fa3_min_blocks=2
+}
+BH6_blocks_ttft() {  # one GPU: 128K, 5 runs each, the default then fa3_min_blocks=2; then
+  # the default at 1M in 64K chunks
+  for cfg in "" "--set fa3_min_blocks=2"; do
+    timeout 110 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+      $cfg --out $OUT/ttft.json
+  done
+  TTFT1M_64K 240 minference
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1723,6 +1742,8 @@ case "$1" in
        jit_check ;;  # two GPUs: fa3_min_blocks at kernel level / TTFT 128K
   BHQ) lane 0 BH3_blocks_1m; lane 1 BH4_blocks_suite; wait_lanes 570
        jit_check ;;  # two GPUs: fa3_min_blocks at 1M (one GPU) / the default suite
+  BHR) lane 0 BH5_blocks_kernels_1m; lane 1 BH6_blocks_ttft; wait_lanes 570
+       jit_check ;;  # two GPUs: the faster column pass: kernels + 1M / 128K + 1M
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300

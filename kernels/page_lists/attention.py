@@ -60,7 +60,8 @@ def _attend_uncovered(acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_po
 def _uncovered_chunks(BITS_ROW, CHUNKS, ptr, cnt, base, last, c0, CB: tl.constexpr,
                       SUB_: tl.constexpr):
     """Chunks ``c0 + [0, CB)`` of a block's list: which hold a key up to ``last`` that the
-    row group's pages do not (``u``), and each one's rank among those."""
+    row group's pages do not (``u``), which hold none that they do (``whole``: no per-key
+    test), and each one's rank among the ``u`` ones."""
     idx = c0 + tl.arange(0, CB)
     ok = idx < cnt
     cp = CHUNKS + 2 * (ptr + idx).to(tl.int64)
@@ -72,8 +73,10 @@ def _uncovered_chunks(BITS_ROW, CHUNKS, ptr, cnt, base, last, c0, CB: tl.constex
     s = (k_lo // SUB_)[:, None] + tl.arange(0, 8)[None, :]  # at most 5 sub-pages a chunk
     inside = ok[:, None] & (s <= (k_hi // SUB_)[:, None])
     open_ = (tl.load(BITS_ROW + s, mask=inside, other=1) == 0).to(tl.int32)
-    u = ok & (tl.sum(open_, axis=1) > 0)
-    return idx, u, tl.cumsum(u.to(tl.int32), axis=0) - 1
+    n_open = tl.sum(open_, axis=1)
+    u = ok & (n_open > 0)
+    whole = n_open == tl.sum(inside.to(tl.int32), axis=1)
+    return idx, u, whole, tl.cumsum(u.to(tl.int32), axis=0) - 1
 
 
 @triton.jit(do_not_specialize=["t0", "stride_bits", "stride_bt", "stride_dh", "row0", "NG",
@@ -123,8 +126,8 @@ def _column_pass_kernel(
             first_pos = kv_len - q_len + m * BLOCK_M
             last = kv_len - q_len + tl.minimum(m * BLOCK_M + BLOCK_M, q_len) - 1
             for c0 in range(0, chunk_cnt, CB):
-                idx, u, rank = _uncovered_chunks(bits, CHUNKS, chunk_ptr, chunk_cnt, base,
-                                                 last, c0, CB, SUB_)
+                idx, u, whole, rank = _uncovered_chunks(bits, CHUNKS, chunk_ptr, chunk_cnt,
+                                                        base, last, c0, CB, SUB_)
                 n_u = tl.sum(u.to(tl.int32), axis=0)
                 # a chunk's scalars (and pages) are loaded one step ahead, as in the main
                 # kernel: its key addresses depend on them
@@ -132,18 +135,22 @@ def _column_pass_kernel(
                                                               axis=0),
                                    n_u > 0, base, kv_len, first_pos, b, BT, stride_bt, CHUNK,
                                    PAGE, PAGED)
-                for i in range(n_u):
+                for i in tl.range(0, n_u):
                     k0, floor, need, first, page_a, page_b = meta
+                    pick = u & (rank == i)
+                    # a chunk wholly off the pages needs no per-key test (nor, wholly below
+                    # the diagonal, the mask): most do where a rule kept whole tiles off
+                    part = tl.sum(tl.where(pick & ~whole, 1, 0), axis=0) > 0
                     nxt = tl.sum(tl.where(u & (rank == i + 1), idx, 0), axis=0)
                     meta = _chunk_meta(CHUNKS, chunk_ptr + nxt, i + 1 < n_u, base, kv_len,
                                        first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
                     keys = k0 + offs
                     inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
-                    covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+                    covered = tl.load(bits + keys // SUB_, mask=inside & part, other=0)
                     off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
                                         KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
                     acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
-                                                 inside & (covered == 0), kv_len > 0, q_pos,
+                                                 inside & (covered == 0), need | part, q_pos,
                                                  qk_scale, K, V, stride_kh, stride_vh,
                                                  HEAD_DIM, PREC)
         for c0 in range(0, col_cnt, 64):
@@ -276,7 +283,7 @@ def page_list_attention(
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
             BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB,
             SCAN=min_run > 1 or min_blocks > 1, BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CB=64,
-            num_warps=4, num_stages=2)
+            num_warps=4, num_stages=3 if min_run > 1 or min_blocks > 1 else 2)
         clock.lap("columns")
         if stats is not None:
             rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
