@@ -47,6 +47,7 @@
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 #   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
 #   bash benchmarks/gpu_lanes.sh BHP, BHQ, BHR      two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite; again with a faster pass
+#   bash benchmarks/gpu_lanes.sh BHS                two GPUs: fa3_min_blocks with per-block FA3 pages: kernels / TTFT 128K
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1471,6 +1472,23 @@ BH6_blocks_ttft() {  # one GPU: 128K, 5 runs each, the default then fa3_min_bloc
   done
   TTFT1M_64K 240 minference
 }
+# BHR (H200): no gain (d128 column pass 84.2 ms for the moved tiles; 128K TTFT 1.028 s with
+# 2; 1M 25.36 s with 2 against 22.11 s, side by side).  So each block's own sub-pages now go
+# to a second FA3 call (one 64-row virtual sequence a block, not causal), merged by
+# log-sum-exp in the column pass; BHS times it (kernels, GPU tests) beside TTFT at 128K
+BH7_blocks_kernels() {  # one GPU: GPU tests of the page lists, then issue 3's 128K table,
+  # fa3 and fa3/blocks2
+  gpu_tests 150 $PWD/tests/test_page_lists.py
+  timeout 240 python3 $B/bench_kernels.py --seq-lens 131072 --no-random \
+    --patterns vertical_slash,antidiagonal --kernels fa3,fa3/blocks2 \
+    --out $OUT/kernels_blocks.json
+}
+BH8_blocks_128k() {  # one GPU: 128K, 5 runs each, the default then fa3_min_blocks=2
+  for cfg in "" "--set fa3_min_blocks=2"; do
+    timeout 150 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
+      $cfg --out $OUT/ttft.json
+  done
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1744,6 +1762,8 @@ case "$1" in
        jit_check ;;  # two GPUs: fa3_min_blocks at 1M (one GPU) / the default suite
   BHR) lane 0 BH5_blocks_kernels_1m; lane 1 BH6_blocks_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the faster column pass: kernels + 1M / 128K + 1M
+  BHS) lane 0 BH7_blocks_kernels; lane 1 BH8_blocks_128k; wait_lanes 470
+       jit_check ;;  # two GPUs: per-block FA3 pages: kernels / TTFT 128K
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300

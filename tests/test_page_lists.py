@@ -12,8 +12,9 @@ from vllm_minference.kernels.attention.reference import masked_attention_referen
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 from vllm_minference.kernels.page_lists.index import (SUB, compact_pages, long_run_flags,
                                                      mark_pages)
-from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_sub_pages,
-                                                         page_list_mask, run_lengths)
+from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_split,
+                                                         group_sub_pages, page_list_mask,
+                                                         run_lengths)
 
 SHAPES = [
     # q_lens, kv_lens, heads, kv_heads, head_dim
@@ -67,40 +68,58 @@ def test_block_table_lists_the_naive_sub_pages(device, page_size, rows_per_group
     if page_size == 64:  # and once with extra tiles
         wl = with_extra_tiles(wl, layout, 3, seed=rows_per_group)
     geo = PageGeometry.build(layout, h, rows_per_group)
-    planes = geo.bitmap_planes(min_blocks)
-    assert planes == (rows_per_group // 64 + 1 if min_blocks > 1 else 1)
-    slices = geo.slices(table_bytes=(4 + planes) * geo.width * 3, planes=planes)  # 3 rows
+    planes, bpg = geo.bitmap_planes(min_blocks), rows_per_group // 64
+    assert planes == (bpg + 1 if min_blocks > 1 else 1)
+    per_block = bpg if min_blocks > 1 else 0
+    slices = geo.slices(table_bytes=(4 * (1 + per_block) + planes) * geo.width * 3,
+                        planes=planes, block_tables=per_block)  # three rows a slice
     assert len(slices) > 1 and all(r1 - r0 == 3 for r0, r1 in slices[:-1])
     spp = page_size // SUB
     bt_cpu = bt.cpu()
-    g_seq, g_m = geo.g_seq.tolist(), geo.g_m.tolist()
+    g_seq, g_m, g_nblk = geo.g_seq.tolist(), geo.g_m.tolist(), geo.g_nblk.tolist()
+
+    def logical(b, hh, sub_ids):
+        out = []
+        for sid in sub_ids:
+            rest, s_in = divmod(sid, spp)
+            phys, kvh = divmod(rest, hkv)
+            assert kvh == hh // (h // hkv)
+            lp = int((bt_cpu[b] == phys).nonzero()[0, 0])
+            out.append(lp * spp + s_in)
+        return out
+
     fewer = 0  # groups whose pages the rule made smaller than the union
     for r0, r1 in slices:
-        bits = torch.empty(r1 - r0, planes, geo.width, dtype=torch.int8, device=device)
-        table = torch.full((r1 - r0, geo.width), -1, dtype=torch.int32, device=device)
-        used = torch.empty(r1 - r0, dtype=torch.int32, device=device)
+        n = r1 - r0
+        bits = torch.empty(n, planes, geo.width, dtype=torch.int8, device=device)
+        table = torch.full((n, geo.width), -1, dtype=torch.int32, device=device)
+        used = torch.empty(n, dtype=torch.int32, device=device)
+        table_b = torch.full((n * bpg, geo.width), -1, dtype=torch.int32, device=device)
+        used_b = torch.full((n * bpg,), -1, dtype=torch.int32, device=device)
         mark_pages(bits, geo, layout, wl, r0, r1)
-        compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1, min_blocks)
+        compact_pages(bits, table, used, geo, layout, bt, page_size, hkv, r0, r1, min_blocks,
+                      table_b, used_b)
         for r in range(r0, r1):
             hh, g = divmod(r, geo.num_groups)
             b, gm = g_seq[g], g_m[g]
-            want = group_sub_pages(wl, layout, rows_per_group, b, hh, gm,
-                                   min_blocks=min_blocks)
+            want, own = group_split(wl, layout, rows_per_group, b, hh, gm,
+                                    min_blocks=min_blocks)
             fewer += len(want) < len(group_sub_pages(wl, layout, rows_per_group, b, hh, gm))
-            # the pages' bitmap the Triton pass reads: exactly these sub-pages
-            assert bits[r - r0, -1].nonzero().flatten().tolist() == want
-            row = table[r - r0, :len(want)].cpu().tolist()
-            logical = []
-            for sid in row:
-                rest, s_in = divmod(sid, spp)
-                phys, kvh = divmod(rest, hkv)
-                assert kvh == hh // (h // hkv)
-                lp = int((bt_cpu[b] == phys).nonzero()[0, 0])
-                logical.append(lp * spp + s_in)
-            assert logical == want
+            assert logical(b, hh, table[r - r0, :len(want)].cpu().tolist()) == want
             q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
             g_last = kv_len - q_len + min((gm + 1) * rows_per_group, q_len) - 1
             assert int(used[r - r0]) == (len(want) - 1) * SUB + g_last % SUB + 1
+            if min_blocks == 1:
+                assert all(o == [] for o in own)
+                assert bits[r - r0, 0].nonzero().flatten().tolist() == want  # the Triton
+                continue  # pass's bitmap
+            for j in range(bpg):
+                mine = own[j] if j < g_nblk[g] else []
+                k = (r - r0) * bpg + j
+                assert int(used_b[k]) == len(mine) * SUB
+                assert logical(b, hh, table_b[k, :len(mine)].cpu().tolist()) == mine
+                # block j's bitmap for the Triton pass: the group's pages and its own
+                assert bits[r - r0, j].nonzero().flatten().tolist() == sorted(set(want) | set(mine))
     assert fewer == 0 or min_blocks > 1 and rows_per_group > 64  # where the rule may bite
 
 

@@ -79,22 +79,24 @@ def _uncovered_chunks(BITS_ROW, CHUNKS, ptr, cnt, base, last, c0, CB: tl.constex
     return idx, u, whole, tl.cumsum(u.to(tl.int32), axis=0) - 1
 
 
-@triton.jit(do_not_specialize=["t0", "stride_bits", "stride_bt", "stride_dh", "row0", "NG",
-                               "N"])
+@triton.jit(do_not_specialize=["t0", "stride_bits", "stride_plane", "stride_bt", "stride_dh",
+                               "row0", "NG", "N"])
 def _column_pass_kernel(
-    Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, t0, BITS, stride_bits,
+    Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, OPB, LSEB, t0, BITS,
+    stride_bits, stride_plane,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
     DESC, stride_dh, stride_db, CHUNKS, COLS,
     G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
     PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, SCAN: tl.constexpr,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, CB: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, CB: tl.constexpr,
 ):
-    """Block ``j`` of a row's group: resume FA3's softmax state, add (with ``SCAN``, where a
-    rule kept chunks off the pages) every key of the block's chunks that the pages do not
-    hold, then the columns, each key only if the pages do not hold it (``BITS``: the pages'
-    bitmap)."""
+    """Block ``j`` of a row's group: resume FA3's softmax state (with ``SPLIT`` merged with
+    that of the block's own pages, ``OPB``/``LSEB``), add (with ``SCAN``: min_run kept
+    chunks off the pages) every key of the block's chunks that the pages do not hold, then
+    the columns, each key only if the pages do not hold it (``BITS``: the bitmap of what the
+    pages hold, plane ``j`` with ``SPLIT``)."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -108,6 +110,19 @@ def _column_pass_kernel(
         lse = tl.load(LSE + prow, mask=row_ok, other=float("-inf"))
         m_i = lse * 1.4426950408889634  # FA3's state: max = lse (log2 units), sum = 1
         l_i = tl.where(lse == float("-inf"), 0.0, 1.0)
+        if SPLIT:  # the block's own pages: FA3's second state, merged (none: lse -inf)
+            lse_b = tl.load(LSEB + prow, mask=row_ok, other=float("-inf"))
+            m_b = lse_b * 1.4426950408889634
+            acc_b = tl.load(OPB + prow[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None],
+                            other=0.0).to(tl.float32)
+            m_new = tl.maximum(m_i, m_b)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            w_a = tl.exp2(m_i - m_safe)
+            w_b = tl.exp2(m_b - m_safe)
+            none = m_b == float("-inf")
+            acc = acc * w_a[:, None] + tl.where(none[:, None], 0.0, w_b[:, None] * acc_b)
+            l_i = l_i * w_a + tl.where(none, 0.0, w_b)
+            m_i = m_new
         q_rows = (q_start + rows).to(tl.int64)
         q = tl.load(Q + q_rows[:, None] * stride_qt + h * stride_qh + d[None, :],
                     mask=row_ok[:, None], other=0.0)
@@ -116,6 +131,8 @@ def _column_pass_kernel(
         col_cnt = tl.load(desc + 4)
         kvh = h // GROUP
         bits = BITS + r_loc.to(tl.int64) * stride_bits
+        if SPLIT:
+            bits += j * stride_plane.to(tl.int64)
         offs = tl.arange(0, 64)
         if SCAN:
             # CB chunks at a time: find those with keys off the pages (a vector test of
@@ -217,8 +234,8 @@ def page_list_attention(
     and on a GPU ``stage_ms``: milliseconds spent gathering rows, building the page tables,
     in FA3 and in the column pass.
     ``min_run`` > 1 leaves chunks in runs shorter than that to the Triton pass, and
-    ``min_blocks`` > 1 the sub-pages fewer than that many blocks of a row group list
-    (:mod:`.index`): the pass then computes them for their own block only.
+    ``min_blocks`` > 1 the sub-pages fewer than that many blocks of a row group list to a
+    second FA3 call over each block's own pages (:mod:`.index`).
     ``stage_times=False`` leaves ``stage_ms`` out: its timing waits for the GPU at the end of
     the call, which a serving trace (``key_rows`` only) must not do once per layer.
     """
@@ -247,21 +264,28 @@ def page_list_attention(
     q_perm = torch.index_select(q.transpose(0, 1), 1, geo.token_index).view(-1, 1, head_dim)
     o_perm = torch.empty_like(q_perm)
     starts = geo.row_starts_dev
+    split = min_blocks > 1
+    bpg = geo.rows_per_group // BLOCK_M
     planes = geo.bitmap_planes(min_blocks)
-    slices = geo.slices(table_bytes, planes)
+    slices = geo.slices(table_bytes, planes, bpg if split else 0)
     n_max = max(r1 - r0 for r0, r1 in slices)
     bits = torch.empty(n_max, planes, geo.width, dtype=torch.int8, device=q.device)
-    cover = bits[:, planes - 1]  # the pages' bitmap once compacted
     table = torch.empty(n_max, geo.width, dtype=torch.int32, device=q.device)
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
-    bpg = geo.rows_per_group // BLOCK_M
+    table_b = seqused_b = None
+    o_b, lse_b = o_perm, seqused  # unread placeholders without the per-block pages
+    if split:
+        table_b = torch.empty(n_max * bpg, geo.width, dtype=torch.int32, device=q.device)
+        seqused_b = torch.empty(n_max * bpg, dtype=torch.int32, device=q.device)
+        block_starts = geo.block_starts()
+        o_b = torch.empty_like(q_perm)
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
     clock.lap("gather")
     for r0, r1 in slices:
         n = r1 - r0
         mark_pages(bits, geo, layout, worklist, r0, r1, flags)
         compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1,
-                      min_blocks)
+                      min_blocks, table_b, seqused_b)
         clock.lap("tables")
         t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
         _, lse = varlen_fn(
@@ -269,10 +293,19 @@ def page_list_attention(
             cu_seqlens_q=starts[r0:r1 + 1] - t0, max_seqlen_k=layout.max_kv_len,
             seqused_k=seqused[:n], block_table=table[:n], softmax_scale=sm_scale, causal=True,
             out=o_perm[t0:t1], return_softmax_lse=True, num_splits=1, fa_version=3)
+        if split:  # each block's own pages: one 64-row virtual sequence a block, every key
+            # before the group's rows (those are on the group's pages), so not causal
+            cu_b = block_starts[r0 * bpg:r1 * bpg + 1] - t0
+            _, lse_b = varlen_fn(
+                q_perm[t0:t1], k_sub, v_sub, max_seqlen_q=BLOCK_M, cu_seqlens_q=cu_b,
+                max_seqlen_k=layout.max_kv_len, seqused_k=seqused_b[:n * bpg],
+                block_table=table_b[:n * bpg], softmax_scale=sm_scale, causal=False,
+                out=o_b[t0:t1], return_softmax_lse=True, num_splits=1, fa_version=3)
         clock.lap("fa3")
         _column_pass_kernel[(n * bpg,)](
             q, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            o_perm[t0:t1], lse.reshape(-1), t0, cover, cover.stride(0),
+            o_perm[t0:t1], lse.reshape(-1), o_b[t0:t1], lse_b.reshape(-1), t0, bits,
+            bits.stride(0), bits.stride(1),
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
@@ -281,13 +314,16 @@ def page_list_attention(
             BLK_SEQ=layout.blk_seq, BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups,
             N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
-            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB,
-            SCAN=min_run > 1 or min_blocks > 1, BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CB=64,
-            num_warps=4, num_stages=3 if min_run > 1 or min_blocks > 1 else 2)
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, SCAN=min_run > 1, SPLIT=split,
+            BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CB=64, num_warps=4, num_stages=2)
         clock.lap("columns")
         if stats is not None:
             rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
-            stats["key_rows"] = stats.get("key_rows", 0) + (seqused[:n].long() * rows).sum()
+            key_rows = (seqused[:n].long() * rows).sum()
+            if split:
+                rows_b = (cu_b[1:] - cu_b[:-1]).long()
+                key_rows = key_rows + (seqused_b[:n * bpg].long() * rows_b).sum()
+            stats["key_rows"] = stats.get("key_rows", 0) + key_rows
             clock.lap("stats")
     if stats is not None and clock.enabled:
         stats["stage_ms"] = clock.totals()

@@ -14,17 +14,20 @@ cache viewed as ``[-1, 16, 2 * head_dim]``.
 The key set is a superset of the work list's (whole sub-pages, the union over the group's
 blocks, and its own rows); gathered columns stay with the Triton kernel, which skips those
 the pages already hold (``covered`` bitmap).  ``R`` is FA3's query tile (192 rows at head
-dim 64, 128 at 128), so no tile computes padding rows.  Two rules keep chunks off the pages,
-for the Triton pass to compute for their own block only (it walks each block's chunks and
-attends the keys the pages do not hold):
+dim 64, 128 at 128), so no tile computes padding rows.  Two rules keep chunks off the
+group's pages:
 
 * ``min_run`` > 1: only chunks in runs of at least that many contiguous chunks go to the
   pages (:func:`long_run_flags`): an isolated diagonal costs a group about ``R + 16`` keys
-  per row on FA3 but 64 on the Triton kernel.
-* ``min_blocks`` > 1: a sub-page goes to the pages only where at least that many of the
-  group's blocks list it (all of them in a group of fewer blocks).  The union makes FA3
-  compute a tile listed by one block of three for all three, at three times its listed
-  cost; each block marks its own bitmap plane, and the compaction counts the planes.
+  per row on FA3 but 64 on the Triton kernel, which walks each block's chunks and attends
+  the keys no page holds.
+* ``min_blocks`` > 1: a sub-page goes to the group's pages only where at least that many of
+  its blocks list it (all of them in a group of fewer blocks).  The union makes FA3 compute
+  a tile listed by one block of three for all three rows, at three times its listed cost.
+  Each block marks its own bitmap plane, the compaction counts the planes, and a block's
+  other sub-pages go to its own page list: a second FA3 call with one 64-row virtual
+  sequence per block, not causal (they all lie before the group's rows, which are on the
+  group's pages), merged with the first by log-sum-exp in the Triton pass.
 
 Built per slice of rows with two Triton launches (mark the sub-pages of a bitmap, then
 compact it into the block table); shapes depend on host sizes only.
@@ -109,16 +112,28 @@ class PageGeometry:
     def num_rows(self) -> int:
         return self.num_heads * self.num_groups
 
+    def block_starts(self) -> torch.Tensor:
+        """Permuted first row of every 64-row block of every virtual sequence
+        (``rows_per_group // 64`` a sequence, empty past its end), + the end, int32 on the
+        device: FA3's cu_seqlens_q for the per-block pages (built on the device, and only
+        where they are used)."""
+        starts = self.row_starts_dev
+        offs = torch.arange(0, self.rows_per_group, BLOCK_M, dtype=torch.int32,
+                            device=starts.device)
+        blocks = torch.minimum(starts[:-1, None] + offs, starts[1:, None]).flatten()
+        return torch.cat([blocks, starts[-1:]])
+
     def bitmap_planes(self, min_blocks: int) -> int:
         """Bitmap planes a row needs: one, or with ``min_blocks`` > 1 one per block of the
-        group plus the plane of what goes to the pages whatever the count (the group's own
-        rows, extra tiles), which the compaction turns into the pages' bitmap."""
+        group (after the compaction: what the pages hold for that block) plus the plane of
+        what goes to the group's pages whatever the count (its own rows, extra tiles)."""
         return self.rows_per_group // BLOCK_M + 1 if min_blocks > 1 else 1
 
-    def slices(self, table_bytes: int = TABLE_BYTES, planes: int = 1) -> list[tuple[int, int]]:
-        """Row ranges whose block table (int32) and bitmap (int8, ``planes`` per row) fit
-        ``table_bytes``."""
-        per = max(1, table_bytes // ((4 + planes) * self.width))
+    def slices(self, table_bytes: int = TABLE_BYTES, planes: int = 1,
+               block_tables: int = 0) -> list[tuple[int, int]]:
+        """Row ranges whose block table (int32), bitmap (int8, ``planes`` per row) and
+        ``block_tables`` per-block tables (int32) fit ``table_bytes``."""
+        per = max(1, table_bytes // ((4 * (1 + block_tables) + planes) * self.width))
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
 
 
@@ -208,18 +223,31 @@ def _mark_kernel(BITS, stride_bits, stride_plane, DESC, stride_dh, stride_db, CH
             tl.store(forced + s, tl.full(s.shape, 1, tl.int8), mask=keep)
 
 
-@triton.jit(do_not_specialize=["stride_bits", "stride_plane", "stride_tab", "stride_bt",
-                               "row0", "NG", "MIN_BLOCKS"])
-def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED, BT, stride_bt,
+@triton.jit
+def _block_pages(bits, cnt, on, sub_id, in_row, s, TABLE_B, stride_plane):
+    """One block's own pages (its plane's sub-pages the group's pages do not hold) appended
+    to its table row; its plane becomes its whole coverage (group's pages and its own)."""
+    plane = bits + s
+    mine = (tl.load(plane, mask=in_row, other=0) != 0) & ~on
+    tl.store(plane, (on | mine).to(tl.int8), mask=in_row)
+    return append_kept(TABLE_B, cnt, sub_id, mine)
+
+
+@triton.jit(do_not_specialize=["stride_bits", "stride_plane", "stride_tab", "stride_tb",
+                               "stride_bt", "row0", "NG", "MIN_BLOCKS"])
+def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED,
+                    TABLE_B, stride_tb, SEQUSED_B, BT, stride_bt,
                     G_SEQ, G_M, G_NBLK, Q_LEN, KV_LEN, row0, NG, KV_HEADS, MIN_BLOCKS,
                     GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
                     SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr, BPG: tl.constexpr,
                     SPLIT: tl.constexpr):
     """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k.
 
-    With ``SPLIT`` a sub-page is on if its plane ``BPG`` is set or at least ``MIN_BLOCKS``
-    of the group's blocks (all, in a group of fewer) marked it; the result is written over
-    plane ``BPG``, the bitmap the Triton pass reads."""
+    With ``SPLIT`` (at most 3 blocks a group) a sub-page goes to the group's pages if its
+    plane ``BPG`` is set or at least ``MIN_BLOCKS`` of the group's blocks (all, in a group
+    of fewer) marked it; each block's other marked sub-pages go to its own row of
+    ``TABLE_B`` (``SEQUSED_B``: their keys), and each block's plane becomes the bitmap of
+    what the pages hold for it, which the Triton pass reads."""
     r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row
     kvh = h // GROUP
     b = tl.load(G_SEQ + g)
@@ -229,28 +257,48 @@ def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED,
     g_last = ctx + tl.minimum(gm * R + R, q_len) - 1
     n_sub = g_last // SUB_ + 1
     bits = BITS + r_loc.to(tl.int64) * stride_bits
+    plane = stride_plane.to(tl.int64)
     cover = bits
     need = tl.minimum(MIN_BLOCKS, tl.load(G_NBLK + g))
     if SPLIT:
-        cover = bits + BPG * stride_plane.to(tl.int64)
+        cover = bits + BPG * plane
     table = TABLE + r_loc.to(tl.int64) * stride_tab
+    table_b = TABLE_B + (r_loc * BPG).to(tl.int64) * stride_tb
     bt = BT + b.to(tl.int64) * stride_bt
     count = tl.zeros([], tl.int32)
+    n0 = tl.zeros([], tl.int32)
+    n1 = tl.zeros([], tl.int32)
+    n2 = tl.zeros([], tl.int32)
     for s0 in range(0, n_sub, BS):
         s = s0 + tl.arange(0, BS)
         in_row = s < n_sub
         on = tl.load(cover + s, mask=in_row, other=0) != 0
+        wanted = on
         if SPLIT:
             marks = tl.zeros([BS], tl.int32)
             for p in tl.static_range(BPG):
-                marks += (tl.load(bits + p * stride_plane.to(tl.int64) + s, mask=in_row,
-                                  other=0) != 0).to(tl.int32)
+                marks += (tl.load(bits + p * plane + s, mask=in_row, other=0) != 0).to(tl.int32)
             on = on | (marks >= need)
-            tl.store(cover + s, on.to(tl.int8), mask=in_row)
-        page = tl.load(bt + s // SUBS_PER_PAGE, mask=on, other=0)
+            wanted = on | (marks > 0)
+        page = tl.load(bt + s // SUBS_PER_PAGE, mask=wanted, other=0)
         sub_id = (page * KV_HEADS + kvh) * SUBS_PER_PAGE + s % SUBS_PER_PAGE
         count = append_kept(table, count, sub_id, on)
+        if SPLIT:
+            n0 = _block_pages(bits, n0, on, sub_id, in_row, s, table_b, plane)
+            if BPG > 1:
+                n1 = _block_pages(bits + plane, n1, on, sub_id, in_row, s,
+                                  table_b + stride_tb, plane)
+            if BPG > 2:
+                n2 = _block_pages(bits + 2 * plane, n2, on, sub_id, in_row, s,
+                                  table_b + 2 * stride_tb, plane)
     tl.store(SEQUSED + r_loc, (count - 1) * SUB_ + g_last % SUB_ + 1)
+    if SPLIT:  # whole sub-pages, all before the group's rows
+        used_b = SEQUSED_B + r_loc * BPG
+        tl.store(used_b, n0 * SUB_)
+        if BPG > 1:
+            tl.store(used_b + 1, n1 * SUB_)
+        if BPG > 2:
+            tl.store(used_b + 2, n2 * SUB_)
 
 
 def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: WorkList,
@@ -277,17 +325,26 @@ def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: Wor
 def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor,
                   geo: PageGeometry, layout: SeqLayout, block_table: torch.Tensor,
                   page_size: int, kv_heads: int, row0: int, row1: int,
-                  min_blocks: int = 1) -> None:
-    """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap (with
-    several planes, by the ``min_blocks`` rule, leaving the pages' bitmap in the last)."""
+                  min_blocks: int = 1, table_b: torch.Tensor | None = None,
+                  seqused_b: torch.Tensor | None = None) -> None:
+    """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap; with
+    several planes (``min_blocks`` > 1) also each block's own pages, ``table_b`` and
+    ``seqused_b`` rows ``(row - row0) * blocks_per_group + block``."""
     if page_size % SUB:
         raise ValueError(f"KV page size {page_size} is not a multiple of {SUB}")
     split = bits.shape[1] > 1
-    if split != (min_blocks > 1):
-        raise ValueError(f"{bits.shape[1]} bitmap plane(s) do not fit min_blocks={min_blocks}")
+    bpg = geo.rows_per_group // BLOCK_M
+    if split != (min_blocks > 1) or split and (table_b is None or seqused_b is None):
+        raise ValueError(f"{bits.shape[1]} bitmap plane(s) do not fit min_blocks={min_blocks}"
+                         " (and its per-block tables)")
+    if split and bpg > 3:
+        raise ValueError(f"min_blocks > 1 takes row groups of at most 3 blocks, not {bpg}")
+    if not split:  # unread placeholders
+        table_b, seqused_b = table, seqused
     _compact_kernel[(row1 - row0,)](
-        bits, bits.stride(0), bits.stride(1), table, table.stride(0), seqused, block_table,
-        block_table.stride(0), geo.g_seq, geo.g_m, geo.g_nblk, layout.q_len, layout.kv_len,
+        bits, bits.stride(0), bits.stride(1), table, table.stride(0), seqused,
+        table_b, table_b.stride(0), seqused_b, block_table, block_table.stride(0),
+        geo.g_seq, geo.g_m, geo.g_nblk, layout.q_len, layout.kv_len,
         row0, geo.num_groups, kv_heads, min_blocks, GROUP=geo.num_heads // kv_heads,
         R=geo.rows_per_group, SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024,
-        BPG=geo.rows_per_group // BLOCK_M, SPLIT=split)
+        BPG=bpg, SPLIT=split)

@@ -45,13 +45,14 @@ def _block_keys(desc_row, chunks, cols, last: int, runs: list[int] | None = None
     return paged, rest
 
 
-def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
-                    g: int, min_run: int = 1, runs: list[int] | None = None,
-                    min_blocks: int = 1) -> list[int]:
-    """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence
-    (``runs``: the pool's :func:`run_lengths`, if the caller has them already): its own rows'
-    and its blocks' extra tiles', and those of its blocks' chunk keys that at least
-    ``min_blocks`` of its blocks (all of them, if fewer) list."""
+def group_split(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
+                g: int, min_run: int = 1, runs: list[int] | None = None,
+                min_blocks: int = 1) -> tuple[list[int], list[list[int]]]:
+    """Ascending sub-pages (logical, of sequence ``b``) of group ``g``'s virtual sequence,
+    and of each of its blocks' own (``runs``: the pool's :func:`run_lengths`, if the caller
+    has them already).  The group's: its own rows', its blocks' extra tiles', and those of
+    its blocks' chunk keys that at least ``min_blocks`` of its blocks (all of them, if
+    fewer) list; a block's own: the rest of its chunk keys' sub-pages."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
@@ -62,25 +63,32 @@ def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int
     if runs is None and min_run > 1:  # with min_run 1 every chunk goes to the pages
         runs = run_lengths(chunks)
     blocks = range(g * bpg, min((g + 1) * bpg, (q_len + BLOCK_M - 1) // BLOCK_M))
-    listed: dict[int, int] = {}  # sub-page -> blocks of the group listing it
+    marked: list[set[int]] = []  # each block's sub-pages of chunk keys
     for m in blocks:
         last = ctx + min((m + 1) * BLOCK_M, q_len) - 1
         keys, _ = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
-        for s in {k // SUB for k in keys}:
-            listed[s] = listed.get(s, 0) + 1
+        marked.append({k // SUB for k in keys})
         if wl.extra is not None:  # the block's extra tiles, up to its last row
             for start in wl.extra[h, first_blk + m].tolist():
                 if start >= 0:
                     subs.update(k // SUB for k in range(start, min(start + 64, last + 1)))
     need = min(min_blocks, len(blocks))
-    subs.update(s for s, n in listed.items() if n >= need)
-    return sorted(subs)
+    subs.update(s for s in set().union(*marked) if sum(s in x for x in marked) >= need)
+    return sorted(subs), [sorted(x - subs) for x in marked]
+
+
+def group_sub_pages(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int, h: int,
+                    g: int, min_run: int = 1, runs: list[int] | None = None,
+                    min_blocks: int = 1) -> list[int]:
+    """The group's sub-pages of :func:`group_split`."""
+    return group_split(wl, layout, rows_per_group, b, h, g, min_run, runs, min_blocks)[0]
 
 
 def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
                    h: int, min_run: int = 1, min_blocks: int = 1) -> torch.Tensor:
     """``[q_len, kv_len]`` keys each row of sequence ``b``, head ``h`` sees (before causality):
-    its group's pages, and its block's own chunk keys and columns."""
+    its group's pages, its block's own (the sub-pages of its chunk keys) and its block's
+    columns and short-run chunk keys."""
     q_len, kv_len = layout.q_lens_host[b], layout.kv_lens_host[b]
     ctx = kv_len - q_len
     first_blk = sum((ql + BLOCK_M - 1) // BLOCK_M for ql in layout.q_lens_host[:b])
@@ -97,15 +105,17 @@ def page_list_mask(wl: WorkList, layout: SeqLayout, rows_per_group: int, b: int,
             paged, rest = _block_keys(desc[first_blk + m], chunks, cols, last, runs, min_run)
             rows = slice(m * BLOCK_M, min((m + 1) * BLOCK_M, q_len))
             mask[rows, rest] = True
-            mask[rows, sorted(paged)] = True  # in the pages, or on the Triton pass
+            for s in {k // SUB for k in paged}:  # in the group's pages or the block's own
+                mask[rows, s * SUB:min((s + 1) * SUB, kv_len)] = True
     return mask
 
 
 def emulate_fa3_varlen(q, k, v, max_seqlen_q, cu_seqlens_q, max_seqlen_k, seqused_k=None,
                        block_table=None, softmax_scale=None, causal=False, out=None,
                        return_softmax_lse=False, **_ignored):
-    """FlashAttention's paged varlen forward, one sequence at a time (tests only)."""
-    assert causal and block_table is not None and seqused_k is not None
+    """FlashAttention's paged varlen forward, one sequence at a time (tests only); a
+    sequence without keys gives zeros and a log-sum-exp of ``-inf``."""
+    assert block_table is not None and seqused_k is not None
     page, head_dim = k.shape[1], q.shape[-1]
     cu = cu_seqlens_q.tolist()
     used = seqused_k.tolist()
@@ -120,8 +130,10 @@ def emulate_fa3_varlen(q, k, v, max_seqlen_q, cu_seqlens_q, max_seqlen_k, sequse
         for hh in range(q.shape[1]):
             sc = q[q0:q1, hh].double() @ ks[:, hh // (q.shape[1] // k.shape[-2])].double().T
             sc = sc * softmax_scale
-            pos = torch.arange(nk - (q1 - q0), nk, device=q.device)[:, None]
-            sc = sc.masked_fill(torch.arange(nk, device=q.device)[None, :] > pos, float("-inf"))
+            if causal:  # bottom-right aligned
+                pos = torch.arange(nk - (q1 - q0), nk, device=q.device)[:, None]
+                sc = sc.masked_fill(torch.arange(nk, device=q.device)[None, :] > pos,
+                                    float("-inf"))
             lse[hh, q0:q1] = torch.logsumexp(sc, -1).float()
             p = torch.softmax(sc, -1).nan_to_num(0.0)
             out[q0:q1, hh] = (p @ vs[:, hh // (q.shape[1] // k.shape[-2])].double()).to(q.dtype)
