@@ -1762,7 +1762,7 @@ case "$1" in
        jit_check ;;  # two GPUs: fa3_min_blocks at 1M (one GPU) / the default suite
   BHR) lane 0 BH5_blocks_kernels_1m; lane 1 BH6_blocks_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the faster column pass: kernels + 1M / 128K + 1M
-  BHS) lane 0 BH7_blocks_kernels; lane 1 BH8_blocks_128k; wait_lanes 470
+  BHS) lane 0 BH7_blocks_kernels; lane 1 BH8_blocks_128k; wait_lanes 430
        jit_check ;;  # two GPUs: per-block FA3 pages: kernels / TTFT 128K
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
