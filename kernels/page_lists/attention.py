@@ -96,7 +96,7 @@ def _column_pass_kernel(
     that of the block's own pages, ``OPB``/``LSEB``), add (with ``SCAN``: min_run kept
     chunks off the pages) every key of the block's chunks that the pages do not hold, then
     the columns, each key only if the pages do not hold it (``BITS``: the bitmap of what the
-    pages hold, plane ``j`` with ``SPLIT``)."""
+    pages hold, the block's own with ``SPLIT``)."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -274,9 +274,11 @@ def page_list_attention(
     seqused = torch.empty(n_max, dtype=torch.int32, device=q.device)
     table_b = seqused_b = None
     o_b, lse_b = o_perm, seqused  # unread placeholders without the per-block pages
+    cover = bits  # the Triton pass's bitmaps: [rows, blocks, width] with the per-block pages
     if split:
         table_b = torch.empty(n_max * bpg, geo.width, dtype=torch.int32, device=q.device)
         seqused_b = torch.empty(n_max * bpg, dtype=torch.int32, device=q.device)
+        cover = torch.empty(n_max, bpg, geo.width, dtype=torch.int8, device=q.device)
         block_starts = geo.block_starts()
         o_b = torch.empty_like(q_perm)
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
@@ -285,7 +287,7 @@ def page_list_attention(
         n = r1 - r0
         mark_pages(bits, geo, layout, worklist, r0, r1, flags)
         compact_pages(bits, table, seqused, geo, layout, block_table, page, kv_heads, r0, r1,
-                      min_blocks, table_b, seqused_b)
+                      min_blocks, table_b, seqused_b, cover.view(-1, geo.width))
         clock.lap("tables")
         t0, t1 = geo.row_starts[r0], geo.row_starts[r1]
         _, lse = varlen_fn(
@@ -304,8 +306,8 @@ def page_list_attention(
         clock.lap("fa3")
         _column_pass_kernel[(n * bpg,)](
             q, out, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            o_perm[t0:t1], lse.reshape(-1), o_b[t0:t1], lse_b.reshape(-1), t0, bits,
-            bits.stride(0), bits.stride(1),
+            o_perm[t0:t1], lse.reshape(-1), o_b[t0:t1], lse_b.reshape(-1), t0, cover,
+            cover.stride(0), cover.stride(1),
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
             stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,

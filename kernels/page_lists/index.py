@@ -125,15 +125,15 @@ class PageGeometry:
 
     def bitmap_planes(self, min_blocks: int) -> int:
         """Bitmap planes a row needs: one, or with ``min_blocks`` > 1 one per block of the
-        group (after the compaction: what the pages hold for that block) plus the plane of
-        what goes to the group's pages whatever the count (its own rows, extra tiles)."""
+        group plus the plane of what goes to the group's pages whatever the count (its own
+        rows, extra tiles)."""
         return self.rows_per_group // BLOCK_M + 1 if min_blocks > 1 else 1
 
     def slices(self, table_bytes: int = TABLE_BYTES, planes: int = 1,
                block_tables: int = 0) -> list[tuple[int, int]]:
         """Row ranges whose block table (int32), bitmap (int8, ``planes`` per row) and
-        ``block_tables`` per-block tables (int32) fit ``table_bytes``."""
-        per = max(1, table_bytes // ((4 * (1 + block_tables) + planes) * self.width))
+        ``block_tables`` per-block tables (int32) and bitmaps (int8) fit ``table_bytes``."""
+        per = max(1, table_bytes // ((4 + 5 * block_tables + planes) * self.width))
         return [(r, min(r + per, self.num_rows)) for r in range(0, self.num_rows, per)]
 
 
@@ -223,32 +223,25 @@ def _mark_kernel(BITS, stride_bits, stride_plane, DESC, stride_dh, stride_db, CH
             tl.store(forced + s, tl.full(s.shape, 1, tl.int8), mask=keep)
 
 
-@triton.jit
-def _block_pages(bits, cnt, on, sub_id, in_row, s, TABLE_B, stride_plane):
-    """One block's own pages (its plane's sub-pages the group's pages do not hold) appended
-    to its table row; its plane becomes its whole coverage (group's pages and its own)."""
-    plane = bits + s
-    mine = (tl.load(plane, mask=in_row, other=0) != 0) & ~on
-    tl.store(plane, (on | mine).to(tl.int8), mask=in_row)
-    return append_kept(TABLE_B, cnt, sub_id, mine)
-
-
 @triton.jit(do_not_specialize=["stride_bits", "stride_plane", "stride_tab", "stride_tb",
-                               "stride_bt", "row0", "NG", "MIN_BLOCKS"])
+                               "stride_cov", "stride_bt", "row0", "NG", "MIN_BLOCKS"])
 def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED,
-                    TABLE_B, stride_tb, SEQUSED_B, BT, stride_bt,
+                    TABLE_B, stride_tb, SEQUSED_B, COVER, stride_cov, BT, stride_bt,
                     G_SEQ, G_M, G_NBLK, Q_LEN, KV_LEN, row0, NG, KV_HEADS, MIN_BLOCKS,
                     GROUP: tl.constexpr, R: tl.constexpr, SUB_: tl.constexpr,
                     SUBS_PER_PAGE: tl.constexpr, BS: tl.constexpr, BPG: tl.constexpr,
                     SPLIT: tl.constexpr):
     """Bitmap row -> ascending FA3 sub-page ids (through vLLM's block table) + seqused_k.
 
-    With ``SPLIT`` (at most 3 blocks a group) a sub-page goes to the group's pages if its
-    plane ``BPG`` is set or at least ``MIN_BLOCKS`` of the group's blocks (all, in a group
-    of fewer) marked it; each block's other marked sub-pages go to its own row of
-    ``TABLE_B`` (``SEQUSED_B``: their keys), and each block's plane becomes the bitmap of
-    what the pages hold for it, which the Triton pass reads."""
-    r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row
+    With ``SPLIT`` a sub-page goes to the group's pages if its plane ``BPG`` is set or at
+    least ``MIN_BLOCKS`` of the group's blocks (all, in a group of fewer) marked it, and
+    program ``(row, 1 + j)`` (the blocks' programs run beside the group's) lists block
+    ``j``'s other marked sub-pages in its row of ``TABLE_B`` (``SEQUSED_B``: their keys)
+    and writes ``COVER[row, j]``: what the group's pages and its own hold for it, the
+    bitmap the Triton pass reads.  The planes are only read, so the programs need no
+    order among them."""
+    r_loc, _, h, g = group_block(row0, NG, 1)  # one program per row (and block)
+    part = tl.program_id(1)  # 0: the group's pages; 1 + j: block j's own
     kvh = h // GROUP
     b = tl.load(G_SEQ + g)
     gm = tl.load(G_M + g)
@@ -258,47 +251,39 @@ def _compact_kernel(BITS, stride_bits, stride_plane, TABLE, stride_tab, SEQUSED,
     n_sub = g_last // SUB_ + 1
     bits = BITS + r_loc.to(tl.int64) * stride_bits
     plane = stride_plane.to(tl.int64)
-    cover = bits
+    forced = bits
     need = tl.minimum(MIN_BLOCKS, tl.load(G_NBLK + g))
     if SPLIT:
-        cover = bits + BPG * plane
+        forced = bits + BPG * plane
     table = TABLE + r_loc.to(tl.int64) * stride_tab
-    table_b = TABLE_B + (r_loc * BPG).to(tl.int64) * stride_tb
+    mine_plane = bits + tl.maximum(part - 1, 0) * plane
+    row_b = (r_loc * BPG + tl.maximum(part - 1, 0)).to(tl.int64)
+    if part > 0:
+        table = TABLE_B + row_b * stride_tb
+    cover = COVER + row_b * stride_cov
     bt = BT + b.to(tl.int64) * stride_bt
     count = tl.zeros([], tl.int32)
-    n0 = tl.zeros([], tl.int32)
-    n1 = tl.zeros([], tl.int32)
-    n2 = tl.zeros([], tl.int32)
     for s0 in range(0, n_sub, BS):
         s = s0 + tl.arange(0, BS)
         in_row = s < n_sub
-        on = tl.load(cover + s, mask=in_row, other=0) != 0
-        wanted = on
+        on = tl.load(forced + s, mask=in_row, other=0) != 0
         if SPLIT:
             marks = tl.zeros([BS], tl.int32)
             for p in tl.static_range(BPG):
                 marks += (tl.load(bits + p * plane + s, mask=in_row, other=0) != 0).to(tl.int32)
             on = on | (marks >= need)
-            wanted = on | (marks > 0)
-        page = tl.load(bt + s // SUBS_PER_PAGE, mask=wanted, other=0)
+        keep = on
+        if part > 0:  # block part - 1: its marked sub-pages the group's pages leave out
+            mine = (tl.load(mine_plane + s, mask=in_row, other=0) != 0) & ~on
+            tl.store(cover + s, (on | mine).to(tl.int8), mask=in_row)
+            keep = mine
+        page = tl.load(bt + s // SUBS_PER_PAGE, mask=keep, other=0)
         sub_id = (page * KV_HEADS + kvh) * SUBS_PER_PAGE + s % SUBS_PER_PAGE
-        count = append_kept(table, count, sub_id, on)
-        if SPLIT:
-            n0 = _block_pages(bits, n0, on, sub_id, in_row, s, table_b, plane)
-            if BPG > 1:
-                n1 = _block_pages(bits + plane, n1, on, sub_id, in_row, s,
-                                  table_b + stride_tb, plane)
-            if BPG > 2:
-                n2 = _block_pages(bits + 2 * plane, n2, on, sub_id, in_row, s,
-                                  table_b + 2 * stride_tb, plane)
-    tl.store(SEQUSED + r_loc, (count - 1) * SUB_ + g_last % SUB_ + 1)
-    if SPLIT:  # whole sub-pages, all before the group's rows
-        used_b = SEQUSED_B + r_loc * BPG
-        tl.store(used_b, n0 * SUB_)
-        if BPG > 1:
-            tl.store(used_b + 1, n1 * SUB_)
-        if BPG > 2:
-            tl.store(used_b + 2, n2 * SUB_)
+        count = append_kept(table, count, sub_id, keep)
+    if part == 0:
+        tl.store(SEQUSED + r_loc, (count - 1) * SUB_ + g_last % SUB_ + 1)
+    else:  # whole sub-pages, all before the group's rows
+        tl.store(SEQUSED_B + row_b, count * SUB_)
 
 
 def mark_pages(bits: torch.Tensor, geo: PageGeometry, layout: SeqLayout, wl: WorkList,
@@ -326,25 +311,25 @@ def compact_pages(bits: torch.Tensor, table: torch.Tensor, seqused: torch.Tensor
                   geo: PageGeometry, layout: SeqLayout, block_table: torch.Tensor,
                   page_size: int, kv_heads: int, row0: int, row1: int,
                   min_blocks: int = 1, table_b: torch.Tensor | None = None,
-                  seqused_b: torch.Tensor | None = None) -> None:
+                  seqused_b: torch.Tensor | None = None,
+                  cover: torch.Tensor | None = None) -> None:
     """Fill ``table[: row1 - row0]`` and ``seqused[: row1 - row0]`` from the bitmap; with
-    several planes (``min_blocks`` > 1) also each block's own pages, ``table_b`` and
-    ``seqused_b`` rows ``(row - row0) * blocks_per_group + block``."""
+    several planes (``min_blocks`` > 1) also each block's own pages and bitmap, ``table_b``,
+    ``seqused_b`` and ``cover`` rows ``(row - row0) * blocks_per_group + block``."""
     if page_size % SUB:
         raise ValueError(f"KV page size {page_size} is not a multiple of {SUB}")
     split = bits.shape[1] > 1
     bpg = geo.rows_per_group // BLOCK_M
-    if split != (min_blocks > 1) or split and (table_b is None or seqused_b is None):
+    if split != (min_blocks > 1) or split and any(
+            t is None for t in (table_b, seqused_b, cover)):
         raise ValueError(f"{bits.shape[1]} bitmap plane(s) do not fit min_blocks={min_blocks}"
                          " (and its per-block tables)")
-    if split and bpg > 3:
-        raise ValueError(f"min_blocks > 1 takes row groups of at most 3 blocks, not {bpg}")
     if not split:  # unread placeholders
-        table_b, seqused_b = table, seqused
-    _compact_kernel[(row1 - row0,)](
+        table_b, seqused_b, cover = table, seqused, bits[:, 0]
+    _compact_kernel[(row1 - row0, 1 + bpg if split else 1)](
         bits, bits.stride(0), bits.stride(1), table, table.stride(0), seqused,
-        table_b, table_b.stride(0), seqused_b, block_table, block_table.stride(0),
-        geo.g_seq, geo.g_m, geo.g_nblk, layout.q_len, layout.kv_len,
+        table_b, table_b.stride(0), seqused_b, cover, cover.stride(0), block_table,
+        block_table.stride(0), geo.g_seq, geo.g_m, geo.g_nblk, layout.q_len, layout.kv_len,
         row0, geo.num_groups, kv_heads, min_blocks, GROUP=geo.num_heads // kv_heads,
         R=geo.rows_per_group, SUB_=SUB, SUBS_PER_PAGE=page_size // SUB, BS=1024,
         BPG=bpg, SPLIT=split)
