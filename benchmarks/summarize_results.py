@@ -250,7 +250,7 @@ def kernel_table(rows: list[dict]) -> str:
             pat += (f" + {r['extra_blocks']} extra tiles" if computed else
                     f" ({r['extra_blocks']} extra tiles not computed by this kernel"
                     f"{'' if r.get('extra_excluded') else ', yet in its density'})")
-        agg[(r["input"], pat, r.get("kernel", "triton"), r["q_heads"], r["kv_heads"], r["head_dim"],
+        agg[(r["input"], pat, kernel_cell(r), r["q_heads"], r["kv_heads"], r["head_dim"],
              r["seq_len"])].append(r)
     for (inp, pat, kern, qh, kh, d, n), rs in sorted(
             agg.items(), key=lambda kv: (kv[0][6], kv[0][0], kv[0][3], kv[0][1], kv[0][2])):
@@ -266,22 +266,30 @@ def kernel_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kernel_cell(r: dict) -> str:
+    """The kernel a row timed, with its lease where the raw folder holds several leases'
+    kernel files (each may carry another build of the same kernel label)."""
+    kernel = r.get("kernel", "triton")
+    return f"{kernel} ({r['lease']})" if r.get("lease") else kernel
+
+
 def stage_table(rows: list[dict]) -> str:
     """Where the FA3 page-list time goes (rows of bench_kernels runs that timed the stages)."""
     staged = [r for r in rows if r.get("fa3_stages_ms")]
     if not staged:
         return ""
     names = ["gather", "tables", "fa3", "columns"]
-    lines = ["| shape | seq | layer | density | in pages | FA3 dense ms | "
+    lines = ["| tiles on | shape | seq | layer | density | in pages | FA3 dense ms | "
              + " | ".join(f"{n} ms" for n in names) + " | stage sum ms | timed attn ms | "
              "FA3 speed on pages |",
-             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+             "|---|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for r in staged:
         st = r["fa3_stages_ms"]
         speed = r["page_density"] * r["dense_ms"] / st["fa3"] if st.get("fa3") else None
         layer = r.get("layer", ",".join(str(x) for x in r.get("layers", [])))
         lines.append(
-            f"| {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | {fmt_len(r['seq_len'])} | "
+            f"| {kernel_cell(r)} | {r['q_heads']}/{r['kv_heads']} d{r['head_dim']} | "
+            f"{fmt_len(r['seq_len'])} | "
             f"{layer} | {r['density']:.3f} | {r['page_density']:.3f} | {r['dense_ms']:.1f} | "
             + " | ".join(f"{st.get(n, 0.0):.1f}" for n in names)
             + f" | {sum(st.get(n, 0.0) for n in names):.1f} | {r['attn_ms']:.1f} | "
@@ -608,7 +616,9 @@ def main() -> None:
     kpaths = sorted(glob.glob(os.path.join(args.raw, "*kernels*.json")))
     if kpaths:
         ks = [load(p) for p in kpaths]
-        k = dict(ks[0], rows=[r for kk in ks for r in kk["rows"]])
+        several = len({lease_of(p) for p in kpaths}) > 1
+        k = dict(ks[0], rows=[dict(r, lease=lease_of(p)) if several else r
+                              for p, kk in zip(kpaths, ks) for r in kk["rows"]])
         with open(os.path.join(RESULTS, f"kernels-{dev}.json"), "w") as f:
             json.dump(k, f, indent=1)
         plot_kernels(k["rows"], os.path.join(RESULTS, f"kernels-{dev}.png"))

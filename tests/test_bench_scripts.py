@@ -197,8 +197,36 @@ def test_stage_table_reads_fa3_speed_from_the_stages():
                fa3_stages_ms={"gather": 2.0, "tables": 1.0, "fa3": 100.0, "columns": 4.0})
     assert summarize_results.stage_table([dict(row, fa3_stages_ms=None)]) == ""
     last = summarize_results.stage_table([row]).splitlines()[-1]
-    assert last == ("| 32/8 d128 | 128K | 3,9 | 0.365 | 0.400 | 200.0 | 2.0 | 1.0 | 100.0 | "
-                    "4.0 | 107.0 | 110.0 | 0.80 |")
+    assert last == ("| triton | 32/8 d128 | 128K | 3,9 | 0.365 | 0.400 | 200.0 | 2.0 | 1.0 | "
+                    "100.0 | 4.0 | 107.0 | 110.0 | 0.80 |")
+    last = summarize_results.stage_table([dict(row, kernel="fa3", lease="L2")]).splitlines()[-1]
+    assert last.startswith("| fa3 (L2) | 32/8 d128 |")
+
+
+def test_kernel_tables_keep_each_lease_apart(tmp_path, monkeypatch):
+    """Kernel files of several leases (each may hold another build of one kernel label) give
+    a row per lease; one lease's files are averaged as before."""
+    monkeypatch.setattr(summarize_results, "RESULTS", str(tmp_path / "out"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+
+    def kernels(attn_ms):
+        row = dict(input="real", pattern="vertical_slash", kernel="fa3", seq_len=131072,
+                   q_heads=32, kv_heads=8, head_dim=128, density=0.365, dense_ms=200.0,
+                   estimate_ms=1.0, index_ms=1.0, attn_ms=attn_ms, total_ms=attn_ms + 2.0,
+                   speedup=200.0 / (attn_ms + 2.0), efficiency=0.365 * 200.0 / (attn_ms + 2.0))
+        return json.dumps(dict(device="GPU", torch="2.11", rows=[row]))
+    (raw / "L1-A-kernels.json").write_text(kernels(108.0))
+    (raw / "L2-B-kernels.json").write_text(kernels(98.0))
+    monkeypatch.setattr(sys, "argv", ["summarize_results.py", str(raw), "--device", "x"])
+    summarize_results.main()
+    md = (tmp_path / "out" / "RESULTS-x.md").read_text()
+    assert "| fa3 (L1) | 32/8 d128 | 128K | 0.365 | 200.0 | 1.00 | 1.00 | 108.0 |" in md
+    assert "| fa3 (L2) | 32/8 d128 | 128K | 0.365 | 200.0 | 1.00 | 1.00 | 98.0 |" in md
+    (raw / "L2-B-kernels.json").rename(raw / "L1-B-kernels.json")  # one lease: averaged
+    summarize_results.main()
+    md = (tmp_path / "out" / "RESULTS-x.md").read_text()
+    assert "| fa3 | 32/8 d128 | 128K | 0.365 | 200.0 | 1.00 | 1.00 | 103.0 |" in md
 
 
 def test_recall_study_key_sets_match_the_index_builder(device):
