@@ -47,7 +47,7 @@
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 #   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
 #   bash benchmarks/gpu_lanes.sh BHP, BHQ, BHR      two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite; again with a faster pass
-#   bash benchmarks/gpu_lanes.sh BHS                two GPUs: fa3_min_blocks with per-block FA3 pages: kernels / TTFT 128K
+#   bash benchmarks/gpu_lanes.sh BHS, BHT           two GPUs: fa3_min_blocks with per-block FA3 pages: kernels / TTFT 128K; / the fixed-mode suite
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
 # compares two GPUs.  One-GPU calls run the same functions one after the other.  Results
@@ -1489,6 +1489,15 @@ BH8_blocks_128k() {  # one GPU: 128K, 5 runs each, the default then fa3_min_bloc
       $cfg --out $OUT/ttft.json
   done
 }
+# Next (thirtieth session's note): time bee4f8b's page tables (one program per row and
+# block) with BHS, and the fixed-mode suite with fa3_min_blocks=2 against fixed mode as is
+BH9_blocks_suite() {  # one GPU: the default suite in fixed mode, as is then with
+  # fa3_min_blocks=2 (the per-block FA3 pages pay on fixed Vertical-Slash lists)
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --out $OUT/accuracy_fixed.json
+  timeout 270 python3 $B/bench_accuracy.py --backend minference --mode fixed \
+    --set fa3_min_blocks=2 --out $OUT/accuracy_fixed.json
+}
 RANDOM_PAIR() {  # RANDOM_PAIR LENGTH: random attention (dummy Llama-3-8B shape, 32 layers),
   # FLASH_ATTN then the installed package, one prefill each
   for b in FLASH_ATTN minference; do
@@ -1764,6 +1773,8 @@ case "$1" in
        jit_check ;;  # two GPUs: the faster column pass: kernels + 1M / 128K + 1M
   BHS) lane 0 BH7_blocks_kernels; lane 1 BH8_blocks_128k; wait_lanes 430
        jit_check ;;  # two GPUs: per-block FA3 pages: kernels / TTFT 128K
+  BHT) lane 0 BH7_blocks_kernels; lane 1 BH9_blocks_suite; wait_lanes 570
+       jit_check ;;  # two GPUs: per-block pages' tables timed / the fixed-mode suite with them
   BEP) lane 0 BE1_order_kernels; lane 1 BE2_order_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the row orders at kernel level / TTFT 128K
   BDP) install_exp_wheel; lane 0 BD1_dense_1m; lane 1 BD2_exp_1m; wait_lanes 300

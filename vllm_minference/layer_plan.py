@@ -615,8 +615,9 @@ class LayerPlanner:
                                 min_blocks=self.settings.fa3_min_blocks, stats=stats,
                                 stage_times=False)
             if stats and "key_rows" in stats:  # what FA3 computes: its page lists hold each
-                # row group's union of its blocks' tiles, so this exceeds ``density`` by the
-                # tiles one block lists and its group's others do not
+                # row group's union of its blocks' tiles (with fa3_min_blocks > 1, those
+                # enough blocks list), so this exceeds ``density`` by the tiles one block
+                # lists and its group's others do not
                 self.last_step["computed"] = stats["key_rows"] / (dense_tiles * BLOCK_M * BLOCK_N)
         else:
             sparse_attention(query, kv, layout, wl, scale, out=output)
