@@ -135,7 +135,7 @@ def run_layer(q_len: int, kv_len: int, mode: str, device: str, kernel: str) -> N
     patterns = LayerPatterns.from_heads(heads, device, **MODES[mode])
     wl = plan_layer(q, kv, layout, patterns)
     if kernel.startswith("fa3"):
-        page_list_attention(q, cache, kv.block_table, layout, wl, **page_options(kernel))
+        page_list_attention(q, cache, kv.block_table, layout, wl, **PAGE_OPTIONS[kernel])
     else:
         sparse_attention(q, kv, layout, wl)
 
@@ -148,11 +148,11 @@ MODES = {"fixed": {}, "adaptive": {"gamma": 0.9},
                                                                   fa3_groups=True)}}
 
 
-def page_options(kernel: str) -> dict:
-    """``fa3/run2`` -> min_run 2, ``fa3/blocks2`` -> min_blocks 2 (the page lists' options)."""
-    _, _, option = kernel.partition("/")
-    return {"min_run": int(option[3:]) if option.startswith("run") else 1,
-            "min_blocks": int(option[6:]) if option.startswith("blocks") else 1}
+# the page lists' options of each kernel label the pairs below use (triton: none read)
+PAGE_OPTIONS = {"triton": {"min_run": 1, "min_blocks": 1},
+                "fa3": {"min_run": 1, "min_blocks": 1},
+                "fa3/run2": {"min_run": 2, "min_blocks": 1},
+                "fa3/blocks2": {"min_run": 1, "min_blocks": 2}}
 
 
 def _mode_kernel_pairs() -> list[tuple[str, str]]:
@@ -176,11 +176,11 @@ def test_kernels_compile_once_whatever_the_length(recorded, device, mode, kernel
     if device != "cuda":
         monkeypatch.setattr(page_attention, "fa3_varlen", lambda: emulate_fa3_varlen)
     # the model-load warm-up (tiny batch, tiny budgets) must compile what serving runs
+    options = PAGE_OPTIONS[kernel]
     assert warmup.warm_up_kernels(4, 2, 64, torch.float16, 64, 0.125, device=device,
                                   kernel=kernel.partition("/")[0],
-                                  fa3_min_run=page_options(kernel)["min_run"],
-                                  fa3_min_blocks=page_options(kernel)["min_blocks"],
-                                  **MODES[mode])
+                                  fa3_min_run=options["min_run"],
+                                  fa3_min_blocks=options["min_blocks"], **MODES[mode])
     warm = {name: {c[0] for c in calls} for name, calls in recorded.items()}
     run_layer(64, 700, mode, device, kernel)
     run_layer(256, 9000, mode, device, kernel)  # > one estimate split (4096 keys); 4 blocks

@@ -11,7 +11,7 @@ from vllm_minference.kernels import dense_worklist
 from vllm_minference.kernels.attention.reference import masked_attention_reference
 from vllm_minference.kernels.page_lists import PageGeometry, group_rows, page_list_attention
 from vllm_minference.kernels.page_lists.index import (SUB, compact_pages, long_run_flags,
-                                                     mark_pages)
+                                                     mark_pages, short_chunk_index)
 from vllm_minference.kernels.page_lists.reference import (emulate_fa3_varlen, group_split,
                                                          group_sub_pages, page_list_mask,
                                                          run_lengths)
@@ -222,12 +222,24 @@ def test_long_run_flags_match_the_naive_runs(device):
         assert long_run_flags(chunks, min_run).cpu().tolist() == want
 
 
+def test_short_chunk_index_packs_each_segments_short_chunks(device):
+    g = torch.Generator().manual_seed(5)
+    flags = (torch.rand(200, generator=g) < 0.6).to(torch.int8).to(device)
+    index, before = short_chunk_index(flags)
+    short = [i for i, f in enumerate(flags.cpu().tolist()) if f == 0]
+    assert before.cpu().tolist() == [sum(1 for i in short if i < c) for c in range(201)]
+    assert index[:len(short)].cpu().tolist() == short
+    for c, n in [(0, 200), (17, 40), (150, 50), (60, 0)]:  # any segment of the pool
+        got = index[int(before[c]):int(before[c + n])].cpu().tolist()
+        assert got == [i for i in short if c <= i < c + n]
+
+
 @pytest.mark.parametrize("dtype", kernel_dtypes())
 @pytest.mark.parametrize("q_lens,kv_lens,h,hkv,d", SHAPES[2:])
 def test_min_blocks_equals_masked_reference(device, dtype, q_lens, kv_lens, h, hkv, d):
-    """min_blocks > 1: sub-pages that fewer blocks of a row group list go through the Triton
-    pass for their own block only (with min_run too); keys counted once, and FA3 computes
-    fewer keys than over the union."""
+    """min_blocks > 1: sub-pages that fewer blocks of a row group list go to each block's own
+    FA3 pages (with min_run too: short runs on the Triton pass); keys counted once, and FA3
+    computes fewer keys than over the union."""
     batch = make_batch(q_lens, kv_lens, h, hkv, d, dtype, device, page_size=64, seed=10)
     layout = batch.layout
     wl = with_extra_tiles(random_worklist(layout, h, seed=11), layout, 2, seed=12)

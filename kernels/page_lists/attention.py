@@ -24,7 +24,7 @@ from ..attention.kernel import (LOG2E, _attend_tile, _chunk_meta, _kv_args, _til
 from ..layout import BLOCK_M, BLOCK_N, KVSource, SeqLayout, kv_row_offsets, query_block
 from ..worklist import WorkList
 from .index import (SUB, TABLE_BYTES, PageGeometry, compact_pages, group_block, group_rows,
-                    long_run_flags, mark_pages)
+                    long_run_flags, mark_pages, short_chunk_index)
 
 
 def fa3_varlen() -> Callable:
@@ -56,47 +56,24 @@ def _attend_uncovered(acc, m_i, l_i, q, kvh, keys, inside, bits, b, kv_len, q_po
                         PREC)
 
 
-@triton.jit
-def _uncovered_chunks(BITS_ROW, CHUNKS, ptr, cnt, base, last, c0, CB: tl.constexpr,
-                      SUB_: tl.constexpr):
-    """Chunks ``c0 + [0, CB)`` of a block's list: which hold a key up to ``last`` that the
-    row group's pages do not (``u``), which hold none that they do (``whole``: no per-key
-    test), and each one's rank among the ``u`` ones."""
-    idx = c0 + tl.arange(0, CB)
-    ok = idx < cnt
-    cp = CHUNKS + 2 * (ptr + idx).to(tl.int64)
-    start = tl.load(cp, mask=ok, other=0)
-    lo = tl.load(cp + 1, mask=ok, other=0)
-    k_lo = tl.maximum(base + tl.maximum(lo, start), 0)
-    k_hi = tl.minimum(base + start + 63, last)
-    ok = ok & (k_lo <= k_hi)
-    s = (k_lo // SUB_)[:, None] + tl.arange(0, 8)[None, :]  # at most 5 sub-pages a chunk
-    inside = ok[:, None] & (s <= (k_hi // SUB_)[:, None])
-    open_ = (tl.load(BITS_ROW + s, mask=inside, other=1) == 0).to(tl.int32)
-    n_open = tl.sum(open_, axis=1)
-    u = ok & (n_open > 0)
-    whole = n_open == tl.sum(inside.to(tl.int32), axis=1)
-    return idx, u, whole, tl.cumsum(u.to(tl.int32), axis=0) - 1
-
-
 @triton.jit(do_not_specialize=["t0", "stride_bits", "stride_plane", "stride_bt", "stride_dh",
                                "row0", "NG", "N"])
 def _column_pass_kernel(
     Q, O, stride_qt, stride_qh, stride_ot, stride_oh, OP, LSE, OPB, LSEB, t0, BITS,
     stride_bits, stride_plane,
     K, V, stride_kp, stride_kt, stride_kh, stride_vh, BT, stride_bt, KV_START,
-    DESC, stride_dh, stride_db, CHUNKS, COLS,
+    DESC, stride_dh, stride_db, CHUNKS, SHORT_IDX, SHORT_BEFORE, COLS,
     G_BLK0, G_NBLK, SEQ_ROW0, Q_START, Q_LEN, KV_LEN, BLK_SEQ, BLK_M,
     row0, NG, N, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BPG: tl.constexpr, PAGE: tl.constexpr,
-    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, SCAN: tl.constexpr,
-    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, CB: tl.constexpr,
+    PAGED: tl.constexpr, PREC: tl.constexpr, SUB_: tl.constexpr, HAS_FLAGS: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Block ``j`` of a row's group: resume FA3's softmax state (with ``SPLIT`` merged with
-    that of the block's own pages, ``OPB``/``LSEB``), add (with ``SCAN``: min_run kept
-    chunks off the pages) every key of the block's chunks that the pages do not hold, then
-    the columns, each key only if the pages do not hold it (``BITS``: the bitmap of what the
-    pages hold, the block's own with ``SPLIT``)."""
+    that of the block's own pages, ``OPB``/``LSEB``), add the chunks of short runs (with
+    ``HAS_FLAGS``: the packed list of :func:`.index.short_chunk_index`) and the columns,
+    each key only if the pages do not hold it (``BITS``: the bitmap of what the pages hold,
+    the block's own with ``SPLIT``)."""
     r_loc, j, h, g = group_block(row0, NG, BPG)
     if j < tl.load(G_NBLK + g):
         blk = tl.load(G_BLK0 + g) + j
@@ -134,42 +111,29 @@ def _column_pass_kernel(
         if SPLIT:
             bits += j * stride_plane.to(tl.int64)
         offs = tl.arange(0, 64)
-        if SCAN:
-            # CB chunks at a time: find those with keys off the pages (a vector test of
-            # their sub-pages), then attend them one by one, picked out by rank
+        if HAS_FLAGS:
+            # the block's short-run chunks, packed: a chunk's scalars (and its pages) are
+            # loaded one step ahead, as in the main kernel, since its key addresses need them
             chunk_ptr = tl.load(desc + 0)
-            chunk_cnt = tl.load(desc + 1)
             base = tl.load(desc + 2)
+            s0 = tl.load(SHORT_BEFORE + chunk_ptr)
+            s1 = tl.load(SHORT_BEFORE + chunk_ptr + tl.load(desc + 1))
             first_pos = kv_len - q_len + m * BLOCK_M
-            last = kv_len - q_len + tl.minimum(m * BLOCK_M + BLOCK_M, q_len) - 1
-            for c0 in range(0, chunk_cnt, CB):
-                idx, u, whole, rank = _uncovered_chunks(bits, CHUNKS, chunk_ptr, chunk_cnt,
-                                                        base, last, c0, CB, SUB_)
-                n_u = tl.sum(u.to(tl.int32), axis=0)
-                # a chunk's scalars (and pages) are loaded one step ahead, as in the main
-                # kernel: its key addresses depend on them
-                meta = _chunk_meta(CHUNKS, chunk_ptr + tl.sum(tl.where(u & (rank == 0), idx, 0),
-                                                              axis=0),
-                                   n_u > 0, base, kv_len, first_pos, b, BT, stride_bt, CHUNK,
-                                   PAGE, PAGED)
-                for i in tl.range(0, n_u):
-                    k0, floor, need, first, page_a, page_b = meta
-                    pick = u & (rank == i)
-                    # a chunk wholly off the pages needs no per-key test (nor, wholly below
-                    # the diagonal, the mask): most do where a rule kept whole tiles off
-                    part = tl.sum(tl.where(pick & ~whole, 1, 0), axis=0) > 0
-                    nxt = tl.sum(tl.where(u & (rank == i + 1), idx, 0), axis=0)
-                    meta = _chunk_meta(CHUNKS, chunk_ptr + nxt, i + 1 < n_u, base, kv_len,
-                                       first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
-                    keys = k0 + offs
-                    inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
-                    covered = tl.load(bits + keys // SUB_, mask=inside & part, other=0)
-                    off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
-                                        KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
-                    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
-                                                 inside & (covered == 0), need | part, q_pos,
-                                                 qk_scale, K, V, stride_kh, stride_vh,
-                                                 HEAD_DIM, PREC)
+            meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + s0), s0 < s1, base, kv_len,
+                               first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
+            for i in range(s0, s1):
+                k0, floor, need, first, page_a, page_b = meta
+                meta = _chunk_meta(CHUNKS, tl.load(SHORT_IDX + i + 1), i + 1 < s1, base,
+                                   kv_len, first_pos, b, BT, stride_bt, CHUNK, PAGE, PAGED)
+                keys = k0 + offs
+                inside = (keys >= floor) & (keys >= 0) & (keys < kv_len)
+                covered = tl.load(bits + keys // SUB_, mask=inside, other=1)
+                off = _tile_offsets(keys, kv_len, b, first, page_a, page_b, BT, stride_bt,
+                                    KV_START, stride_kp, stride_kt, CHUNK, PAGE, PAGED)
+                acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, kvh, off, keys,
+                                             inside & (covered == 0), kv_len > 0, q_pos,
+                                             qk_scale, K, V, stride_kh, stride_vh, HEAD_DIM,
+                                             PREC)
         for c0 in range(0, col_cnt, 64):
             c_ok = c0 + offs < col_cnt
             keys = tl.load(COLS + col_ptr.to(tl.int64) + c0 + offs, mask=c_ok, other=-1)
@@ -282,6 +246,8 @@ def page_list_attention(
         block_starts = geo.block_starts()
         o_b = torch.empty_like(q_perm)
     flags = long_run_flags(worklist.chunks, min_run) if min_run > 1 else None
+    short_idx, short_before = (short_chunk_index(flags) if flags is not None
+                               else (worklist.cols, worklist.cols))  # unread placeholders
     clock.lap("gather")
     for r0, r1 in slices:
         n = r1 - r0
@@ -310,14 +276,15 @@ def page_list_attention(
             cover.stride(0), cover.stride(1),
             **kv_args,
             DESC=worklist.desc, stride_dh=worklist.desc.stride(0),
-            stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks, COLS=worklist.cols,
+            stride_db=worklist.desc.stride(1), CHUNKS=worklist.chunks,
+            SHORT_IDX=short_idx, SHORT_BEFORE=short_before, COLS=worklist.cols,
             G_BLK0=geo.g_blk0, G_NBLK=geo.g_nblk, SEQ_ROW0=geo.seq_row0,
             Q_START=layout.q_start, Q_LEN=layout.q_len, KV_LEN=layout.kv_len,
             BLK_SEQ=layout.blk_seq, BLK_M=layout.blk_m, row0=r0, NG=geo.num_groups,
             N=geo.num_tokens,
             qk_scale=sm_scale * LOG2E, GROUP=num_heads // kv_heads, HEAD_DIM=head_dim,
-            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, SCAN=min_run > 1, SPLIT=split,
-            BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, CB=64, num_warps=4, num_stages=2)
+            BPG=bpg, PREC=dot_precision(q.dtype), SUB_=SUB, HAS_FLAGS=min_run > 1,
+            SPLIT=split, BLOCK_M=BLOCK_M, CHUNK=BLOCK_N, num_warps=4, num_stages=2)
         clock.lap("columns")
         if stats is not None:
             rows = (starts[r0 + 1:r1 + 1] - starts[r0:r1]).long()
