@@ -46,7 +46,7 @@
 #   bash benchmarks/gpu_lanes.sh BAP, BCP, BDP      two GPUs: flat partials loop + estimate splits (tune, 128K) / profiles + suite / 1M FLASH_ATTN beside minference
 #   bash benchmarks/gpu_lanes.sh BEP                two GPUs: FA3's row order (fa3_row_order, removed again): kernels / 128K
 #   bash benchmarks/gpu_lanes.sh BGP, BG3           two GPUs: the shipped default at 4K/8K/128K / a 1M pair on one GPU; one GPU: a 128K A/B of two builds
-#   bash benchmarks/gpu_lanes.sh BHP, BHQ, BHR      two GPUs: fa3_min_blocks: kernels / TTFT 128K; 1M pair / the default suite; again with a faster pass
+#   bash benchmarks/gpu_lanes.sh BHP, BHR           two GPUs: fa3_min_blocks, own tiles on Triton: kernels / TTFT 128K; again with a faster pass, 1M
 #   bash benchmarks/gpu_lanes.sh BHS, BHT           two GPUs: fa3_min_blocks with per-block FA3 pages: kernels / TTFT 128K; / the fixed-mode suite
 # On two GPUs, two lanes run side by side, one per GPU; each lane compares backends *within
 # itself* (same GPU, one process per configuration, one after the other), so no timing
@@ -1424,8 +1424,8 @@ BG3_ab_128k() {  # one GPU, nothing beside it: 128K, 5 runs each, main (.whl/) t
 }
 # Thirtieth session: FA3 computes the union of a row group's lists for all its rows (1.27-
 # 1.45x the listed tiles at 1M); fa3_min_blocks=N keeps sub-pages fewer than N of the group's
-# blocks list on the Triton pass, for their own block only.  A runtime setting of the
-# shipped wheel (.whl/), so no second build
+# blocks list on the Triton pass, for their own block only (BHP, BHR: the wheels of 00cc95b
+# and f30188a; later on a second FA3 call, BHS).  A runtime setting, so one wheel a lease
 BLOCKS="2 3"
 BH1_blocks_kernels() {  # one GPU: GPU tests of the page lists (the real FA3 against the
   # reference, min_blocks included), then issue 3's 128K table per rule (real Qwen lists:
@@ -1444,14 +1444,6 @@ BH2_blocks_ttft() {  # one GPU, 128K, 5 runs each: FLASH_ATTN, the default, then
     timeout 110 python3 $B/bench_ttft.py --backend minference --lengths 131072 --reps 5 \
       --set fa3_min_blocks=$n --out $OUT/ttft.json
   done
-}
-BH3_blocks_1m() {  # one GPU: 1M in 64K chunks, the default then fa3_min_blocks=$BH_N (2)
-  TTFT1M_64K 240 minference
-  TTFT1M_64K 240 minference --set fa3_min_blocks=${BH_N:-2}
-}
-BH4_blocks_suite() {  # one GPU: the default suite with fa3_min_blocks=$BH_N (2)
-  timeout 330 python3 $B/bench_accuracy.py --backend minference \
-    --set fa3_min_blocks=${BH_N:-2} --out $OUT/accuracy_blocks.json
 }
 # BHP (H200): fa3_min_blocks=2 moved 40% of FA3's d128 time (101.5 -> 60.3 ms) onto a column
 # pass that took 78.7 ms for it (0.24 of FA3's dense speed); 128K TTFT 0.945 s default,
@@ -1767,8 +1759,6 @@ case "$1" in
   BG3) install_exp_wheel; lane 0 BG3_ab_128k; wait_lanes 500; jit_check ;;
   BHP) lane 0 BH1_blocks_kernels; lane 1 BH2_blocks_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: fa3_min_blocks at kernel level / TTFT 128K
-  BHQ) lane 0 BH3_blocks_1m; lane 1 BH4_blocks_suite; wait_lanes 570
-       jit_check ;;  # two GPUs: fa3_min_blocks at 1M (one GPU) / the default suite
   BHR) lane 0 BH5_blocks_kernels_1m; lane 1 BH6_blocks_ttft; wait_lanes 570
        jit_check ;;  # two GPUs: the faster column pass: kernels + 1M / 128K + 1M
   BHS) lane 0 BH7_blocks_kernels; lane 1 BH8_blocks_128k; wait_lanes 430
